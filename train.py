@@ -7,6 +7,14 @@
                           test_dir=../shared/data/wikiart16/test image_size=128 out_dir=out/w16
     python train.py --resume                           # continue from out_dir/last.pt
 
+Several GPUs (DistributedDataParallel, one process per GPU; batch_size stays the global batch):
+    torchrun --standalone --nproc_per_node=8 train.py               # 8 GPUs on one machine
+    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 \
+             --master_port=29500 train.py                          # 2 machines, on the first (master)
+    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123.456 \
+             --master_port=29500 train.py                          # ... and on the second
+    (without Infiniband, prepend NCCL_IB_DISABLE=1; on CPU, --set device=cpu uses gloo)
+
 The style map (sorted style names -> labels) comes from the training folder and is stored in every
 checkpoint. A stratified validation split of the training folder picks the best epoch; the test
 folder is never read here. Writes to out_dir: best.pt, last.pt, train_log.{json,csv}, curves.png.
@@ -24,19 +32,23 @@ import wikiart
 parser = wikiart.config_parser(__doc__)
 parser.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt")
 args, cfg = wikiart.parse_config(parser)
-device = wikiart.get_device(cfg["device"])
+rank, world, local_rank, device = wikiart.setup_distributed(cfg["device"])  # (0, 1, 0, device) without torchrun
 wikiart.seed_everything(cfg["seed"])
 out_dir = cfg["out_dir"]
 os.makedirs(out_dir, exist_ok=True)
 
 # ---- data: the style map is fixed by the training folder; validation is carved out of it
-data = wikiart.load_split(cfg, "train")
+with wikiart.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache
+    data = wikiart.load_split(cfg, "train")
 classes, C = data.classes, len(data.classes)
 train_idx, val_idx = wikiart.stratified_split(data.labels, cfg["val_fraction"], cfg["seed"])
 train_counts = torch.bincount(data.labels[train_idx], minlength=C)
 steps_per_epoch = len(train_idx) // cfg["batch_size"]
 if steps_per_epoch == 0:
     raise SystemExit(f"batch_size {cfg['batch_size']} is larger than the {len(train_idx)} training images")
+if world > 1:  # batch_size stays the global batch: the same training as one process with that batch
+    print(f"{world} processes ({torch.distributed.get_backend()}): {cfg['batch_size'] // world} images per "
+          f"process and step, global batch {cfg['batch_size']}")
 print(f"{len(data)} images of {C} styles in {cfg['train_dir']}: {len(train_idx)} train / {len(val_idx)} "
       f"validation; largest {classes[int(train_counts.argmax())]} ({int(train_counts.max())}), "
       f"smallest {classes[int(train_counts.argmin())]} ({int(train_counts.min())}); device {device}")
@@ -66,7 +78,9 @@ def loss_fn(logits, y, epoch):
 
 
 def evaluate(indices):
-    logits = wikiart.predict(model, data.images, indices, 256, device, desc="validating")
+    wikiart.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
+    logits = wikiart.predict(model, data.images, wikiart.shard(indices, rank, world), 256, device, desc="validating")
+    logits = wikiart.all_gather_shards(logits, world)  # each process scored every world-th image
     y = data.labels[indices]
     m = wikiart.classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes)
     m["loss"] = float(F.cross_entropy(logits, y)) if len(indices) else float("nan")
@@ -77,7 +91,7 @@ def checkpoint(epoch):
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch, "config": cfg,
             "class_to_idx": data.class_to_idx, "label_counts": data.label_counts,
-            "history": history, "best_score": best_score, "rng": torch.get_rng_state()}
+            "history": history, "best_score": best_score, "rng": torch.get_rng_state(), "world_size": world}
 
 
 # ---- resume
@@ -96,17 +110,28 @@ if args.resume:
     torch.set_rng_state(ckpt["rng"])
     print(f"resumed from {path} after epoch {ckpt['epoch']}")
 
+# One process per GPU under torchrun: DDP averages the gradients of all processes in backward.
+# `model` stays the plain module: evaluation and checkpoints use it, so test.py loads them unchanged.
+train_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+    model, device_ids=[device.index] if device.type == "cuda" else None)
+
 # ---- training loop
-for epoch in range(start_epoch, cfg["epochs"]):
+# stop_after > 0 ends this run early (e.g. a time-limited job); --resume picks up from last.pt
+end_epoch = min(cfg["epochs"], start_epoch + cfg["stop_after"]) if cfg["stop_after"] > 0 else cfg["epochs"]
+for epoch in range(start_epoch, end_epoch):
     t0 = time.time()
     g = wikiart.epoch_generator(cfg["seed"], epoch)
     if balance == "sampler":  # each style drawn about equally often, N draws with replacement
         order = train_idx[wikiart.balanced_sampler_indices(data.labels[train_idx], len(train_idx), g)]
     else:
         order = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
-    model.train()
+    order = wikiart.shard(order, rank, world, cfg["batch_size"])  # all ranks drew the same order
+    if rank > 0:  # other crops, flips, mixes and dropout masks than rank 0's (README: Distributed)
+        g = wikiart.epoch_generator(cfg["seed"] + 1_000_003 * rank, epoch)
+    train_model.train()
     total, seen = 0.0, 0
-    bar = tqdm(wikiart.iterate_batches(data.images, data.labels, order, cfg["batch_size"], device, drop_last=True),
+    bar = tqdm(wikiart.iterate_batches(data.images, data.labels, order, cfg["batch_size"] // world, device,
+                                         drop_last=True),
                total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False)
     for x, y in bar:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -114,7 +139,7 @@ for epoch in range(start_epoch, cfg["epochs"]):
             x = wikiart.augment(x, g, cfg["crop_min_scale"])
         x, y2, lam = wikiart.mix_batch(x, y, cfg["mixup"], cfg["cutmix"], g)
         with wikiart.autocast(device):
-            logits = model(x)
+            logits = train_model(x)
         loss = lam * loss_fn(logits, y, epoch) + (1 - lam) * loss_fn(logits, y2, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -123,6 +148,7 @@ for epoch in range(start_epoch, cfg["epochs"]):
         total, seen = total + loss.item() * len(y), seen + len(y)
         bar.set_postfix(loss=f"{total / seen:.3f}")
 
+    total, seen = wikiart.all_reduce_sum([total, seen], device)  # over all processes
     row = {"epoch": epoch + 1, "train_loss": total / seen, "lr": optimizer.param_groups[0]["lr"]}
     if len(val_idx):
         m = evaluate(val_idx)
@@ -134,10 +160,13 @@ for epoch in range(start_epoch, cfg["epochs"]):
     print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     if score > best_score:
         best_score = score
-        wikiart.atomic_save(checkpoint(epoch), os.path.join(out_dir, "best.pt"))
-    wikiart.atomic_save(checkpoint(epoch), os.path.join(out_dir, "last.pt"))
-    wikiart.write_history(history, out_dir)
-    wikiart.plot_curves(history, ["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy"],
-                        os.path.join(out_dir, "curves.png"), f"{cfg['mode']} on {cfg['train_dir']}")
+        if rank == 0:  # one process writes: every process holds the same model, history and scores
+            wikiart.atomic_save(checkpoint(epoch), os.path.join(out_dir, "best.pt"))
+    if rank == 0:
+        wikiart.atomic_save(checkpoint(epoch), os.path.join(out_dir, "last.pt"))
+        wikiart.write_history(history, out_dir)
+        wikiart.plot_curves(history, ["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy"],
+                            os.path.join(out_dir, "curves.png"), f"{cfg['mode']} on {cfg['train_dir']}")
 
 print(f"best validation {cfg['select_metric']} {best_score:.4f}; checkpoints and logs in {out_dir}")
+wikiart.cleanup_distributed()

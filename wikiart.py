@@ -7,9 +7,12 @@ Generate the built-in synthetic sample explicitly (it is also generated on first
     python wikiart.py sample            # -> data/sample/{train,test}/<Style>/*.png
 """
 import argparse
+import builtins
 import colorsys
+import contextlib
 import copy
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -204,29 +207,62 @@ class BadImage(Exception):
     pass
 
 
-def decode_image(path, size):
-    """Open one file as an RGB uint8 array of shape (size, size, 3); raise BadImage if we cannot."""
+# PIL only warns between 1x and 2x its pixel limit; we skip any image above it ourselves (below), so the
+# warning is silenced once here rather than with catch_warnings, which is not thread-safe.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's default decompression-bomb limit (about 9459 x 9459)
+FITS = ("squash", "letterbox", "crop")
+
+
+def _fit(img, size, fit):
+    """Resize an RGB image to size x size: squash (stretch), letterbox (pad black) or crop (centre)."""
+    w, h = img.size
+    if fit == "squash":
+        return img.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
+    if fit == "crop":
+        s = min(w, h)
+        x0, y0 = (w - s) // 2, (h - s) // 2
+        return img.resize((size, size), Image.BICUBIC, box=(x0, y0, x0 + s, y0 + s), reducing_gap=3.0)
+    if fit == "letterbox":
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = Image.new("RGB", (size, size), (0, 0, 0))
+        canvas.paste(img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0), ((size - nw) // 2, (size - nh) // 2))
+        return canvas
+    raise ValueError(f"unknown fit '{fit}'; valid: {', '.join(FITS)}")
+
+
+def decode_image(path, size, fit="squash"):
+    """Open one file (path or binary file object) as an RGB uint8 array of shape (size, size, 3).
+
+    Raises BadImage for anything that is not a readable image: truncated or empty files, text named
+    .jpg, images over MAX_IMAGE_PIXELS (decompression bombs), unreadable files. 16-bit, CMYK,
+    palette and alpha images are converted to 8-bit RGB (transparent pixels become white)."""
+    if fit not in FITS:
+        raise ValueError(f"unknown fit '{fit}'; valid: {', '.join(FITS)}")
     try:
-        with warnings.catch_warnings():
-            # A decompression-bomb warning becomes an error: such a file is skipped, not decoded.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
-                img.load()
-                if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                    a = np.asarray(img, dtype=np.float64)
-                    top = 65535.0 if a.max() > 255 else 255.0
-                    img = Image.fromarray(np.clip(a / top * 255, 0, 255).astype(np.uint8)).convert("RGB")
-                elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                    rgba = img.convert("RGBA")
-                    img = Image.new("RGB", rgba.size, (255, 255, 255))
-                    img.paste(rgba, mask=rgba.split()[3])  # transparent pixels become white
-                else:
-                    img = img.convert("RGB")
-                img = img.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
-                return np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+        with Image.open(path) as img:
+            limit = min(Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS)
+            if img.width * img.height > limit:
+                raise BadImage(f"{img.width}x{img.height} pixels is over the decompression-bomb "
+                               f"limit of {limit} pixels; skipped without decoding")
+            img.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
+            img.load()
+            if img.mode.startswith("I;16"):  # 16-bit greyscale (PNG/TIFF): scale 0..65535 to 0..255
+                a = np.asarray(img, dtype=np.float64) / 65535.0 * 255
+                img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+            elif img.mode in ("I", "F"):  # 32-bit: 16-bit data stored wide, or plain 8-bit values
+                a = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if a.max() > 255 else 255.0
+                img = Image.fromarray(np.clip(a / top * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+            elif img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.new("RGB", rgba.size, (255, 255, 255))
+                img.paste(rgba, mask=rgba.split()[3])  # transparent pixels become white
+            else:
+                img = img.convert("RGB")  # CMYK, YCbCr, L, 1, P without transparency
+            return np.asarray(_fit(img, size, fit), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         raise BadImage(f"{type(e).__name__}: {e}")
 
 
@@ -263,7 +299,9 @@ def scan_folder(root):
 
 
 def _cache_key(items, size):
-    h = hashlib.sha1(f"v1 size={size}".encode())
+    """Hash of everything the decoded array depends on: the file list (style, absolute path), each
+    file's size and mtime, the image size and the decoder version. Any change gives a new key."""
+    h = hashlib.sha1(f"v2 size={size}".encode())
     for style, path in items:
         try:
             st = os.stat(path)
@@ -273,20 +311,37 @@ def _cache_key(items, size):
     return h.hexdigest()[:16]
 
 
+def _read_cache(npy, meta, size):
+    """The cached (images, kept, skipped), or None if the pair is missing or does not fit together."""
+    try:
+        with open(meta) as f:
+            m = json.load(f)
+        images = np.load(npy, mmap_mode="r")
+        n = len(m["kept"])
+        if images.shape[1:] != (size, size, 3) or images.dtype != np.uint8 or len(images) < n:
+            return None
+        return images[:n], [tuple(i) for i in m["kept"]], m["skipped"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_images(items, size, cache_dir=None, desc="decoding"):
     """Decode (style, path) items to one uint8 array (N, size, size, 3), skipping bad files.
 
     With cache_dir, the array is stored once as .npy (keyed by file list, sizes, mtimes and size)
     and memory-mapped afterwards, so later runs start instantly and share pages between processes.
+    Decoded images are written straight to a temp file (never all held in RAM), which is renamed
+    into place only when complete, so an interrupted run leaves no half-written cache.
     Returns (images, kept_items, skipped) where skipped is a list of 'path: reason'.
     """
+    items = list(items)
     key = _cache_key(items, size)
+    npy = meta = None
     if cache_dir:
         npy, meta = os.path.join(cache_dir, key + ".npy"), os.path.join(cache_dir, key + ".json")
-        if os.path.exists(npy) and os.path.exists(meta):
-            with open(meta) as f:
-                m = json.load(f)
-            return np.load(npy, mmap_mode="r"), [tuple(i) for i in m["kept"]], m["skipped"]
+        cached = _read_cache(npy, meta, size)
+        if cached is not None:
+            return cached
 
     def work(item):
         try:
@@ -294,24 +349,42 @@ def load_images(items, size, cache_dir=None, desc="decoding"):
         except BadImage as e:
             return None, f"{item[1]}: {e}"
 
-    arrays, kept, skipped = [], [], []
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for item, (a, err) in tqdm(zip(items, pool.map(work, items)), total=len(items),
-                                   desc=desc, unit="img", leave=False):
-            if err:
-                skipped.append(err)
-            else:
-                arrays.append(a)
-                kept.append(item)
-    images = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
-    if cache_dir:
+    shape = (len(items), size, size, 3)
+    tmp = out = None
+    if cache_dir:  # rows are written with plain file writes: page cache, not this process's memory
         os.makedirs(cache_dir, exist_ok=True)
         tmp = os.path.join(cache_dir, f".{key}.{os.getpid()}.tmp.npy")
-        np.save(tmp, images)
-        os.replace(tmp, npy)
-        atomic_write_text(json.dumps({"kept": kept, "skipped": skipped}), meta)
-        images = np.load(npy, mmap_mode="r")
-    return images, kept, skipped
+        header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        offset = header.offset
+        del header
+        out = open(tmp, "r+b")
+        out.seek(offset)
+    else:
+        images = np.empty(shape, np.uint8)
+    kept, skipped = [], []
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for item, (a, err) in tqdm(zip(items, pool.map(work, items)), total=len(items),
+                                       desc=desc, unit="img", leave=False):
+                if err:
+                    skipped.append(err)
+                    continue
+                if out:
+                    out.write(a.tobytes())  # kept images are packed at the front; unused rows stay zero
+                else:
+                    images[len(kept)] = a
+                kept.append(item)
+        if out:
+            out.close()
+            os.replace(tmp, npy)
+            atomic_write_text(json.dumps({"kept": kept, "skipped": skipped}), meta)
+            images = np.load(npy, mmap_mode="r")
+    finally:
+        if out:
+            out.close()
+        if tmp and os.path.exists(tmp):
+            os.remove(tmp)
+    return images[:len(kept)], kept, skipped
 
 
 class WikiArtDataset(torch.utils.data.Dataset):
@@ -711,6 +784,535 @@ def epoch_generator(seed, epoch):
     exactly whether training ran straight through or was resumed before it."""
     torch.manual_seed(seed * 1000 + epoch)
     return torch.Generator().manual_seed(seed * 1000 + epoch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autoencoder (Part 2): images in and out are in [0, 1] (from a [-1, 1] batch: (x + 1) / 2).
+# Every autoencoder has encode(x) -> code, decode(z) -> image, and feature_maps(x) -> the encoder's
+# intermediate maps, the last one being the code (for pooled style statistics and style transfer).
+
+class Part2Autoencoder(nn.Module):
+    """The course's autoencoder: a 3-channel code map at 1/4 of the side (16x compression)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, 9, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(9, 3, 5, padding=2), nn.MaxPool2d(2))
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(3, 9, 5, padding=2), nn.Upsample(scale_factor=2), nn.ReLU(),
+            nn.ConvTranspose2d(9, 3, 5, padding=2), nn.Upsample(scale_factor=2), nn.Sigmoid())
+
+    def feature_maps(self, x):
+        h = self.encoder[:3](x)
+        return [h, self.encoder[3:](h)]
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+
+class AEBlock(nn.Module):
+    """Residual 3x3-3x3 block that keeps shape (BatchNorm, ReLU)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return F.relu(x + self.body(x))
+
+
+def _down(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def _up(cin, cout):
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class ConvAutoencoder(nn.Module):
+    """`downsample` stride-2 stages (widths width * 1, 2, 4, ...), each followed by a residual block,
+    then a 1x1 conv to `code_channels`. bottleneck="spatial": the code is that map
+    (side / 2**downsample); "vector": it is flattened through a linear layer to `code_dim` numbers
+    (needs a fixed image_size). The decoder mirrors the encoder; Sigmoid output in [0, 1]."""
+
+    def __init__(self, image_size=64, width=32, downsample=3, code_channels=12, bottleneck="spatial",
+                 code_dim=256):
+        super().__init__()
+        if bottleneck not in ("spatial", "vector"):
+            raise ConfigError(f"unknown bottleneck '{bottleneck}'; valid: spatial, vector")
+        if downsample < 1 or image_size % 2 ** downsample:
+            raise ConfigError(f"image_size {image_size} must be divisible by 2**downsample = {2 ** downsample}")
+        chans = [width * 2 ** i for i in range(downsample)]
+        self.bottleneck, self.side = bottleneck, image_size // 2 ** downsample
+        stages, cin = [], 3
+        for c in chans:
+            stages.append(nn.Sequential(_down(cin, c), AEBlock(c)))
+            cin = c
+        self.stages = nn.ModuleList(stages)
+        self.to_code = nn.Conv2d(chans[-1], code_channels, 1)
+        self.from_code = nn.Sequential(nn.Conv2d(code_channels, chans[-1], 3, 1, 1, bias=False),
+                                       nn.BatchNorm2d(chans[-1]), nn.ReLU(), AEBlock(chans[-1]))
+        if bottleneck == "vector":
+            n = code_channels * self.side ** 2
+            self.to_vector, self.from_vector = nn.Linear(n, code_dim), nn.Linear(code_dim, n)
+        up = []
+        for i in reversed(range(1, downsample)):
+            up += [_up(chans[i], chans[i - 1]), AEBlock(chans[i - 1])]
+        up += [_up(chans[0], chans[0]), nn.Conv2d(chans[0], 3, 3, 1, 1), nn.Sigmoid()]
+        self.decoder = nn.Sequential(*up)
+        self.code_channels = code_channels
+
+    def feature_maps(self, x):
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        z = self.to_code(x)
+        if self.bottleneck == "vector":
+            z = self.to_vector(z.flatten(1))
+        return maps + [z]
+
+    def encode(self, x):
+        return self.feature_maps(x)[-1]
+
+    def decode(self, z):
+        if self.bottleneck == "vector":
+            z = self.from_vector(z).view(z.shape[0], self.code_channels, self.side, self.side)
+        return self.decoder(self.from_code(z))
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+
+AE_MODES = ("part2", "conv")
+
+
+def make_autoencoder(ae_cfg, image_size):
+    """An autoencoder from the config's "autoencoder" section."""
+    mode = ae_cfg["mode"]
+    if mode == "part2":
+        if image_size % 4:
+            raise ConfigError(f"part2 needs image_size divisible by 4, got {image_size}")
+        return Part2Autoencoder()
+    if mode == "conv":
+        return ConvAutoencoder(image_size, ae_cfg["width"], ae_cfg["downsample"], ae_cfg["code_channels"],
+                               ae_cfg["bottleneck"], ae_cfg["code_dim"])
+    raise ConfigError(f"unknown autoencoder mode '{mode}'; valid modes: {', '.join(AE_MODES)}")
+
+
+def load_autoencoder(path, device):
+    """(model in eval mode on `device`, checkpoint dict) from autoencoder.py's best.pt."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no autoencoder checkpoint at '{path}'; train one with: python autoencoder.py")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    cfg = ckpt["config"]
+    model = make_autoencoder(cfg["autoencoder"], cfg["image_size"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def pooled_stats(maps):
+    """Per-channel mean and std of every map, concatenated: a size-free (B, D) texture/colour summary."""
+    out = []
+    for m in maps:
+        if m.ndim == 4:
+            f = m.float().flatten(2)
+            out += [f.mean(2), f.std(2, unbiased=False)]
+    return torch.cat(out, 1)
+
+
+def psnr(mse):
+    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
+    return float(10 * math.log10(1.0 / max(mse, 1e-12)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed: the same script under torchrun, one process per GPU (DistributedDataParallel).
+# Without torchrun every helper here is a no-op for rank 0 of a world of 1: single runs are unchanged.
+
+def setup_distributed(device_name="auto"):
+    """(rank, world_size, local_rank, device) from torchrun's RANK, WORLD_SIZE and LOCAL_RANK.
+
+    Under torchrun: joins the process group (nccl on GPUs, gloo on CPU), binds process LOCAL_RANK to
+    GPU LOCAL_RANK, and silences print() and tqdm bars on every rank but 0 (as torchvision's
+    reference scripts do), so scripts print as usual; warnings and errors still show on all ranks.
+    Without torchrun: (0, 1, 0, get_device(device_name)) and nothing else happens."""
+    device = get_device(device_name)
+    if "RANK" not in os.environ:
+        return 0, 1, 0, device
+    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl", device_id=device)
+    elif device.type == "cpu":
+        torch.distributed.init_process_group("gloo")
+    else:
+        raise SystemExit(f"distributed training runs on CUDA (nccl) or CPU (gloo), not on '{device}'")
+    if rank != 0:
+        builtins.print = lambda *args, **kwargs: None
+        tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
+    return rank, world, local_rank, device
+
+
+def is_main():
+    """True on rank 0 and in every single-process run: the process that writes files."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first (decodes and caches the data, generates the sample), the other
+    ranks after it, so they read its files instead of all writing the same files at once."""
+    wait = torch.distributed.is_initialized()
+    if wait and not is_main():
+        torch.distributed.barrier()
+    yield
+    if wait and is_main():
+        torch.distributed.barrier()
+
+
+def shard(indices, rank, world, batch_size=None):
+    """This rank's share of `indices`: every world-th item from position `rank` (disjoint, covering).
+
+    With batch_size (the global batch) the tail that fills no whole global batch is dropped first, as
+    a single process drops it, so every rank runs the same number of steps of batch_size // world
+    items, and step k of all ranks together trains on exactly batch k of a single-process run."""
+    if batch_size is not None:
+        if batch_size % world:
+            raise SystemExit(f"batch_size {batch_size} (the global batch) must be divisible by the "
+                             f"{world} processes")
+        indices = indices[:len(indices) // batch_size * batch_size]
+    return indices[rank::world]
+
+
+def all_gather_shards(x, world):
+    """Undo shard() without batch_size: gather every rank's results for its shard (CPU tensors whose
+    first axis follows the shard) and interleave them into the order of the unsharded indices."""
+    if world == 1:
+        return x
+    parts = [None] * world
+    torch.distributed.all_gather_object(parts, x)
+    shape = next((p.shape[1:] for p in parts if len(p)), x.shape[1:])
+    out = x.new_empty((sum(len(p) for p in parts), *shape))
+    for r, p in enumerate(parts):
+        if len(p):
+            out[r::world] = p
+    return out
+
+
+def all_reduce_sum(values, device):
+    """A list of numbers summed over all ranks (returned as is without torchrun)."""
+    if not torch.distributed.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_buffers(model):
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP does this before each
+    training forward, but each rank then updates its own copy once more, so evaluation with the
+    plain module would see slightly different statistics on each rank without it."""
+    if torch.distributed.is_initialized():
+        for b in model.buffers():
+            torch.distributed.broadcast(b, 0)
+
+
+def cleanup_distributed():
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------
+# Style transfer (Part 3): the style embedder, a generator on the Part-2 encoder modulated by AdaIN,
+# the jointly trained discriminator, the naive baseline, and evaluation metrics that need no trained
+# network. Generators take and return [-1, 1] batches; the autoencoder sees (x + 1) / 2.
+
+def latent_vector(z, pool=2):
+    """A latent code as one vector per image: a spatial code map is average-pooled to pool x pool."""
+    if z.ndim == 4:
+        z = F.adaptive_avg_pool2d(z.float(), pool)
+    return z.flatten(1).float()
+
+
+@torch.no_grad()
+def mean_code_per_style(autoencoder, images, labels, num_styles, device, pool=2, batch_size=128):
+    """(num_styles, d): the mean latent vector of each style's images (zeros for a style with none)."""
+    autoencoder.eval()
+    sums, counts = None, torch.zeros(num_styles)
+    for x, y in iterate_batches(images, labels, np.arange(len(images)), batch_size, device):
+        v = latent_vector(autoencoder.encode((x + 1) / 2), pool).cpu()
+        sums = torch.zeros(num_styles, v.shape[1]) if sums is None else sums
+        sums.index_add_(0, y.cpu(), v)
+        counts += torch.bincount(y.cpu(), minlength=num_styles)
+    return sums / counts.clamp(min=1)[:, None]
+
+
+class StyleEmbedder(nn.Module):
+    """nn.Embedding(num_styles, d) initialised from the mean latent code of each style, then trained.
+    The output is standardised with the initial codes' centre and spread over styles, so the generator
+    reads how a style differs from the others, whatever the scale of the autoencoder's code."""
+
+    def __init__(self, mean_codes):
+        super().__init__()
+        self.embedding = nn.Embedding(*mean_codes.shape)
+        with torch.no_grad():
+            self.embedding.weight.copy_(mean_codes)
+        self.register_buffer("initial", mean_codes.clone())  # kept to show how far training moved it
+        self.register_buffer("centre", mean_codes.mean(0).clone())
+        self.register_buffer("scale", mean_codes.std(0, unbiased=False).clamp(min=1e-3))
+        self.dim = mean_codes.shape[1]
+
+    def forward(self, styles):
+        return (self.embedding(styles) - self.centre) / self.scale
+
+
+class AdaIN(nn.Module):
+    """Instance norm whose per-channel scale and shift are predicted from the style vector."""
+
+    def __init__(self, channels, style_dim):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels)
+        self.to_scale_shift = nn.Linear(style_dim, 2 * channels)
+
+    def forward(self, x, s):
+        scale, shift = self.to_scale_shift(s)[:, :, None, None].chunk(2, 1)
+        return self.norm(x) * (1 + scale) + shift
+
+
+class AdaINBlock(nn.Module):
+    """Residual block conv-AdaIN-ReLU-conv-AdaIN: the style decides the statistics of every map."""
+
+    def __init__(self, c, style_dim):
+        super().__init__()
+        self.conv1, self.norm1 = nn.Conv2d(c, c, 3, 1, 1), AdaIN(c, style_dim)
+        self.conv2, self.norm2 = nn.Conv2d(c, c, 3, 1, 1), AdaIN(c, style_dim)
+
+    def forward(self, x, s):
+        h = F.relu(self.norm1(self.conv1(x), s))
+        return x + self.norm2(self.conv2(h), s)
+
+
+class AdaINUp(nn.Module):
+    """Nearest-neighbour upsampling x2, conv, AdaIN, ReLU."""
+
+    def __init__(self, cin, cout, style_dim):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(cin, cout, 3, 1, 1), AdaIN(cout, style_dim)
+
+    def forward(self, x, s):
+        return F.relu(self.norm(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")), s))
+
+
+class StyleGenerator(nn.Module):
+    """Conditional generator on the Part-2 autoencoder: its encoder (fine-tuned) gives the content
+    map at 1/4 of the side; a decoder of AdaIN residual blocks and AdaIN upsampling stages renders it,
+    every scale and shift computed from the style embedding by a small MLP."""
+
+    def __init__(self, autoencoder, embedder, image_size, width=64, res_blocks=2, style_dim=64):
+        super().__init__()
+        self.autoencoder, self.embedder = autoencoder, embedder
+        was_training = autoencoder.training
+        with torch.no_grad():
+            maps = autoencoder.eval().feature_maps(torch.zeros(1, 3, image_size, image_size))
+        autoencoder.train(was_training)
+        # the deepest encoder map still at >= 1/4 of the side: enough detail to keep the content
+        spatial = [i for i, m in enumerate(maps) if m.ndim == 4]
+        self.level = max([i for i in spatial if maps[i].shape[-1] >= image_size // 4] or spatial[:1])
+        cin, side = maps[self.level].shape[1], maps[self.level].shape[-1]
+        self.mapping = nn.Sequential(nn.Linear(embedder.dim, style_dim), nn.ReLU(),
+                                     nn.Linear(style_dim, style_dim), nn.ReLU())
+        self.from_content = nn.Conv2d(cin, width, 3, 1, 1)
+        self.blocks = nn.ModuleList(AdaINBlock(width, style_dim) for _ in range(res_blocks))
+        ups, c = [], width
+        for _ in range(int(round(math.log2(image_size / side)))):
+            ups.append(AdaINUp(c, max(c // 2, 16), style_dim))
+            c = max(c // 2, 16)
+        self.ups = nn.ModuleList(ups)
+        self.to_image = nn.Conv2d(c, 3, 3, 1, 1)
+
+    def style(self, styles):
+        return self.mapping(self.embedder(styles))
+
+    def forward(self, x, styles):
+        s = self.style(styles)
+        h = self.from_content(self.autoencoder.feature_maps((x + 1) / 2)[self.level])
+        for block in self.blocks:
+            h = block(h, s)
+        for up in self.ups:
+            h = up(h, s)
+        return torch.tanh(self.to_image(h))
+
+
+class StyleDiscriminator(nn.Module):
+    """StarGAN-style discriminator trained from scratch with the generator: a strided conv trunk, a
+    patch real/fake head and a style-classification head. Also returns the trunk's maps, in whose
+    space the generator matches feature statistics of real paintings of the target style."""
+
+    def __init__(self, num_styles, width=32, depth=4):
+        super().__init__()
+        layers, c = [], 3
+        for i in range(depth):
+            layers.append(nn.Sequential(nn.Conv2d(c, width * 2 ** i, 4, 2, 1), nn.LeakyReLU(0.2)))
+            c = width * 2 ** i
+        self.trunk = nn.ModuleList(layers)
+        self.real_fake = nn.Conv2d(c, 1, 3, 1, 1)
+        self.classify = nn.Linear(c, num_styles)
+
+    def forward(self, x):
+        maps = []
+        for layer in self.trunk:
+            x = layer(x)
+            maps.append(x)
+        return self.real_fake(x).flatten(1), self.classify(x.mean((2, 3))), maps
+
+
+class NaiveStyleNet(nn.Module):
+    """The earlier approach, kept so its failure stays visible: each style is a learned image-sized
+    "style image" (an nn.Embedding of 3*H*W numbers) concatenated to the input channels, trained with
+    MSE to the content plus MSE to that style image. Both losses are met by pulling every style image
+    toward the average content: they collapse to one grey-beige and the output is a sepia filter."""
+
+    def __init__(self, num_styles, image_size, init_images=None, width=32):
+        super().__init__()
+        self.image_size = image_size
+        self.style_images = nn.Embedding(num_styles, 3 * image_size ** 2)
+        if init_images is not None:
+            with torch.no_grad():
+                self.style_images.weight.copy_(init_images.flatten(1))
+        self.net = nn.Sequential(nn.Conv2d(6, width, 3, 1, 1), nn.ReLU(), nn.Conv2d(width, width, 3, 1, 1),
+                                 nn.ReLU(), nn.Conv2d(width, 3, 3, 1, 1), nn.Tanh())
+
+    def style_image(self, styles):
+        return self.style_images(styles).view(-1, 3, self.image_size, self.image_size)
+
+    def forward(self, x, styles):
+        return self.net(torch.cat([x, self.style_image(styles)], 1))
+
+
+def feature_stats_loss(maps_fake, maps_real):
+    """Mean/std of every channel of every map, fake vs real of the target style (L1, mean over layers)."""
+    loss = 0.0
+    for f, r in zip(maps_fake, maps_real):
+        f, r = f.flatten(2), r.flatten(2)
+        loss = loss + (f.mean(2) - r.mean(2)).abs().mean() + (f.std(2) - r.std(2)).abs().mean()
+    return loss / len(maps_fake)
+
+
+def to_uint8(x):
+    """[-1, 1] batch (B, 3, H, W) -> uint8 numpy (B, H, W, 3)."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def robust_transform(images_u8, blur=0.6, quality=75):
+    """Shrink to half size, Gaussian blur, JPEG (quality 75), scale back: (N, H, W, 3) uint8 -> same.
+    Pixel-level patterns that fool a classifier do not survive; colour and texture do."""
+    import io
+    out = np.empty_like(np.asarray(images_u8))
+    for i, a in enumerate(images_u8):
+        h, w = a.shape[:2]
+        img = Image.fromarray(np.asarray(a)).resize((max(1, w // 2), max(1, h // 2)), Image.BOX)
+        buf = io.BytesIO()
+        img.filter(ImageFilter.GaussianBlur(blur)).save(buf, "JPEG", quality=quality)
+        buf.seek(0)
+        out[i] = np.asarray(Image.open(buf).convert("RGB").resize((w, h), Image.BILINEAR))
+    return out
+
+
+def random_texture_net(seed=0, widths=(16, 32, 64)):
+    """A fixed, untrained conv net with seeded weights (He-normal): texture statistics, no learning."""
+    g = torch.Generator().manual_seed(seed)
+    convs, c = nn.ModuleList(), 1
+    for i, w in enumerate(widths):
+        conv = nn.Conv2d(c, w, 3, 1 if i == 0 else 2, 1, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2 / (9 * c)))
+        convs.append(conv.requires_grad_(False))
+        c = w
+    return convs.eval()
+
+
+@torch.no_grad()
+def texture_descriptors(images_u8, net, batch_size=256):
+    """Per layer, the (N, c*c) Gram matrices of the random net's ReLU maps of the luminance,
+    standardised per image (brightness and contrast do not count)."""
+    layers = [[] for _ in net]
+    for i in range(0, len(images_u8), batch_size):
+        x = torch.as_tensor(np.ascontiguousarray(images_u8[i:i + batch_size])).float().permute(0, 3, 1, 2)
+        h = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        h = (h - h.mean((2, 3), keepdim=True)) / (h.std((2, 3), keepdim=True) + 1e-3)
+        for k, conv in enumerate(net):
+            h = F.relu(conv(h))
+            f = h.flatten(2)
+            layers[k].append((f @ f.transpose(1, 2) / f.shape[2]).flatten(1).double())
+    return [torch.cat(layer) for layer in layers]
+
+
+def colour_histograms(images_u8, bins=8):
+    """One layer: the (N, bins**3) joint RGB histogram of each image, normalised to sum 1."""
+    a = np.asarray(images_u8)
+    q = a.astype(np.int64) * bins // 256
+    idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    idx = idx.reshape(len(a), -1) + np.arange(len(a))[:, None] * bins ** 3
+    h = np.bincount(idx.ravel(), minlength=len(a) * bins ** 3).reshape(len(a), bins ** 3)
+    return [torch.from_numpy(h / idx.shape[1])]
+
+
+def style_references(descriptors, labels, num_styles):
+    """Per layer: (means (S, D), spreads (S,)) of each style's real images; the spread is the RMS
+    distance of the style's images to their mean (a style with one image borrows the average)."""
+    labels = torch.as_tensor(labels)
+    refs = []
+    for layer in descriptors:
+        means = torch.zeros(num_styles, layer.shape[1], dtype=layer.dtype)
+        spreads = torch.zeros(num_styles, dtype=layer.dtype)
+        for s in range(num_styles):
+            d = layer[labels == s]
+            if len(d):
+                means[s] = d.mean(0)
+                spreads[s] = ((d - means[s]) ** 2).sum(1).mean().sqrt()
+        spreads[spreads <= 0] = spreads[spreads > 0].mean() if (spreads > 0).any() else 1.0
+        refs.append((means, spreads))
+    return refs
+
+
+def style_distance(descriptors, refs, s):
+    """d_s(X): over layers, the distance of X's mean descriptor to style s's mean, in units of its spread."""
+    return sum(float((layer.mean(0) - means[s]).norm() / spreads[s])
+               for layer, (means, spreads) in zip(descriptors, refs))
+
+
+def gap_closed(d_inputs, d_outputs, d_real):
+    """sum_s [d_s(inputs) - d_s(outputs)] / sum_s [d_s(inputs) - d_s(real test images of s)]:
+    0 for output = input, about 1 for unseen real paintings of the target style."""
+    return (sum(d_inputs) - sum(d_outputs)) / (sum(d_inputs) - sum(d_real))
+
+
+def ssim(a_u8, b_u8, window=11, sigma=1.5, batch_size=256):
+    """Mean SSIM (Wang et al. 2004; Gaussian window, per channel, valid region) of each pair: (N,)."""
+    g = torch.exp(-(torch.arange(window) - window // 2) ** 2 / (2 * sigma ** 2)).double()
+    g = (g / g.sum())
+    kernel = (g[:, None] * g[None, :]).expand(3, 1, window, window)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    out = []
+    for i in range(0, len(a_u8), batch_size):
+        x, y = (torch.as_tensor(np.ascontiguousarray(v[i:i + batch_size])).double().permute(0, 3, 1, 2) / 255
+                for v in (a_u8, b_u8))
+        blur = lambda t: F.conv2d(t, kernel, groups=3)
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+        out.append(s.mean((1, 2, 3)))
+    return torch.cat(out).float()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""Part 1: train one classifier per class-imbalance option, same seed/model/budget, and compare them.
+
+    python compare_balance.py                                   # every option on the sample data
+    python compare_balance.py --options none logit_adjust sampler --set epochs=5
+    python compare_balance.py --set train_dir=../shared/data/wikiart16/train \\
+        test_dir=../shared/data/wikiart16/test image_size=128 out_dir=out/balance_w16
+
+Each option runs `train.py` then `test.py` with `--set balance=<option> out_dir=<out_dir>/<option>`.
+Best epochs are picked on the validation split; the test columns are reported, never used to choose.
+Writes <out_dir>/balance_comparison.{md,json,png}: accuracy, balanced accuracy, macro-F1 and the
+worst per-class recall, one row per option.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+import wikiart
+
+parser = wikiart.config_parser(__doc__)
+parser.add_argument("--options", nargs="+", default=list(wikiart.BALANCE_OPTIONS),
+                    choices=wikiart.BALANCE_OPTIONS, help="which balance options to compare")
+args, cfg = wikiart.parse_config(parser)
+base_out = cfg["out_dir"] if "out_dir" in wikiart.explicit_keys(args) else "out/balance"
+here = os.path.dirname(os.path.abspath(__file__))
+passthrough = ["-c", args.config, "--set", *args.set]
+
+rows = []
+for option in tqdm(args.options, desc="balance options", unit="run"):
+    out = os.path.join(base_out, option)
+    overrides = [f"balance={option}", f"out_dir={out}"]
+    for script in ("train.py", "test.py"):
+        cmd = [sys.executable, os.path.join(here, script), *passthrough, *overrides]
+        if subprocess.run(cmd).returncode != 0:
+            raise SystemExit(f"{script} failed for balance={option}: {' '.join(cmd)}")
+    with open(os.path.join(out, "test_metrics.json")) as f:
+        test = json.load(f)
+    with open(os.path.join(out, "train_log.json")) as f:
+        history = json.load(f)
+    best_val = max((h.get("val_balanced_accuracy", 0) for h in history), default=0)
+    rows.append({"balance": option, "val_balanced_accuracy": best_val, "accuracy": test["accuracy"],
+                 "balanced_accuracy": test["balanced_accuracy"], "macro_f1": test["macro_f1"],
+                 "worst_recall": test["worst_recall"],
+                 "seconds": sum(h["seconds"] for h in history)})
+
+columns = ["val_balanced_accuracy", "accuracy", "balanced_accuracy", "macro_f1", "worst_recall"]
+lines = [f"Data: {cfg['train_dir']} -> {cfg['test_dir']}, mode {cfg['mode']}, {cfg['epochs']} epochs, "
+         f"image_size {cfg['image_size']}, seed {cfg['seed']} (test columns: never used for selection)", "",
+         "| balance | " + " | ".join(c.replace("_", " ") for c in columns) + " | train s |",
+         "|---" * (len(columns) + 2) + "|"]
+for r in rows:
+    lines.append(f"| {r['balance']} | " + " | ".join(f"{100 * r[c]:.1f}" for c in columns) +
+                 f" | {r['seconds']:.0f} |")
+table = "\n".join(lines)
+print("\n" + table)
+os.makedirs(base_out, exist_ok=True)
+wikiart.atomic_write_text(table + "\n", os.path.join(base_out, "balance_comparison.md"))
+wikiart.atomic_save({"config": cfg, "rows": rows}, os.path.join(base_out, "balance_comparison.json"))
+
+p = wikiart.plt()
+fig, ax = p.subplots(figsize=(1.1 * len(rows) + 4, 4))
+metrics = ["accuracy", "balanced_accuracy", "macro_f1", "worst_recall"]
+width = 0.8 / len(metrics)
+for i, m in enumerate(metrics):
+    ax.bar(np.arange(len(rows)) + i * width, [r[m] for r in rows], width, label=m.replace("_", " "))
+ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [r["balance"] for r in rows], rotation=20)
+ax.set_ylim(0, 1)
+ax.set_title(f"class-imbalance options on {cfg['test_dir']} ({cfg['mode']})")
+ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+fig.tight_layout()
+fig.savefig(os.path.join(base_out, "balance_comparison.png"), dpi=110)
+print(f"wrote {base_out}/balance_comparison.md, .json, .png")

@@ -1,0 +1,283 @@
+"""Data loading: every kind of bad input gets a clear message, and the uint8 disk cache is correct,
+rebuilt when anything changes, and never left half-written."""
+import io
+import json
+import os
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import wikiart
+from conftest import WIKIART16, run_script
+
+
+def solid(colour, size=(24, 20), mode="RGB"):
+    return Image.new(mode, size, colour)
+
+
+def save(img, path, **kw):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img.save(path, **kw)
+    return path
+
+
+def png_claiming_size(path, w, h):
+    """A tiny PNG whose header claims w x h pixels: a decompression bomb costs nothing to make."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    b = bytearray(buf.getvalue())
+    b[16:20], b[20:24] = w.to_bytes(4, "big"), h.to_bytes(4, "big")
+    b[29:33] = zlib.crc32(bytes(b[12:29])).to_bytes(4, "big")
+    with open(path, "wb") as f:
+        f.write(bytes(b))
+    return path
+
+
+# ---- bad and unusual files, one by one
+
+def test_truncated_jpeg(tmp_path):
+    path = save(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)),
+                str(tmp_path / "t.jpg"), quality=90)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(wikiart.BadImage, match="truncated"):
+        wikiart.decode_image(path, 32)
+
+
+def test_zero_byte_and_text_named_jpg(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("this is not a picture\n")
+    for name in ("empty.jpg", "notes.jpg"):
+        with pytest.raises(wikiart.BadImage, match="cannot identify image file"):
+            wikiart.decode_image(str(tmp_path / name), 32)
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # between 1x and 2x PIL's limit (a warning), and over 2x (an error)
+def test_decompression_bomb_is_refused_without_decoding(tmp_path, side):
+    path = png_claiming_size(str(tmp_path / "bomb.png"), side, side)
+    with pytest.raises(wikiart.BadImage, match="decompression"):
+        wikiart.decode_image(path, 32)
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path):
+    a = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64)  # 0 .. 65472
+    path = save(Image.fromarray(a), str(tmp_path / "deep.png"))
+    assert Image.open(path).mode.startswith("I")
+    out = wikiart.decode_image(path, 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    np.testing.assert_allclose(out[..., 0].astype(float), a / 257.0, atol=1.0)
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    path = save(solid((0, 255, 255, 0), mode="CMYK"), str(tmp_path / "cmyk.jpg"))
+    r, g, b = wikiart.decode_image(path, 16)[8, 8].astype(int)
+    assert r > 200 and g < 60 and b < 60  # pure red in, red out (not inverted, not 4 channels)
+
+
+def test_palette_and_alpha_pngs(tmp_path):
+    pal = solid((10, 200, 30)).convert("P", palette=Image.ADAPTIVE)
+    assert np.abs(wikiart.decode_image(save(pal, str(tmp_path / "p.png")), 8)[4, 4].astype(int)
+                  - (10, 200, 30)).max() <= 2
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:, :4] = (200, 0, 0, 255)  # left half opaque red, right half fully transparent
+    out = wikiart.decode_image(save(Image.fromarray(rgba, "RGBA"), str(tmp_path / "a.png")), 8)
+    assert tuple(out[4, 1]) == (200, 0, 0) and tuple(out[4, 6]) == (255, 255, 255)
+    p = Image.fromarray(rgba, "RGBA").convert("P")  # palette + transparency
+    p.info["transparency"] = p.getpixel((6, 4))
+    out = wikiart.decode_image(save(p, str(tmp_path / "pt.png"), transparency=p.getpixel((6, 4))), 8)
+    assert tuple(out[4, 6]) == (255, 255, 255) and out[4, 1, 0] > 150
+    la = Image.fromarray(np.dstack([np.full((8, 8), 90, np.uint8), np.full((8, 8), 255, np.uint8)]), "LA")
+    assert tuple(wikiart.decode_image(save(la, str(tmp_path / "la.png")), 8)[0, 0]) == (90, 90, 90)
+
+
+def test_fits(tmp_path):
+    wide = np.zeros((10, 30, 3), np.uint8)
+    wide[:, :10], wide[:, 10:20], wide[:, 20:] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    path = save(Image.fromarray(wide), str(tmp_path / "wide.png"))
+    crop = wikiart.decode_image(path, 12, "crop")
+    assert (crop[..., 1] > 200).all() and (crop[..., 0] < 60).all()  # only the green middle third
+    box = wikiart.decode_image(path, 12, "letterbox")
+    assert (box[0] == 0).all() and (box[-1] == 0).all() and box[6, 0, 0] > 200  # black bars top/bottom
+    squash = wikiart.decode_image(path, 12, "squash")
+    assert squash[6, 0, 0] > 200 and squash[6, -1, 2] > 200 and (squash[0] > 0).any()
+    with pytest.raises(ValueError, match="letterbox"):
+        wikiart.decode_image(path, 12, "stretch")
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    path = save(solid((1, 2, 3)), str(tmp_path / "secret.png"))
+    if os.geteuid() != 0:
+        os.chmod(path, 0)
+    else:  # root reads anything: make opening this one file fail the way it does for other users
+        real_open = Image.open
+
+        def fake_open(fp, *a, **k):
+            if fp == path:
+                raise PermissionError(13, "Permission denied", path)
+            return real_open(fp, *a, **k)
+        monkeypatch.setattr(Image, "open", fake_open)
+    with pytest.raises(wikiart.BadImage, match="Permission denied"):
+        wikiart.decode_image(path, 8)
+
+
+# ---- folders: bad files are skipped and listed in ONE warning; folder problems are named
+
+def make_folder(root, bad=True):
+    for style, colour, n in (("Cubism", (200, 50, 50), 4), ("Baroque", (40, 40, 160), 3)):
+        for k in range(n):
+            save(solid(tuple(c + k for c in colour)), os.path.join(root, style, "nested", f"{k}.jpg"))
+    if bad:
+        (root / "Cubism" / "zero.jpg").write_bytes(b"")
+        (root / "Cubism" / "text.jpg").write_text("hello")
+        os.makedirs(root / "Empty_Style")
+        os.symlink(root / "does_not_exist", root / "Ghost_Style")
+    return root
+
+
+def test_bad_files_skipped_and_listed_in_one_warning(tmp_path):
+    root = make_folder(tmp_path / "train")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = wikiart.WikiArtDataset(str(root), 16)
+    ours = [w for w in caught if "unreadable" in str(w.message)]
+    assert len(ours) == 1
+    msg = str(ours[0].message)
+    for needle in ("zero.jpg", "text.jpg", "Empty_Style: empty style folder", "Ghost_Style: style folder is a dangling symlink"):
+        assert needle in msg
+    assert len(ds) == 7 and ds.classes == ["Baroque", "Cubism"] and ds.label_counts == {"Baroque": 3, "Cubism": 4}
+    assert len(ds.skipped) == 2 and ds.images.shape == (7, 16, 16, 3)
+
+
+def test_test_folder_with_unknown_style(tmp_path):
+    train = make_folder(tmp_path / "train", bad=False)
+    test = make_folder(tmp_path / "test", bad=False)
+    save(solid((0, 0, 0)), str(test / "Dada" / "0.jpg"))
+    cmap = wikiart.WikiArtDataset(str(train), 16).class_to_idx
+    with pytest.raises(ValueError, match=r"\['Dada'\].*not in the training set.*Baroque, Cubism"):
+        wikiart.WikiArtDataset(str(test), 16, class_to_idx=cmap)
+
+
+def test_missing_folder_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match="prepare_data.py"):
+        wikiart.scan_folder(str(tmp_path / "nope"))
+
+
+def test_config_misspelt_key_and_wrong_type_through_train_py(tmp_path):
+    p = run_script("train.py", "--set", "epoch=3", check=False)
+    assert p.returncode == 2
+    assert "unknown config key 'epoch'" in p.stderr and "epochs" in p.stderr and "batch_size" in p.stderr
+    p = run_script("train.py", "--set", "epochs=three", check=False)
+    assert p.returncode == 2 and "'epochs' must be int" in p.stderr
+    cfg = tmp_path / "my.json"
+    cfg.write_text(json.dumps({"autoencoder": {"epoch": 2}}))
+    p = run_script("train.py", "-c", str(cfg), check=False)
+    assert p.returncode == 2 and "autoencoder.epoch'" in p.stderr and "autoencoder.epochs" in p.stderr
+
+
+# ---- the uint8 disk cache
+
+def items_of(root):
+    files, _ = wikiart.scan_folder(str(root))
+    return [(s, p) for s in sorted(files) for p in files[s]]
+
+
+def test_cache_matches_decoding_and_is_reused(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "train", bad=False)
+    (root / "Cubism" / "zero.jpg").write_bytes(b"")
+    plain, kept0, skipped0 = wikiart.load_images(items_of(root), 16)
+    cached, kept1, skipped1 = wikiart.load_images(items_of(root), 16, str(tmp_path / "cache"))
+    assert isinstance(cached, np.memmap) and np.array_equal(plain, cached)
+    assert kept0 == kept1 and skipped0 == skipped1 and len(skipped1) == 1 and len(cached) == 7
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded although the cache is valid")
+    monkeypatch.setattr(wikiart, "decode_image", no_decoding)
+    again, kept2, skipped2 = wikiart.load_images(items_of(root), 16, str(tmp_path / "cache"))
+    assert np.array_equal(again, plain) and kept2 == kept1 and skipped2 == skipped1
+
+
+def test_cache_rebuilt_when_anything_changes(tmp_path):
+    root = make_folder(tmp_path / "train", bad=False)
+    cache = str(tmp_path / "cache")
+    key = wikiart._cache_key(items_of(root), 16)
+    wikiart.load_images(items_of(root), 16, cache)
+    assert wikiart._cache_key(items_of(root), 16) == key  # same input, same key
+    assert wikiart._cache_key(items_of(root), 24) != key  # image size
+    target = str(root / "Cubism" / "nested" / "0.jpg")
+    save(solid((0, 255, 0)), target)  # new content (size and mtime change)
+    os.utime(target, ns=(1, 1))
+    key2 = wikiart._cache_key(items_of(root), 16)
+    assert key2 != key
+    images, kept, _ = wikiart.load_images(items_of(root), 16, cache)
+    assert images[[p for _, p in kept].index(target)][8, 8, 1] > 200  # the new picture, not the old one
+    os.utime(target, ns=(2, 2))  # mtime only
+    assert wikiart._cache_key(items_of(root), 16) != key2
+    save(solid((5, 5, 5)), str(root / "Baroque" / "new.jpg"))  # a file added
+    images, kept, _ = wikiart.load_images(items_of(root), 16, cache)
+    assert len(images) == 8
+
+
+def test_interrupted_cache_build_leaves_nothing_half_written(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "train", bad=False)
+    cache = tmp_path / "cache"
+    other = make_folder(tmp_path / "other", bad=False)
+    wikiart.load_images(items_of(other), 16, str(cache))  # an existing cache must survive untouched
+    before = {f: (cache / f).read_bytes() for f in os.listdir(cache)}
+    real, calls = wikiart.decode_image, []
+
+    def dies_on_fifth(path, size, fit="squash"):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(path, size, fit)
+    monkeypatch.setattr(wikiart, "decode_image", dies_on_fifth)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    with pytest.raises(KeyboardInterrupt):
+        wikiart.load_images(items_of(root), 16, str(cache))
+    assert {f: (cache / f).read_bytes() for f in os.listdir(cache)} == before  # no new or temp files
+    monkeypatch.setattr(wikiart, "decode_image", real)
+    images, kept, _ = wikiart.load_images(items_of(root), 16, str(cache))
+    assert len(images) == 7 and len(os.listdir(cache)) == 4
+
+
+def test_corrupt_cache_metadata_is_rebuilt(tmp_path):
+    root = make_folder(tmp_path / "train", bad=False)
+    cache = tmp_path / "cache"
+    first, _, _ = wikiart.load_images(items_of(root), 16, str(cache))
+    first = np.array(first)
+    meta = [f for f in os.listdir(cache) if f.endswith(".json")][0]
+    (cache / meta).write_text("{ not json")
+    again, kept, _ = wikiart.load_images(items_of(root), 16, str(cache))
+    assert np.array_equal(np.asarray(again), first) and len(kept) == 7
+
+
+@pytest.mark.skipif(not os.path.isdir(WIKIART16), reason="needs ../shared/data/wikiart16")
+def test_real_wikiart16_test_split_decodes_cleanly(tmp_path):
+    ds = wikiart.WikiArtDataset(os.path.join(WIKIART16, "test"), 32, cache_dir=str(tmp_path))
+    assert len(ds) == 2013 and ds.skipped == [] and len(ds.classes) == 16
+    assert 40 < float(ds.images[::50].mean()) < 220  # real pictures, not blank rows
+
+
+def test_bench_loaders_agree_and_gpu_training_code_runs_on_cpu(tmp_path):
+    import torch
+    import bench
+    root = tmp_path / "train"
+    for k in range(5):
+        save(Image.fromarray(np.random.default_rng(k).integers(0, 255, (16, 16, 3), np.uint8)),
+             str(root / ("Cubism" if k % 2 else "Baroque") / f"{k}.png"))
+    n, times, _ = bench.run_course(str(root), 16, 2)
+    assert n == 5 and len(times) == 2
+    course = bench.CourseDataset(str(root))
+    ds = wikiart.WikiArtDataset(str(root), 16, verbose=False)
+    for i in range(5):  # same picture, same pixels: the course's float 0..255 vs our uint8
+        x, label = course[i]
+        j = ds.paths.index(os.path.join(str(root), course.indices[i]))
+        assert torch.equal(x, torch.from_numpy(np.array(ds.images[j])).permute(2, 0, 1).float())
+        assert course.classes[label] == ds.classes[int(ds.labels[j])]
+    for resident in (False, True):
+        speed = bench.train_throughput(ds.images, ds.labels, torch.device("cpu"), steps=2, batch_size=4,
+                                       resident=resident, width=4, blocks=(1, 1))
+        assert speed > 0
