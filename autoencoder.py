@@ -45,7 +45,7 @@ steps_per_epoch = len(train_idx) // bs
 if steps_per_epoch == 0:
     raise SystemExit(f"autoencoder.batch_size {bs} is larger than the {len(train_idx)} training images")
 
-model = wikiart.make_autoencoder(ae, crop or size).to(device)
+model = wikiart.make_autoencoder(ae, crop or size).to(device, memory_format=torch.channels_last)
 with torch.no_grad():
     code_numel = model.encode(torch.zeros(1, 3, size, size, device=device))[0].numel()
 compression = 3 * size * size / code_numel
@@ -74,7 +74,7 @@ def run_encoder(images, indices, with_recon=True, desc="encoding"):
     labels = torch.zeros(len(images), dtype=torch.long)
     for x, _ in tqdm(wikiart.iterate_batches(images, labels, indices, 128, device),
                      total=math.ceil(len(indices) / 128), desc=desc, leave=False):
-        x = (x + 1) / 2
+        x = ((x + 1) / 2).contiguous(memory_format=torch.channels_last)  # much faster convs on CPU
         maps = model.feature_maps(x)
         codes.append(maps[-1].flatten(1).float().cpu())
         stats.append(wikiart.pooled_stats(maps).cpu())
@@ -123,7 +123,7 @@ for epoch in range(start_epoch, ae["epochs"]):
     bar = tqdm(wikiart.iterate_batches(data.images, data.labels, order, bs, device, drop_last=True),
                total=steps_per_epoch, desc=f"epoch {epoch + 1}/{ae['epochs']}", leave=False)
     for x, _ in bar:  # the labels are dropped here: unsupervised
-        x = random_crop_flip((x + 1) / 2, g)
+        x = random_crop_flip((x + 1) / 2, g).contiguous(memory_format=torch.channels_last)
         out = model(x)
         loss = F.mse_loss(out, x)
         if ae["l1_weight"]:
@@ -155,6 +155,7 @@ for epoch in range(start_epoch, ae["epochs"]):
 if not os.path.exists(os.path.join(out_dir, "best.pt")):
     raise SystemExit(f"no best.pt in {out_dir}: train at least one epoch (autoencoder.epochs >= 1)")
 model, best = wikiart.load_autoencoder(os.path.join(out_dir, "best.pt"), device)
+model = model.to(memory_format=torch.channels_last)
 test_mse, test_codes, test_stats = run_encoder(test.images, np.arange(len(test)), desc="encoding test")
 metrics = {"test": recon_metrics(test_mse), "best_epoch": best["epoch"] + 1, "compression": compression,
            "code_numel": code_numel, "image_size": size, "mode": ae["mode"], "num_test": len(test)}

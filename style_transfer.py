@@ -126,12 +126,13 @@ def real_of_styles(t, g):
     return wikiart.to_float(data.images[np.asarray(idx)], device)
 
 
-def train_step_adain(G, D, opt_g, opt_d, x, y, g):
+def train_step_adain(G, D, opt_g, opt_d, x, content, y, g):
     t, same = sample_targets(y, g)
     real = real_of_styles(t, g)
-    fake = G(x, t)
+    fake = G.render(content, t)
     # discriminator: real paintings of the target styles are real (and classified), fakes are fake
-    rf_real, cls_real, _ = D(real)
+    rf_real, cls_real, maps_real = D(real)
+    maps_real = [m.detach() for m in maps_real]
     rf_fake, _, _ = D(fake.detach())
     d_adv = F.softplus(-rf_real).mean() + F.softplus(rf_fake).mean()
     d_cls = F.cross_entropy(cls_real, t)
@@ -140,8 +141,6 @@ def train_step_adain(G, D, opt_g, opt_d, x, y, g):
     opt_d.step()
     # generator: look real, be classified as the target, match its feature statistics, keep content
     rf, cls, maps = D(fake)
-    with torch.no_grad():
-        maps_real = D(real)[2]
     losses = {"g_adv": F.softplus(-rf).mean(), "g_cls": F.cross_entropy(cls, t),
               "g_stats": wikiart.feature_stats_loss(maps, maps_real),
               "g_rec": (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0}
@@ -156,7 +155,7 @@ def train_step_adain(G, D, opt_g, opt_d, x, y, g):
                 d_real_acc=(cls_real.argmax(1) == t).float().mean().item())
 
 
-def train_step_naive(model, opt, x, y, g):
+def train_step_naive(model, opt, x, content, y, g):
     t = torch.randint(C, y.shape, generator=g).to(y.device)
     out = model(x, t)
     content, style = F.mse_loss(out, x), F.mse_loss(out, model.style_image(t))
@@ -183,6 +182,15 @@ def validate(G, D, mode):
     return {"val_rec_l1": rec / max(n, 1)} | ({"val_fake_style_acc": hit / max(n, 1)} if D is not None else {})
 
 
+@torch.no_grad()
+def encode_all(G):
+    """The frozen encoder's content map of every training-folder image, computed once (float16)."""
+    maps = [G.content(x).half() for x, _ in tqdm(
+        wikiart.iterate_batches(data.images, data.labels, np.arange(len(data)), 128, device),
+        total=math.ceil(len(data) / 128), desc="encoding content", leave=False)]
+    return torch.cat(maps)
+
+
 def train(mode):
     """Train one mode (or resume it); returns the trained model in eval mode."""
     mdir = os.path.join(out_dir, mode)
@@ -204,6 +212,7 @@ def train(mode):
         start, history = ckpt["epoch"] + 1, ckpt["history"]
         print(f"resumed {mode} from {last} after epoch {start}")
     steps = st["steps_per_epoch"] or len(train_idx) // st["batch_size"]
+    contents = encode_all(G) if mode == "adain" else None
     print(f"training {mode}: {sum(p.numel() for p in G.parameters() if p.requires_grad) / 1e6:.2f}M trainable "
           f"generator parameters, {epochs} epochs x {steps} steps of {st['batch_size']}")
     G.train()
@@ -212,12 +221,13 @@ def train(mode):
         g = wikiart.epoch_generator(cfg["seed"], epoch)
         order = train_idx[torch.randint(len(train_idx), (steps * st["batch_size"],), generator=g).numpy()]
         sums = {}
-        bar = tqdm(wikiart.iterate_batches(data.images, data.labels, order, st["batch_size"], device, drop_last=True),
-                   total=steps, desc=f"{mode} epoch {epoch + 1}/{epochs}", leave=False)
-        for x, y in bar:
-            x = torch.where(torch.rand(len(x), 1, 1, 1, generator=g).to(device) < 0.5, x, x.flip(3))
-            logs = (train_step_adain(G, D, opt_g, opt_d, x, y, g) if mode == "adain"
-                    else train_step_naive(G, opt_g, x, y, g))
+        bar = tqdm(range(steps), desc=f"{mode} epoch {epoch + 1}/{epochs}", leave=False)
+        for i in bar:
+            idx = np.sort(order[i * st["batch_size"]:(i + 1) * st["batch_size"]])
+            x, y = wikiart.to_float(data.images[idx], device), data.labels[idx].to(device)
+            content = contents[idx].float() if contents is not None else None
+            logs = (train_step_adain(G, D, opt_g, opt_d, x, content, y, g) if mode == "adain"
+                    else train_step_naive(G, opt_g, x, content, y, g))
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v:.3f}" for k, v in list(logs.items())[:3]})

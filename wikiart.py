@@ -1134,18 +1134,26 @@ class StyleGenerator(nn.Module):
         self.from_content = nn.Conv2d(cin, width, 3, 1, 1)
         self.blocks = nn.ModuleList(AdaINBlock(width, style_dim) for _ in range(res_blocks))
         ups, c = [], width
-        for _ in range(int(round(math.log2(image_size / side)))):
+        for _ in range(int(round(math.log2(image_size / side))) - 1):
             ups.append(AdaINUp(c, max(c // 2, 16), style_dim))
             c = max(c // 2, 16)
         self.ups = nn.ModuleList(ups)
-        self.to_image = nn.Conv2d(c, 3, 3, 1, 1)
+        # the last x2 is a sub-pixel conv (PixelShuffle): no convolution runs at full size (CPU cost)
+        self.to_image = nn.Sequential(nn.Conv2d(c, 12, 3, 1, 1), nn.PixelShuffle(2))
 
     def style(self, styles):
         return self.mapping(self.embedder(styles))
 
+    def content(self, x):
+        """The encoder's map at `level` (frozen encoder: can be computed once per image and cached)."""
+        return self.autoencoder.feature_maps((x + 1) / 2)[self.level]
+
     def forward(self, x, styles):
+        return self.render(self.content(x), styles)
+
+    def render(self, content, styles):
         s = self.style(styles)
-        h = self.from_content(self.autoencoder.feature_maps((x + 1) / 2)[self.level])
+        h = self.from_content(content)
         for block in self.blocks:
             h = block(h, s)
         for up in self.ups:

@@ -156,7 +156,7 @@ def test_style_folders_any_depth_stratified_split(tmp_path):
         for k in range(n):
             p = src / s / ("a/b" if k % 2 else "c") / f"{k}.png"
             p.parent.mkdir(parents=True, exist_ok=True)
-            picture(1000 * len(s) + k, (50, 20)).save(p)
+            picture((500 if s == "Pop_Art" else 0) + k, (50, 20)).save(p)
     shutil.copy(src / "Pop_Art/c/0.png", src / "Pop_Art/c/again.png")  # exact duplicate
     (src / "Empty").mkdir()
     os.symlink(tmp_path / "gone", src / "Dangling")
