@@ -5,7 +5,8 @@
     python compare_balance.py --set train_dir=../shared/data/wikiart16/train \\
         test_dir=../shared/data/wikiart16/test image_size=128 out_dir=out/balance_w16
 
-Each option runs `train.py` then `test.py` with `--set balance=<option> out_dir=<out_dir>/<option>`.
+Each option runs `train.py` then `test.py` with `--set balance=<option> out_dir=<out_dir>/<option>`;
+an option whose run already finished with the same config is reused (re-running resumes a comparison).
 Best epochs are picked on the validation split; the test columns are reported, never used to choose.
 Writes <out_dir>/balance_comparison.{md,json,png}: accuracy, balanced accuracy, macro-F1 and the
 worst per-class recall, one row per option.
@@ -16,6 +17,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 import wikiart
@@ -28,11 +30,27 @@ base_out = cfg["out_dir"] if "out_dir" in wikiart.explicit_keys(args) else "out/
 here = os.path.dirname(os.path.abspath(__file__))
 passthrough = ["-c", args.config, "--set", *args.set]
 
+
+
+def finished(out, run_cfg):
+    """A finished earlier run with exactly this config is reused, so an interrupted comparison resumes."""
+    metrics, ckpt = os.path.join(out, "test_metrics.json"), os.path.join(out, "last.pt")
+    if not (os.path.exists(metrics) and os.path.exists(ckpt)):
+        return False
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    classifier_keys = [k for k, v in run_cfg.items() if not isinstance(v, dict)]  # not the other parts' sections
+    return (all(saved["config"].get(k) == run_cfg[k] for k in classifier_keys)
+            and saved["epoch"] + 1 == run_cfg["epochs"])
+
+
 rows = []
 for option in tqdm(args.options, desc="balance options", unit="run"):
     out = os.path.join(base_out, option)
     overrides = [f"balance={option}", f"out_dir={out}"]
-    for script in ("train.py", "test.py"):
+    if finished(out, wikiart.load_config(args.config, [*args.set, *overrides])):
+        print(f"balance={option}: reusing the finished run in {out}")
+        overrides = None
+    for script in ("train.py", "test.py") if overrides else ():
         cmd = [sys.executable, os.path.join(here, script), *passthrough, *overrides]
         if subprocess.run(cmd).returncode != 0:
             raise SystemExit(f"{script} failed for balance={option}: {' '.join(cmd)}")

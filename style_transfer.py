@@ -57,10 +57,16 @@ by_style = [train_idx[(data.labels[train_idx] == s).numpy()] for s in range(C)]
 print(f"{len(data)} training images of {C} styles in {cfg['train_dir']} ({len(train_idx)} train / "
       f"{len(val_idx)} validation), {S} px, device {device}")
 # what a trained model depends on: a saved model is reused by --evaluate only if these are unchanged
-EVAL_ONLY_KEYS = ("out_dir", "eval_images", "grid_rows", "judge_width", "judge_epochs", "judge_lr")
-train_signature = {"data": [cfg["train_dir"], S, cfg["seed"], cfg["val_fraction"]],
-                   "autoencoder": cfg["autoencoder"],
-                   "style_transfer": {k: v for k, v in st.items() if k not in EVAL_ONLY_KEYS}}
+NOT_TRAINING_KEYS = ("mode", "out_dir", "eval_images", "grid_rows", "judge_width", "judge_epochs", "judge_lr")
+
+
+def train_signature(mode):
+    keys = [k for k in st if k not in NOT_TRAINING_KEYS and (k.startswith("naive_") == (mode == "naive"))]
+    return {"data": [cfg["train_dir"], S, cfg["seed"], cfg["val_fraction"]], "mode": mode,
+            "autoencoder": [cfg["autoencoder"], os.path.exists(st["autoencoder_path"] or "/nonexistent") and
+                            os.path.getmtime(st["autoencoder_path"])] if mode == "adain" else None,
+            "style_transfer": {k: st[k] for k in keys}}
+
 
 
 def get_autoencoder(train_fallback=True):
@@ -126,6 +132,13 @@ def real_of_styles(t, g):
     return wikiart.to_float(data.images[np.asarray(idx)], device)
 
 
+def coarse_structure(x):
+    """Luminance at 1/4 of the side, standardised per image: the layout, without colour, contrast
+    or fine texture (which the style may change). A one-pass stand-in for the cycle loss."""
+    lum = F.avg_pool2d(0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3], 4)
+    return (lum - lum.mean((2, 3), keepdim=True)) / (lum.std((2, 3), keepdim=True) + 0.05)
+
+
 def train_step_adain(G, D, opt_g, opt_d, x, content, y, g):
     t, same = sample_targets(y, g)
     real = real_of_styles(t, g)
@@ -143,11 +156,13 @@ def train_step_adain(G, D, opt_g, opt_d, x, content, y, g):
     rf, cls, maps = D(fake)
     losses = {"g_adv": F.softplus(-rf).mean(), "g_cls": F.cross_entropy(cls, t),
               "g_stats": wikiart.feature_stats_loss(maps, maps_real),
-              "g_rec": (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0}
+              "g_rec": (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0,
+              "g_structure": (coarse_structure(fake) - coarse_structure(x)).abs().mean()}
     if st["w_cycle"] > 0:
         losses["g_cycle"] = (G(fake, y) - x).abs().mean()
     loss = (st["w_adv"] * losses["g_adv"] + st["w_cls"] * losses["g_cls"] + st["w_stats"] * losses["g_stats"]
-            + st["w_rec"] * losses["g_rec"] + st["w_cycle"] * losses.get("g_cycle", 0.0))
+            + st["w_rec"] * losses["g_rec"] + st["w_structure"] * losses["g_structure"]
+            + st["w_cycle"] * losses.get("g_cycle", 0.0))
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -198,7 +213,8 @@ def train(mode):
     G, D, source = build(mode)
     epochs = st["epochs"] if mode == "adain" else st["naive_epochs"]
     betas = (0.5, 0.999)  # the usual GAN setting: less momentum, steadier two-player updates
-    opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=st["lr"], betas=betas)
+    opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad],
+                             lr=st["lr"] if mode == "adain" else st["naive_lr"], betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=st["d_lr"], betas=betas) if D is not None else None
     start, history = 0, []
     last = os.path.join(mdir, "last.pt")
@@ -236,13 +252,13 @@ def train(mode):
         history.append(row)
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         wikiart.atomic_save({"model": G.state_dict(), "opt_g": opt_g.state_dict(), "epoch": epoch,
-                             "history": history, "config": cfg, "signature": train_signature}
+                             "history": history, "config": cfg, "signature": train_signature(mode)}
                             | ({"discriminator": D.state_dict(), "opt_d": opt_d.state_dict()} if D is not None else {}),
                             last)
         wikiart.write_history(history, mdir)
         wikiart.plot_curves(history, [k for k in history[-1] if k not in ("epoch", "seconds")],
                             os.path.join(mdir, "curves.png"), f"style transfer ({mode})")
-    wikiart.atomic_save({"model": G.state_dict(), "mode": mode, "config": cfg, "signature": train_signature,
+    wikiart.atomic_save({"model": G.state_dict(), "mode": mode, "config": cfg, "signature": train_signature(mode),
                          "class_to_idx": data.class_to_idx, "autoencoder": source, "history": history},
                         os.path.join(mdir, "model.pt"))
     return G.eval()
@@ -253,7 +269,7 @@ def train_or_load(mode):
     path = os.path.join(out_dir, mode, "model.pt")
     if args.evaluate and not (args.resume and mode == st["mode"]) and os.path.exists(path):
         ckpt = torch.load(path, map_location=device, weights_only=False)
-        if ckpt.get("signature") == train_signature:
+        if ckpt.get("signature") == train_signature(mode):
             G, _, _ = build(mode, ae=None if mode == "naive" else get_autoencoder(train_fallback=False))
             G.load_state_dict(ckpt["model"])
             print(f"{mode}: reusing {path} (same training settings)")
@@ -367,7 +383,7 @@ def train_or_load_judge():
     """The style judge: a ResNet (an architecture used nowhere in training here), trained on the
     training images only, half of each batch seen through the robust transform."""
     path = os.path.join(out_dir, "judge.pt")
-    signature = {"data": train_signature["data"], "judge": [st["judge_width"], st["judge_epochs"], st["judge_lr"]]}
+    signature = {"data": train_signature("naive")["data"], "judge": [st["judge_width"], st["judge_epochs"], st["judge_lr"]]}
     torch.manual_seed(cfg["seed"])
     judge = wikiart.ResNet(C, st["judge_width"], (1, 1, 1, 1), 0.1).to(device)
     if os.path.exists(path):

@@ -36,6 +36,8 @@ model.load_state_dict(ckpt["model"])
 model.to(device, memory_format=torch.channels_last)
 
 logits = wikiart.predict(model, data.images, list(range(len(data))), 256, device, desc="testing")
+if "logit_bias" in ckpt:  # balance=posthoc: - tau * log prior, tau chosen on the validation split
+    logits = logits + ckpt["logit_bias"]
 metrics = wikiart.classification_metrics(data.labels.numpy(), logits.argmax(1).numpy(), data.classes)
 majority = max(metrics["per_class"].values(), key=lambda m: m["support"])["support"] / len(data)
 metrics.update(checkpoint=path, epoch=ckpt["epoch"] + 1, test_dir=run_cfg["test_dir"], n_images=len(data),

@@ -77,10 +77,14 @@ def loss_fn(logits, y, epoch):
     return F.cross_entropy(logits.float(), y, weight=w, label_smoothing=cfg["label_smoothing"])
 
 
-def evaluate(indices):
+def validation_logits(indices):
     wikiart.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
     logits = wikiart.predict(model, data.images, wikiart.shard(indices, rank, world), 256, device, desc="validating")
-    logits = wikiart.all_gather_shards(logits, world)  # each process scored every world-th image
+    return wikiart.all_gather_shards(logits, world)  # each process scored every world-th image
+
+
+def evaluate(indices):
+    logits = validation_logits(indices)
     y = data.labels[indices]
     m = wikiart.classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes)
     m["loss"] = float(F.cross_entropy(logits, y)) if len(indices) else float("nan")
@@ -167,6 +171,18 @@ for epoch in range(start_epoch, end_epoch):
         wikiart.write_history(history, out_dir)
         wikiart.plot_curves(history, ["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy"],
                             os.path.join(out_dir, "curves.png"), f"{cfg['mode']} on {cfg['train_dir']}")
+
+# ---- balance=posthoc: plain training, then test-time logits - tau * log prior, tau chosen on validation
+if balance == "posthoc" and end_epoch == cfg["epochs"] and len(val_idx):
+    best = torch.load(os.path.join(out_dir, "best.pt"), map_location=device, weights_only=False)
+    model.load_state_dict(best["model"])
+    tau, rows = wikiart.choose_posthoc_tau(validation_logits(val_idx), data.labels[val_idx], train_counts,
+                                           classes, cfg["posthoc_max_drop"])
+    best["logit_bias"], best["posthoc_tau"] = -wikiart.logit_adjustment(train_counts, tau), tau
+    print(f"post-hoc logit adjustment: tau {tau} (validation accuracy / balanced accuracy: "
+          + ", ".join(f"tau {t}: {a:.3f}/{b:.3f}" for t, a, b in rows[::5]) + ")")
+    if rank == 0:
+        wikiart.atomic_save(best, os.path.join(out_dir, "best.pt"))
 
 print(f"best validation {cfg['select_metric']} {best_score:.4f}; checkpoints and logs in {out_dir}")
 wikiart.cleanup_distributed()

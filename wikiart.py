@@ -934,6 +934,29 @@ def psnr(mse):
     return float(10 * math.log10(1.0 / max(mse, 1e-12)))
 
 
+def contingency(y_true, y_cluster):
+    """(clusters x styles) count table over the clusters and styles that occur."""
+    _, yt = np.unique(y_true, return_inverse=True)
+    _, yc = np.unique(y_cluster, return_inverse=True)
+    table = np.zeros((yc.max() + 1, yt.max() + 1), dtype=np.int64)
+    np.add.at(table, (yc, yt), 1)
+    return table
+
+
+def clustering_metrics(y_true, y_cluster):
+    """NMI, ARI, purity (each cluster votes for its majority style) and Hungarian accuracy (the best
+    one-to-one cluster -> style matching) of a clustering against the true styles."""
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    table = contingency(y_true, y_cluster)
+    rows, cols = linear_sum_assignment(-table)
+    n = max(1, table.sum())
+    return {"nmi": float(normalized_mutual_info_score(y_true, y_cluster)),
+            "ari": float(adjusted_rand_score(y_true, y_cluster)),
+            "purity": float(table.max(1).sum() / n),
+            "hungarian_accuracy": float(table[rows, cols].sum() / n)}
+
+
 # ----------------------------------------------------------------------------------------------
 # Distributed: the same script under torchrun, one process per GPU (DistributedDataParallel).
 # Without torchrun every helper here is a no-op for rank 0 of a world of 1: single runs are unchanged.
@@ -1255,7 +1278,7 @@ def texture_descriptors(images_u8, net, batch_size=256):
     standardised per image (brightness and contrast do not count)."""
     layers = [[] for _ in net]
     for i in range(0, len(images_u8), batch_size):
-        x = torch.as_tensor(np.ascontiguousarray(images_u8[i:i + batch_size])).float().permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.array(images_u8[i:i + batch_size])).float().permute(0, 3, 1, 2)
         h = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
         h = (h - h.mean((2, 3), keepdim=True)) / (h.std((2, 3), keepdim=True) + 1e-3)
         for k, conv in enumerate(net):
@@ -1307,15 +1330,15 @@ def gap_closed(d_inputs, d_outputs, d_real):
 
 def ssim(a_u8, b_u8, window=11, sigma=1.5, batch_size=256):
     """Mean SSIM (Wang et al. 2004; Gaussian window, per channel, valid region) of each pair: (N,)."""
-    g = torch.exp(-(torch.arange(window) - window // 2) ** 2 / (2 * sigma ** 2)).double()
-    g = (g / g.sum())
-    kernel = (g[:, None] * g[None, :]).expand(3, 1, window, window)
+    g = torch.exp(-(torch.arange(window) - window // 2) ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    gx, gy = g.view(1, 1, 1, -1).repeat(3, 1, 1, 1), g.view(1, 1, -1, 1).repeat(3, 1, 1, 1)
+    blur = lambda t: F.conv2d(F.conv2d(t, gx, groups=3), gy, groups=3)  # separable: fast on CPU
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     out = []
     for i in range(0, len(a_u8), batch_size):
-        x, y = (torch.as_tensor(np.ascontiguousarray(v[i:i + batch_size])).double().permute(0, 3, 1, 2) / 255
+        x, y = (torch.from_numpy(np.array(v[i:i + batch_size])).float().permute(0, 3, 1, 2) / 255
                 for v in (a_u8, b_u8))
-        blur = lambda t: F.conv2d(t, kernel, groups=3)
         mx, my = blur(x), blur(y)
         vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
         s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
@@ -1327,7 +1350,7 @@ def ssim(a_u8, b_u8, window=11, sigma=1.5, batch_size=256):
 # Class imbalance (Part 1): loss weights, sampler, logit adjustment
 
 BALANCE_OPTIONS = ("none", "weights1", "weights2", "weights3", "effective", "sampler",
-                   "logit_adjust", "drw")
+                   "logit_adjust", "posthoc", "drw")
 
 
 def class_weights(counts, kind, beta=0.999):
@@ -1352,6 +1375,19 @@ def logit_adjustment(counts, tau=1.0):
     """tau * log prior (Menon et al. 2021): added to the logits in the training loss only."""
     prior = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1)
     return (tau * torch.log(prior / prior.sum())).float()
+
+
+def choose_posthoc_tau(logits, labels, counts, classes, max_drop=0.02, taus=np.arange(0, 2.001, 0.1)):
+    """Post-hoc logit adjustment (Menon et al. 2021): predict argmax(logits - tau * log prior).
+    Picks the tau with the best balanced accuracy whose accuracy is at most `max_drop` below tau=0's,
+    on the validation split. Returns (tau, rows of (tau, accuracy, balanced_accuracy))."""
+    log_prior = logit_adjustment(counts, 1.0)
+    rows = []
+    for tau in taus:
+        m = classification_metrics(np.asarray(labels), (logits - tau * log_prior).argmax(1).numpy(), classes)
+        rows.append((round(float(tau), 2), m["accuracy"], m["balanced_accuracy"]))
+    allowed = [r for r in rows if r[1] >= rows[0][1] - max_drop]
+    return max(allowed, key=lambda r: r[2])[0], rows
 
 
 def balanced_sampler_indices(labels, num_samples, generator):

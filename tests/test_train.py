@@ -244,3 +244,31 @@ def test_compare_balance_runs_every_option(sample_root, tmp_path):
     assert [r.split("|")[1].strip() for r in rows] == list(wikiart.BALANCE_OPTIONS)
     data = json.loads((tmp_path / "cmp" / "balance_comparison.json").read_text())
     assert all(0 <= r["worst_recall"] <= r["balanced_accuracy"] <= 1 for r in data["rows"])
+
+
+def test_posthoc_tau_is_chosen_on_validation_within_the_accuracy_budget():
+    counts = [80, 15, 5]
+    labels = torch.tensor([0] * 80 + [1] * 15 + [2] * 5)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(100, 3, generator=g) * 0.3
+    logits[torch.arange(100), labels] += 0.4          # a weak signal for every class ...
+    logits[:, 0] += 0.6                               # ... swamped by a bias toward the frequent class
+    tau, rows = wikiart.choose_posthoc_tau(logits, labels, counts, ["a", "b", "c"], max_drop=0.02)
+    by_tau = {t: (a, b) for t, a, b in rows}
+    assert tau > 0 and by_tau[tau][1] > by_tau[0.0][1]            # rare styles recovered
+    assert by_tau[tau][0] >= by_tau[0.0][0] - 0.02                 # at most 2 points of accuracy lost
+    assert by_tau[tau][1] == max(b for t, a, b in rows if a >= by_tau[0.0][0] - 0.02)
+
+
+def test_posthoc_balance_stores_a_bias_that_test_py_applies(sample_root, tmp_path):
+    args = small_config(sample_root, tmp_path / "ph", balance="posthoc")
+    p = run_script("train.py", *args)
+    assert "post-hoc logit adjustment: tau" in p.stdout
+    ckpt = torch.load(tmp_path / "ph" / "best.pt", weights_only=False)
+    counts = torch.bincount(torch.tensor([ckpt["class_to_idx"][s] for s, n in ckpt["label_counts"].items()
+                                          for _ in range(n)]))
+    assert ckpt["logit_bias"].shape == (27,) and ckpt["posthoc_tau"] >= 0
+    if ckpt["posthoc_tau"] > 0:  # the bias favours rare styles
+        assert ckpt["logit_bias"][int(counts.argmin())] > ckpt["logit_bias"][int(counts.argmax())]
+    run_script("test.py", *args)
+    assert json.loads((tmp_path / "ph" / "test_metrics.json").read_text())["balance"] == "posthoc"

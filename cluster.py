@@ -1,0 +1,189 @@
+"""Part 2: do art styles cluster? Cluster the autoencoder's codes and score them against the true styles.
+
+    python autoencoder.py && python cluster.py             # codes from autoencoder.out_dir
+    python cluster.py --set cluster.method=gmm              # kmeans | gmm | agglomerative
+    python cluster.py --set cluster.feature=code            # code | stats | code+stats
+    python cluster.py --set autoencoder.out_dir=out/ae_w16 cluster.out_dir=out/cluster_w16
+
+Pipeline (seeded): features -> StandardScaler -> PCA (cluster.pca_dim) -> clustering with k = the number
+of styles present (cluster.k=0) -> NMI, ARI, purity, Hungarian accuracy and silhouette against the
+true styles (the labels are only used for scoring and colouring). The same pipeline runs on a
+baseline, the raw pixels at cluster.baseline_size px, so the autoencoder's contribution is visible.
+
+Features (cluster.feature): "code" is the flattened bottleneck; "stats" is the per-channel mean and
+std of every encoder feature map (texture/colour statistics, independent of where things are in the
+picture); "code+stats" is both, each block scaled to the same total variance.
+Writes to cluster.out_dir: metrics.json, comparison.png, pca.png, tsne.png, contingency.png,
+pc1_vs_cluster.png (each figure: the autoencoder feature next to the raw-pixel baseline).
+"""
+import os
+
+import numpy as np
+from sklearn.cluster import AgglomerativeClustering, KMeans
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_score
+from sklearn.mixture import GaussianMixture
+from sklearn.preprocessing import StandardScaler
+
+import wikiart
+
+parser = wikiart.config_parser(__doc__)
+args, cfg = wikiart.parse_config(parser)
+cl = cfg["cluster"]
+seed = cfg["seed"]
+wikiart.seed_everything(seed)
+out_dir = cl["out_dir"]
+os.makedirs(out_dir, exist_ok=True)
+FEATURES, METHODS = ("code", "stats", "code+stats"), ("kmeans", "gmm", "agglomerative")
+if cl["feature"] not in FEATURES:
+    raise SystemExit(f"unknown cluster.feature '{cl['feature']}'; valid: {', '.join(FEATURES)}")
+if cl["method"] not in METHODS:
+    raise SystemExit(f"unknown cluster.method '{cl['method']}'; valid: {', '.join(METHODS)}")
+
+# ---- the codes written by autoencoder.py, and the raw-pixel baseline of the same images
+codes_path = os.path.join(cl["codes_dir"] or cfg["autoencoder"]["out_dir"], f"codes_{cl['split']}.npz")
+if not os.path.exists(codes_path):
+    raise SystemExit(f"no codes at {codes_path}; run python autoencoder.py first (same config)")
+npz = np.load(codes_path)
+labels, classes, paths = npz["labels"], [str(c) for c in npz["classes"]], [str(p) for p in npz["paths"]]
+blocks = {"code": [npz["codes"]], "stats": [npz["stats"]], "code+stats": [npz["codes"], npz["stats"]]}
+present = np.unique(labels)
+k = cl["k"] or len(present)
+print(f"{len(labels)} {cl['split']} images of {len(present)} styles from {codes_path}; "
+      f"feature '{cl['feature']}' ({sum(b.shape[1] for b in blocks[cl['feature']])} numbers), "
+      f"{cl['method']} with k={k}")
+
+bs = cl["baseline_size"]
+pixels, kept, skipped = wikiart.load_images([(classes[y], p) for y, p in zip(labels, paths)], bs,
+                                            cfg["cache_dir"] or None, desc=f"raw pixels at {bs} px")
+if skipped:
+    raise SystemExit(f"{len(skipped)} image(s) of {codes_path} can no longer be read, e.g. {skipped[0]}")
+pixels = pixels.reshape(len(pixels), -1).astype(np.float32) / 255
+
+
+def prepare(block_list):
+    """Standardise each block, give every block the same total variance, then PCA."""
+    parts = [StandardScaler().fit_transform(b.astype(np.float64)) / np.sqrt(b.shape[1]) for b in block_list]
+    x = np.concatenate(parts, 1)
+    n_comp = min(cl["pca_dim"], x.shape[0], x.shape[1]) if cl["pca_dim"] else 0
+    return PCA(n_comp, random_state=seed).fit_transform(x) if n_comp else x, PCA(2, random_state=seed).fit_transform(x)
+
+
+def cluster(x):
+    if cl["method"] == "kmeans":
+        return KMeans(k, n_init=10, random_state=seed).fit_predict(x)
+    if cl["method"] == "gmm":
+        return GaussianMixture(k, covariance_type="diag", random_state=seed, reg_covar=1e-4).fit(x).predict(x)
+    return AgglomerativeClustering(k, linkage="ward").fit_predict(x)
+
+
+results, views = {}, {}
+for name, block_list in (("autoencoder", blocks[cl["feature"]]), (f"raw_pixels_{bs}px", [pixels])):
+    x, pc2 = prepare(block_list)
+    assign = cluster(x)
+    m = wikiart.clustering_metrics(labels, assign)
+    m["silhouette"] = float(silhouette_score(x, assign, sample_size=min(len(x), 5000), random_state=seed)
+                            if len(np.unique(assign)) > 1 else float("nan"))
+    m["dims"] = int(sum(b.shape[1] for b in block_list))
+    results[name], views[name] = m, (x, pc2, assign)
+    print(f"{name:22s} NMI {m['nmi']:.3f}  ARI {m['ari']:.3f}  purity {m['purity']:.3f}  "
+          f"Hungarian acc {m['hungarian_accuracy']:.3f}  silhouette {m['silhouette']:.3f}")
+ae_name, base_name = list(results)
+report = {"split": cl["split"], "num_images": int(len(labels)), "num_styles": int(len(present)), "k": int(k),
+          "feature": cl["feature"], "method": cl["method"], "pca_dim": cl["pca_dim"], "codes": codes_path,
+          "results": results, "nmi_ratio_vs_raw_pixels": results[ae_name]["nmi"] / max(results[base_name]["nmi"], 1e-12)}
+wikiart.atomic_save(report, os.path.join(out_dir, "metrics.json"))
+
+# ---- figures: the autoencoder feature next to the raw-pixel baseline
+p = wikiart.plt()
+palette = [p.get_cmap(name)(i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
+style_colour = {c: palette[i % len(palette)] for i, c in enumerate(present)}
+markers = "osD^vP*X<>ph"
+
+
+def scatter_by_style(ax, xy, assign, title):
+    """Colour = true style; marker = cluster (cycled)."""
+    for c in present:
+        for j in np.unique(assign[labels == c]):
+            sel = (labels == c) & (assign == j)
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=10, color=style_colour[c], marker=markers[j % len(markers)],
+                       alpha=0.7, linewidths=0)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def style_legend(fig):
+    handles = [p.Line2D([], [], marker="o", ls="", color=style_colour[c], label=classes[c]) for c in present]
+    fig.legend(handles=handles, loc="center right", fontsize=7, title="true style (colour)")
+
+
+def two_panel_scatter(coords, fname, what):
+    fig, axes = p.subplots(1, 2, figsize=(13, 5.5))
+    for ax, name in zip(axes, results):
+        scatter_by_style(ax, coords[name], views[name][2],
+                         f"{name}: {what}\nmarker = {cl['method']} cluster; NMI {results[name]['nmi']:.3f}")
+    style_legend(fig)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.savefig(os.path.join(out_dir, fname), dpi=110)
+    p.close(fig)
+
+
+two_panel_scatter({n: v[1] for n, v in views.items()}, "pca.png", "first two principal components")
+
+# t-SNE on a seeded subsample (it is quadratic-ish in the number of points)
+rng = np.random.default_rng(seed)
+sub = np.sort(rng.choice(len(labels), min(len(labels), cl["tsne_points"]), replace=False))
+tsne = {}
+for name, (x, _, _) in views.items():
+    emb = np.full((len(labels), 2), np.nan)
+    emb[sub] = TSNE(2, perplexity=min(30, max(2, len(sub) // 4)), init="pca", random_state=seed).fit_transform(x[sub])
+    tsne[name] = emb
+two_panel_scatter(tsne, "tsne.png", f"t-SNE of {len(sub)} images")
+
+fig, axes = p.subplots(1, 2, figsize=(2 * (0.32 * len(present) + 3), 0.3 * k + 3.5))
+for ax, name in zip(axes, results):
+    table = wikiart.contingency(labels, views[name][2])
+    ax.imshow(table / np.maximum(table.sum(0, keepdims=True), 1), cmap="Blues", aspect="auto")
+    for (i, j), v in np.ndenumerate(table):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=5,
+                    color="white" if v > 0.6 * table[:, j].sum() else "black")
+    ax.set_xticks(range(len(present)), [classes[c] for c in present], rotation=90, fontsize=7)
+    ax.set_yticks(range(table.shape[0]))
+    ax.set_xlabel("true style")
+    ax.set_ylabel(f"{cl['method']} cluster")
+    ax.set_title(f"{name}: counts (shade = share of each style)", fontsize=9)
+fig.tight_layout()
+fig.savefig(os.path.join(out_dir, "contingency.png"), dpi=110)
+p.close(fig)
+
+fig, axes = p.subplots(1, 2, figsize=(13, 5))
+jitter = rng.uniform(-0.25, 0.25, len(labels))
+for ax, name in zip(axes, results):
+    _, pc2, assign = views[name]
+    for c in present:
+        sel = labels == c
+        ax.scatter(pc2[sel, 0], assign[sel] + jitter[sel], s=8, color=style_colour[c], alpha=0.7, linewidths=0)
+    ax.set_xlabel("first principal component")
+    ax.set_ylabel(f"{cl['method']} cluster id")
+    ax.set_title(f"{name}: 1D view (colour = true style)", fontsize=9)
+style_legend(fig)
+fig.tight_layout(rect=(0, 0, 0.8, 1))
+fig.savefig(os.path.join(out_dir, "pc1_vs_cluster.png"), dpi=110)
+p.close(fig)
+
+keys = ["nmi", "ari", "purity", "hungarian_accuracy", "silhouette"]
+fig, ax = p.subplots(figsize=(8, 4))
+for i, name in enumerate(results):
+    ax.bar(np.arange(len(keys)) + (i - 0.5) * 0.38, [results[name][q] for q in keys], 0.38, label=name)
+ax.set_xticks(range(len(keys)), keys)
+ax.axhline(0, color="k", lw=0.5)
+ax.set_title(f"{cl['method']} (k={k}) on {len(labels)} {cl['split']} images: {cl['feature']} vs raw pixels")
+ax.legend()
+fig.tight_layout()
+fig.savefig(os.path.join(out_dir, "comparison.png"), dpi=110)
+p.close(fig)
+print(f"NMI autoencoder / raw pixels = {report['nmi_ratio_vs_raw_pixels']:.2f}x; wrote {out_dir}/metrics.json and "
+      "pca.png, tsne.png, contingency.png, pc1_vs_cluster.png, comparison.png")
