@@ -6,6 +6,7 @@
         image_size=128 autoencoder.train_crop=64 autoencoder.out_dir=out/ae_w16
     python autoencoder.py --resume                          # continue from autoencoder.out_dir/last.pt
     python cluster.py                                       # then cluster the codes
+    torchrun --standalone --nproc_per_node=8 autoencoder.py # 8 GPUs (multi-node: see train.py)
 
 The style labels are never used for training: a stratified validation split of the training folder
 (by image, labels only keep every style represented) measures progress and picks the best epoch.
@@ -29,14 +30,15 @@ parser = wikiart.config_parser(__doc__)
 parser.add_argument("--resume", action="store_true", help="continue from autoencoder.out_dir/last.pt")
 args, cfg = wikiart.parse_config(parser)
 ae = cfg["autoencoder"]
-device = wikiart.get_device(cfg["device"])
+rank, world, local_rank, device = wikiart.setup_distributed(cfg["device"])  # (0, 1, 0, device) without torchrun
 wikiart.seed_everything(cfg["seed"])
 out_dir = ae["out_dir"]
 os.makedirs(out_dir, exist_ok=True)
 
 # ---- data: labels are only used to stratify the validation split and to label the saved codes
-data = wikiart.load_split(cfg, "train")
-test = wikiart.load_split(cfg, "test", data.class_to_idx)
+with wikiart.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache
+    data = wikiart.load_split(cfg, "train")
+    test = wikiart.load_split(cfg, "test", data.class_to_idx)
 train_idx, val_idx = wikiart.stratified_split(data.labels, ae["val_fraction"], cfg["seed"])
 size, crop, bs = cfg["image_size"], ae["train_crop"], ae["batch_size"]
 if crop and (crop > size or (ae["mode"] == "conv" and ae["bottleneck"] == "vector")):
@@ -113,18 +115,25 @@ if args.resume:
     torch.set_rng_state(ckpt["rng"])
     print(f"resumed from {path} after epoch {ckpt['epoch']}")
 
+# One process per GPU under torchrun (batch_size stays the global batch); `model` stays the plain module
+train_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+    model, device_ids=[device.index] if device.type == "cuda" else None)
+
 # ---- training loop
 for epoch in range(start_epoch, ae["epochs"]):
     t0 = time.time()
     g = wikiart.epoch_generator(cfg["seed"], epoch)
     order = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
-    model.train()
+    order = wikiart.shard(order, rank, world, bs)  # all ranks drew the same order
+    if rank > 0:  # other crops and flips than rank 0's
+        g = wikiart.epoch_generator(cfg["seed"] + 1_000_003 * rank, epoch)
+    train_model.train()
     total, seen = 0.0, 0
-    bar = tqdm(wikiart.iterate_batches(data.images, data.labels, order, bs, device, drop_last=True),
+    bar = tqdm(wikiart.iterate_batches(data.images, data.labels, order, bs // world, device, drop_last=True),
                total=steps_per_epoch, desc=f"epoch {epoch + 1}/{ae['epochs']}", leave=False)
     for x, _ in bar:  # the labels are dropped here: unsupervised
         x = random_crop_flip((x + 1) / 2, g).contiguous(memory_format=torch.channels_last)
-        out = model(x)
+        out = train_model(x)
         loss = F.mse_loss(out, x)
         if ae["l1_weight"]:
             loss = loss + ae["l1_weight"] * F.l1_loss(out, x)
@@ -135,9 +144,12 @@ for epoch in range(start_epoch, ae["epochs"]):
         total, seen = total + loss.item() * len(x), seen + len(x)
         bar.set_postfix(loss=f"{total / seen:.4f}")
 
+    total, seen = wikiart.all_reduce_sum([total, seen], device)  # over all processes
     row = {"epoch": epoch + 1, "train_loss": total / seen, "lr": optimizer.param_groups[0]["lr"]}
     if len(val_idx):
-        m = recon_metrics(run_encoder(data.images, val_idx, desc="validating")[0])
+        wikiart.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
+        mse = run_encoder(data.images, wikiart.shard(val_idx, rank, world), desc="validating")[0]
+        m = recon_metrics(wikiart.all_gather_shards(torch.from_numpy(mse), world).numpy())
         row.update(val_mse=m["mse"], val_psnr=m["psnr"])
     row["seconds"] = time.time() - t0
     history.append(row)
@@ -145,11 +157,17 @@ for epoch in range(start_epoch, ae["epochs"]):
     score = row.get("val_mse", -epoch)  # no validation split: the last epoch wins
     if score < best_mse:
         best_mse = score
-        wikiart.atomic_save(checkpoint(epoch), os.path.join(out_dir, "best.pt"))
-    wikiart.atomic_save(checkpoint(epoch), os.path.join(out_dir, "last.pt"))
-    wikiart.write_history(history, out_dir)
-    wikiart.plot_curves(history, ["train_loss", "val_mse", "val_psnr"], os.path.join(out_dir, "curves.png"),
-                        f"{ae['mode']} autoencoder, {compression:.0f}x compression, {cfg['train_dir']}")
+        if rank == 0:  # one process writes: every process holds the same model, history and scores
+            wikiart.atomic_save(checkpoint(epoch), os.path.join(out_dir, "best.pt"))
+    if rank == 0:
+        wikiart.atomic_save(checkpoint(epoch), os.path.join(out_dir, "last.pt"))
+        wikiart.write_history(history, out_dir)
+        wikiart.plot_curves(history, ["train_loss", "val_mse", "val_psnr"], os.path.join(out_dir, "curves.png"),
+                            f"{ae['mode']} autoencoder, {compression:.0f}x compression, {cfg['train_dir']}")
+
+wikiart.cleanup_distributed()
+if rank > 0:
+    raise SystemExit  # the test metrics, figure and codes below are rank 0's work
 
 # ---- the best epoch: test reconstruction, figure, and the codes of both splits for cluster.py
 if not os.path.exists(os.path.join(out_dir, "best.pt")):
