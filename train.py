@@ -9,9 +9,9 @@
 
 Several GPUs (DistributedDataParallel, one process per GPU; batch_size stays the global batch):
     torchrun --standalone --nproc_per_node=8 train.py               # 8 GPUs on one machine
-    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 \
+    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 \
              --master_port=29500 train.py                          # 2 machines, on the first (master)
-    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123.456 \
+    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 \
              --master_port=29500 train.py                          # ... and on the second
     (without Infiniband, prepend NCCL_IB_DISABLE=1; on CPU, --set device=cpu uses gloo)
 

@@ -186,6 +186,9 @@ def atomic_save(obj, path):
                 json.dump(obj, f, indent=2)
         else:
             torch.save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
