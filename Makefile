@@ -16,7 +16,6 @@ demo: $(VENV)/.installed
 	$(PY) test.py
 	$(PY) autoencoder.py
 	$(PY) cluster.py
-	$(PY) style_transfer.py
 	$(PY) style_transfer.py --evaluate
 	@echo "plots and metrics: out/classifier out/autoencoder out/cluster out/style_transfer"
 
