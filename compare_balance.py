@@ -38,8 +38,9 @@ def finished(out, run_cfg):
     if not (os.path.exists(metrics) and os.path.exists(ckpt)):
         return False
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    defaults = wikiart.load_config()  # a key added to config.json after that run: it ran with the default
     classifier_keys = [k for k, v in run_cfg.items() if not isinstance(v, dict)]  # not the other parts' sections
-    return (all(saved["config"].get(k) == run_cfg[k] for k in classifier_keys)
+    return (all(saved["config"].get(k, defaults[k]) == run_cfg[k] for k in classifier_keys)
             and saved["epoch"] + 1 == run_cfg["epochs"])
 
 
