@@ -272,3 +272,13 @@ def test_posthoc_balance_stores_a_bias_that_test_py_applies(sample_root, tmp_pat
         assert ckpt["logit_bias"][int(counts.argmin())] > ckpt["logit_bias"][int(counts.argmax())]
     run_script("test.py", *args)
     assert json.loads((tmp_path / "ph" / "test_metrics.json").read_text())["balance"] == "posthoc"
+
+
+def test_the_three_inverse_frequency_weightings_give_the_same_loss():
+    """weights1/2/3 differ by a constant factor that the weighted mean divides out (README, Part 1)."""
+    counts = [300, 40, 7]
+    logits, y = torch.randn(32, 3, generator=torch.Generator().manual_seed(0)), torch.randint(0, 3, (32,))
+    losses = [torch.nn.functional.cross_entropy(logits, y, weight=wikiart.class_weights(counts, k),
+                                                label_smoothing=0.1) for k in ("weights1", "weights2", "weights3")]
+    assert torch.allclose(losses[0], losses[1]) and torch.allclose(losses[0], losses[2])
+    assert not torch.allclose(losses[0], torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1))
