@@ -102,18 +102,11 @@ def checkpoint(epoch):
 # ---- resume
 start_epoch, best_mse, history = 0, float("inf"), []
 if args.resume:
-    path = os.path.join(out_dir, "last.pt")
-    if not os.path.exists(path):
-        raise SystemExit(f"--resume: no checkpoint at {path}")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    if ckpt["config"]["autoencoder"]["mode"] != ae["mode"]:
-        raise SystemExit(f"--resume: {path} holds a '{ckpt['config']['autoencoder']['mode']}' autoencoder")
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
+    ckpt = wikiart.resume_training(
+        os.path.join(out_dir, "last.pt"), model, optimizer, scheduler, device,
+        lambda c: None if c["config"]["autoencoder"]["mode"] == ae["mode"] else
+        f"holds a '{c['config']['autoencoder']['mode']}' autoencoder")
     start_epoch, best_mse, history = ckpt["epoch"] + 1, ckpt["best_mse"], ckpt["history"]
-    torch.set_rng_state(ckpt["rng"])
-    print(f"resumed from {path} after epoch {ckpt['epoch']}")
 
 # One process per GPU under torchrun (batch_size stays the global batch); `model` stays the plain module
 train_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(

@@ -101,18 +101,11 @@ def checkpoint(epoch):
 # ---- resume
 start_epoch, best_score, history = 0, -1.0, []
 if args.resume:
-    path = os.path.join(out_dir, "last.pt")
-    if not os.path.exists(path):
-        raise SystemExit(f"--resume: no checkpoint at {path}")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    if ckpt["class_to_idx"] != data.class_to_idx:
-        raise SystemExit(f"--resume: {path} was trained on other styles than {cfg['train_dir']} holds")
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
+    ckpt = wikiart.resume_training(
+        os.path.join(out_dir, "last.pt"), model, optimizer, scheduler, device,
+        lambda c: None if c["class_to_idx"] == data.class_to_idx else
+        f"was trained on other styles than {cfg['train_dir']} holds")
     start_epoch, best_score, history = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["history"]
-    torch.set_rng_state(ckpt["rng"])
-    print(f"resumed from {path} after epoch {ckpt['epoch']}")
 
 # One process per GPU under torchrun: DDP averages the gradients of all processes in backward.
 # `model` stays the plain module: evaluation and checkpoints use it, so test.py loads them unchanged.

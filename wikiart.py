@@ -782,6 +782,23 @@ def make_scheduler(optimizer, warmup_steps, total_steps, schedule="cosine"):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def resume_training(path, model, optimizer, scheduler, device, problem=lambda ckpt: None):
+    """--resume: restore model, optimizer, scheduler and RNG state from `path`; returns the checkpoint.
+    `problem(ckpt)` returns why the checkpoint does not fit this run (or None)."""
+    if not os.path.exists(path):
+        raise SystemExit(f"--resume: no checkpoint at {path}")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    why = problem(ckpt)
+    if why:
+        raise SystemExit(f"--resume: {path} {why}")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"])
+    print(f"resumed from {path} after epoch {ckpt['epoch']}")
+    return ckpt
+
+
 def epoch_generator(seed, epoch):
     """One RNG per epoch for shuffling, sampling, augmentation and dropout: an epoch replays
     exactly whether training ran straight through or was resumed before it."""

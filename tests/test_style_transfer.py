@@ -104,14 +104,14 @@ def test_metric_helpers():
 
 def test_script_trains_evaluates_and_draws(sample_root, tmp_path):
     out = tmp_path / "st"
-    run_script("style_transfer.py", "--evaluate", "--set", f"train_dir={sample_root}/train",
-               f"test_dir={sample_root}/test", "image_size=32", "cache_dir=", "device=cpu",
-               f"style_transfer.out_dir={out}", "style_transfer.autoencoder_path=",
-               "style_transfer.ae_fallback_epochs=1", "autoencoder.width=8",
-               "style_transfer.epochs=3", "style_transfer.steps_per_epoch=25", "style_transfer.width=16",
-               "style_transfer.naive_epochs=2", "style_transfer.judge_epochs=2", "style_transfer.judge_width=8",
-               "style_transfer.eval_images=12", "style_transfer.grid_rows=3", "style_transfer.lr=0.002",
-               "style_transfer.d_lr=0.002")
+    args = ["--evaluate", "--set", f"train_dir={sample_root}/train", f"test_dir={sample_root}/test",
+            "image_size=32", "cache_dir=", "device=cpu", f"style_transfer.out_dir={out}",
+            "style_transfer.autoencoder_path=", "style_transfer.ae_fallback_epochs=1", "autoencoder.width=8",
+            "style_transfer.epochs=3", "style_transfer.steps_per_epoch=25", "style_transfer.width=16",
+            "style_transfer.naive_epochs=2", "style_transfer.judge_epochs=2", "style_transfer.judge_width=8",
+            "style_transfer.eval_images=12", "style_transfer.grid_rows=3", "style_transfer.lr=0.002",
+            "style_transfer.d_lr=0.002"]
+    run_script("style_transfer.py", *args)
     # a short run lowers its losses
     log = json.load(open(out / "adain" / "train_log.json"))
     assert log[-1]["g_rec"] < log[0]["g_rec"] and log[-1]["val_rec_l1"] < log[0]["val_rec_l1"]
@@ -135,14 +135,7 @@ def test_script_trains_evaluates_and_draws(sample_root, tmp_path):
             img = np.asarray(Image.open(out / mode / name).convert("RGB"))
             assert img.shape[0] > 100 and img.std() > 10 and len(np.unique(img.reshape(-1, 3), axis=0)) > 100
     # --evaluate again reuses the trained models instead of retraining
-    p = run_script("style_transfer.py", "--evaluate", "--set", f"train_dir={sample_root}/train",
-                   f"test_dir={sample_root}/test", "image_size=32", "cache_dir=", "device=cpu",
-                   f"style_transfer.out_dir={out}", "style_transfer.autoencoder_path=",
-                   "style_transfer.ae_fallback_epochs=1", "autoencoder.width=8",
-                   "style_transfer.epochs=3", "style_transfer.steps_per_epoch=25", "style_transfer.width=16",
-                   "style_transfer.naive_epochs=2", "style_transfer.judge_epochs=2", "style_transfer.judge_width=8",
-                   "style_transfer.eval_images=12", "style_transfer.grid_rows=3", "style_transfer.lr=0.002",
-                   "style_transfer.d_lr=0.002")
+    p = run_script("style_transfer.py", *args)
     assert "adain: reusing" in p.stdout and "judge: reusing" in p.stdout
     assert json.load(open(out / "evaluation.json"))["adain"] == ev["adain"]
 
