@@ -36,13 +36,14 @@ model.load_state_dict(ckpt["model"])
 model.to(device, memory_format=torch.channels_last)
 
 logits = wikiart.predict(model, data.images, list(range(len(data))), 256, device, desc="testing")
-if "logit_bias" in ckpt:  # balance=posthoc: - tau * log prior, tau chosen on the validation split
+if "logit_bias" in ckpt:  # posthoc=true: - tau * log prior, tau chosen on the validation split
     logits = logits + ckpt["logit_bias"]
 metrics = wikiart.classification_metrics(data.labels.numpy(), logits.argmax(1).numpy(), data.classes)
 majority = max(metrics["per_class"].values(), key=lambda m: m["support"])["support"] / len(data)
 metrics.update(checkpoint=path, epoch=ckpt["epoch"] + 1, test_dir=run_cfg["test_dir"], n_images=len(data),
                majority_class_rate=majority, skipped=data.skipped, mode=run_cfg["mode"],
-               balance=run_cfg["balance"], classes=data.classes)
+               balance=run_cfg["balance"], posthoc_tau=ckpt.get("posthoc_tau"),
+               classes=data.classes)
 
 print(wikiart.format_per_class(metrics, ckpt["label_counts"]))
 print(f"\n{run_cfg['mode']} on {len(data)} test images of {run_cfg['test_dir']}: accuracy {metrics['accuracy']:.4f}  "

@@ -3,6 +3,7 @@
     python train.py                                    # config.json: resnet on data/sample
     python train.py --set mode=base epochs=5           # the course's in-class model
     python train.py --set balance=logit_adjust         # Part 1: imbalance handling (README)
+    python train.py --set balance=sampler posthoc=true # ... then a prior correction tuned on validation
     python train.py --set train_dir=../shared/data/wikiart16/train \\
                           test_dir=../shared/data/wikiart16/test image_size=128 out_dir=out/w16
     python train.py --resume                           # continue from out_dir/last.pt
@@ -165,15 +166,17 @@ for epoch in range(start_epoch, end_epoch):
         wikiart.plot_curves(history, ["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy"],
                             os.path.join(out_dir, "curves.png"), f"{cfg['mode']} on {cfg['train_dir']}")
 
-# ---- balance=posthoc: plain training, then test-time logits - tau * log prior, tau chosen on validation
-if balance == "posthoc" and end_epoch == cfg["epochs"] and len(val_idx):
+# ---- posthoc: after training with any balance option, test-time logits - tau * log prior, with tau
+# chosen on the validation split (a finished run can be calibrated later: --resume --set posthoc=true)
+if cfg["posthoc"] and end_epoch == cfg["epochs"] and len(val_idx):
     best = torch.load(os.path.join(out_dir, "best.pt"), map_location=device, weights_only=False)
     model.load_state_dict(best["model"])
     tau, rows = wikiart.choose_posthoc_tau(validation_logits(val_idx), data.labels[val_idx], train_counts,
                                            classes, cfg["posthoc_max_drop"])
     best["logit_bias"], best["posthoc_tau"] = -wikiart.logit_adjustment(train_counts, tau), tau
+    best["config"] = {**best["config"], "posthoc": True}
     print(f"post-hoc logit adjustment: tau {tau} (validation accuracy / balanced accuracy: "
-          + ", ".join(f"tau {t}: {a:.3f}/{b:.3f}" for t, a, b in rows[::5]) + ")")
+          + ", ".join(f"tau {t}: {a:.3f}/{b:.3f}" for t, a, b in rows[::10]) + ")")
     if rank == 0:
         wikiart.atomic_save(best, os.path.join(out_dir, "best.pt"))
 

@@ -1370,7 +1370,7 @@ def ssim(a_u8, b_u8, window=11, sigma=1.5, batch_size=256):
 # Class imbalance (Part 1): loss weights, sampler, logit adjustment
 
 BALANCE_OPTIONS = ("none", "weights1", "weights2", "weights3", "effective", "sampler",
-                   "logit_adjust", "posthoc", "drw")
+                   "logit_adjust", "drw")
 
 
 def class_weights(counts, kind, beta=0.999):
@@ -1397,17 +1397,20 @@ def logit_adjustment(counts, tau=1.0):
     return (tau * torch.log(prior / prior.sum())).float()
 
 
-def choose_posthoc_tau(logits, labels, counts, classes, max_drop=0.02, taus=np.arange(0, 2.001, 0.1)):
+def choose_posthoc_tau(logits, labels, counts, classes, max_drop=0.02, taus=np.arange(-1.5, 2.001, 0.05)):
     """Post-hoc logit adjustment (Menon et al. 2021): predict argmax(logits - tau * log prior).
-    Picks the tau with the best balanced accuracy whose accuracy is at most `max_drop` below tau=0's,
-    on the validation split. Returns (tau, rows of (tau, accuracy, balanced_accuracy))."""
+    tau > 0 favours rare styles; tau < 0 adds the prior back, which a model trained balanced
+    (sampler, logit_adjust) needs to regain accuracy. On the validation split, picks the tau with the
+    best balanced accuracy whose accuracy is at most `max_drop` below the best accuracy any tau reaches.
+    Returns (tau, rows of (tau, accuracy, balanced_accuracy))."""
     log_prior = logit_adjustment(counts, 1.0)
     rows = []
     for tau in taus:
         m = classification_metrics(np.asarray(labels), (logits - tau * log_prior).argmax(1).numpy(), classes)
         rows.append((round(float(tau), 2), m["accuracy"], m["balanced_accuracy"]))
-    allowed = [r for r in rows if r[1] >= rows[0][1] - max_drop]
-    return max(allowed, key=lambda r: r[2])[0], rows
+    best_accuracy = max(r[1] for r in rows)
+    allowed = [r for r in rows if r[1] >= best_accuracy - max_drop]
+    return max(allowed, key=lambda r: (r[2], -abs(r[0])))[0], rows
 
 
 def balanced_sampler_indices(labels, num_samples, generator):

@@ -3,7 +3,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -37,3 +39,11 @@ def small_config(sample_root, out_dir, **extra):
                 device="cpu")
     keys.update(extra)
     return ["--set"] + [f"{k}={v}" for k, v in keys.items()]
+
+
+def assert_real_picture(path, min_side=200):
+    """The PNG exists, is a reasonable size and is not blank (many distinct colours, visible contrast)."""
+    img = np.asarray(Image.open(path).convert("RGB"))
+    assert min(img.shape[:2]) >= min_side, f"{path} is only {img.shape}"
+    assert img.std() > 10, f"{path} looks blank"
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50, f"{path} has almost no colours"

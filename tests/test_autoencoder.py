@@ -5,10 +5,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import wikiart
-from conftest import run_script
+from conftest import assert_real_picture, run_script
 
 
 def ae_cfg(**kw):
@@ -25,14 +24,6 @@ def ae_args(sample_root, out_dir, **extra):
             "autoencoder.num_show": 4}
     keys.update(extra)
     return ["--set"] + [f"{k}={v}" for k, v in keys.items()]
-
-
-def assert_real_picture(path, min_side=200):
-    """The PNG exists, is a reasonable size and is not blank (many distinct colours, visible contrast)."""
-    img = np.asarray(Image.open(path).convert("RGB"))
-    assert min(img.shape[:2]) >= min_side, f"{path} is only {img.shape}"
-    assert img.std() > 10, f"{path} looks blank"
-    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50, f"{path} has almost no colours"
 
 
 @pytest.mark.parametrize("size", [32, 64])

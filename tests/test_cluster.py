@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import wikiart
-from conftest import run_script
-from test_autoencoder import ae_args, assert_real_picture
+from conftest import assert_real_picture, run_script
+from test_autoencoder import ae_args
 
 PLOTS = ("pca.png", "tsne.png", "contingency.png", "pc1_vs_cluster.png", "comparison.png")
 

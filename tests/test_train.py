@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import wikiart
-from conftest import run_script, small_config
+from conftest import assert_real_picture, run_script, small_config
 
 
 # ---- dataset and style map
@@ -241,9 +241,13 @@ def test_compare_balance_runs_every_option(sample_root, tmp_path):
     run_script("compare_balance.py", *args, timeout=900)
     table = (tmp_path / "cmp" / "balance_comparison.md").read_text().splitlines()
     rows = [line for line in table if line.startswith("| ") and not line.startswith("| balance")]
-    assert [r.split("|")[1].strip() for r in rows] == list(wikiart.BALANCE_OPTIONS)
+    assert [r.split("|")[1].strip() for r in rows] == [*wikiart.BALANCE_OPTIONS, "none+posthoc", "sampler+posthoc"]
     data = json.loads((tmp_path / "cmp" / "balance_comparison.json").read_text())
     assert all(0 <= r["worst_recall"] <= r["balanced_accuracy"] <= 1 for r in data["rows"])
+    for r in data["rows"]:  # the per-style recalls are the ones the balanced accuracy averages
+        assert np.mean(list(r["recall_per_style"].values())) == pytest.approx(r["balanced_accuracy"])
+    for name in ("balance_comparison.png", "balance_per_style.png"):
+        assert_real_picture(tmp_path / "cmp" / name)
 
 
 def test_posthoc_tau_is_chosen_on_validation_within_the_accuracy_budget():
@@ -255,23 +259,59 @@ def test_posthoc_tau_is_chosen_on_validation_within_the_accuracy_budget():
     logits[:, 0] += 0.6                               # ... swamped by a bias toward the frequent class
     tau, rows = wikiart.choose_posthoc_tau(logits, labels, counts, ["a", "b", "c"], max_drop=0.02)
     by_tau = {t: (a, b) for t, a, b in rows}
+    best_accuracy = max(a for t, a, b in rows)
     assert tau > 0 and by_tau[tau][1] > by_tau[0.0][1]            # rare styles recovered
-    assert by_tau[tau][0] >= by_tau[0.0][0] - 0.02                 # at most 2 points of accuracy lost
-    assert by_tau[tau][1] == max(b for t, a, b in rows if a >= by_tau[0.0][0] - 0.02)
+    assert by_tau[tau][0] >= best_accuracy - 0.02                  # at most 2 points of accuracy lost
+    assert by_tau[tau][1] == max(b for t, a, b in rows if a >= best_accuracy - 0.02)
 
 
-def test_posthoc_balance_stores_a_bias_that_test_py_applies(sample_root, tmp_path):
-    args = small_config(sample_root, tmp_path / "ph", balance="posthoc")
+def test_posthoc_adds_the_prior_back_to_a_model_trained_balanced():
+    """A model that ignores the prior (as after balanced sampling) loses accuracy on imbalanced data;
+    the post-hoc search then picks tau < 0, which restores the accuracy."""
+    counts = [80, 15, 5]
+    labels = torch.tensor([0] * 80 + [1] * 15 + [2] * 5)
+    logits = torch.randn(100, 3, generator=torch.Generator().manual_seed(1)) * 0.5
+    logits[torch.arange(100), labels] += 0.5          # no bias toward the frequent class at all
+    tau, rows = wikiart.choose_posthoc_tau(logits, labels, counts, ["a", "b", "c"], max_drop=0.02)
+    by_tau = {t: (a, b) for t, a, b in rows}
+    assert tau < 0 and by_tau[tau][0] > by_tau[0.0][0]
+
+
+def test_posthoc_stores_a_bias_that_test_py_applies(sample_root, tmp_path):
+    args = small_config(sample_root, tmp_path / "ph", balance="sampler", posthoc="true")
     p = run_script("train.py", *args)
     assert "post-hoc logit adjustment: tau" in p.stdout
     ckpt = torch.load(tmp_path / "ph" / "best.pt", weights_only=False)
     counts = torch.bincount(torch.tensor([ckpt["class_to_idx"][s] for s, n in ckpt["label_counts"].items()
                                           for _ in range(n)]))
-    assert ckpt["logit_bias"].shape == (27,) and ckpt["posthoc_tau"] >= 0
-    if ckpt["posthoc_tau"] > 0:  # the bias favours rare styles
-        assert ckpt["logit_bias"][int(counts.argmin())] > ckpt["logit_bias"][int(counts.argmax())]
+    tau = ckpt["posthoc_tau"]
+    assert ckpt["logit_bias"].shape == (27,) and ckpt["config"]["posthoc"]
+    rare, frequent = int(counts.argmin()), int(counts.argmax())
+    assert torch.sign(ckpt["logit_bias"][rare] - ckpt["logit_bias"][frequent]) == np.sign(tau)
     run_script("test.py", *args)
-    assert json.loads((tmp_path / "ph" / "test_metrics.json").read_text())["balance"] == "posthoc"
+    metrics = json.loads((tmp_path / "ph" / "test_metrics.json").read_text())
+    assert metrics["balance"] == "sampler" and metrics["posthoc_tau"] == tau
+    # test.py's figures are those of argmax(logits + bias), recomputed here
+    data = wikiart.WikiArtDataset(f"{sample_root}/test", 32, ckpt["class_to_idx"], verbose=False)
+    model = wikiart.make_classifier(ckpt["config"], 27)
+    model.load_state_dict(ckpt["model"])
+    logits = wikiart.predict(model, data.images, list(range(len(data))), 64, torch.device("cpu"))
+    for bias, expected in ((ckpt["logit_bias"], metrics["accuracy"]), (0, None)):
+        accuracy = float(((logits + bias).argmax(1) == data.labels).float().mean())
+        if expected is not None:
+            assert accuracy == pytest.approx(expected)
+
+
+def test_a_finished_run_can_be_calibrated_afterwards(sample_root, tmp_path):
+    args = small_config(sample_root, tmp_path / "run", balance="sampler")
+    run_script("train.py", *args)
+    before = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert "logit_bias" not in before
+    p = run_script("train.py", "--resume", *args, "posthoc=true")
+    assert "epoch 1 " not in p.stdout and "post-hoc logit adjustment: tau" in p.stdout  # nothing retrained
+    after = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+    assert after["logit_bias"].shape == (27,) and after["config"]["posthoc"]
 
 
 def test_the_three_inverse_frequency_weightings_give_the_same_loss():
