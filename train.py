@@ -62,7 +62,8 @@ scheduler = wikiart.make_scheduler(optimizer, cfg["warmup_epochs"] * steps_per_e
                                    cfg["epochs"] * steps_per_epoch, cfg["schedule"])
 balance = cfg["balance"]
 if balance not in wikiart.BALANCE_OPTIONS:
-    raise SystemExit(f"unknown balance '{balance}'; valid: {', '.join(wikiart.BALANCE_OPTIONS)}")
+    hint = " (post-hoc adjustment is its own key now: --set balance=none posthoc=true)" if balance == "posthoc" else ""
+    raise SystemExit(f"unknown balance '{balance}'; valid: {', '.join(wikiart.BALANCE_OPTIONS)}{hint}")
 weights = (wikiart.class_weights(train_counts, balance, cfg["effective_beta"]).to(device)
            if balance in ("weights1", "weights2", "weights3", "effective", "drw") else None)
 adjust = (wikiart.logit_adjustment(train_counts, cfg["logit_tau"]).to(device)

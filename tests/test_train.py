@@ -105,6 +105,8 @@ def test_train_script_reports_config_errors(sample_root, tmp_path):
         assert p.returncode != 0 and "CUDA is not available" in p.stderr
     p = run_script("train.py", "--set", f"train_dir={tmp_path}/missing", check=False)
     assert p.returncode != 0 and "<Style>/<image>" in p.stderr
+    p = run_script("train.py", *small_config(sample_root, tmp_path, balance="posthoc"), check=False)
+    assert p.returncode != 0 and "sampler" in p.stderr and "posthoc=true" in p.stderr
 
 
 # ---- models
