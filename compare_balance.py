@@ -49,7 +49,7 @@ def finished(out, run_cfg):
             and saved["epoch"] + 1 == run_cfg["epochs"])
 
 
-rows = []
+rows, tests = [], {}
 for option in tqdm(args.options, desc="balance options", unit="run"):
     out = os.path.join(base_out, option)
     balance, _, posthoc = option.partition("+")
@@ -72,7 +72,7 @@ for option in tqdm(args.options, desc="balance options", unit="run"):
                  "worst_recall": test["worst_recall"],
                  "recall_per_style": {n: m["recall"] for n, m in test["per_class"].items() if m["support"]},
                  "seconds": sum(h["seconds"] for h in history)})
-label_counts = torch.load(os.path.join(out, "best.pt"), map_location="cpu", weights_only=False)["label_counts"]
+    tests[option] = test
 
 columns = ["val_balanced_accuracy", "accuracy", "balanced_accuracy", "macro_f1", "worst_recall"]
 lines = [f"Data: {cfg['train_dir']} -> {cfg['test_dir']}, mode {cfg['mode']}, {cfg['epochs']} epochs, "
@@ -103,16 +103,8 @@ fig.tight_layout()
 fig.savefig(os.path.join(base_out, "balance_comparison.png"), dpi=110)
 
 # the per-style view: where each option's gains and losses fall, styles sorted by training count
-styles = sorted(rows[0]["recall_per_style"], key=lambda n: -label_counts.get(n, 0))
-fig, ax = p.subplots(figsize=(0.4 * len(styles) + 4, 4.5))
-for r in rows:
-    ax.plot(range(len(styles)), [r["recall_per_style"].get(n, np.nan) for n in styles], marker="o", ms=3,
-            lw=1, label=f"{r['balance']} (bal. acc. {100 * r['balanced_accuracy']:.1f})")
-ax.set_xticks(range(len(styles)), [f"{n} ({label_counts.get(n, 0)})" for n in styles], rotation=90, fontsize=7)
-ax.set_ylim(0, 1)
-ax.set_ylabel("test recall")
-ax.set_title("recall per style (training count in brackets)")
-ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-fig.tight_layout()
-fig.savefig(os.path.join(base_out, "balance_per_style.png"), dpi=110)
+label_counts = test.get("label_counts") or torch.load(  # test.py of before label_counts were saved
+    os.path.join(out, "best.pt"), map_location="cpu", weights_only=False)["label_counts"]
+wikiart.plot_per_class_recall(tests, label_counts, os.path.join(base_out, "balance_per_style.png"),
+                              "recall per style (training count in brackets)")
 print(f"wrote {base_out}/balance_comparison.md, .json, .png and balance_per_style.png")

@@ -43,7 +43,7 @@ majority = max(metrics["per_class"].values(), key=lambda m: m["support"])["suppo
 metrics.update(checkpoint=path, epoch=ckpt["epoch"] + 1, test_dir=run_cfg["test_dir"], n_images=len(data),
                majority_class_rate=majority, skipped=data.skipped, mode=run_cfg["mode"],
                balance=run_cfg["balance"], posthoc_tau=ckpt.get("posthoc_tau"),
-               classes=data.classes)
+               classes=data.classes, label_counts=ckpt["label_counts"])
 
 print(wikiart.format_per_class(metrics, ckpt["label_counts"]))
 print(f"\n{run_cfg['mode']} on {len(data)} test images of {run_cfg['test_dir']}: accuracy {metrics['accuracy']:.4f}  "

@@ -1526,19 +1526,29 @@ def plot_confusion(cm, classes, path, title="confusion matrix (rows normalised)"
     p.close(fig)
 
 
-def plot_per_class_recall(metrics, label_counts, path, title="per-class recall (sorted by training count)"):
+def plot_per_class_recall(runs, label_counts, path, title="per-class recall (sorted by training count)"):
+    """Test recall per style, styles sorted by training count. `runs` is one metrics dict (bars and its
+    balanced accuracy) or {run name: metrics} to compare several runs (one line each)."""
     p = plt()
-    names = sorted((n for n in metrics["per_class"] if metrics["per_class"][n]["support"]),
+    if "per_class" in runs:
+        runs = {None: runs}
+    first = next(iter(runs.values()))
+    names = sorted((n for n in first["per_class"] if first["per_class"][n]["support"]),
                    key=lambda n: -label_counts.get(n, 0))
-    recall = [metrics["per_class"][n]["recall"] for n in names]
-    fig, ax = p.subplots(figsize=(0.35 * len(names) + 3, 4))
-    ax.bar(range(len(names)), recall, color="tab:blue")
+    fig, ax = p.subplots(figsize=(0.35 * len(names) + (3 if len(runs) == 1 else 6), 4.5))
+    for run, m in runs.items():
+        recall = [m["per_class"][n]["recall"] for n in names]
+        if len(runs) == 1:
+            ax.bar(range(len(names)), recall, color="tab:blue")
+            ax.axhline(m["balanced_accuracy"], color="tab:red", ls="--", label="balanced accuracy")
+        else:
+            ax.plot(range(len(names)), recall, marker="o", ms=3, lw=1,
+                    label=f"{run} (bal. acc. {100 * m['balanced_accuracy']:.1f})")
     ax.set_xticks(range(len(names)), [f"{n} ({label_counts.get(n, 0)})" for n in names],
                   rotation=90, fontsize=7)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("recall")
-    ax.axhline(metrics["balanced_accuracy"], color="tab:red", ls="--", label="balanced accuracy")
-    ax.legend()
+    ax.set_ylabel("test recall")
+    ax.legend(fontsize=7, **({} if len(runs) == 1 else {"loc": "upper left", "bbox_to_anchor": (1.01, 1)}))
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
