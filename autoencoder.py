@@ -158,6 +158,7 @@ for epoch in range(start_epoch, ae["epochs"]):
         wikiart.plot_curves(history, ["train_loss", "val_mse", "val_psnr"], os.path.join(out_dir, "curves.png"),
                             f"{ae['mode']} autoencoder, {compression:.0f}x compression, {cfg['train_dir']}")
 
+del train_model  # the DDP wrapper holds the process group: release it first
 wikiart.cleanup_distributed()
 if rank > 0:
     raise SystemExit  # the test metrics, figure and codes below are rank 0's work

@@ -182,4 +182,5 @@ if cfg["posthoc"] and end_epoch == cfg["epochs"] and len(val_idx):
         wikiart.atomic_save(best, os.path.join(out_dir, "best.pt"))
 
 print(f"best validation {cfg['select_metric']} {best_score:.4f}; checkpoints and logs in {out_dir}")
+del train_model  # the DDP wrapper holds the process group: release it first
 wikiart.cleanup_distributed()
