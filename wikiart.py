@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import math
+import mmap
 import os
 import random
 import sys
@@ -608,12 +609,36 @@ def to_float(images_u8, device):
     return x.div_(127.5).sub_(1.0)
 
 
-def iterate_batches(images, labels, indices, batch_size, device, drop_last=False):
-    """Yield (x, y) batches of `indices` from in-memory uint8 images, in the given order."""
+def release_pages(images):
+    """Unmap the pages of a memory-mapped cache that this process has read (Linux madvise). They stay
+    in the OS page cache, so reading them again costs a minor fault, but they stop counting in this
+    process's RSS, which would otherwise grow to the size of the whole cache in one epoch."""
+    m = getattr(images, "_mmap", None)  # only shared file mappings: for copy-on-write ("c") it would drop edits
+    if m is not None and not m.closed and images.mode in ("r", "r+") and hasattr(mmap, "MADV_DONTNEED"):
+        m.madvise(mmap.MADV_DONTNEED)
+
+
+RELEASE_BYTES = 256 << 20
+
+
+def uint8_batches(images, indices, batch_size, drop_last=False):
+    """Yield (sorted index array, uint8 batch) of `indices` in the given order: the host-side work."""
     stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
+    read = 0
     for i in range(0, stop, batch_size):
         idx = np.sort(np.asarray(indices[i:i + batch_size]))  # sorted reads are faster from a memmap
-        yield to_float(images[idx], device), labels[idx].to(device, non_blocking=True)
+        batch = images[idx]
+        read += batch.nbytes
+        if read > RELEASE_BYTES:  # keep at most this much of the cache mapped into this process
+            release_pages(images)
+            read = 0
+        yield idx, batch
+
+
+def iterate_batches(images, labels, indices, batch_size, device, drop_last=False):
+    """Yield (x, y) batches of `indices` from in-memory uint8 images, in the given order."""
+    for idx, batch in uint8_batches(images, indices, batch_size, drop_last):
+        yield to_float(batch, device), labels[idx].to(device, non_blocking=True)
 
 
 def augment(x, generator, min_scale=0.35, flip=True):

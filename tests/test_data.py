@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import wikiart
@@ -197,6 +198,32 @@ def test_cache_matches_decoding_and_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(wikiart, "decode_image", no_decoding)
     again, kept2, skipped2 = wikiart.load_images(items_of(root), 16, str(tmp_path / "cache"))
     assert np.array_equal(again, plain) and kept2 == kept1 and skipped2 == skipped1
+
+
+def rss_file():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RssFile from /proc (Linux)")
+def test_reading_the_memmapped_cache_does_not_keep_it_in_this_process(tmp_path, monkeypatch):
+    """Without release_pages an epoch over the cache leaves all of it mapped, counted in RSS."""
+    images = np.lib.format.open_memmap(str(tmp_path / "c.npy"), "w+", np.uint8, (256, 128, 128, 3))
+    images[:] = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)  # 12.6 MB
+    del images
+    images = np.load(tmp_path / "c.npy", mmap_mode="r")
+    labels, order = torch.zeros(256, dtype=torch.long), np.random.default_rng(1).permutation(256)
+    list(wikiart.iterate_batches(np.array(images[:16]), labels, np.arange(16), 16, torch.device("cpu")))  # warm-up
+    before = rss_file()
+    expected = [x.clone() for x, _ in wikiart.iterate_batches(images, labels, order, 16, torch.device("cpu"))]
+    read_all = rss_file()
+    assert read_all - before > 10e6  # the default window (256 MB) is larger than this file: all mapped
+    wikiart.release_pages(images)
+    assert read_all - rss_file() > 10e6
+    monkeypatch.setattr(wikiart, "RELEASE_BYTES", 2 << 20)
+    got = [x for x, _ in wikiart.iterate_batches(images, labels, order, 16, torch.device("cpu"))]
+    assert read_all - rss_file() > 8e6  # at most ~2 MB mapped at any time
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))  # the same data after unmapping
 
 
 def test_cache_rebuilt_when_anything_changes(tmp_path):
