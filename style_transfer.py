@@ -62,7 +62,7 @@ NOT_TRAINING_KEYS = ("mode", "out_dir", "eval_images", "grid_rows", "judge_width
 
 def train_signature(mode):
     keys = [k for k in st if k not in NOT_TRAINING_KEYS and (k.startswith("naive_") == (mode == "naive"))]
-    return {"data": [cfg["train_dir"], S, cfg["seed"], cfg["val_fraction"]], "mode": mode,
+    return {"data": [cfg["train_dir"], S, cfg["seed"], cfg["val_fraction"]], "mode": mode, "generator": 2,
             "autoencoder": [cfg["autoencoder"], os.path.exists(st["autoencoder_path"] or "/nonexistent") and
                             os.path.getmtime(st["autoencoder_path"])] if mode == "adain" else None,
             "style_transfer": {k: st[k] for k in keys}}

@@ -1165,8 +1165,8 @@ class AdaINBlock(nn.Module):
 
     def __init__(self, c, style_dim):
         super().__init__()
-        self.conv1, self.norm1 = nn.Conv2d(c, c, 3, 1, 1), AdaIN(c, style_dim)
-        self.conv2, self.norm2 = nn.Conv2d(c, c, 3, 1, 1), AdaIN(c, style_dim)
+        self.conv1, self.norm1 = nn.Conv2d(c, c, 3, 1, 1, padding_mode="reflect"), AdaIN(c, style_dim)
+        self.conv2, self.norm2 = nn.Conv2d(c, c, 3, 1, 1, padding_mode="reflect"), AdaIN(c, style_dim)
 
     def forward(self, x, s):
         h = F.relu(self.norm1(self.conv1(x), s))
@@ -1178,7 +1178,7 @@ class AdaINUp(nn.Module):
 
     def __init__(self, cin, cout, style_dim):
         super().__init__()
-        self.conv, self.norm = nn.Conv2d(cin, cout, 3, 1, 1), AdaIN(cout, style_dim)
+        self.conv, self.norm = nn.Conv2d(cin, cout, 3, 1, 1, padding_mode="reflect"), AdaIN(cout, style_dim)
 
     def forward(self, x, s):
         return F.relu(self.norm(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")), s))
@@ -1202,15 +1202,17 @@ class StyleGenerator(nn.Module):
         cin, side = maps[self.level].shape[1], maps[self.level].shape[-1]
         self.mapping = nn.Sequential(nn.Linear(embedder.dim, style_dim), nn.ReLU(),
                                      nn.Linear(style_dim, style_dim), nn.ReLU())
-        self.from_content = nn.Conv2d(cin, width, 3, 1, 1)
+        self.from_content = nn.Conv2d(cin, width, 3, 1, 1, padding_mode="reflect")
         self.blocks = nn.ModuleList(AdaINBlock(width, style_dim) for _ in range(res_blocks))
         ups, c = [], width
         for _ in range(int(round(math.log2(image_size / side))) - 1):
             ups.append(AdaINUp(c, max(c // 2, 16), style_dim))
             c = max(c // 2, 16)
         self.ups = nn.ModuleList(ups)
-        # the last x2 is a sub-pixel conv (PixelShuffle): no convolution runs at full size (CPU cost)
-        self.to_image = nn.Sequential(nn.Conv2d(c, 12, 3, 1, 1), nn.PixelShuffle(2))
+        # the last x2: nearest upsampling + one c -> 3 conv at full size (cheap). A sub-pixel conv
+        # (PixelShuffle) here drew a checkerboard, and zero padding a bright frame, on every output.
+        self.to_image = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"),
+                                      nn.Conv2d(c, 3, 3, 1, 1, padding_mode="reflect"))
 
     def style(self, styles):
         return self.mapping(self.embedder(styles))
