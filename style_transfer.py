@@ -62,6 +62,7 @@ NOT_TRAINING_KEYS = ("mode", "out_dir", "eval_images", "grid_rows", "judge_width
 
 def train_signature(mode):
     keys = [k for k in st if k not in NOT_TRAINING_KEYS and (k.startswith("naive_") == (mode == "naive"))]
+    # "generator": the StyleGenerator layout; bumped when its layers change, so an older model.pt is retrained
     return {"data": [cfg["train_dir"], S, cfg["seed"], cfg["val_fraction"]], "mode": mode, "generator": 2,
             "autoencoder": [cfg["autoencoder"], os.path.exists(st["autoencoder_path"] or "/nonexistent") and
                             os.path.getmtime(st["autoencoder_path"])] if mode == "adain" else None,
