@@ -140,7 +140,7 @@ def coarse_structure(x):
     return (lum - lum.mean((2, 3), keepdim=True)) / (lum.std((2, 3), keepdim=True) + 0.05)
 
 
-def train_step_adain(G, D, opt_g, opt_d, x, content, y, g):
+def train_step_adain(G, D, opt_g, opt_d, x, content, y, g, colour_refs=None):
     t, same = sample_targets(y, g)
     real = real_of_styles(t, g)
     fake = G.render(content, t)
@@ -161,9 +161,12 @@ def train_step_adain(G, D, opt_g, opt_d, x, content, y, g):
               "g_structure": (coarse_structure(fake) - coarse_structure(x)).abs().mean()}
     if st["w_cycle"] > 0:
         losses["g_cycle"] = (G(fake, y) - x).abs().mean()
+    if st["w_colour"] > 0:  # L1 between each output's colour histogram and its target style's mean one
+        losses["g_colour"] = (wikiart.soft_colour_histogram(fake, pool=st["colour_pool"])
+                              - colour_refs[t]).abs().sum(1).mean()
     loss = (st["w_adv"] * losses["g_adv"] + st["w_cls"] * losses["g_cls"] + st["w_stats"] * losses["g_stats"]
             + st["w_rec"] * losses["g_rec"] + st["w_structure"] * losses["g_structure"]
-            + st["w_cycle"] * losses.get("g_cycle", 0.0))
+            + st["w_cycle"] * losses.get("g_cycle", 0.0) + st["w_colour"] * losses.get("g_colour", 0.0))
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -230,6 +233,9 @@ def train(mode):
         print(f"resumed {mode} from {last} after epoch {start}")
     steps = st["steps_per_epoch"] or len(train_idx) // st["batch_size"]
     contents = encode_all(G) if mode == "adain" else None
+    colour_refs = (wikiart.mean_colour_histograms(data.images, data.labels.numpy(), train_idx, C, device,
+                                                  seed=cfg["seed"], pool=st["colour_pool"])
+                   if mode == "adain" and st["w_colour"] > 0 else None)
     print(f"training {mode}: {sum(p.numel() for p in G.parameters() if p.requires_grad) / 1e6:.2f}M trainable "
           f"generator parameters, {epochs} epochs x {steps} steps of {st['batch_size']}")
     G.train()
@@ -243,7 +249,7 @@ def train(mode):
             idx = np.sort(order[i * st["batch_size"]:(i + 1) * st["batch_size"]])
             x, y = wikiart.to_float(data.images[idx], device), data.labels[idx].to(device)
             content = contents[idx].float() if contents is not None else None
-            logs = (train_step_adain(G, D, opt_g, opt_d, x, content, y, g) if mode == "adain"
+            logs = (train_step_adain(G, D, opt_g, opt_d, x, content, y, g, colour_refs) if mode == "adain"
                     else train_step_naive(G, opt_g, x, content, y, g))
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v

@@ -1289,6 +1289,37 @@ def feature_stats_loss(maps_fake, maps_real):
     return loss / len(maps_fake)
 
 
+def soft_colour_histogram(x, bins=8, pool=1):
+    """Differentiable joint RGB histogram (N, bins**3) of a [-1, 1] batch: each channel value is shared
+    linearly between its two nearest bin centres, so gradients reach the pixels (a histogram loss, as
+    in Risser et al. 2017). Same bins as colour_histograms, softened. pool > 1 first averages pool x pool
+    blocks, so a generator cannot match the histogram by dithering single pixels."""
+    x = F.avg_pool2d(x, pool) if pool > 1 else x
+    v = ((x.float() + 1) / 2).clamp(0.5 / bins, 1 - 0.5 / bins).flatten(2)  # (N, 3, P); edges go to end bins
+    centres = (torch.arange(bins, device=x.device, dtype=v.dtype) + 0.5) / bins
+    w = (1 - (v.unsqueeze(-1) - centres).abs() * bins).clamp(min=0)  # (N, 3, P, bins), sums to 1 per value
+    return torch.einsum("npi,npj,npk->nijk", w[:, 0], w[:, 1], w[:, 2]).flatten(1) / v.shape[2]
+
+
+@torch.no_grad()
+def mean_colour_histograms(images_u8, labels, indices, num_styles, device, per_style=256, seed=0, bins=8,
+                           pool=1, batch_size=64):
+    """(num_styles, bins**3): each style's mean soft colour histogram over up to per_style of its images
+    among `indices` (seeded choice); a style without images gets the mean over all styles."""
+    indices, rng = np.asarray(indices), np.random.default_rng(seed)
+    labels = np.asarray(labels)[indices]
+    refs = torch.zeros(num_styles, bins ** 3, device=device)
+    for s in range(num_styles):
+        idx = indices[labels == s]
+        if len(idx):
+            idx = np.sort(rng.choice(idx, min(per_style, len(idx)), replace=False))
+            refs[s] = torch.cat([soft_colour_histogram(to_float(images_u8[idx[i:i + batch_size]], device), bins, pool)
+                                 for i in range(0, len(idx), batch_size)]).mean(0)
+    empty = refs.sum(1) == 0
+    refs[empty] = refs[~empty].mean(0) if (~empty).any() else 1 / bins ** 3
+    return refs
+
+
 def to_uint8(x):
     """[-1, 1] batch (B, 3, H, W) -> uint8 numpy (B, H, W, 3)."""
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()

@@ -102,6 +102,34 @@ def test_metric_helpers():
     assert abs(wikiart.style_distance([torch.tensor([[2.0, 0.0]], dtype=torch.float64)], refs, 0) - 1.0) < 1e-9
 
 
+def test_soft_colour_histogram_matches_hard_bins_and_pulls_colours():
+    # near bin centres the soft histogram is the hard one; every histogram sums to 1
+    rng = np.random.default_rng(0)
+    centres = (rng.integers(0, 8, (3, 16, 16, 3)) * 32 + 16).astype(np.uint8)
+    soft = wikiart.soft_colour_histogram(wikiart.to_float(centres, torch.device("cpu")))
+    assert ((soft - wikiart.colour_histograms(centres)[0].float()).abs().sum(1) < 0.15).all()
+    noise = torch.rand(3, 3, 16, 16) * 2 - 1
+    assert torch.allclose(wikiart.soft_colour_histogram(noise).sum(1), torch.ones(3), atol=1e-5)
+    # gradient descent on the loss moves the pixels' (hard) histogram to a target style's
+    target_u8 = np.full((2, 16, 16, 3), (208, 48, 16), np.uint8)  # bin centres
+    refs = wikiart.mean_colour_histograms(np.concatenate([target_u8, centres[:1]]), [0, 0, 2], [0, 1], 3,
+                                          torch.device("cpu"))
+    assert (refs[0] - wikiart.colour_histograms(target_u8)[0][0].float()).abs().sum() < 0.15
+    assert torch.allclose(refs[1], refs[0]) and torch.allclose(refs[2], refs[0])  # no images: the mean
+    # (the soft bins pass gradients to neighbouring bins only: start within about one bin of the goal)
+    x = (wikiart.to_float(target_u8[:1], torch.device("cpu")) + noise[:1] * 0.3).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.05)
+    before = wikiart.colour_histograms(wikiart.to_uint8(x))[0]
+    for _ in range(100):
+        loss = (wikiart.soft_colour_histogram(x.clamp(-1, 1)) - refs[0]).abs().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = wikiart.colour_histograms(wikiart.to_uint8(x))[0]
+    goal = wikiart.colour_histograms(target_u8[:1])[0]
+    assert (after - goal).abs().sum() < 0.5 * (before - goal).abs().sum()
+
+
 def test_script_trains_evaluates_and_draws(sample_root, tmp_path):
     out = tmp_path / "st"
     args = ["--evaluate", "--set", f"train_dir={sample_root}/train", f"test_dir={sample_root}/test",
