@@ -12,7 +12,8 @@ Modes (config "style_transfer.mode"):
          layers are driven by the style embedding (initialised from each style's mean latent code);
          trained jointly with a discriminator that has a real/fake head and a style-classification
          head; losses: adversarial, style classification of the fakes, reconstruction when the target
-         is the source style, feature statistics of real paintings of the target style, optional cycle.
+         is the source style, feature statistics of real paintings of the target style, the colour
+         histogram of the target style (w_colour), optional cycle.
   naive  the earlier attempt: a learned image-sized style image concatenated to the input channels,
          MSE to the content + MSE to the style image (its style images collapse to one grey-beige).
 
