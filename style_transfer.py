@@ -141,7 +141,7 @@ def coarse_structure(x):
     return (lum - lum.mean((2, 3), keepdim=True)) / (lum.std((2, 3), keepdim=True) + 0.05)
 
 
-def train_step_adain(G, D, opt_g, opt_d, x, content, y, g, colour_refs=None):
+def train_step_adain(G, D, opt_g, opt_d, x, content, y, g, colour_refs):
     t, same = sample_targets(y, g)
     real = real_of_styles(t, g)
     fake = G.render(content, t)

@@ -1306,17 +1306,15 @@ def mean_colour_histograms(images_u8, labels, indices, num_styles, device, per_s
                            pool=1, batch_size=64):
     """(num_styles, bins**3): each style's mean soft colour histogram over up to per_style of its images
     among `indices` (seeded choice); a style without images gets the mean over all styles."""
-    indices, rng = np.asarray(indices), np.random.default_rng(seed)
-    labels = np.asarray(labels)[indices]
-    refs = torch.zeros(num_styles, bins ** 3, device=device)
-    for s in range(num_styles):
-        idx = indices[labels == s]
-        if len(idx):
-            idx = np.sort(rng.choice(idx, min(per_style, len(idx)), replace=False))
-            refs[s] = torch.cat([soft_colour_histogram(to_float(images_u8[idx[i:i + batch_size]], device), bins, pool)
-                                 for i in range(0, len(idx), batch_size)]).mean(0)
-    empty = refs.sum(1) == 0
-    refs[empty] = refs[~empty].mean(0) if (~empty).any() else 1 / bins ** 3
+    labels, rng = torch.as_tensor(labels), np.random.default_rng(seed)
+    by_style = [idx for idx in (np.asarray(indices)[labels[indices].numpy() == s] for s in range(num_styles)) if len(idx)]
+    chosen = np.concatenate([rng.choice(idx, min(per_style, len(idx)), replace=False) for idx in by_style])
+    refs, counts = torch.zeros(num_styles, bins ** 3, device=device), torch.zeros(num_styles, device=device)
+    for x, y in iterate_batches(images_u8, labels, np.sort(chosen), batch_size, device):
+        refs.index_add_(0, y, soft_colour_histogram(x, bins, pool))
+        counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
+    refs[counts > 0] /= counts[counts > 0, None]
+    refs[counts == 0] = refs[counts > 0].mean(0)
     return refs
 
 
