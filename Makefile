@@ -23,7 +23,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 sample: $(VENV)/.installed
-	$(PY) wikiart.py sample
+	$(PY) sample_data.py
 
 clean:
 	rm -rf out cache data/sample

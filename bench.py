@@ -28,8 +28,12 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 
+import plots
+import runs
 import wikiart
+from config import UserError
 
 
 class PeakAnon:
@@ -118,7 +122,7 @@ def run_project(data, size, epochs, cache_dir):
     load_s = time.perf_counter() - t
     times = []
     for epoch in range(epochs):
-        g = wikiart.epoch_generator(0, epoch)
+        g = runs.epoch_generator(0, epoch)
         order = torch.randperm(len(ds), generator=g).numpy()
         t = time.perf_counter()
         for x, y in wikiart.iterate_batches(ds.images, ds.labels, order, 32, device):
@@ -182,7 +186,7 @@ def train_throughput(images, labels, device, steps, batch_size, resident, width=
 
     def step(x, y):
         x = wikiart.augment(x.contiguous(memory_format=torch.channels_last), g)
-        with wikiart.autocast(device):
+        with runs.autocast(device):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -218,7 +222,7 @@ def gpu_part(args):
 
 
 def plot(results, path):
-    p = wikiart.plt()
+    p = plots.plt()
     names = ["course", "project (cold)", "project (warm)"]
     rows = [results["course"], results["project_cold"], results["project_warm"]]
     panels = [("first epoch, images/s", [r["first_epoch_img_s"] for r in rows]),
@@ -237,7 +241,7 @@ def plot(results, path):
     p.close(fig)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", help="a folder of <Style>/ folders of images already at --size (see prepare_data.py)")
     ap.add_argument("--size", type=int, default=416, help="image side; the course loader does not resize")
@@ -249,15 +253,15 @@ def main():
     ap.add_argument("--gpu-steps", type=int, default=50)
     ap.add_argument("--child", choices=["course", "project"], help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child:
         return child(args)
     if args.epochs < 2:
         ap.error("--epochs must be at least 2 (first epoch + steady state)")
     files, _ = wikiart.scan_folder(args.data)
-    with wikiart.Image.open(next(iter(files.values()))[0]) as im:
+    with Image.open(next(iter(files.values()))[0]) as im:
         if im.size != (args.size, args.size):
-            raise SystemExit(f"images in {args.data} are {im.size[0]}x{im.size[1]}, not {args.size}: "
+            raise UserError(f"images in {args.data} are {im.size[0]}x{im.size[1]}, not {args.size}: "
                              f"make a copy at that size with prepare_data.py --size {args.size}")
     os.makedirs(args.out, exist_ok=True)
     results = {"data": os.path.abspath(args.data), "size": args.size, "epochs": args.epochs,
@@ -286,10 +290,10 @@ def main():
               f"{r['peak_rss_bytes'] / gib:13.2f} {r['peak_anon_rss_bytes'] / gib:14.2f}")
     print(f"{'project uint8 host batches (GPU path)':40s} {pc['host_uint8_batches_img_s']:.0f} img/s")
     print("ratios project/course: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items()))
-    wikiart.atomic_save(results, os.path.join(args.out, "bench.json"))
+    runs.atomic_save(results, os.path.join(args.out, "bench.json"))
     plot(results, os.path.join(args.out, "bench.png"))
     print(f"saved {args.out}/bench.json and bench.png")
 
 
 if __name__ == "__main__":
-    main()
+    runs.cli(main)

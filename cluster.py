@@ -17,6 +17,7 @@ Writes to cluster.out_dir: metrics.json, comparison.png, pca.png, tsne.png, cont
 pc1_vs_cluster.png (each figure: the autoencoder feature next to the raw-pixel baseline).
 """
 import os
+import sys
 
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans
@@ -26,164 +27,171 @@ from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
+import config
+import metrics
+import plots
+import runs
 import wikiart
 
-parser = wikiart.config_parser(__doc__)
-args, cfg = wikiart.parse_config(parser)
-cl = cfg["cluster"]
-seed = cfg["seed"]
-wikiart.seed_everything(seed)
-out_dir = cl["out_dir"]
-os.makedirs(out_dir, exist_ok=True)
-FEATURES, METHODS = ("code", "stats", "code+stats"), ("kmeans", "gmm", "agglomerative")
-if cl["feature"] not in FEATURES:
-    raise SystemExit(f"unknown cluster.feature '{cl['feature']}'; valid: {', '.join(FEATURES)}")
-if cl["method"] not in METHODS:
-    raise SystemExit(f"unknown cluster.method '{cl['method']}'; valid: {', '.join(METHODS)}")
 
-# ---- the codes written by autoencoder.py, and the raw-pixel baseline of the same images
-codes_path = os.path.join(cl["codes_dir"] or cfg["autoencoder"]["out_dir"], f"codes_{cl['split']}.npz")
-if not os.path.exists(codes_path):
-    raise SystemExit(f"no codes at {codes_path}; run python autoencoder.py first (same config)")
-npz = np.load(codes_path)
-labels, classes, paths = npz["labels"], [str(c) for c in npz["classes"]], [str(p) for p in npz["paths"]]
-blocks = {"code": [npz["codes"]], "stats": [npz["stats"]], "code+stats": [npz["codes"], npz["stats"]]}
-present = np.unique(labels)
-k = cl["k"] or len(present)
-print(f"{len(labels)} {cl['split']} images of {len(present)} styles from {codes_path}; "
-      f"feature '{cl['feature']}' ({sum(b.shape[1] for b in blocks[cl['feature']])} numbers), "
-      f"{cl['method']} with k={k}")
-
-bs = cl["baseline_size"]
-pixels, kept, skipped = wikiart.load_images([(classes[y], p) for y, p in zip(labels, paths)], bs,
-                                            cfg["cache_dir"] or None, desc=f"raw pixels at {bs} px")
-if skipped:
-    raise SystemExit(f"{len(skipped)} image(s) of {codes_path} can no longer be read, e.g. {skipped[0]}")
-pixels = pixels.reshape(len(pixels), -1).astype(np.float32) / 255
-
-
-def prepare(block_list):
-    """Standardise each block, give every block the same total variance, then PCA."""
+def prepare(block_list, pca_dim, seed):
+    """Standardise each block, give every block the same total variance, then PCA. Returns
+    (features to cluster, 2 principal components to draw)."""
     parts = [StandardScaler().fit_transform(b.astype(np.float64)) / np.sqrt(b.shape[1]) for b in block_list]
     x = np.concatenate(parts, 1)
-    n_comp = min(cl["pca_dim"], x.shape[0], x.shape[1]) if cl["pca_dim"] else 0
+    n_comp = min(pca_dim, x.shape[0], x.shape[1]) if pca_dim else 0
     return PCA(n_comp, random_state=seed).fit_transform(x) if n_comp else x, PCA(2, random_state=seed).fit_transform(x)
 
 
-def cluster(x):
-    if cl["method"] == "kmeans":
+def cluster(x, method, k, seed):
+    if method == "kmeans":
         return KMeans(k, n_init=10, random_state=seed).fit_predict(x)
-    if cl["method"] == "gmm":
+    if method == "gmm":
         return GaussianMixture(k, covariance_type="diag", random_state=seed, reg_covar=1e-4).fit(x).predict(x)
     return AgglomerativeClustering(k, linkage="ward").fit_predict(x)
 
 
-results, views = {}, {}
-for name, block_list in (("autoencoder", blocks[cl["feature"]]), (f"raw_pixels_{bs}px", [pixels])):
-    x, pc2 = prepare(block_list)
-    assign = cluster(x)
-    m = wikiart.clustering_metrics(labels, assign)
-    m["silhouette"] = float(silhouette_score(x, assign, sample_size=min(len(x), 5000), random_state=seed)
-                            if len(np.unique(assign)) > 1 else float("nan"))
-    m["dims"] = int(sum(b.shape[1] for b in block_list))
-    results[name], views[name] = m, (x, pc2, assign)
-    print(f"{name:22s} NMI {m['nmi']:.3f}  ARI {m['ari']:.3f}  purity {m['purity']:.3f}  "
-          f"Hungarian acc {m['hungarian_accuracy']:.3f}  silhouette {m['silhouette']:.3f}")
-ae_name, base_name = list(results)
-report = {"split": cl["split"], "num_images": int(len(labels)), "num_styles": int(len(present)), "k": int(k),
-          "feature": cl["feature"], "method": cl["method"], "pca_dim": cl["pca_dim"], "codes": codes_path,
-          "results": results, "nmi_ratio_vs_raw_pixels": results[ae_name]["nmi"] / max(results[base_name]["nmi"], 1e-12)}
-wikiart.atomic_save(report, os.path.join(out_dir, "metrics.json"))
+def plot_figures(results, views, labels, classes, cl, k, out_dir, seed):
+    """pca.png, tsne.png, contingency.png, pc1_vs_cluster.png and comparison.png: the autoencoder
+    feature next to the raw-pixel baseline (colour = true style, marker = cluster)."""
+    p = plots.plt()
+    present = np.unique(labels)
+    palette = [p.get_cmap(name)(i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
+    style_colour = {c: palette[i % len(palette)] for i, c in enumerate(present)}
+    markers = "osD^vP*X<>ph"
 
-# ---- figures: the autoencoder feature next to the raw-pixel baseline
-p = wikiart.plt()
-palette = [p.get_cmap(name)(i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
-style_colour = {c: palette[i % len(palette)] for i, c in enumerate(present)}
-markers = "osD^vP*X<>ph"
+    def scatter_by_style(ax, xy, assign, title):
+        for c in present:
+            for j in np.unique(assign[labels == c]):
+                sel = (labels == c) & (assign == j)
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=10, color=style_colour[c], marker=markers[j % len(markers)],
+                           alpha=0.7, linewidths=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
 
+    def style_legend(fig):
+        handles = [p.Line2D([], [], marker="o", ls="", color=style_colour[c], label=classes[c]) for c in present]
+        fig.legend(handles=handles, loc="center right", fontsize=7, title="true style (colour)")
 
-def scatter_by_style(ax, xy, assign, title):
-    """Colour = true style; marker = cluster (cycled)."""
-    for c in present:
-        for j in np.unique(assign[labels == c]):
-            sel = (labels == c) & (assign == j)
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=10, color=style_colour[c], marker=markers[j % len(markers)],
-                       alpha=0.7, linewidths=0)
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    def two_panel_scatter(coords, fname, what):
+        fig, axes = p.subplots(1, 2, figsize=(13, 5.5))
+        for ax, name in zip(axes, results):
+            scatter_by_style(ax, coords[name], views[name][2],
+                             f"{name}: {what}\nmarker = {cl['method']} cluster; NMI {results[name]['nmi']:.3f}")
+        style_legend(fig)
+        fig.tight_layout(rect=(0, 0, 0.8, 1))
+        fig.savefig(os.path.join(out_dir, fname), dpi=110)
+        p.close(fig)
 
+    two_panel_scatter({n: v[1] for n, v in views.items()}, "pca.png", "first two principal components")
+    # t-SNE on a seeded subsample (it is quadratic-ish in the number of points)
+    rng = np.random.default_rng(seed)
+    sub = np.sort(rng.choice(len(labels), min(len(labels), cl["tsne_points"]), replace=False))
+    tsne = {}
+    for name, (x, _, _) in views.items():
+        emb = np.full((len(labels), 2), np.nan)
+        emb[sub] = TSNE(2, perplexity=min(30, max(2, len(sub) // 4)), init="pca",
+                        random_state=seed).fit_transform(x[sub])
+        tsne[name] = emb
+    two_panel_scatter(tsne, "tsne.png", f"t-SNE of {len(sub)} images")
 
-def style_legend(fig):
-    handles = [p.Line2D([], [], marker="o", ls="", color=style_colour[c], label=classes[c]) for c in present]
-    fig.legend(handles=handles, loc="center right", fontsize=7, title="true style (colour)")
-
-
-def two_panel_scatter(coords, fname, what):
-    fig, axes = p.subplots(1, 2, figsize=(13, 5.5))
+    fig, axes = p.subplots(1, 2, figsize=(2 * (0.32 * len(present) + 3), 0.3 * k + 3.5))
     for ax, name in zip(axes, results):
-        scatter_by_style(ax, coords[name], views[name][2],
-                         f"{name}: {what}\nmarker = {cl['method']} cluster; NMI {results[name]['nmi']:.3f}")
+        table = metrics.contingency(labels, views[name][2])
+        ax.imshow(table / np.maximum(table.sum(0, keepdims=True), 1), cmap="Blues", aspect="auto")
+        for (i, j), v in np.ndenumerate(table):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=5,
+                        color="white" if v > 0.6 * table[:, j].sum() else "black")
+        ax.set_xticks(range(len(present)), [classes[c] for c in present], rotation=90, fontsize=7)
+        ax.set_yticks(range(table.shape[0]))
+        ax.set_xlabel("true style")
+        ax.set_ylabel(f"{cl['method']} cluster")
+        ax.set_title(f"{name}: counts (shade = share of each style)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "contingency.png"), dpi=110)
+    p.close(fig)
+
+    fig, axes = p.subplots(1, 2, figsize=(13, 5))
+    jitter = rng.uniform(-0.25, 0.25, len(labels))
+    for ax, name in zip(axes, results):
+        _, pc2, assign = views[name]
+        for c in present:
+            sel = labels == c
+            ax.scatter(pc2[sel, 0], assign[sel] + jitter[sel], s=8, color=style_colour[c], alpha=0.7, linewidths=0)
+        ax.set_xlabel("first principal component")
+        ax.set_ylabel(f"{cl['method']} cluster id")
+        ax.set_title(f"{name}: 1D view (colour = true style)", fontsize=9)
     style_legend(fig)
     fig.tight_layout(rect=(0, 0, 0.8, 1))
-    fig.savefig(os.path.join(out_dir, fname), dpi=110)
+    fig.savefig(os.path.join(out_dir, "pc1_vs_cluster.png"), dpi=110)
+    p.close(fig)
+
+    keys = ["nmi", "ari", "purity", "hungarian_accuracy", "silhouette"]
+    fig, ax = p.subplots(figsize=(8, 4))
+    for i, name in enumerate(results):
+        ax.bar(np.arange(len(keys)) + (i - 0.5) * 0.38, [results[name][q] for q in keys], 0.38, label=name)
+    ax.set_xticks(range(len(keys)), keys)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_title(f"{cl['method']} (k={k}) on {len(labels)} {cl['split']} images: {cl['feature']} vs raw pixels")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "comparison.png"), dpi=110)
     p.close(fig)
 
 
-two_panel_scatter({n: v[1] for n, v in views.items()}, "pca.png", "first two principal components")
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args, cfg = config.parse_config(config.config_parser(__doc__), argv)
+    cl, seed = cfg["cluster"], cfg["seed"]
+    runs.start(cfg)
+    out_dir = cl["out_dir"]
 
-# t-SNE on a seeded subsample (it is quadratic-ish in the number of points)
-rng = np.random.default_rng(seed)
-sub = np.sort(rng.choice(len(labels), min(len(labels), cl["tsne_points"]), replace=False))
-tsne = {}
-for name, (x, _, _) in views.items():
-    emb = np.full((len(labels), 2), np.nan)
-    emb[sub] = TSNE(2, perplexity=min(30, max(2, len(sub) // 4)), init="pca", random_state=seed).fit_transform(x[sub])
-    tsne[name] = emb
-two_panel_scatter(tsne, "tsne.png", f"t-SNE of {len(sub)} images")
+    # ---- the codes written by autoencoder.py, and the raw-pixel baseline of the same images
+    codes_dir = cl["codes_dir"] or cfg["autoencoder"]["out_dir"]
+    codes_path = os.path.join(codes_dir, f"codes_{cl['split']}.npz")
+    if not os.path.exists(codes_path):
+        raise config.UserError(
+            f"no codes at {codes_path}; run autoencoder.py first "
+            f"({runs.command_line('autoencoder.py', ['--set', f'autoencoder.out_dir={codes_dir}'])}), "
+            "or point cluster.codes_dir at its out_dir")
+    npz = np.load(codes_path)
+    labels, classes, paths = npz["labels"], [str(c) for c in npz["classes"]], [str(p) for p in npz["paths"]]
+    blocks = {"code": [npz["codes"]], "stats": [npz["stats"]], "code+stats": [npz["codes"], npz["stats"]]}
+    k = cl["k"] or len(np.unique(labels))
+    print(f"{len(labels)} {cl['split']} images of {len(np.unique(labels))} styles from {codes_path}; "
+          f"feature '{cl['feature']}' ({sum(b.shape[1] for b in blocks[cl['feature']])} numbers), "
+          f"{cl['method']} with k={k}")
+    bs = cl["baseline_size"]
+    pixels, kept, skipped = wikiart.load_images([(classes[y], p) for y, p in zip(labels, paths)], bs,
+                                                cfg["cache_dir"] or None, desc=f"raw pixels at {bs} px")
+    if skipped:
+        raise config.UserError(f"{len(skipped)} image(s) of {codes_path} can no longer be read, e.g. {skipped[0]}")
+    pixels = pixels.reshape(len(pixels), -1).astype(np.float32) / 255
 
-fig, axes = p.subplots(1, 2, figsize=(2 * (0.32 * len(present) + 3), 0.3 * k + 3.5))
-for ax, name in zip(axes, results):
-    table = wikiart.contingency(labels, views[name][2])
-    ax.imshow(table / np.maximum(table.sum(0, keepdims=True), 1), cmap="Blues", aspect="auto")
-    for (i, j), v in np.ndenumerate(table):
-        if v:
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=5,
-                    color="white" if v > 0.6 * table[:, j].sum() else "black")
-    ax.set_xticks(range(len(present)), [classes[c] for c in present], rotation=90, fontsize=7)
-    ax.set_yticks(range(table.shape[0]))
-    ax.set_xlabel("true style")
-    ax.set_ylabel(f"{cl['method']} cluster")
-    ax.set_title(f"{name}: counts (shade = share of each style)", fontsize=9)
-fig.tight_layout()
-fig.savefig(os.path.join(out_dir, "contingency.png"), dpi=110)
-p.close(fig)
+    results, views = {}, {}
+    for name, block_list in (("autoencoder", blocks[cl["feature"]]), (f"raw_pixels_{bs}px", [pixels])):
+        x, pc2 = prepare(block_list, cl["pca_dim"], seed)
+        assign = cluster(x, cl["method"], k, seed)
+        m = metrics.clustering_metrics(labels, assign)
+        m["silhouette"] = float(silhouette_score(x, assign, sample_size=min(len(x), 5000), random_state=seed)
+                                if len(np.unique(assign)) > 1 else float("nan"))
+        m["dims"] = int(sum(b.shape[1] for b in block_list))
+        results[name], views[name] = m, (x, pc2, assign)
+        print(f"{name:22s} NMI {m['nmi']:.3f}  ARI {m['ari']:.3f}  purity {m['purity']:.3f}  "
+              f"Hungarian acc {m['hungarian_accuracy']:.3f}  silhouette {m['silhouette']:.3f}")
+    ae_name, base_name = list(results)
+    report = {"split": cl["split"], "num_images": int(len(labels)), "num_styles": int(len(np.unique(labels))),
+              "k": int(k), "feature": cl["feature"], "method": cl["method"], "pca_dim": cl["pca_dim"],
+              "codes": codes_path, "results": results,
+              "nmi_ratio_vs_raw_pixels": results[ae_name]["nmi"] / max(results[base_name]["nmi"], 1e-12)}
+    runs.atomic_save(report, os.path.join(out_dir, "metrics.json"))
+    runs.save_run_config(cfg, out_dir, "cluster.py", argv)
+    plot_figures(results, views, labels, classes, cl, k, out_dir, seed)
+    print(f"NMI autoencoder / raw pixels = {report['nmi_ratio_vs_raw_pixels']:.2f}x; wrote {out_dir}/metrics.json and "
+          "pca.png, tsne.png, contingency.png, pc1_vs_cluster.png, comparison.png")
 
-fig, axes = p.subplots(1, 2, figsize=(13, 5))
-jitter = rng.uniform(-0.25, 0.25, len(labels))
-for ax, name in zip(axes, results):
-    _, pc2, assign = views[name]
-    for c in present:
-        sel = labels == c
-        ax.scatter(pc2[sel, 0], assign[sel] + jitter[sel], s=8, color=style_colour[c], alpha=0.7, linewidths=0)
-    ax.set_xlabel("first principal component")
-    ax.set_ylabel(f"{cl['method']} cluster id")
-    ax.set_title(f"{name}: 1D view (colour = true style)", fontsize=9)
-style_legend(fig)
-fig.tight_layout(rect=(0, 0, 0.8, 1))
-fig.savefig(os.path.join(out_dir, "pc1_vs_cluster.png"), dpi=110)
-p.close(fig)
 
-keys = ["nmi", "ari", "purity", "hungarian_accuracy", "silhouette"]
-fig, ax = p.subplots(figsize=(8, 4))
-for i, name in enumerate(results):
-    ax.bar(np.arange(len(keys)) + (i - 0.5) * 0.38, [results[name][q] for q in keys], 0.38, label=name)
-ax.set_xticks(range(len(keys)), keys)
-ax.axhline(0, color="k", lw=0.5)
-ax.set_title(f"{cl['method']} (k={k}) on {len(labels)} {cl['split']} images: {cl['feature']} vs raw pixels")
-ax.legend()
-fig.tight_layout()
-fig.savefig(os.path.join(out_dir, "comparison.png"), dpi=110)
-p.close(fig)
-print(f"NMI autoencoder / raw pixels = {report['nmi_ratio_vs_raw_pixels']:.2f}x; wrote {out_dir}/metrics.json and "
-      "pca.png, tsne.png, contingency.png, pc1_vs_cluster.png, comparison.png")
+if __name__ == "__main__":
+    runs.cli(main)

@@ -34,7 +34,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import runs
 import wikiart
+from config import UserError
 
 MANIFEST = "prepare_data.json"
 SPLIT_SETTINGS = ("size", "fit", "test_fraction", "seed")  # outputs made with other values differ
@@ -92,7 +94,7 @@ def open_source(path):
         return FolderSource(path)
     if zipfile.is_zipfile(path):
         return ZipSource(path)
-    raise SystemExit(f"source '{path}' is neither a folder nor a zip file")
+    raise UserError(f"source '{path}' is neither a folder nor a zip file")
 
 
 def is_image(rel):
@@ -114,7 +116,7 @@ def plan_artgan(source, csv_sources, problems):
     """(split, style, path) from the ArtGAN CSVs; style names from style_class.txt."""
     found = find_member(csv_sources, "style_class.txt")
     if not found:
-        raise SystemExit("style_train.csv found but no style_class.txt next to it (index -> style name)")
+        raise UserError("style_train.csv found but no style_class.txt next to it (index -> style name)")
     names = {}
     for line in found[0].read(found[1]).decode("utf-8-sig").splitlines():
         if line.strip():
@@ -129,7 +131,7 @@ def plan_artgan(source, csv_sources, problems):
     for split, csv_name in (("train", "style_train.csv"), ("test", "style_val.csv")):
         found = find_member(csv_sources, csv_name)
         if not found:
-            raise SystemExit(f"ArtGAN layout: {csv_name} not found (give its folder or zip with --csv)")
+            raise UserError(f"ArtGAN layout: {csv_name} not found (give its folder or zip with --csv)")
         for i, row in enumerate(read_csv_rows(*found)):
             if len(row) < 2 or not row[1].strip().lstrip("-").isdigit():
                 if i > 0:  # the first row may be a header
@@ -293,7 +295,7 @@ def main(argv=None):
             old = json.load(f).get("settings", {})
         changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if changed:
-            raise SystemExit(f"{args.out} was prepared with other settings "
+            raise UserError(f"{args.out} was prepared with other settings "
                              f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
                              "choose a new output folder or delete it first")
 
@@ -308,7 +310,7 @@ def main(argv=None):
         items, has_split = plan_folders(source, problems)
         layout = "split folders" if has_split else "style folders"
     if not items:
-        raise SystemExit(f"no images found in {args.source}. Expected <Style>/<image>.jpg folders, "
+        raise UserError(f"no images found in {args.source}. Expected <Style>/<image>.jpg folders, "
                          "train/ and test/ folders of them, or the ArtGAN WikiArt release (see --help)")
     items, duplicates = remove_duplicates(source, items)
     if layout == "style folders":  # no split in the source: a stratified one, after removing duplicates
@@ -333,7 +335,7 @@ def main(argv=None):
     # ---- decode, resize, write (skipping outputs already there); the settings are recorded first so
     # that a continued run cannot mix outputs made with different ones
     if not os.path.exists(manifest_path):
-        wikiart.atomic_save({"source": os.path.abspath(args.source), "settings": settings,
+        runs.atomic_save({"source": os.path.abspath(args.source), "settings": settings,
                              "complete": False}, manifest_path)
     for split, style in {(it[0], it[1]) for it in items}:
         os.makedirs(os.path.join(args.out, split, style), exist_ok=True)
@@ -377,9 +379,9 @@ def main(argv=None):
               "counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
               "written": status["written"], "already_present": status["present"],
               "skipped": skipped, "problems": problems, "duplicates_removed": duplicates}
-    wikiart.atomic_save(report, manifest_path)
+    runs.atomic_save(report, manifest_path)
     return report
 
 
 if __name__ == "__main__":
-    main()
+    runs.cli(main)

@@ -1,11 +1,10 @@
 """Part 3: render an image in another art style, conditioned on a trained style embedding.
 
     python style_transfer.py                              # train the working mode (adain), grid + embeddings
-    python style_transfer.py --evaluate                   # + naive mode, style judge, metrics table (README)
+    python style_transfer.py --evaluate                   # + naive mode, style judge, metrics table
     python style_transfer.py --set style_transfer.mode=naive   # the earlier approach, which collapses
     python style_transfer.py --resume                     # continue the mode's training from last.pt
-    python style_transfer.py --evaluate --set train_dir=../shared/data/wikiart16/train \\
-        test_dir=../shared/data/wikiart16/test style_transfer.out_dir=out/style_transfer_w16
+    python style_transfer.py --evaluate -c configs/style_transfer_w16_64.json   # WikiArt-16 (RESULTS.md)
 
 Modes (config "style_transfer.mode"):
   adain  StarGAN-style: generator = the Part-2 autoencoder's encoder (frozen) + a decoder whose AdaIN
@@ -17,17 +16,17 @@ Modes (config "style_transfer.mode"):
   naive  the earlier attempt: a learned image-sized style image concatenated to the input channels,
          MSE to the content + MSE to the style image (its style images collapse to one grey-beige).
 
-The encoder comes from style_transfer.autoencoder_path (autoencoder.py's best.pt); without it a
-fallback autoencoder is trained here for ae_fallback_epochs and the run says so. --evaluate trains
-(or reloads, if its config is unchanged) both modes and a separate style judge (a ResNet, trained on
-the training images with the robust transform as augmentation), then scores N test images x every
-other style: robust/raw hit rate, style gap closed (texture, colour), SSIM; also for the identity.
+The encoder comes from style_transfer.autoencoder_path (autoencoder.py's best.pt: run autoencoder.py
+first). --evaluate trains (or reloads, if its config is unchanged) both modes and a separate style
+judge (a ResNet, trained on the training images with the robust transform as augmentation), then
+scores N test images x every other style: robust/raw hit rate, style gap closed (texture, colour),
+SSIM; also for the identity.
 Writes to out_dir: <mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,embeddings.png},
 judge.pt, evaluation.json.
 """
-import copy
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -35,103 +34,66 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import config
+import metrics
+import plots
+import runs
+import sample_data
 import wikiart
 
-parser = wikiart.config_parser(__doc__)
-parser.add_argument("--evaluate", action="store_true", help="train/load adain and naive, score them")
-parser.add_argument("--resume", action="store_true", help="continue training from <out_dir>/<mode>/last.pt")
-args, cfg = wikiart.parse_config(parser)
-st = cfg["style_transfer"]
-if st["mode"] not in ("adain", "naive"):
-    parser.error(f"unknown style_transfer.mode '{st['mode']}'; valid modes: adain, naive")
-device = wikiart.get_device(cfg["device"])
-wikiart.seed_everything(cfg["seed"])
-out_dir = st["out_dir"]
-os.makedirs(out_dir, exist_ok=True)
-S = cfg["image_size"]
-
-# ---- data: validation carved out of the training folder; the test folder only for the final scores
-data = wikiart.load_split(cfg, "train")
-classes, C = data.classes, len(data.classes)
-train_idx, val_idx = wikiart.stratified_split(data.labels, cfg["val_fraction"], cfg["seed"])
-by_style = [train_idx[(data.labels[train_idx] == s).numpy()] for s in range(C)]
-print(f"{len(data)} training images of {C} styles in {cfg['train_dir']} ({len(train_idx)} train / "
-      f"{len(val_idx)} validation), {S} px, device {device}")
 # what a trained model depends on: a saved model is reused by --evaluate only if these are unchanged
 NOT_TRAINING_KEYS = ("mode", "out_dir", "eval_images", "grid_rows", "judge_width", "judge_epochs", "judge_lr")
 
 
-def train_signature(mode):
+class Split:
+    """The training folder and its split: validation carved out of it, training indices per style."""
+
+    def __init__(self, data, cfg):
+        self.data, self.classes, self.C = data, data.classes, len(data.classes)
+        self.train_idx, self.val_idx = wikiart.stratified_split(data.labels, cfg["val_fraction"], cfg["seed"])
+        self.by_style = [self.train_idx[(data.labels[self.train_idx] == s).numpy()] for s in range(self.C)]
+
+
+def train_signature(cfg, mode):
+    st = cfg["style_transfer"]
     keys = [k for k in st if k not in NOT_TRAINING_KEYS and (k.startswith("naive_") == (mode == "naive"))]
-    # "generator": the StyleGenerator layout; bumped when its layers change, so an older model.pt is retrained
-    return {"data": [cfg["train_dir"], S, cfg["seed"], cfg["val_fraction"]], "mode": mode, "generator": 2,
-            "autoencoder": [cfg["autoencoder"], os.path.exists(st["autoencoder_path"] or "/nonexistent") and
-                            os.path.getmtime(st["autoencoder_path"])] if mode == "adain" else None,
-            "style_transfer": {k: st[k] for k in keys}}
-
-
-
-def get_autoencoder(train_fallback=True):
-    """The Part-2 autoencoder from its checkpoint, or a fallback trained here (reported)."""
     path = st["autoencoder_path"]
-    if path and os.path.exists(path):
-        ae, ckpt = wikiart.load_autoencoder(path, device)
-        if ckpt["config"]["image_size"] != S:
-            raise SystemExit(f"{path} was trained at {ckpt['config']['image_size']} px but image_size is {S}; "
-                             "train a matching one (python autoencoder.py --set image_size=...) or "
-                             "set style_transfer.autoencoder_path=\"\" for a fallback")
-        print(f"encoder: Part-2 autoencoder from {path} ({ckpt['config']['autoencoder']['mode']})")
-        return ae, path
-    n = st["ae_fallback_epochs"] if train_fallback else 0
-    if not train_fallback:  # its weights are about to be replaced by a saved model's
-        return wikiart.make_autoencoder(cfg["autoencoder"], S).to(device).eval(), "fallback"
-    why = f"no autoencoder checkpoint at '{path}'" if path else "style_transfer.autoencoder_path is empty"
-    print(f"encoder: {why}; training a fallback '{cfg['autoencoder']['mode']}' autoencoder here for {n} "
-          "epoch(s) (run autoencoder.py first for the real one)")
-    torch.manual_seed(cfg["seed"])
-    ae = wikiart.make_autoencoder(cfg["autoencoder"], S).to(device)
-    opt = torch.optim.Adam(ae.parameters(), lr=cfg["autoencoder"]["lr"])
-    for epoch in range(n):
-        order = train_idx[torch.randperm(len(train_idx), generator=wikiart.epoch_generator(cfg["seed"], epoch)).numpy()]
-        for x, _ in tqdm(wikiart.iterate_batches(data.images, data.labels, order, 32, device, drop_last=True),
-                         total=len(order) // 32, desc=f"fallback autoencoder {epoch + 1}/{n}", leave=False):
-            loss = F.mse_loss(ae((x + 1) / 2), (x + 1) / 2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        print(f"fallback autoencoder epoch {epoch + 1}: train MSE {loss.item():.4f}")
-    return ae.eval(), f"fallback ({n} epochs)"
+    # "generator": the StyleGenerator layout; bumped when its layers change, so an older model.pt is retrained
+    return {"data": [cfg["train_dir"], cfg["image_size"], cfg["seed"], cfg["val_fraction"]], "mode": mode,
+            "generator": 2, "style_transfer": {k: st[k] for k in keys},
+            "autoencoder": [path, os.path.exists(path) and os.path.getmtime(path)] if mode == "adain" else None}
 
 
-def build(mode, ae=None):
-    """(model, discriminator or None, autoencoder source) for a mode, before training."""
+def load_encoder(cfg, device):
+    """The Part-2 autoencoder whose encoder gives the content (and the embeddings' initial values)."""
+    path = cfg["style_transfer"]["autoencoder_path"]
+    if not os.path.exists(path):
+        ae_out = os.path.dirname(path) or "."
+        raise config.UserError(
+            f"no autoencoder checkpoint at {path}: style transfer builds on the Part-2 encoder; train it first: "
+            + runs.command_line("autoencoder.py", ["--set", f"autoencoder.out_dir={ae_out}",
+                                                   f"image_size={cfg['image_size']}", f"train_dir={cfg['train_dir']}",
+                                                   f"test_dir={cfg['test_dir']}"]))
+    ae, ckpt = wikiart.load_autoencoder(path, device)
+    if ckpt["config"]["image_size"] != cfg["image_size"]:
+        raise config.UserError(f"{path} was trained at {ckpt['config']['image_size']} px but image_size is "
+                               f"{cfg['image_size']}: train a matching one (autoencoder.py --set image_size=...)")
+    return ae.requires_grad_(False).eval()
+
+
+def build(cfg, mode, split, device):
+    """(generator, discriminator or None) for a mode, before training."""
+    st, S, C, data = cfg["style_transfer"], cfg["image_size"], split.C, split.data
     torch.manual_seed(cfg["seed"])
     if mode == "naive":  # the style images start as each style's mean training image
-        mean_images = torch.stack([wikiart.to_float(data.images[np.sort(by_style[s])], torch.device("cpu")).mean(0)
-                                   if len(by_style[s]) else torch.zeros(3, S, S) for s in range(C)])
-        return wikiart.NaiveStyleNet(C, S, mean_images, st["naive_width"]).to(device), None, "none"
-    ae, source = ae if ae is not None else get_autoencoder()
-    ae = copy.deepcopy(ae).to(device).eval().requires_grad_(False)  # frozen content encoder
-    codes = wikiart.mean_code_per_style(ae, data.images[train_idx], data.labels[train_idx], C, device,
+        mean_images = torch.stack([wikiart.to_float(data.images[np.sort(idx)], torch.device("cpu")).mean(0)
+                                   if len(idx) else torch.zeros(3, S, S) for idx in split.by_style])
+        return wikiart.NaiveStyleNet(C, S, mean_images, st["naive_width"]).to(device), None
+    ae = load_encoder(cfg, device)  # frozen content encoder
+    codes = wikiart.mean_code_per_style(ae, data.images[split.train_idx], data.labels[split.train_idx], C, device,
                                         st["embed_pool"])
-    embedder = wikiart.StyleEmbedder(codes)
-    G = wikiart.StyleGenerator(ae, embedder, S, st["width"], st["res_blocks"], st["style_dim"]).to(device)
-    D = wikiart.StyleDiscriminator(C, st["d_width"]).to(device)
-    return G, D, source
-
-
-def sample_targets(y, g):
-    """Uniform target styles (rare styles trained as often as common ones); a fraction equal the source."""
-    t = torch.randint(C, y.shape, generator=g).to(y.device)
-    same = torch.rand(y.shape, generator=g).to(y.device) < st["same_style_fraction"]
-    return torch.where(same, y, t), same
-
-
-def real_of_styles(t, g):
-    """One random training image of each target style (styles without training images: any image)."""
-    idx = [by_style[s][int(torch.randint(len(by_style[s]), (1,), generator=g))] if len(by_style[s])
-           else train_idx[int(torch.randint(len(train_idx), (1,), generator=g))] for s in t.tolist()]
-    return wikiart.to_float(data.images[np.asarray(idx)], device)
+    G = wikiart.StyleGenerator(ae, wikiart.StyleEmbedder(codes), S, st["width"], st["res_blocks"], st["style_dim"])
+    return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"]).to(device)
 
 
 def coarse_structure(x):
@@ -141,9 +103,16 @@ def coarse_structure(x):
     return (lum - lum.mean((2, 3), keepdim=True)) / (lum.std((2, 3), keepdim=True) + 0.05)
 
 
-def train_step_adain(G, D, opt_g, opt_d, x, content, y, g, colour_refs):
-    t, same = sample_targets(y, g)
-    real = real_of_styles(t, g)
+def train_step_adain(G, D, opt_g, opt_d, x, content, y, g, split, colour_refs, st):
+    """One discriminator step and one generator step on a batch; returns the losses."""
+    device = x.device
+    t = torch.randint(split.C, y.shape, generator=g).to(device)  # uniform targets: rare styles as often
+    same = torch.rand(y.shape, generator=g).to(device) < st["same_style_fraction"]
+    t = torch.where(same, y, t)
+    # one random training image of each target style (a style without training images: any image)
+    idx = [split.by_style[s][int(torch.randint(len(split.by_style[s]), (1,), generator=g))] if len(split.by_style[s])
+           else split.train_idx[int(torch.randint(len(split.train_idx), (1,), generator=g))] for s in t.tolist()]
+    real = wikiart.to_float(split.data.images[np.asarray(idx)], device)
     fake = G.render(content, t)
     # discriminator: real paintings of the target styles are real (and classified), fakes are fake
     rf_real, cls_real, maps_real = D(real)
@@ -165,17 +134,15 @@ def train_step_adain(G, D, opt_g, opt_d, x, content, y, g, colour_refs):
     if st["w_colour"] > 0:  # L1 between each output's colour histogram and its target style's mean one
         losses["g_colour"] = (wikiart.soft_colour_histogram(fake, pool=st["colour_pool"])
                               - colour_refs[t]).abs().sum(1).mean()
-    loss = (st["w_adv"] * losses["g_adv"] + st["w_cls"] * losses["g_cls"] + st["w_stats"] * losses["g_stats"]
-            + st["w_rec"] * losses["g_rec"] + st["w_structure"] * losses["g_structure"]
-            + st["w_cycle"] * losses.get("g_cycle", 0.0) + st["w_colour"] * losses.get("g_colour", 0.0))
+    loss = sum(st["w_" + k[2:]] * v for k, v in losses.items())
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
-    return dict({k: v.item() for k, v in losses.items()}, d_adv=d_adv.item(), d_cls=d_cls.item(),
-                d_real_acc=(cls_real.argmax(1) == t).float().mean().item())
+    return {k: v.item() for k, v in losses.items()} | {
+        "d_adv": d_adv.item(), "d_cls": d_cls.item(), "d_real_acc": (cls_real.argmax(1) == t).float().mean().item()}
 
 
-def train_step_naive(model, opt, x, content, y, g):
+def train_step_naive(model, opt, x, y, g, C):
     t = torch.randint(C, y.shape, generator=g).to(y.device)
     out = model(x, t)
     content, style = F.mse_loss(out, x), F.mse_loss(out, model.style_image(t))
@@ -186,16 +153,16 @@ def train_step_naive(model, opt, x, content, y, g):
 
 
 @torch.no_grad()
-def validate(G, D, mode):
+def validate(G, D, split, seed, device):
     """Reconstruction L1 (target = source) on the validation split and, for adain, how often the
     discriminator's style head calls a fake its (uniform random) target style."""
     G.eval()
-    g = torch.Generator().manual_seed(cfg["seed"])
+    g = torch.Generator().manual_seed(seed)
     rec, hit, n = 0.0, 0, 0
-    for x, y in wikiart.iterate_batches(data.images, data.labels, val_idx, 64, device):
+    for x, y in wikiart.iterate_batches(split.data.images, split.data.labels, split.val_idx, 64, device):
         rec += (G(x, y) - x).abs().mean().item() * len(y)
         if D is not None:
-            t = torch.randint(C, y.shape, generator=g).to(device)
+            t = torch.randint(split.C, y.shape, generator=g).to(device)
             hit += (D(G(x, t))[1].argmax(1) == t).sum().item()
         n += len(y)
     G.train()
@@ -203,7 +170,7 @@ def validate(G, D, mode):
 
 
 @torch.no_grad()
-def encode_all(G):
+def encode_all(G, data, device):
     """The frozen encoder's content map of every training-folder image, computed once (float16)."""
     maps = [G.content(x).half() for x, _ in tqdm(
         wikiart.iterate_batches(data.images, data.labels, np.arange(len(data)), 128, device),
@@ -211,94 +178,89 @@ def encode_all(G):
     return torch.cat(maps)
 
 
-def train(mode):
+def train(cfg, mode, split, device, resume, argv):
     """Train one mode (or resume it); returns the trained model in eval mode."""
-    mdir = os.path.join(out_dir, mode)
-    os.makedirs(mdir, exist_ok=True)
-    G, D, source = build(mode)
+    st = cfg["style_transfer"]
+    mdir = os.path.join(st["out_dir"], mode)
+    G, D = build(cfg, mode, split, device)
     epochs = st["epochs"] if mode == "adain" else st["naive_epochs"]
     betas = (0.5, 0.999)  # the usual GAN setting: less momentum, steadier two-player updates
     opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad],
                              lr=st["lr"] if mode == "adain" else st["naive_lr"], betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=st["d_lr"], betas=betas) if D is not None else None
-    start, history = 0, []
-    last = os.path.join(mdir, "last.pt")
-    if args.resume and mode == st["mode"] and os.path.exists(last):
-        ckpt = torch.load(last, map_location=device, weights_only=False)
-        G.load_state_dict(ckpt["model"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        if D is not None:
-            D.load_state_dict(ckpt["discriminator"])
-            opt_d.load_state_dict(ckpt["opt_d"])
-        start, history = ckpt["epoch"] + 1, ckpt["history"]
-        print(f"resumed {mode} from {last} after epoch {start}")
-    steps = st["steps_per_epoch"] or len(train_idx) // st["batch_size"]
-    contents = encode_all(G) if mode == "adain" else None
-    colour_refs = (wikiart.mean_colour_histograms(data.images, data.labels.numpy(), train_idx, C, device,
-                                                  seed=cfg["seed"], pool=st["colour_pool"])
+    objects = {"model": G, "opt_g": opt_g}
+    if D is not None:
+        objects |= {"discriminator": D, "opt_d": torch.optim.Adam(D.parameters(), lr=st["d_lr"], betas=betas)}
+    progress = runs.Progress(mdir, ["val_rec_l1", "val_fake_style_acc", "g_adv", "g_stats", "g_colour"],
+                             f"style transfer ({mode})")
+    last, start = os.path.join(mdir, "last.pt"), 0
+    if resume and os.path.exists(last):
+        start = runs.resume(last, progress, device, lambda c: None if c.get("signature") == train_signature(cfg, mode)
+                            else f"{last} was trained with other settings: use another style_transfer.out_dir",
+                            **objects)
+    bs = st["batch_size"]
+    steps = st["steps_per_epoch"] or len(split.train_idx) // bs
+    contents = encode_all(G, split.data, device) if mode == "adain" else None
+    colour_refs = (wikiart.mean_colour_histograms(split.data.images, split.data.labels.numpy(), split.train_idx,
+                                                  split.C, device, seed=cfg["seed"], pool=st["colour_pool"])
                    if mode == "adain" and st["w_colour"] > 0 else None)
     print(f"training {mode}: {sum(p.numel() for p in G.parameters() if p.requires_grad) / 1e6:.2f}M trainable "
-          f"generator parameters, {epochs} epochs x {steps} steps of {st['batch_size']}")
+          f"generator parameters, {epochs} epochs x {steps} steps of {bs}")
+    runs.save_run_config(cfg, mdir, "style_transfer.py", argv)
+    draw = lambda g: torch.randint(len(split.train_idx), (steps * bs,), generator=g).numpy()
     G.train()
-    for epoch in range(start, epochs):
-        t0 = time.time()
-        g = wikiart.epoch_generator(cfg["seed"], epoch)
-        order = train_idx[torch.randint(len(train_idx), (steps * st["batch_size"],), generator=g).numpy()]
-        sums = {}
-        bar = tqdm(range(steps), desc=f"{mode} epoch {epoch + 1}/{epochs}", leave=False)
-        for i in bar:
-            idx = np.sort(order[i * st["batch_size"]:(i + 1) * st["batch_size"]])
-            x, y = wikiart.to_float(data.images[idx], device), data.labels[idx].to(device)
-            content = contents[idx].float() if contents is not None else None
-            logs = (train_step_adain(G, D, opt_g, opt_d, x, content, y, g, colour_refs) if mode == "adain"
-                    else train_step_naive(G, opt_g, x, content, y, g))
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix({k: f"{v:.3f}" for k, v in list(logs.items())[:3]})
-        row = {"epoch": epoch + 1} | {k: v / steps for k, v in sums.items()} | validate(G, D, mode)
-        row["seconds"] = time.time() - t0
-        history.append(row)
-        print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-        wikiart.atomic_save({"model": G.state_dict(), "opt_g": opt_g.state_dict(), "epoch": epoch,
-                             "history": history, "config": cfg, "signature": train_signature(mode)}
-                            | ({"discriminator": D.state_dict(), "opt_d": opt_d.state_dict()} if D is not None else {}),
-                            last)
-        wikiart.write_history(history, mdir)
-        wikiart.plot_curves(history, [k for k in history[-1] if k not in ("epoch", "seconds")],
-                            os.path.join(mdir, "curves.png"), f"style transfer ({mode})")
-    wikiart.atomic_save({"model": G.state_dict(), "mode": mode, "config": cfg, "signature": train_signature(mode),
-                         "class_to_idx": data.class_to_idx, "autoencoder": source, "history": history},
-                        os.path.join(mdir, "model.pt"))
+    with runs.on_interrupt(progress, "style_transfer.py", argv):
+        for epoch in range(start, epochs):
+            t0 = time.time()
+            order, g = runs.epoch_order(split.train_idx, cfg["seed"], epoch, draw=draw)
+            sums = {}
+            bar = tqdm(range(steps), desc=f"{mode} epoch {epoch + 1}/{epochs}", leave=False)
+            for i in bar:
+                idx = np.sort(order[i * bs:(i + 1) * bs])
+                x, y = wikiart.to_float(split.data.images[idx], device), split.data.labels[idx].to(device)
+                logs = (train_step_adain(G, D, opt_g, objects["opt_d"], x, contents[idx].float(), y, g, split,
+                                         colour_refs, st) if mode == "adain"
+                        else train_step_naive(G, opt_g, x, y, g, split.C))
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix({k: f"{v:.3f}" for k, v in list(logs.items())[:3]})
+            row = {"epoch": epoch + 1} | {k: v / steps for k, v in sums.items()} | validate(G, D, split, cfg["seed"], device)
+            row["seconds"] = time.time() - t0
+            progress.end_epoch(row, None, lambda: runs.training_state(epoch, progress, **objects) | {
+                "config": cfg, "signature": train_signature(cfg, mode)})
+    runs.atomic_save({"model": G.state_dict(), "mode": mode, "config": cfg, "signature": train_signature(cfg, mode),
+                      "class_to_idx": split.data.class_to_idx, "history": progress.history},
+                     os.path.join(mdir, "model.pt"))
     return G.eval()
 
 
-def train_or_load(mode):
-    """--evaluate reuses <mode>/model.pt when it was trained with the same settings."""
-    path = os.path.join(out_dir, mode, "model.pt")
-    if args.evaluate and not (args.resume and mode == st["mode"]) and os.path.exists(path):
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        if ckpt.get("signature") == train_signature(mode):
-            G, _, _ = build(mode, ae=None if mode == "naive" else get_autoencoder(train_fallback=False))
+def train_or_load(cfg, mode, split, device, reuse, resume, argv):
+    """Reuse <mode>/model.pt when it was trained with the same settings (if `reuse`), else train."""
+    path = os.path.join(cfg["style_transfer"]["out_dir"], mode, "model.pt")
+    if reuse and os.path.exists(path):
+        ckpt = runs.load_checkpoint(path, "a style_transfer.py model", needs=("model", "signature"))
+        if ckpt["signature"] == train_signature(cfg, mode):
+            G, _ = build(cfg, mode, split, device)
             G.load_state_dict(ckpt["model"])
             print(f"{mode}: reusing {path} (same training settings)")
             return G.eval()
-    return train(mode)
+    return train(cfg, mode, split, device, resume, argv)
 
 
 @torch.no_grad()
-def transfer(G, images_u8, styles, batch_size=128):
+def transfer(G, images_u8, styles, device, batch_size=128):
     """Outputs (uint8) of the generator for images_u8[i] rendered in styles[i]."""
     outs = []
     for i in range(0, len(styles), batch_size):
         x = wikiart.to_float(images_u8[i:i + batch_size], device)
         outs.append(wikiart.to_uint8(G(x, torch.as_tensor(styles[i:i + batch_size], device=device))))
+    S = images_u8.shape[1]
     return np.concatenate(outs) if outs else np.zeros((0, S, S, 3), np.uint8)
 
 
-def pick_test_images(test, n):
+def pick_test_images(test, n, seed):
     """n test indices, seeded, taken round-robin over styles so every style appears."""
-    rng = np.random.default_rng(cfg["seed"])
-    pools = [list(rng.permutation(np.flatnonzero(test.labels.numpy() == s))) for s in range(C)]
+    rng = np.random.default_rng(seed)
+    pools = [list(rng.permutation(np.flatnonzero(test.labels.numpy() == s))) for s in range(len(test.classes))]
     picked = []
     while len(picked) < min(n, len(test)):
         for p in pools:
@@ -307,12 +269,13 @@ def pick_test_images(test, n):
     return np.array(picked)
 
 
-def plot_grid(G, mode, test, rows):
+def plot_grid(G, mode, test, rows, path, seed, device):
     """Test images (rows) x target styles (columns); the source column first; red frame = own style."""
-    plt = wikiart.plt()
-    idx = pick_test_images(test, rows)
+    plt = plots.plt()
+    classes, C, S = test.classes, len(test.classes), test.image_size
+    idx = pick_test_images(test, rows, seed)
     src = np.asarray(test.images[idx])
-    cols = [src] + [transfer(G, src, np.full(len(idx), s)) for s in range(C)]
+    cols = [src] + [transfer(G, src, np.full(len(idx), s), device) for s in range(C)]
     pad = 2
     canvas = np.full((len(idx) * (S + pad), (C + 1) * (S + pad) + pad * 2, 3), 255, np.uint8)
     for r in range(len(idx)):
@@ -334,25 +297,22 @@ def plot_grid(G, mode, test, rows):
     ax.set_title(f"{mode}: test image (left, true style at the row start) rendered in each style; "
                  "red frame = its own style", fontsize=9, pad=10)
     fig.tight_layout()
-    path = os.path.join(out_dir, mode, "grid.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
 
 
 @torch.no_grad()
-def plot_embeddings(G, mode):
+def plot_embeddings(G, mode, classes, S, path, device):
     """The learned style embeddings: 2D PCA (with arrows from their initial values) and each one
     rendered as a "style prototype" (adain: the generator on a flat grey image; naive: its style image)."""
-    plt = wikiart.plt()
-    initial = None
+    plt = plots.plt()
+    C, initial = len(classes), None
     if mode == "naive":
         weights = G.style_images.weight.detach().cpu()
         protos = wikiart.to_uint8(G.style_image(torch.arange(C, device=device)))
     else:
         weights, initial = G.embedder.embedding.weight.detach().cpu(), G.embedder.initial.cpu()
-        grey = torch.zeros(C, 3, S, S, device=device)
-        protos = wikiart.to_uint8(G(grey, torch.arange(C, device=device)))
+        protos = wikiart.to_uint8(G(torch.zeros(C, 3, S, S, device=device), torch.arange(C, device=device)))
     both = torch.cat([weights, initial]) if initial is not None else weights
     centred = both - both.mean(0)
     _, _, v = torch.linalg.svd(centred.double(), full_matrices=False)
@@ -381,33 +341,31 @@ def plot_embeddings(G, mode):
     ax.set_title("each embedding rendered: " + ("its learned style image" if mode == "naive"
                                                   else "generator output for a flat grey input"), fontsize=9)
     fig.tight_layout()
-    path = os.path.join(out_dir, mode, "embeddings.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
 
 
-def train_or_load_judge():
+def train_or_load_judge(cfg, split, device):
     """The style judge: a ResNet (an architecture used nowhere in training here), trained on the
     training images only, half of each batch seen through the robust transform."""
-    path = os.path.join(out_dir, "judge.pt")
-    signature = {"data": train_signature("naive")["data"], "judge": [st["judge_width"], st["judge_epochs"], st["judge_lr"]]}
+    st, data = cfg["style_transfer"], split.data
+    path = os.path.join(st["out_dir"], "judge.pt")
+    signature = {"data": train_signature(cfg, "naive")["data"], "judge": [st["judge_width"], st["judge_epochs"], st["judge_lr"]]}
     torch.manual_seed(cfg["seed"])
-    judge = wikiart.ResNet(C, st["judge_width"], (1, 1, 1, 1), 0.1).to(device)
+    judge = wikiart.ResNet(split.C, st["judge_width"], (1, 1, 1, 1), 0.1).to(device)
     if os.path.exists(path):
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = runs.load_checkpoint(path, "a style judge (judge.pt)", needs=("model", "signature"), device=device)
         if ckpt["signature"] == signature:
             judge.load_state_dict(ckpt["model"])
             print(f"judge: reusing {path}")
             return judge.eval()
-    robust = wikiart.robust_transform(np.asarray(data.images))
+    robust = metrics.robust_transform(np.asarray(data.images))
     bs, epochs = 64, st["judge_epochs"]
-    steps = len(train_idx) // bs
+    steps = len(split.train_idx) // bs
     opt = wikiart.make_optimizer(judge, "adamw", st["judge_lr"], 0.05)
     sched = wikiart.make_scheduler(opt, steps, epochs * steps)
     for epoch in range(epochs):
-        g = wikiart.epoch_generator(cfg["seed"] + 1, epoch)
-        order = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
+        order, g = runs.epoch_order(split.train_idx, cfg["seed"] + 1, epoch)
         judge.train()
         for i in tqdm(range(steps), desc=f"judge epoch {epoch + 1}/{epochs}", leave=False):
             idx = np.sort(order[i * bs:(i + 1) * bs])
@@ -419,50 +377,51 @@ def train_or_load_judge():
             loss.backward()
             opt.step()
             sched.step()
-    labels = data.labels[val_idx].numpy()
-    acc = (wikiart.predict(judge, robust, val_idx, 256, device).argmax(1).numpy() == labels).mean()
+    labels = data.labels[split.val_idx].numpy()
+    acc = (wikiart.predict(judge, robust, split.val_idx, 256, device).argmax(1).numpy() == labels).mean()
     print(f"judge: ResNet width {st['judge_width']}, {epochs} epochs; validation accuracy (robust) {acc:.3f}")
-    wikiart.atomic_save({"model": judge.state_dict(), "signature": signature, "val_robust_accuracy": float(acc)}, path)
+    runs.atomic_save({"model": judge.state_dict(), "signature": signature, "val_robust_accuracy": float(acc)}, path)
     return judge.eval()
 
 
-def evaluate(models, test):
+def evaluate(cfg, models, split, test, device):
     """N test images x every other style, for each model and the identity: hit rates, gap closed, SSIM."""
-    idx = pick_test_images(test, st["eval_images"])
+    st, data, C = cfg["style_transfer"], split.data, split.C
+    idx = pick_test_images(test, st["eval_images"], cfg["seed"])
     src_u8, src_y = np.asarray(test.images[idx]), test.labels[idx].numpy()
     pairs = [(i, t) for i in range(len(idx)) for t in range(C) if t != src_y[i]]
     pi, pt = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     inputs = src_u8[pi]
-    judge = train_or_load_judge()
+    judge = train_or_load_judge(cfg, split, device)
     judge_of = lambda u8: wikiart.predict(judge, u8, np.arange(len(u8)), 256, device, desc="judging").argmax(1).numpy()
     test_u8 = np.asarray(test.images)
-    ceiling = {"judge_test_accuracy_robust": float((judge_of(wikiart.robust_transform(test_u8)) == test.labels.numpy()).mean()),
+    ceiling = {"judge_test_accuracy_robust": float((judge_of(metrics.robust_transform(test_u8)) == test.labels.numpy()).mean()),
                "judge_test_accuracy_raw": float((judge_of(test_u8) == test.labels.numpy()).mean())}
     # reference statistics from real training images; "real" = unseen test paintings of each style
-    tex_net = wikiart.random_texture_net(cfg["seed"])
-    train_u8, train_y = np.asarray(data.images[train_idx]), data.labels[train_idx].numpy()
-    describe = {"texture": lambda u8: wikiart.texture_descriptors(u8, tex_net), "colour": wikiart.colour_histograms}
-    refs = {k: wikiart.style_references(f(train_u8), train_y, C) for k, f in describe.items()}
+    tex_net = metrics.random_texture_net(cfg["seed"])
+    train_u8, train_y = np.asarray(data.images[split.train_idx]), data.labels[split.train_idx].numpy()
+    describe = {"texture": lambda u8: metrics.texture_descriptors(u8, tex_net), "colour": metrics.colour_histograms}
+    refs = {k: metrics.style_references(f(train_u8), train_y, C) for k, f in describe.items()}
     test_desc = {k: f(test_u8) for k, f in describe.items()}
     in_desc = {k: f(inputs) for k, f in describe.items()}
-    styles = [s for s in range(C) if (pt == s).any() and (test.labels.numpy() == s).any() and len(by_style[s])]
+    styles = [s for s in range(C) if (pt == s).any() and (test.labels.numpy() == s).any() and len(split.by_style[s])]
     d_in, d_real = {}, {}
     for k in describe:
-        d_in[k] = [wikiart.style_distance([l[pt == s] for l in in_desc[k]], refs[k], s) for s in styles]
-        d_real[k] = [wikiart.style_distance([l[test.labels == s] for l in test_desc[k]], refs[k], s) for s in styles]
+        d_in[k] = [metrics.style_distance([l[pt == s] for l in in_desc[k]], refs[k], s) for s in styles]
+        d_real[k] = [metrics.style_distance([l[test.labels == s] for l in test_desc[k]], refs[k], s) for s in styles]
     results = {"n_images": int(len(idx)), "n_outputs": int(len(pairs)), "styles": C, "chance": 1 / C,
                "styles_in_gap": len(styles)} | ceiling
-    methods = {name: transfer(G, inputs, pt) for name, G in models.items()} | {"identity": inputs}
+    methods = {name: transfer(G, inputs, pt, device) for name, G in models.items()} | {"identity": inputs}
     for name, outputs in methods.items():
-        r = {"robust_hit_rate": float((judge_of(wikiart.robust_transform(outputs)) == pt).mean()),
+        r = {"robust_hit_rate": float((judge_of(metrics.robust_transform(outputs)) == pt).mean()),
              "raw_hit_rate": float((judge_of(outputs) == pt).mean())}
         for k, f in describe.items():
             desc = f(outputs)
-            d_out = [wikiart.style_distance([l[pt == s] for l in desc], refs[k], s) for s in styles]
-            r[f"{k}_gap_closed"] = wikiart.gap_closed(d_in[k], d_out, d_real[k])
-        r["ssim"] = float(wikiart.ssim(outputs, inputs).mean())
+            d_out = [metrics.style_distance([l[pt == s] for l in desc], refs[k], s) for s in styles]
+            r[f"{k}_gap_closed"] = metrics.gap_closed(d_in[k], d_out, d_real[k])
+        r["ssim"] = float(metrics.ssim(outputs, inputs).mean())
         results[name] = r
-    wikiart.atomic_save(results, os.path.join(out_dir, "evaluation.json"))
+    runs.atomic_save(results, os.path.join(st["out_dir"], "evaluation.json"))
     print(f"\n{len(idx)} test images x {C - 1} other styles = {len(pairs)} outputs; chance {1 / C:.1%}; judge on "
           f"real test images: {ceiling['judge_test_accuracy_robust']:.1%} robust / {ceiling['judge_test_accuracy_raw']:.1%} raw")
     print(f"{'method':10s} {'robust hit':>10s} {'raw hit':>8s} {'texture gap':>11s} {'colour gap':>10s} {'SSIM':>6s}")
@@ -470,18 +429,40 @@ def evaluate(models, test):
         r = results[name]
         print(f"{name:10s} {r['robust_hit_rate']:10.1%} {r['raw_hit_rate']:8.1%} {r['texture_gap_closed']:11.1%} "
               f"{r['colour_gap_closed']:10.1%} {r['ssim']:6.3f}")
-    print(f"wrote {os.path.join(out_dir, 'evaluation.json')}")
+    print(f"wrote {os.path.join(st['out_dir'], 'evaluation.json')}")
     return results
 
 
-# ---- train (or reload), draw, evaluate
-test = wikiart.load_split(cfg, "test", data.class_to_idx)
-modes = ["adain", "naive"] if args.evaluate else [st["mode"]]
-models = {}
-for mode in modes:
-    t_start = time.time()
-    models[mode] = train_or_load(mode)
-    print(f"{mode}: grid {plot_grid(models[mode], mode, test, st['grid_rows'])}, "
-          f"embeddings {plot_embeddings(models[mode], mode)} ({time.time() - t_start:.0f} s)")
-if args.evaluate:
-    evaluate(models, test)
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = config.config_parser(__doc__)
+    parser.add_argument("--evaluate", action="store_true", help="train/load adain and naive, score them")
+    parser.add_argument("--resume", action="store_true", help="continue training from <out_dir>/<mode>/last.pt")
+    args, cfg = config.parse_config(parser, argv)
+    st = cfg["style_transfer"]
+    _, _, _, device = runs.start(cfg)
+
+    # ---- data: validation carved out of the training folder; the test folder only for the final scores
+    sample_data.ensure_sample(cfg)
+    split = Split(wikiart.load_split(cfg, "train"), cfg)
+    test = wikiart.load_split(cfg, "test", split.data.class_to_idx)
+    print(f"{len(split.data)} training images of {split.C} styles in {cfg['train_dir']} ({len(split.train_idx)} "
+          f"train / {len(split.val_idx)} validation), {cfg['image_size']} px, device {device}")
+
+    # ---- train (or reload), draw, evaluate
+    models = {}
+    for mode in ["adain", "naive"] if args.evaluate else [st["mode"]]:
+        t_start = time.time()
+        resume = args.resume and mode == st["mode"]
+        models[mode] = train_or_load(cfg, mode, split, device, reuse=args.evaluate and not resume, resume=resume,
+                                     argv=argv)
+        mdir = os.path.join(st["out_dir"], mode)
+        plot_grid(models[mode], mode, test, st["grid_rows"], os.path.join(mdir, "grid.png"), cfg["seed"], device)
+        plot_embeddings(models[mode], mode, split.classes, cfg["image_size"], os.path.join(mdir, "embeddings.png"), device)
+        print(f"{mode}: {mdir}/grid.png, embeddings.png ({time.time() - t_start:.0f} s)")
+    if args.evaluate:
+        evaluate(cfg, models, split, test, device)
+
+
+if __name__ == "__main__":
+    runs.cli(main)

@@ -4,183 +4,195 @@
     python train.py --set mode=base epochs=5           # the course's in-class model
     python train.py --set balance=logit_adjust         # Part 1: imbalance handling (README)
     python train.py --set balance=sampler posthoc=true # ... then a prior correction tuned on validation
-    python train.py --set train_dir=../shared/data/wikiart16/train \\
-                          test_dir=../shared/data/wikiart16/test image_size=128 out_dir=out/w16
+    python train.py -c configs/classifier_w16.json     # a recipe: WikiArt-16 (RESULTS.md)
     python train.py --resume                           # continue from out_dir/last.pt
+    python train.py --help-config                      # every config key, its default and meaning
 
 Several GPUs (DistributedDataParallel, one process per GPU; batch_size stays the global batch):
-    torchrun --standalone --nproc_per_node=8 train.py               # 8 GPUs on one machine
-    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 \
-             --master_port=29500 train.py                          # 2 machines, on the first (master)
-    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 \
-             --master_port=29500 train.py                          # ... and on the second
-    (without Infiniband, prepend NCCL_IB_DISABLE=1; on CPU, --set device=cpu uses gloo)
+    torchrun --standalone --nproc_per_node=8 train.py       # 8 GPUs on one machine
+    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 train.py
+    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=29500 train.py
+    (2 machines: the first line on the master, the second on the other; without Infiniband prepend
+    NCCL_IB_DISABLE=1; on CPU, --set device=cpu uses gloo)
 
 The style map (sorted style names -> labels) comes from the training folder and is stored in every
 checkpoint. A stratified validation split of the training folder picks the best epoch; the test
-folder is never read here. Writes to out_dir: best.pt, last.pt, train_log.{json,csv}, curves.png.
+folder is never read here. Writes to out_dir: best.pt, last.pt, train_log.{json,csv}, curves.png,
+train_config.json (the resolved config and command).
 """
 import os
+import sys
 import time
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import config
+import metrics
+import runs
+import sample_data
 import wikiart
 
-parser = wikiart.config_parser(__doc__)
-parser.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt")
-args, cfg = wikiart.parse_config(parser)
-rank, world, local_rank, device = wikiart.setup_distributed(cfg["device"])  # (0, 1, 0, device) without torchrun
-wikiart.seed_everything(cfg["seed"])
-out_dir = cfg["out_dir"]
-os.makedirs(out_dir, exist_ok=True)
-
-# ---- data: the style map is fixed by the training folder; validation is carved out of it
-with wikiart.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache
-    data = wikiart.load_split(cfg, "train")
-classes, C = data.classes, len(data.classes)
-train_idx, val_idx = wikiart.stratified_split(data.labels, cfg["val_fraction"], cfg["seed"])
-train_counts = torch.bincount(data.labels[train_idx], minlength=C)
-steps_per_epoch = len(train_idx) // cfg["batch_size"]
-if steps_per_epoch == 0:
-    raise SystemExit(f"batch_size {cfg['batch_size']} is larger than the {len(train_idx)} training images")
-if world > 1:  # batch_size stays the global batch: the same training as one process with that batch
-    print(f"{world} processes ({torch.distributed.get_backend()}): {cfg['batch_size'] // world} images per "
-          f"process and step, global batch {cfg['batch_size']}")
-print(f"{len(data)} images of {C} styles in {cfg['train_dir']}: {len(train_idx)} train / {len(val_idx)} "
-      f"validation; largest {classes[int(train_counts.argmax())]} ({int(train_counts.max())}), "
-      f"smallest {classes[int(train_counts.argmin())]} ({int(train_counts.min())}); device {device}")
-
-# ---- model, optimiser, schedule, loss
-model = wikiart.make_classifier(cfg, C).to(device, memory_format=torch.channels_last)
-print(f"mode {cfg['mode']}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-optimizer = wikiart.make_optimizer(model, cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["momentum"])
-scheduler = wikiart.make_scheduler(optimizer, cfg["warmup_epochs"] * steps_per_epoch,
-                                   cfg["epochs"] * steps_per_epoch, cfg["schedule"])
-balance = cfg["balance"]
-if balance not in wikiart.BALANCE_OPTIONS:
-    hint = " (post-hoc adjustment is its own key now: --set balance=none posthoc=true)" if balance == "posthoc" else ""
-    raise SystemExit(f"unknown balance '{balance}'; valid: {', '.join(wikiart.BALANCE_OPTIONS)}{hint}")
-weights = (wikiart.class_weights(train_counts, balance, cfg["effective_beta"]).to(device)
-           if balance in ("weights1", "weights2", "weights3", "effective", "drw") else None)
-adjust = (wikiart.logit_adjustment(train_counts, cfg["logit_tau"]).to(device)
-          if balance == "logit_adjust" else None)
+# what a checkpoint's weights depend on: --resume refuses a checkpoint made with other values
+MODEL_KEYS = ("mode", "image_size", "resnet_width", "resnet_blocks")
 
 
-def loss_fn(logits, y, epoch):
-    if adjust is not None:  # logit-adjusted loss: the model is pushed to give rare styles bigger margins
-        logits = logits + adjust
-    w = weights
-    if balance == "drw" and epoch < int(cfg["drw_start"] * cfg["epochs"]):
-        w = None  # deferred re-weighting: plain loss first, class weights for the last epochs
-    return F.cross_entropy(logits.float(), y, weight=w, label_smoothing=cfg["label_smoothing"])
+def make_loss(cfg, train_counts, device):
+    """The training loss for cfg["balance"]: plain, class-weighted (from epoch drw_start for drw) or
+    logit-adjusted cross-entropy."""
+    balance = cfg["balance"]
+    weights = (wikiart.class_weights(train_counts, balance, cfg["effective_beta"]).to(device)
+               if balance in ("weights1", "weights2", "weights3", "effective", "drw") else None)
+    adjust = (wikiart.logit_adjustment(train_counts, cfg["logit_tau"]).to(device)
+              if balance == "logit_adjust" else None)
+
+    def loss_fn(logits, y, epoch):
+        if adjust is not None:  # logit-adjusted loss: the model is pushed to give rare styles bigger margins
+            logits = logits + adjust
+        w = weights
+        if balance == "drw" and epoch < int(cfg["drw_start"] * cfg["epochs"]):
+            w = None  # deferred re-weighting: plain loss first, class weights for the last epochs
+        return F.cross_entropy(logits.float(), y, weight=w, label_smoothing=cfg["label_smoothing"])
+    return loss_fn
 
 
-def validation_logits(indices):
-    wikiart.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
-    logits = wikiart.predict(model, data.images, wikiart.shard(indices, rank, world), 256, device, desc="validating")
-    return wikiart.all_gather_shards(logits, world)  # each process scored every world-th image
+def validation_logits(model, data, indices, rank, world, device):
+    """Logits of data.images[indices] (each process scores every world-th image; gathered)."""
+    runs.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
+    logits = wikiart.predict(model, data.images, runs.shard(indices, rank, world), 256, device, desc="validating")
+    return runs.all_gather_shards(logits, world)
 
 
-def evaluate(indices):
-    logits = validation_logits(indices)
-    y = data.labels[indices]
-    m = wikiart.classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes)
-    m["loss"] = float(F.cross_entropy(logits, y)) if len(indices) else float("nan")
-    return m
-
-
-def checkpoint(epoch):
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch, "config": cfg,
-            "class_to_idx": data.class_to_idx, "label_counts": data.label_counts,
-            "history": history, "best_score": best_score, "rng": torch.get_rng_state(), "world_size": world}
-
-
-# ---- resume
-start_epoch, best_score, history = 0, -1.0, []
-if args.resume:
-    ckpt = wikiart.resume_training(
-        os.path.join(out_dir, "last.pt"), model, optimizer, scheduler, device,
-        lambda c: None if c["class_to_idx"] == data.class_to_idx else
-        f"was trained on other styles than {cfg['train_dir']} holds")
-    start_epoch, best_score, history = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["history"]
-
-# One process per GPU under torchrun: DDP averages the gradients of all processes in backward.
-# `model` stays the plain module: evaluation and checkpoints use it, so test.py loads them unchanged.
-train_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
-    model, device_ids=[device.index] if device.type == "cuda" else None)
-
-# ---- training loop
-# stop_after > 0 ends this run early (e.g. a time-limited job); --resume picks up from last.pt
-end_epoch = min(cfg["epochs"], start_epoch + cfg["stop_after"]) if cfg["stop_after"] > 0 else cfg["epochs"]
-for epoch in range(start_epoch, end_epoch):
-    t0 = time.time()
-    g = wikiart.epoch_generator(cfg["seed"], epoch)
-    if balance == "sampler":  # each style drawn about equally often, N draws with replacement
-        order = train_idx[wikiart.balanced_sampler_indices(data.labels[train_idx], len(train_idx), g)]
-    else:
-        order = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
-    order = wikiart.shard(order, rank, world, cfg["batch_size"])  # all ranks drew the same order
-    if rank > 0:  # other crops, flips, mixes and dropout masks than rank 0's (README: Distributed)
-        g = wikiart.epoch_generator(cfg["seed"] + 1_000_003 * rank, epoch)
-    train_model.train()
-    total, seen = 0.0, 0
-    bar = tqdm(wikiart.iterate_batches(data.images, data.labels, order, cfg["batch_size"] // world, device,
-                                         drop_last=True),
-               total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False)
-    for x, y in bar:
-        x = x.contiguous(memory_format=torch.channels_last)
-        if cfg["augment"]:
-            x = wikiart.augment(x, g, cfg["crop_min_scale"])
-        x, y2, lam = wikiart.mix_batch(x, y, cfg["mixup"], cfg["cutmix"], g)
-        with wikiart.autocast(device):
-            logits = train_model(x)
-        loss = lam * loss_fn(logits, y, epoch) + (1 - lam) * loss_fn(logits, y2, epoch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total, seen = total + loss.item() * len(y), seen + len(y)
-        bar.set_postfix(loss=f"{total / seen:.3f}")
-
-    total, seen = wikiart.all_reduce_sum([total, seen], device)  # over all processes
-    row = {"epoch": epoch + 1, "train_loss": total / seen, "lr": optimizer.param_groups[0]["lr"]}
-    if len(val_idx):
-        m = evaluate(val_idx)
-        row.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_balanced_accuracy=m["balanced_accuracy"],
-                   val_macro_f1=m["macro_f1"])
-    row["seconds"] = time.time() - t0
-    history.append(row)
-    score = row.get("val_" + cfg["select_metric"], epoch)  # no validation split: the last epoch wins
-    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-    if score > best_score:
-        best_score = score
-        if rank == 0:  # one process writes: every process holds the same model, history and scores
-            wikiart.atomic_save(checkpoint(epoch), os.path.join(out_dir, "best.pt"))
-    if rank == 0:
-        wikiart.atomic_save(checkpoint(epoch), os.path.join(out_dir, "last.pt"))
-        wikiart.write_history(history, out_dir)
-        wikiart.plot_curves(history, ["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy"],
-                            os.path.join(out_dir, "curves.png"), f"{cfg['mode']} on {cfg['train_dir']}")
-
-# ---- posthoc: after training with any balance option, test-time logits - tau * log prior, with tau
-# chosen on the validation split (a finished run can be calibrated later: --resume --set posthoc=true)
-if cfg["posthoc"] and end_epoch == cfg["epochs"] and len(val_idx):
-    best = torch.load(os.path.join(out_dir, "best.pt"), map_location=device, weights_only=False)
+def calibrate_posthoc(best, model, data, val_idx, max_drop, rank=0, world=1, device=torch.device("cpu")):
+    """Post-hoc logit adjustment of a finished run: the checkpoint `best` with logit_bias = -tau * log
+    prior added, tau chosen on the validation split (wikiart.choose_posthoc_tau); test.py applies it."""
     model.load_state_dict(best["model"])
-    tau, rows = wikiart.choose_posthoc_tau(validation_logits(val_idx), data.labels[val_idx], train_counts,
-                                           classes, cfg["posthoc_max_drop"])
-    best["logit_bias"], best["posthoc_tau"] = -wikiart.logit_adjustment(train_counts, tau), tau
-    best["config"] = {**best["config"], "posthoc": True}
+    train_idx = np.setdiff1d(np.arange(len(data)), val_idx)
+    train_counts = torch.bincount(data.labels[train_idx], minlength=len(data.classes))
+    tau, rows = wikiart.choose_posthoc_tau(validation_logits(model, data, val_idx, rank, world, device),
+                                           data.labels[val_idx], train_counts, data.classes, max_drop)
     print(f"post-hoc logit adjustment: tau {tau} (validation accuracy / balanced accuracy: "
           + ", ".join(f"tau {t}: {a:.3f}/{b:.3f}" for t, a, b in rows[::10]) + ")")
-    if rank == 0:
-        wikiart.atomic_save(best, os.path.join(out_dir, "best.pt"))
+    return best | {"logit_bias": -wikiart.logit_adjustment(train_counts, tau), "posthoc_tau": tau,
+                   "config": {**best["config"], "posthoc": True}}
 
-print(f"best validation {cfg['select_metric']} {best_score:.4f}; checkpoints and logs in {out_dir}")
-del train_model  # the DDP wrapper holds the process group: release it first
-wikiart.cleanup_distributed()
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = config.config_parser(__doc__)
+    parser.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt")
+    args, cfg = config.parse_config(parser, argv)
+    rank, world, _, device = runs.start(cfg)  # (0, 1, 0, device) without torchrun
+    out_dir = cfg["out_dir"]
+
+    # ---- data: the style map is fixed by the training folder; validation is carved out of it
+    with runs.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache
+        sample_data.ensure_sample(cfg)
+        data = wikiart.load_split(cfg, "train")
+    classes, C = data.classes, len(data.classes)
+    train_idx, val_idx = wikiart.stratified_split(data.labels, cfg["val_fraction"], cfg["seed"])
+    train_counts = torch.bincount(data.labels[train_idx], minlength=C)
+    batch_size = cfg["batch_size"]
+    if batch_size > len(train_idx):  # a small custom dataset: one batch of everything there is
+        batch_size = max(world, len(train_idx) // world * world)
+        warnings.warn(f"batch_size {cfg['batch_size']} is larger than the {len(train_idx)} training images; "
+                      f"using {batch_size}")
+    steps_per_epoch = len(train_idx) // batch_size
+    if world > 1:  # batch_size stays the global batch: the same training as one process with that batch
+        print(f"{world} processes ({torch.distributed.get_backend()}): {batch_size // world} images per "
+              f"process and step, global batch {batch_size}")
+    print(f"{len(data)} images of {C} styles in {cfg['train_dir']}: {len(train_idx)} train / {len(val_idx)} "
+          f"validation; largest {classes[int(train_counts.argmax())]} ({int(train_counts.max())}), "
+          f"smallest {classes[int(train_counts.argmin())]} ({int(train_counts.min())}); device {device}")
+
+    # ---- model, optimiser, schedule, loss
+    model = wikiart.make_classifier(cfg, C).to(device, memory_format=torch.channels_last)
+    print(f"mode {cfg['mode']}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    optimizer = wikiart.make_optimizer(model, cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["momentum"])
+    scheduler = wikiart.make_scheduler(optimizer, cfg["warmup_epochs"] * steps_per_epoch,
+                                       cfg["epochs"] * steps_per_epoch, cfg["schedule"])
+    loss_fn = make_loss(cfg, train_counts, device)
+    progress = runs.Progress(out_dir, ["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy"],
+                             f"{cfg['mode']} on {cfg['train_dir']}")
+
+    def checkpoint(epoch):
+        return runs.training_state(epoch, progress, model=model, optimizer=optimizer, scheduler=scheduler) | {
+            "config": cfg, "class_to_idx": data.class_to_idx, "label_counts": data.label_counts, "world_size": world}
+
+    def does_not_fit(ckpt):
+        if ckpt.get("class_to_idx") != data.class_to_idx:
+            return (f"{last} was trained on the styles {', '.join(ckpt.get('class_to_idx', {}))}; "
+                    f"{cfg['train_dir']} holds {', '.join(classes)}: use another out_dir")
+        return runs.mismatch(ckpt.get("config", {}), cfg, MODEL_KEYS, last)
+
+    last = os.path.join(out_dir, "last.pt")
+    start_epoch = 0
+    if args.resume:
+        start_epoch = runs.resume(last, progress, device, does_not_fit,
+                                  model=model, optimizer=optimizer, scheduler=scheduler)
+    train_model = runs.wrap_ddp(model, world, device)
+    runs.save_run_config(cfg, out_dir, "train.py", argv)
+
+    # ---- training loop; stop_after > 0 ends this run early (a time-limited job), --resume continues
+    end_epoch = min(cfg["epochs"], start_epoch + cfg["stop_after"]) if cfg["stop_after"] > 0 else cfg["epochs"]
+    sampler = None
+    if cfg["balance"] == "sampler":  # each style drawn about equally often, N draws with replacement
+        sampler = lambda g: wikiart.balanced_sampler_indices(data.labels[train_idx], len(train_idx), g)
+    with runs.on_interrupt(progress, "train.py", argv):
+        for epoch in range(start_epoch, end_epoch):
+            t0 = time.time()
+            order, g = runs.epoch_order(train_idx, cfg["seed"], epoch, rank, world, batch_size, sampler)
+            train_model.train()
+            total, seen = 0.0, 0
+            bar = tqdm(wikiart.iterate_batches(data.images, data.labels, order, batch_size // world, device,
+                                               drop_last=True),
+                       total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False)
+            for x, y in bar:
+                x = x.contiguous(memory_format=torch.channels_last)
+                if cfg["augment"]:
+                    x = wikiart.augment(x, g, cfg["crop_min_scale"])
+                x, y2, lam = wikiart.mix_batch(x, y, cfg["mixup"], cfg["cutmix"], g)
+                with runs.autocast(device):
+                    logits = train_model(x)
+                loss = lam * loss_fn(logits, y, epoch) + (1 - lam) * loss_fn(logits, y2, epoch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total, seen = total + loss.item() * len(y), seen + len(y)
+                bar.set_postfix(loss=f"{total / seen:.3f}")
+
+            total, seen = runs.all_reduce_sum([total, seen], device)  # over all processes
+            row = {"epoch": epoch + 1, "train_loss": total / seen, "lr": optimizer.param_groups[0]["lr"]}
+            if len(val_idx):
+                logits = validation_logits(model, data, val_idx, rank, world, device)
+                y = data.labels[val_idx]
+                m = metrics.classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes)
+                row.update(val_loss=float(F.cross_entropy(logits, y)), val_accuracy=m["accuracy"],
+                           val_balanced_accuracy=m["balanced_accuracy"], val_macro_f1=m["macro_f1"])
+            row["seconds"] = time.time() - t0
+            score = row.get("val_" + cfg["select_metric"], epoch)  # no validation split: the last epoch wins
+            progress.end_epoch(row, score, lambda: checkpoint(epoch))
+
+    # ---- posthoc: after training with any balance option, test-time logits - tau * log prior, with tau
+    # chosen on the validation split (a finished run can be calibrated later: --resume --set posthoc=true)
+    if cfg["posthoc"] and progress.epochs_done == cfg["epochs"] and len(val_idx):
+        runs.barrier()  # rank 0 has written best.pt: every process must score that same model
+        best = runs.load_checkpoint(os.path.join(out_dir, "best.pt"), "a train.py checkpoint", device=device)
+        best = calibrate_posthoc(best, model, data, val_idx, cfg["posthoc_max_drop"], rank, world, device)
+        if runs.is_main():
+            runs.atomic_save(best, os.path.join(out_dir, "best.pt"))
+
+    best_text = "none" if progress.best_score is None else f"{progress.best_score:.4f}"
+    print(f"best validation {cfg['select_metric']} {best_text}; checkpoints and logs in {out_dir}")
+    if progress.epochs_done == cfg["epochs"]:
+        print(f"next: {runs.command_line('test.py', ['--set', f'out_dir={out_dir}'] if out_dir != config.defaults()['out_dir'] else [])}")
+    del train_model  # the DDP wrapper holds the process group: release it first
+    runs.cleanup_distributed()
+
+
+if __name__ == "__main__":
+    runs.cli(main)

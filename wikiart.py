@@ -1,25 +1,15 @@
-"""The shared module: config, dataset, built-in sample data, models, training helpers, metrics.
+"""The project's core: the WikiArt dataset (sorted style map, label counts, uint8 cache, batches,
+augmentation), the classifier variants, the autoencoders, the style embedder and the style-transfer
+networks, and the losses and imbalance helpers they need.
 
-Every script (train.py, test.py, autoencoder.py, cluster.py, style_transfer.py) imports this file;
-the scripts themselves stay short and read top to bottom.
-
-Generate the built-in synthetic sample explicitly (it is also generated on first use):
-    python wikiart.py sample            # -> data/sample/{train,test}/<Style>/*.png
+Every script imports this file; run plumbing is in runs.py, the config schema in config.py, measures
+in metrics.py, figures in plots.py and the built-in sample generator in sample_data.py.
 """
-import argparse
-import builtins
-import colorsys
-import contextlib
-import copy
-import csv
-import functools
 import hashlib
 import json
 import math
 import mmap
 import os
-import random
-import sys
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -28,180 +18,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 from tqdm import tqdm
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CONFIG = os.path.join(HERE, "config.json")
-SAMPLE_ROOT = "data/sample"  # the only data folder that may be generated on the fly
+import metrics
+import runs
+from config import ConfigError, UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-# Training-set counts of the 27 course styles. The 16 styles of WikiArt-16 are the course's exact
-# counts; the other 11 are estimated as ~16% of the full WikiArt counts (the ratio of the 16 known).
-COURSE_TRAIN_COUNTS = {
-    "Abstract_Expressionism": 449, "Action_painting": 16, "Analytical_Cubism": 15,
-    "Art_Nouveau_Modern": 688, "Baroque": 721, "Color_Field_Painting": 258,
-    "Contemporary_Realism": 77, "Cubism": 390, "Early_Renaissance": 223, "Expressionism": 1127,
-    "Fauvism": 163, "High_Renaissance": 215, "Impressionism": 2269,
-    "Mannerism_Late_Renaissance": 205, "Minimalism": 212, "Naive_Art_Primitivism": 373,
-    "New_Realism": 50, "Northern_Renaissance": 408, "Pointillism": 80, "Pop_Art": 244,
-    "Post_Impressionism": 946, "Realism": 1717, "Rococo": 369, "Romanticism": 1157,
-    "Symbolism": 679, "Synthetic_Cubism": 35, "Ukiyo_e": 197,
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# Config: config.json holds every default; -c FILE and --set KEY=VALUE override them.
-
-class ConfigError(ValueError):
-    pass
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, prefix + k + "."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def _check_type(key, value, default):
-    """Values must have the default's type (int is accepted where a float is expected)."""
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool) or isinstance(value, bool):
-        if isinstance(default, bool) and isinstance(value, bool):
-            return value
-    elif isinstance(default, float) and isinstance(value, (int, float)):
-        return float(value)
-    elif isinstance(default, int) and isinstance(value, int):
-        return value
-    elif isinstance(default, str) and isinstance(value, str):
-        return value
-    elif isinstance(default, list) and isinstance(value, list):
-        return value
-    raise ConfigError(f"config key '{key}' must be {type(default).__name__} "
-                      f"(like the default {json.dumps(default)}), got {json.dumps(value)}")
-
-
-def _set_key(cfg, key, value, defaults_flat):
-    if key not in defaults_flat:
-        raise ConfigError(f"unknown config key '{key}'. Valid keys: {', '.join(sorted(defaults_flat))}")
-    value = _check_type(key, value, defaults_flat[key])
-    node = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
-
-
-def load_config(path=None, overrides=(), defaults_path=DEFAULT_CONFIG):
-    """Defaults from config.json, then the keys of `path` (if given), then KEY=VALUE overrides."""
-    with open(defaults_path) as f:
-        cfg = json.load(f)
-    defaults_flat = _flatten(cfg)
-    if path and os.path.abspath(path) != os.path.abspath(defaults_path):
-        try:
-            with open(path) as f:
-                user = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}")
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}")
-        for key, value in _flatten(user).items():
-            _set_key(cfg, key, value, defaults_flat)
-    for item in overrides or ():
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw  # bare words are strings: --set mode=base
-        if isinstance(defaults_flat.get(key), str) and not isinstance(value, str):
-            value = raw  # --set out_dir=123 stays a string
-        _set_key(cfg, key, value, defaults_flat)
-    return cfg
-
-
-def config_parser(doc):
-    """The command line every script shares: -c FILE and --set KEY=VALUE ..."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="JSON file of config overrides")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config keys, e.g. --set epochs=5 autoencoder.mode=part2")
-    return parser
-
-
-def parse_config(parser, argv=None):
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as e:
-        parser.error(str(e))
-    return args, cfg
-
-
-def explicit_keys(args):
-    """Config keys the user set on this command line (-c FILE or --set), not left at the default."""
-    keys = {item.split("=", 1)[0] for item in args.set}
-    if args.config and os.path.abspath(args.config) != os.path.abspath(DEFAULT_CONFIG):
-        with open(args.config) as f:
-            keys |= set(_flatten(json.load(f)))
-    return keys
-
-
-# ----------------------------------------------------------------------------------------------
-# Reproducibility and devices
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def get_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"device '{name}' was asked for but CUDA is not available here; "
-                         "use device=auto or device=cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise SystemExit("device 'mps' was asked for but is not available here; use device=auto or cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise SystemExit(f"unknown device '{name}': {e}")
-
-
-def atomic_save(obj, path):
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.close(fd)
-    try:
-        if isinstance(obj, (dict, list)) and path.endswith(".json"):
-            with open(tmp, "w") as f:
-                json.dump(obj, f, indent=2)
-        else:
-            torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(text, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,6 +39,8 @@ class BadImage(Exception):
 # warning is silenced once here rather than with catch_warnings, which is not thread-safe.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's default decompression-bomb limit (about 9459 x 9459)
+
+
 FITS = ("squash", "letterbox", "crop")
 
 
@@ -273,7 +99,7 @@ def decode_image(path, size, fit="squash"):
 def scan_folder(root):
     """List <root>/<Style>/**/<file>. Returns (files_by_style, problems)."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(
+        raise UserError(
             f"data folder not found: '{root}'. Expected one folder per art style with the images "
             f"inside: {root}/<Style>/<image>.jpg (e.g. {root}/Impressionism/monet_1.jpg). "
             "See README 'Using real data' or run prepare_data.py.")
@@ -297,19 +123,22 @@ def scan_folder(root):
             continue
         files_by_style[style] = files
     if not files_by_style:
-        raise FileNotFoundError(
-            f"no style folders with files in '{root}'. Expected {root}/<Style>/<image>.jpg")
+        raise UserError(f"no style folders with files in '{root}'. Expected {root}/<Style>/<image>.jpg "
+                        "(one folder per style with the images inside)")
     return files_by_style, problems
 
 
 def _cache_key(items, size):
     """Hash of everything the decoded array depends on: the file list (style, absolute path), each
-    file's size and mtime, the image size and the decoder version. Any change gives a new key."""
-    h = hashlib.sha1(f"v2 size={size}".encode())
+    file's size, mtime, ctime and inode, the image size and the decoder version. Any change of a
+    file's bytes gives a new key, even at the same size with the mtime put back (cp -p, rsync -t,
+    unzip): writing a file sets its ctime, which no tool can restore. Costs one stat per file."""
+    h = hashlib.sha1(f"v3 size={size}".encode())
     for style, path in items:
         try:
             st = os.stat(path)
-            h.update(f"{style}\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{style}\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+                     f"\0{st.st_ino}\n".encode())
         except OSError:
             h.update(f"{style}\0{os.path.abspath(path)}\0missing\n".encode())
     return h.hexdigest()[:16]
@@ -335,7 +164,9 @@ def load_images(items, size, cache_dir=None, desc="decoding"):
     With cache_dir, the array is stored once as .npy (keyed by file list, sizes, mtimes and size)
     and memory-mapped afterwards, so later runs start instantly and share pages between processes.
     Decoded images are written straight to a temp file (never all held in RAM), which is renamed
-    into place only when complete, so an interrupted run leaves no half-written cache.
+    into place only when complete, so an interrupted run leaves no half-written cache. Processes that
+    build the same cache at once (e.g. one per node) each write their own temp file; the arrays are
+    identical, so whichever rename comes last leaves the same cache.
     Returns (images, kept_items, skipped) where skipped is a list of 'path: reason'.
     """
     items = list(items)
@@ -357,7 +188,8 @@ def load_images(items, size, cache_dir=None, desc="decoding"):
     tmp = out = None
     if cache_dir:  # rows are written with plain file writes: page cache, not this process's memory
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = os.path.join(cache_dir, f".{key}.{os.getpid()}.tmp.npy")
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp.npy")
+        os.close(fd)
         header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         offset = header.offset
         del header
@@ -381,7 +213,7 @@ def load_images(items, size, cache_dir=None, desc="decoding"):
         if out:
             out.close()
             os.replace(tmp, npy)
-            atomic_write_text(json.dumps({"kept": kept, "skipped": skipped}), meta)
+            runs.atomic_write_text(json.dumps({"kept": kept, "skipped": skipped}), meta)
             images = np.load(npy, mmap_mode="r")
     finally:
         if out:
@@ -408,8 +240,8 @@ class WikiArtDataset(torch.utils.data.Dataset):
         else:
             unknown = sorted(set(files_by_style) - set(class_to_idx))
             if unknown:
-                raise ValueError(f"style(s) {unknown} in '{root}' were not in the training set. "
-                                 f"The model knows: {', '.join(sorted(class_to_idx))}")
+                raise UserError(f"style(s) {', '.join(unknown)} in '{root}' were not in the training set. "
+                                f"The model knows: {', '.join(sorted(class_to_idx))}")
         self.root, self.image_size = root, image_size
         self.class_to_idx = dict(class_to_idx)
         self.classes = sorted(self.class_to_idx, key=self.class_to_idx.get)
@@ -427,7 +259,7 @@ class WikiArtDataset(torch.utils.data.Dataset):
             warnings.warn(f"{root}: {len(self.skipped)} unreadable file(s) skipped, "
                           f"{len(problems)} folder problem(s):\n  " + "\n  ".join(report), stacklevel=2)
         if len(self.paths) == 0:
-            raise ValueError(f"no readable images in '{root}'")
+            raise UserError(f"no readable images in '{root}'")
 
     def __len__(self):
         return len(self.paths)
@@ -438,12 +270,8 @@ class WikiArtDataset(torch.utils.data.Dataset):
 
 
 def load_split(cfg, split, class_to_idx=None):
-    """The train or test folder named in the config; the sample folder is generated if missing."""
-    root = cfg[f"{split}_dir"]
-    sample_split = os.path.normpath(os.path.join(SAMPLE_ROOT, split))
-    if os.path.normpath(root) == sample_split and not os.path.isdir(root):
-        make_sample(SAMPLE_ROOT, size=cfg["image_size"])
-    return WikiArtDataset(root, cfg["image_size"], class_to_idx, cfg["cache_dir"] or None)
+    """The train or test folder named in the config (call sample_data.ensure_sample(cfg) first)."""
+    return WikiArtDataset(cfg[f"{split}_dir"], cfg["image_size"], class_to_idx, cfg["cache_dir"] or None)
 
 
 def stratified_split(labels, fraction, seed):
@@ -461,143 +289,6 @@ def stratified_split(labels, fraction, seed):
 
 
 # ----------------------------------------------------------------------------------------------
-# Built-in sample: synthetic "paintings" whose style is set by procedural rules
-
-# style: (shape, hue centre, hue spread, saturation, brightness, background, composition, count, size, blur)
-# Several styles share a shape or a palette, so no single cue gives the style away.
-SAMPLE_RULES = {
-    "Abstract_Expressionism": ("drips", 0.02, 0.50, 0.8, 0.8, "light", "scatter", 40, 0.25, 0.5),
-    "Action_painting":        ("drips", 0.10, 0.15, 0.3, 0.3, "light", "scatter", 70, 0.20, 0.0),
-    "Analytical_Cubism":      ("polys", 0.09, 0.05, 0.3, 0.5, "mid", "centre", 30, 0.30, 0.0),
-    "Art_Nouveau_Modern":     ("waves", 0.30, 0.20, 0.5, 0.7, "light", "scatter", 12, 0.50, 0.0),
-    "Baroque":                ("blobs", 0.07, 0.06, 0.6, 0.5, "dark", "centre", 10, 0.35, 1.0),
-    "Color_Field_Painting":   ("bands", 0.95, 0.30, 0.7, 0.8, "mid", "scatter", 3, 1.00, 1.5),
-    "Contemporary_Realism":   ("blobs", 0.55, 0.30, 0.3, 0.7, "light", "horizon", 8, 0.25, 0.8),
-    "Cubism":                 ("polys", 0.08, 0.25, 0.5, 0.6, "mid", "centre", 25, 0.35, 0.0),
-    "Early_Renaissance":      ("rects", 0.12, 0.10, 0.5, 0.7, "light", "centre", 8, 0.30, 0.5),
-    "Expressionism":          ("strokes", 0.00, 0.45, 0.8, 0.7, "mid", "scatter", 60, 0.30, 0.0),
-    "Fauvism":                ("blobs", 0.00, 0.50, 1.0, 0.9, "light", "scatter", 18, 0.25, 0.0),
-    "High_Renaissance":       ("blobs", 0.10, 0.08, 0.5, 0.6, "mid", "centre", 9, 0.30, 1.0),
-    "Impressionism":          ("strokes", 0.45, 0.25, 0.4, 0.85, "light", "horizon", 120, 0.10, 0.3),
-    "Mannerism_Late_Renaissance": ("waves", 0.06, 0.08, 0.5, 0.5, "dark", "centre", 10, 0.40, 0.8),
-    "Minimalism":             ("rects", 0.60, 0.40, 0.2, 0.9, "light", "scatter", 2, 0.45, 0.0),
-    "Naive_Art_Primitivism":  ("circles", 0.25, 0.40, 0.9, 0.8, "light", "horizon", 10, 0.15, 0.0),
-    "New_Realism":            ("rects", 0.55, 0.20, 0.3, 0.6, "mid", "horizon", 6, 0.30, 0.5),
-    "Northern_Renaissance":   ("rects", 0.08, 0.06, 0.5, 0.4, "dark", "centre", 12, 0.20, 0.5),
-    "Pointillism":            ("dots", 0.40, 0.40, 0.6, 0.85, "light", "horizon", 500, 0.03, 0.0),
-    "Pop_Art":                ("circles", 0.90, 0.50, 1.0, 1.0, "light", "grid", 16, 0.20, 0.0),
-    "Post_Impressionism":     ("strokes", 0.15, 0.30, 0.7, 0.7, "mid", "horizon", 90, 0.15, 0.0),
-    "Realism":                ("blobs", 0.10, 0.12, 0.4, 0.5, "mid", "horizon", 10, 0.30, 1.2),
-    "Rococo":                 ("waves", 0.95, 0.12, 0.3, 0.9, "light", "centre", 14, 0.35, 1.0),
-    "Romanticism":            ("blobs", 0.58, 0.15, 0.4, 0.5, "dark", "horizon", 12, 0.35, 1.5),
-    "Symbolism":              ("circles", 0.75, 0.15, 0.5, 0.6, "dark", "centre", 10, 0.25, 0.8),
-    "Synthetic_Cubism":       ("polys", 0.10, 0.40, 0.7, 0.8, "light", "grid", 12, 0.35, 0.0),
-    "Ukiyo_e":                ("waves", 0.58, 0.05, 0.6, 0.7, "light", "horizon", 6, 0.50, 0.0),
-}
-
-
-def _sample_colour(rng, hue, spread, sat, val):
-    h = (hue + rng.uniform(-spread, spread)) % 1.0
-    s = np.clip(sat + rng.uniform(-0.25, 0.25), 0, 1)
-    v = np.clip(val + rng.uniform(-0.3, 0.2), 0.05, 1)
-    return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, s, v))
-
-
-def _sample_position(rng, composition, size):
-    if composition == "centre":
-        return np.clip(rng.normal(size / 2, size / 5, 2), 0, size)
-    if composition == "grid":
-        cells = 4
-        return (rng.integers(0, cells, 2) + 0.5) * size / cells + rng.normal(0, 1, 2)
-    return rng.uniform(0, size, 2)
-
-
-def render_sample_image(style, seed, size=64):
-    """One synthetic painting of `style`, fully determined by (style, seed)."""
-    shape, hue, spread, sat, val, bg, comp, count, rel, blur = SAMPLE_RULES[style]
-    rng = np.random.default_rng(seed)
-    hue = (hue + rng.uniform(-0.04, 0.04)) % 1.0  # per-painting palette drift
-    bg_val = {"light": 0.85, "mid": 0.55, "dark": 0.18}[bg]
-    img = Image.new("RGB", (size, size), _sample_colour(rng, hue, spread, sat * 0.5, bg_val))
-    d = ImageDraw.Draw(img)
-    if comp == "horizon":  # sky and ground, horizon at a random height
-        y = int(size * rng.uniform(0.35, 0.7))
-        d.rectangle([0, y, size, size], fill=_sample_colour(rng, hue + 0.3, spread, sat, bg_val * 0.8))
-    n = max(1, int(count * rng.uniform(0.6, 1.4)))
-    for _ in range(n):
-        c = _sample_colour(rng, hue, spread, sat, val)
-        x, y = _sample_position(rng, comp, size)
-        r = max(1.0, rel * size * rng.uniform(0.5, 1.5) / 2)
-        if shape == "dots":
-            d.ellipse([x - r, y - r, x + r, y + r], fill=c)
-        elif shape == "strokes":
-            a = rng.uniform(0, math.pi)
-            d.line([x, y, x + r * 2 * math.cos(a), y + r * 2 * math.sin(a)], fill=c,
-                   width=max(1, int(r / 2)))
-        elif shape == "drips":
-            pts = [(x, y)]
-            for _ in range(6):
-                x, y = x + rng.normal(0, r), y + rng.normal(0, r)
-                pts.append((x, y))
-            d.line(pts, fill=c, width=int(rng.integers(1, 3)))
-        elif shape == "polys":
-            k = int(rng.integers(3, 5))
-            pts = [(x + rng.uniform(-r, r) * 1.5, y + rng.uniform(-r, r) * 1.5) for _ in range(k)]
-            d.polygon(pts, fill=c, outline=(40, 30, 20))
-        elif shape == "rects":
-            w, h = r * rng.uniform(0.5, 2), r * rng.uniform(0.5, 2)
-            d.rectangle([x - w, y - h, x + w, y + h], fill=c)
-        elif shape == "circles":
-            d.ellipse([x - r, y - r, x + r, y + r], fill=c, outline=(0, 0, 0), width=1)
-        elif shape == "blobs":
-            d.ellipse([x - r * 1.3, y - r, x + r * 1.3, y + r], fill=c)
-        elif shape == "bands":
-            y0 = rng.uniform(0, size)
-            d.rectangle([0, y0, size, y0 + rng.uniform(0.2, 0.5) * size], fill=c)
-        elif shape == "waves":
-            xs = np.linspace(0, size, 24)
-            ph, amp = rng.uniform(0, 2 * math.pi), r * rng.uniform(0.3, 1)
-            d.line(list(zip(xs, y + amp * np.sin(xs / size * 4 * math.pi + ph))), fill=c,
-                   width=max(1, int(r / 3)))
-    if blur:
-        img = img.filter(ImageFilter.GaussianBlur(blur * size / 64))
-    noise = rng.normal(0, 6, (size, size, 3))  # canvas grain
-    return np.clip(np.asarray(img, np.float32) + noise, 0, 255).astype(np.uint8)
-
-
-def sample_counts(scale=0.15, min_train=6, min_test=2):
-    """Per-style (train, test) sizes, proportional to the course's training counts."""
-    return {s: (max(min_train, round(n * scale)), max(min_test, round(n * scale / 5)))
-            for s, n in COURSE_TRAIN_COUNTS.items()}
-
-
-def make_sample(root=SAMPLE_ROOT, size=64, scale=0.15):
-    """Write the deterministic synthetic sample to <root>/{train,test}/<Style>/NNNN.png."""
-    counts = sample_counts(scale)
-    jobs = []
-    for si, style in enumerate(sorted(counts)):
-        for split, n in zip(("train", "test"), counts[style]):
-            for k in range(n):
-                seed = si * 100_000 + (0 if split == "train" else 50_000) + k
-                jobs.append((style, split, k, seed))
-    tmp_root = root.rstrip("/") + ".tmp"
-
-    def work(job):
-        style, split, k, seed = job
-        folder = os.path.join(tmp_root, split, style)
-        os.makedirs(folder, exist_ok=True)
-        Image.fromarray(render_sample_image(style, seed, size)).save(os.path.join(folder, f"{k:04d}.png"))
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(tqdm(pool.map(work, jobs), total=len(jobs), desc=f"generating sample in {root}", unit="img"))
-    if os.path.exists(root):
-        import shutil
-        shutil.rmtree(root)
-    os.replace(tmp_root, root)  # appears whole or not at all
-    return counts
-
-
-# ----------------------------------------------------------------------------------------------
 # Batches and augmentation on whatever device the model is on (GPU augmentation for free)
 
 def to_float(images_u8, device):
@@ -607,6 +298,11 @@ def to_float(images_u8, device):
         x = x.pin_memory()
     x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     return x.div_(127.5).sub_(1.0)
+
+
+def to_uint8(x):
+    """[-1, 1] batch (B, 3, H, W) -> uint8 numpy (B, H, W, 3)."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def release_pages(images):
@@ -777,6 +473,25 @@ def make_classifier(cfg, num_classes):
     raise ConfigError(f"unknown mode '{mode}'; valid modes: {', '.join(MODES)}")
 
 
+@torch.no_grad()
+def predict(model, images, indices, batch_size, device, desc="evaluating"):
+    """Logits (float32, CPU) for images[indices], in the order of `indices`, model in eval mode."""
+    model.eval()
+    indices = np.asarray(indices, dtype=np.int64)
+    by_position = np.argsort(indices, kind="stable")  # read in sorted order (fast from a memmap) ...
+    labels = torch.zeros(len(images), dtype=torch.long)
+    outs = []
+    for x, _ in tqdm(iterate_batches(images, labels, indices[by_position], batch_size, device),
+                     total=math.ceil(len(indices) / batch_size), desc=desc, leave=False):
+        with runs.autocast(device):
+            outs.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+    if not outs:
+        return torch.zeros(0)
+    logits = torch.empty_like(torch.cat(outs))
+    logits[torch.from_numpy(by_position)] = torch.cat(outs)  # ... and put each row back in its place
+    return logits
+
+
 # ----------------------------------------------------------------------------------------------
 # Optimisation
 
@@ -807,28 +522,61 @@ def make_scheduler(optimizer, warmup_steps, total_steps, schedule="cosine"):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def resume_training(path, model, optimizer, scheduler, device, problem=lambda ckpt: None):
-    """--resume: restore model, optimizer, scheduler and RNG state from `path`; returns the checkpoint.
-    `problem(ckpt)` returns why the checkpoint does not fit this run (or None)."""
-    if not os.path.exists(path):
-        raise SystemExit(f"--resume: no checkpoint at {path}")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    why = problem(ckpt)
-    if why:
-        raise SystemExit(f"--resume: {path} {why}")
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["rng"])
-    print(f"resumed from {path} after epoch {ckpt['epoch']}")
-    return ckpt
+# ----------------------------------------------------------------------------------------------
+# Class imbalance (Part 1): loss weights, sampler, logit adjustment
+
+BALANCE_OPTIONS = ("none", "weights1", "weights2", "weights3", "effective", "sampler",
+                   "logit_adjust", "drw")
 
 
-def epoch_generator(seed, epoch):
-    """One RNG per epoch for shuffling, sampling, augmentation and dropout: an epoch replays
-    exactly whether training ran straight through or was resumed before it."""
-    torch.manual_seed(seed * 1000 + epoch)
-    return torch.Generator().manual_seed(seed * 1000 + epoch)
+def class_weights(counts, kind, beta=0.999):
+    """Per-class loss weights from per-class training counts n_c (N images, C classes)."""
+    n = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1)
+    N, C = n.sum(), len(n)
+    if kind == "weights1":
+        w = N / (C * n)
+    elif kind == "weights2":
+        w = N / n
+    elif kind == "weights3":
+        w = 1 / n
+    elif kind in ("effective", "drw"):  # Cui et al. 2019: (1 - beta) / (1 - beta^n), scaled to sum to C
+        w = (1 - beta) / (1 - beta ** n)
+        w = w * C / w.sum()
+    else:
+        raise ConfigError(f"no class weights for balance '{kind}'")
+    return w.float()
+
+
+def logit_adjustment(counts, tau=1.0):
+    """tau * log prior (Menon et al. 2021): added to the logits in the training loss only."""
+    prior = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1)
+    return (tau * torch.log(prior / prior.sum())).float()
+
+
+def choose_posthoc_tau(logits, labels, counts, classes, max_drop=0.02, taus=np.arange(-1.5, 2.001, 0.05)):
+    """Post-hoc logit adjustment (Menon et al. 2021): predict argmax(logits - tau * log prior).
+    tau > 0 favours rare styles; tau < 0 adds the prior back, which a model trained balanced
+    (sampler, logit_adjust) needs to regain accuracy. On the validation split, picks the tau with the
+    best balanced accuracy whose accuracy is at most `max_drop` below the best accuracy any tau reaches.
+    Returns (tau, rows of (tau, accuracy, balanced_accuracy))."""
+    log_prior = logit_adjustment(counts, 1.0)
+    rows = []
+    for tau in taus:
+        m = metrics.classification_metrics(np.asarray(labels), (logits - tau * log_prior).argmax(1).numpy(), classes)
+        rows.append((round(float(tau), 2), m["accuracy"], m["balanced_accuracy"]))
+    best_accuracy = max(r[1] for r in rows)
+    allowed = [r for r in rows if r[1] >= best_accuracy - max_drop]
+    return max(allowed, key=lambda r: (r[2], -abs(r[0])))[0], rows
+
+
+def balanced_sampler_indices(labels, num_samples, generator):
+    """N draws with replacement, each style about equally likely (a WeightedRandomSampler)."""
+    labels = torch.as_tensor(labels)
+    counts = torch.bincount(labels).double()
+    weights = 1.0 / counts[labels]
+    sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples, replacement=True,
+                                                     generator=generator)
+    return np.fromiter(iter(sampler), dtype=np.int64, count=num_samples)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -955,9 +703,8 @@ def make_autoencoder(ae_cfg, image_size):
 
 def load_autoencoder(path, device):
     """(model in eval mode on `device`, checkpoint dict) from autoencoder.py's best.pt."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no autoencoder checkpoint at '{path}'; train one with: python autoencoder.py")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = runs.load_checkpoint(path, "an autoencoder checkpoint (autoencoder.py's best.pt; train one with: "
+                                "python autoencoder.py)", needs=("model", "config"), device=device)
     cfg = ckpt["config"]
     model = make_autoencoder(cfg["autoencoder"], cfg["image_size"]).to(device)
     model.load_state_dict(ckpt["model"])
@@ -974,139 +721,10 @@ def pooled_stats(maps):
     return torch.cat(out, 1)
 
 
-def psnr(mse):
-    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
-    return float(10 * math.log10(1.0 / max(mse, 1e-12)))
-
-
-def contingency(y_true, y_cluster):
-    """(clusters x styles) count table over the clusters and styles that occur."""
-    _, yt = np.unique(y_true, return_inverse=True)
-    _, yc = np.unique(y_cluster, return_inverse=True)
-    table = np.zeros((yc.max() + 1, yt.max() + 1), dtype=np.int64)
-    np.add.at(table, (yc, yt), 1)
-    return table
-
-
-def clustering_metrics(y_true, y_cluster):
-    """NMI, ARI, purity (each cluster votes for its majority style) and Hungarian accuracy (the best
-    one-to-one cluster -> style matching) of a clustering against the true styles."""
-    from scipy.optimize import linear_sum_assignment
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-    table = contingency(y_true, y_cluster)
-    rows, cols = linear_sum_assignment(-table)
-    n = max(1, table.sum())
-    return {"nmi": float(normalized_mutual_info_score(y_true, y_cluster)),
-            "ari": float(adjusted_rand_score(y_true, y_cluster)),
-            "purity": float(table.max(1).sum() / n),
-            "hungarian_accuracy": float(table[rows, cols].sum() / n)}
-
-
-# ----------------------------------------------------------------------------------------------
-# Distributed: the same script under torchrun, one process per GPU (DistributedDataParallel).
-# Without torchrun every helper here is a no-op for rank 0 of a world of 1: single runs are unchanged.
-
-def setup_distributed(device_name="auto"):
-    """(rank, world_size, local_rank, device) from torchrun's RANK, WORLD_SIZE and LOCAL_RANK.
-
-    Under torchrun: joins the process group (nccl on GPUs, gloo on CPU), binds process LOCAL_RANK to
-    GPU LOCAL_RANK, and silences print() and tqdm bars on every rank but 0 (as torchvision's
-    reference scripts do), so scripts print as usual; warnings and errors still show on all ranks.
-    Without torchrun: (0, 1, 0, get_device(device_name)) and nothing else happens."""
-    device = get_device(device_name)
-    if "RANK" not in os.environ:
-        return 0, 1, 0, device
-    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl", device_id=device)
-    elif device.type == "cpu":
-        torch.distributed.init_process_group("gloo")
-    else:
-        raise SystemExit(f"distributed training runs on CUDA (nccl) or CPU (gloo), not on '{device}'")
-    if rank != 0:
-        builtins.print = lambda *args, **kwargs: None
-        tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
-    return rank, world, local_rank, device
-
-
-def is_main():
-    """True on rank 0 and in every single-process run: the process that writes files."""
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-
-
-@contextlib.contextmanager
-def main_first():
-    """Rank 0 runs the block first (decodes and caches the data, generates the sample), the other
-    ranks after it, so they read its files instead of all writing the same files at once."""
-    wait = torch.distributed.is_initialized()
-    if wait and not is_main():
-        torch.distributed.barrier()
-    yield
-    if wait and is_main():
-        torch.distributed.barrier()
-
-
-def shard(indices, rank, world, batch_size=None):
-    """This rank's share of `indices`: every world-th item from position `rank` (disjoint, covering).
-
-    With batch_size (the global batch) the tail that fills no whole global batch is dropped first, as
-    a single process drops it, so every rank runs the same number of steps of batch_size // world
-    items, and step k of all ranks together trains on exactly batch k of a single-process run."""
-    if batch_size is not None:
-        if batch_size % world:
-            raise SystemExit(f"batch_size {batch_size} (the global batch) must be divisible by the "
-                             f"{world} processes")
-        indices = indices[:len(indices) // batch_size * batch_size]
-    return indices[rank::world]
-
-
-def all_gather_shards(x, world):
-    """Undo shard() without batch_size: gather every rank's results for its shard (CPU tensors whose
-    first axis follows the shard) and interleave them into the order of the unsharded indices."""
-    if world == 1:
-        return x
-    parts = [None] * world
-    torch.distributed.all_gather_object(parts, x)
-    shape = next((p.shape[1:] for p in parts if len(p)), x.shape[1:])
-    out = x.new_empty((sum(len(p) for p in parts), *shape))
-    for r, p in enumerate(parts):
-        if len(p):
-            out[r::world] = p
-    return out
-
-
-def all_reduce_sum(values, device):
-    """A list of numbers summed over all ranks (returned as is without torchrun)."""
-    if not torch.distributed.is_initialized():
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
-def broadcast_buffers(model):
-    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP does this before each
-    training forward, but each rank then updates its own copy once more, so evaluation with the
-    plain module would see slightly different statistics on each rank without it."""
-    if torch.distributed.is_initialized():
-        for b in model.buffers():
-            torch.distributed.broadcast(b, 0)
-
-
-def cleanup_distributed():
-    """Leave the process group together: a rank that tears gloo down while rank 0 is still writing
-    its files can abort at exit ("terminate called without an active exception", seen once in CI)."""
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
 # ----------------------------------------------------------------------------------------------
 # Style transfer (Part 3): the style embedder, a generator on the Part-2 encoder modulated by AdaIN,
-# the jointly trained discriminator, the naive baseline, and evaluation metrics that need no trained
-# network. Generators take and return [-1, 1] batches; the autoencoder sees (x + 1) / 2.
+# the jointly trained discriminator, the naive baseline, and the losses they train with.
+# Generators take and return [-1, 1] batches; the autoencoder sees (x + 1) / 2.
 
 def latent_vector(z, pool=2):
     """A latent code as one vector per image: a spatial code map is average-pooled to pool x pool."""
@@ -1214,6 +832,11 @@ class StyleGenerator(nn.Module):
         self.to_image = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"),
                                       nn.Conv2d(c, 3, 3, 1, 1, padding_mode="reflect"))
 
+    def train(self, mode=True):
+        super().train(mode)
+        self.autoencoder.eval()  # frozen encoder: its BatchNorm statistics must not drift (w_cycle runs it)
+        return self
+
     def style(self, styles):
         return self.mapping(self.embedder(styles))
 
@@ -1316,322 +939,3 @@ def mean_colour_histograms(images_u8, labels, indices, num_styles, device, per_s
     refs[counts > 0] /= counts[counts > 0, None]
     refs[counts == 0] = refs[counts > 0].mean(0)
     return refs
-
-
-def to_uint8(x):
-    """[-1, 1] batch (B, 3, H, W) -> uint8 numpy (B, H, W, 3)."""
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-
-
-def robust_transform(images_u8, blur=0.6, quality=75):
-    """Shrink to half size, Gaussian blur, JPEG (quality 75), scale back: (N, H, W, 3) uint8 -> same.
-    Pixel-level patterns that fool a classifier do not survive; colour and texture do."""
-    import io
-    out = np.empty_like(np.asarray(images_u8))
-    for i, a in enumerate(images_u8):
-        h, w = a.shape[:2]
-        img = Image.fromarray(np.asarray(a)).resize((max(1, w // 2), max(1, h // 2)), Image.BOX)
-        buf = io.BytesIO()
-        img.filter(ImageFilter.GaussianBlur(blur)).save(buf, "JPEG", quality=quality)
-        buf.seek(0)
-        out[i] = np.asarray(Image.open(buf).convert("RGB").resize((w, h), Image.BILINEAR))
-    return out
-
-
-def random_texture_net(seed=0, widths=(16, 32, 64)):
-    """A fixed, untrained conv net with seeded weights (He-normal): texture statistics, no learning."""
-    g = torch.Generator().manual_seed(seed)
-    convs, c = nn.ModuleList(), 1
-    for i, w in enumerate(widths):
-        conv = nn.Conv2d(c, w, 3, 1 if i == 0 else 2, 1, bias=False)
-        with torch.no_grad():
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2 / (9 * c)))
-        convs.append(conv.requires_grad_(False))
-        c = w
-    return convs.eval()
-
-
-@torch.no_grad()
-def texture_descriptors(images_u8, net, batch_size=256):
-    """Per layer, the (N, c*c) Gram matrices of the random net's ReLU maps of the luminance,
-    standardised per image (brightness and contrast do not count)."""
-    layers = [[] for _ in net]
-    for i in range(0, len(images_u8), batch_size):
-        x = torch.from_numpy(np.array(images_u8[i:i + batch_size])).float().permute(0, 3, 1, 2)
-        h = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-        h = (h - h.mean((2, 3), keepdim=True)) / (h.std((2, 3), keepdim=True) + 1e-3)
-        for k, conv in enumerate(net):
-            h = F.relu(conv(h))
-            f = h.flatten(2)
-            layers[k].append((f @ f.transpose(1, 2) / f.shape[2]).flatten(1).double())
-    return [torch.cat(layer) for layer in layers]
-
-
-def colour_histograms(images_u8, bins=8):
-    """One layer: the (N, bins**3) joint RGB histogram of each image, normalised to sum 1."""
-    a = np.asarray(images_u8)
-    q = a.astype(np.int64) * bins // 256
-    idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
-    idx = idx.reshape(len(a), -1) + np.arange(len(a))[:, None] * bins ** 3
-    h = np.bincount(idx.ravel(), minlength=len(a) * bins ** 3).reshape(len(a), bins ** 3)
-    return [torch.from_numpy(h / idx.shape[1])]
-
-
-def style_references(descriptors, labels, num_styles):
-    """Per layer: (means (S, D), spreads (S,)) of each style's real images; the spread is the RMS
-    distance of the style's images to their mean (a style with one image borrows the average)."""
-    labels = torch.as_tensor(labels)
-    refs = []
-    for layer in descriptors:
-        means = torch.zeros(num_styles, layer.shape[1], dtype=layer.dtype)
-        spreads = torch.zeros(num_styles, dtype=layer.dtype)
-        for s in range(num_styles):
-            d = layer[labels == s]
-            if len(d):
-                means[s] = d.mean(0)
-                spreads[s] = ((d - means[s]) ** 2).sum(1).mean().sqrt()
-        spreads[spreads <= 0] = spreads[spreads > 0].mean() if (spreads > 0).any() else 1.0
-        refs.append((means, spreads))
-    return refs
-
-
-def style_distance(descriptors, refs, s):
-    """d_s(X): over layers, the distance of X's mean descriptor to style s's mean, in units of its spread."""
-    return sum(float((layer.mean(0) - means[s]).norm() / spreads[s])
-               for layer, (means, spreads) in zip(descriptors, refs))
-
-
-def gap_closed(d_inputs, d_outputs, d_real):
-    """sum_s [d_s(inputs) - d_s(outputs)] / sum_s [d_s(inputs) - d_s(real test images of s)]:
-    0 for output = input, about 1 for unseen real paintings of the target style."""
-    return (sum(d_inputs) - sum(d_outputs)) / (sum(d_inputs) - sum(d_real))
-
-
-def ssim(a_u8, b_u8, window=11, sigma=1.5, batch_size=256):
-    """Mean SSIM (Wang et al. 2004; Gaussian window, per channel, valid region) of each pair: (N,)."""
-    g = torch.exp(-(torch.arange(window) - window // 2) ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    gx, gy = g.view(1, 1, 1, -1).repeat(3, 1, 1, 1), g.view(1, 1, -1, 1).repeat(3, 1, 1, 1)
-    blur = lambda t: F.conv2d(F.conv2d(t, gx, groups=3), gy, groups=3)  # separable: fast on CPU
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    out = []
-    for i in range(0, len(a_u8), batch_size):
-        x, y = (torch.from_numpy(np.array(v[i:i + batch_size])).float().permute(0, 3, 1, 2) / 255
-                for v in (a_u8, b_u8))
-        mx, my = blur(x), blur(y)
-        vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
-        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-        out.append(s.mean((1, 2, 3)))
-    return torch.cat(out).float()
-
-
-# ----------------------------------------------------------------------------------------------
-# Class imbalance (Part 1): loss weights, sampler, logit adjustment
-
-BALANCE_OPTIONS = ("none", "weights1", "weights2", "weights3", "effective", "sampler",
-                   "logit_adjust", "drw")
-
-
-def class_weights(counts, kind, beta=0.999):
-    """Per-class loss weights from per-class training counts n_c (N images, C classes)."""
-    n = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1)
-    N, C = n.sum(), len(n)
-    if kind == "weights1":
-        w = N / (C * n)
-    elif kind == "weights2":
-        w = N / n
-    elif kind == "weights3":
-        w = 1 / n
-    elif kind in ("effective", "drw"):  # Cui et al. 2019: (1 - beta) / (1 - beta^n), scaled to sum to C
-        w = (1 - beta) / (1 - beta ** n)
-        w = w * C / w.sum()
-    else:
-        raise ConfigError(f"no class weights for balance '{kind}'")
-    return w.float()
-
-
-def logit_adjustment(counts, tau=1.0):
-    """tau * log prior (Menon et al. 2021): added to the logits in the training loss only."""
-    prior = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1)
-    return (tau * torch.log(prior / prior.sum())).float()
-
-
-def choose_posthoc_tau(logits, labels, counts, classes, max_drop=0.02, taus=np.arange(-1.5, 2.001, 0.05)):
-    """Post-hoc logit adjustment (Menon et al. 2021): predict argmax(logits - tau * log prior).
-    tau > 0 favours rare styles; tau < 0 adds the prior back, which a model trained balanced
-    (sampler, logit_adjust) needs to regain accuracy. On the validation split, picks the tau with the
-    best balanced accuracy whose accuracy is at most `max_drop` below the best accuracy any tau reaches.
-    Returns (tau, rows of (tau, accuracy, balanced_accuracy))."""
-    log_prior = logit_adjustment(counts, 1.0)
-    rows = []
-    for tau in taus:
-        m = classification_metrics(np.asarray(labels), (logits - tau * log_prior).argmax(1).numpy(), classes)
-        rows.append((round(float(tau), 2), m["accuracy"], m["balanced_accuracy"]))
-    best_accuracy = max(r[1] for r in rows)
-    allowed = [r for r in rows if r[1] >= best_accuracy - max_drop]
-    return max(allowed, key=lambda r: (r[2], -abs(r[0])))[0], rows
-
-
-def balanced_sampler_indices(labels, num_samples, generator):
-    """N draws with replacement, each style about equally likely (a WeightedRandomSampler)."""
-    labels = torch.as_tensor(labels)
-    counts = torch.bincount(labels).double()
-    weights = 1.0 / counts[labels]
-    sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples, replacement=True,
-                                                     generator=generator)
-    return np.fromiter(iter(sampler), dtype=np.int64, count=num_samples)
-
-
-# ----------------------------------------------------------------------------------------------
-# Prediction and metrics
-
-@torch.no_grad()
-def predict(model, images, indices, batch_size, device, desc="evaluating"):
-    """Logits (float32, CPU) for images[indices], in order, with the model in eval mode."""
-    model.eval()
-    labels = torch.zeros(len(images), dtype=torch.long)
-    outs = []
-    for x, _ in tqdm(iterate_batches(images, labels, indices, batch_size, device),
-                     total=math.ceil(len(indices) / batch_size), desc=desc, leave=False):
-        with autocast(device):
-            outs.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
-    return torch.cat(outs) if outs else torch.zeros(0)
-
-
-def autocast(device):
-    """bf16 autocast on CUDA (tensor cores), plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-def classification_metrics(y_true, y_pred, classes):
-    """accuracy, balanced accuracy (mean recall over styles present), macro-F1 and a per-class table."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    C = len(classes)
-    cm = np.zeros((C, C), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    support, predicted, correct = cm.sum(1), cm.sum(0), np.diag(cm)
-    per_class, f1s, recalls = {}, [], []
-    for c, name in enumerate(classes):
-        p = correct[c] / predicted[c] if predicted[c] else 0.0
-        r = correct[c] / support[c] if support[c] else float("nan")
-        f1 = 2 * p * r / (p + r) if support[c] and (p + r) > 0 else 0.0
-        per_class[name] = {"precision": float(p), "recall": float(r), "f1": float(f1),
-                           "support": int(support[c])}
-        if support[c]:
-            f1s.append(f1)
-            recalls.append(r)
-    return {
-        "accuracy": float(correct.sum() / max(1, len(y_true))),
-        "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0,
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-        "worst_recall": float(np.min(recalls)) if recalls else 0.0,
-        "per_class": per_class,
-        "confusion_matrix": cm.tolist(),
-    }
-
-
-def format_per_class(metrics, label_counts=None):
-    rows = [f"{'style':28s} {'train_n':>7s} {'support':>7s} {'prec':>6s} {'recall':>6s} {'f1':>6s}"]
-    for name, m in metrics["per_class"].items():
-        n = label_counts.get(name, 0) if label_counts else 0
-        r = "   -  " if math.isnan(m["recall"]) else f"{m['recall']:6.3f}"
-        rows.append(f"{name:28s} {n:7d} {m['support']:7d} {m['precision']:6.3f} {r} {m['f1']:6.3f}")
-    return "\n".join(rows)
-
-
-# ----------------------------------------------------------------------------------------------
-# Plots (matplotlib without a display)
-
-def plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
-    return pyplot
-
-
-def plot_curves(history, keys, path, title=""):
-    """One panel per key of the per-epoch history (list of dicts)."""
-    p = plt()
-    keys = [k for k in keys if any(k in h for h in history)]
-    fig, axes = p.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-        ax.plot([h["epoch"] for h in history if k in h], [h[k] for h in history if k in h], marker="o")
-        ax.set_xlabel("epoch")
-        ax.set_title(k)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    p.close(fig)
-
-
-def plot_confusion(cm, classes, path, title="confusion matrix (rows normalised)"):
-    p = plt()
-    cm = np.asarray(cm, dtype=np.float64)
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    n = len(classes)
-    fig, ax = p.subplots(figsize=(0.35 * n + 3, 0.35 * n + 2.5))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), classes, fontsize=7)
-    ax.set_xlabel("predicted style")
-    ax.set_ylabel("true style")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    p.close(fig)
-
-
-def plot_per_class_recall(runs, label_counts, path, title="per-class recall (sorted by training count)"):
-    """Test recall per style, styles sorted by training count. `runs` is one metrics dict (bars and its
-    balanced accuracy) or {run name: metrics} to compare several runs (one line each)."""
-    p = plt()
-    if "per_class" in runs:
-        runs = {None: runs}
-    first = next(iter(runs.values()))
-    names = sorted((n for n in first["per_class"] if first["per_class"][n]["support"]),
-                   key=lambda n: -label_counts.get(n, 0))
-    fig, ax = p.subplots(figsize=(0.35 * len(names) + (3 if len(runs) == 1 else 6), 4.5))
-    for run, m in runs.items():
-        recall = [m["per_class"][n]["recall"] for n in names]
-        if len(runs) == 1:
-            ax.bar(range(len(names)), recall, color="tab:blue")
-            ax.axhline(m["balanced_accuracy"], color="tab:red", ls="--", label="balanced accuracy")
-        else:
-            ax.plot(range(len(names)), recall, marker="o", ms=3, lw=1,
-                    label=f"{run} (bal. acc. {100 * m['balanced_accuracy']:.1f})")
-    ax.set_xticks(range(len(names)), [f"{n} ({label_counts.get(n, 0)})" for n in names],
-                  rotation=90, fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("test recall")
-    ax.legend(fontsize=7, **({} if len(runs) == 1 else {"loc": "upper left", "bbox_to_anchor": (1.01, 1)}))
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    p.close(fig)
-
-
-def write_history(history, out_dir, name="train_log"):
-    """Per-epoch log as JSON and CSV."""
-    atomic_save(history, os.path.join(out_dir, name + ".json"))
-    keys = sorted({k for h in history for k in h}, key=lambda k: (k != "epoch", k))
-    tmp = os.path.join(out_dir, name + ".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, keys)
-        w.writeheader()
-        w.writerows(history)
-    os.replace(tmp, os.path.join(out_dir, name + ".csv"))
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="wikiart.py sample: generate the built-in synthetic dataset")
-    ap.add_argument("command", choices=["sample"])
-    ap.add_argument("--out", default=SAMPLE_ROOT)
-    ap.add_argument("--size", type=int, default=64)
-    a = ap.parse_args()
-    counts = make_sample(a.out, a.size)
-    print(f"wrote {sum(t for t, _ in counts.values())} train / {sum(t for _, t in counts.values())} "
-          f"test images of {len(counts)} styles to {a.out}")

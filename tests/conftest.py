@@ -9,6 +9,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import sample_data  # noqa: E402
 import wikiart  # noqa: E402
 
 WIKIART16 = os.path.join(ROOT, "..", "shared", "data", "wikiart16")
@@ -18,7 +19,7 @@ WIKIART16 = os.path.join(ROOT, "..", "shared", "data", "wikiart16")
 def sample_root(tmp_path_factory):
     """A tiny version of the built-in sample: 27 styles, 32 px, about 200 train / 60 test images."""
     root = str(tmp_path_factory.mktemp("sample") / "sample")
-    wikiart.make_sample(root, size=32, scale=0.03)
+    sample_data.make_sample(root, size=32, scale=0.03)
     return root
 
 

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+import config
+import metrics
 import wikiart
 from conftest import assert_real_picture, run_script
 
 
 def ae_cfg(**kw):
-    cfg = wikiart.load_config()["autoencoder"]
+    cfg = config.load_config()["autoencoder"]
     cfg.update(kw)
     return cfg
 
@@ -50,15 +52,15 @@ def test_shapes_and_range(mode, bottleneck, size):
 
 
 def test_bad_sizes_give_clear_errors():
-    with pytest.raises(wikiart.ConfigError, match="divisible"):
+    with pytest.raises(config.ConfigError, match="divisible"):
         wikiart.make_autoencoder(ae_cfg(mode="conv", downsample=3), 36)
-    with pytest.raises(wikiart.ConfigError, match="valid modes"):
+    with pytest.raises(config.ConfigError, match="valid modes"):
         wikiart.make_autoencoder(ae_cfg(mode="vae"), 32)
 
 
 def test_psnr():
-    assert wikiart.psnr(0.01) == pytest.approx(20.0)
-    assert wikiart.psnr(0.001) == pytest.approx(30.0)
+    assert metrics.psnr(0.01) == pytest.approx(20.0)
+    assert metrics.psnr(0.001) == pytest.approx(30.0)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +80,9 @@ def test_training_reduces_loss_and_writes_outputs(trained):
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
     assert min(h["val_mse"] for h in history[1:]) < history[0]["val_mse"]
     assert "val_psnr" in open(out / "train_log.csv").readline()
-    metrics = json.load(open(out / "metrics.json"))
-    assert metrics["compression"] >= 16 and 8 < metrics["test"]["psnr"] < 60
-    assert metrics["test"]["psnr"] == pytest.approx(wikiart.psnr(metrics["test"]["mse"]))
+    result = json.load(open(out / "metrics.json"))
+    assert result["compression"] >= 16 and 8 < result["test"]["psnr"] < 60
+    assert result["test"]["psnr"] == pytest.approx(metrics.psnr(result["test"]["mse"]))
     for name in ("curves.png", "reconstructions.png"):
         assert_real_picture(out / name)
     assert "PSNR" in p.stdout

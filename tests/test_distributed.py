@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, run_script, small_config
+import config
+import metrics
+import runs
 import wikiart
 
 RECORD = '''
@@ -66,7 +69,7 @@ def history(out_dir):
 
 
 @pytest.fixture(scope="module")
-def runs(sample_root, tmp_path_factory):
+def ddp_runs(sample_root, tmp_path_factory):
     """One 2-process run (interrupted after epoch 1, then --resume) and one 1-process run, same seed."""
     tmp = tmp_path_factory.mktemp("ddp")
     one = small_config(sample_root, tmp / "one", **CONFIG)
@@ -86,7 +89,7 @@ def runs(sample_root, tmp_path_factory):
 def test_shard_gives_each_rank_a_disjoint_share_of_every_global_batch(world, n):
     batch = 4 * world
     order = np.random.default_rng(n).permutation(1000)[:n]
-    shards = [wikiart.shard(order, r, world, batch) for r in range(world)]
+    shards = [runs.shard(order, r, world, batch) for r in range(world)]
     steps = n // batch
     assert all(len(s) == steps * batch // world for s in shards)  # every rank runs the same steps
     assert len(set(np.concatenate(shards).tolist())) == steps * batch  # disjoint
@@ -95,46 +98,46 @@ def test_shard_gives_each_rank_a_disjoint_share_of_every_global_batch(world, n):
         together = np.concatenate([s[k * b:(k + 1) * b] for s in shards])
         assert sorted(together) == sorted(order[k * batch:(k + 1) * batch])
     # without a batch size (validation): disjoint and covering everything, ragged lengths allowed
-    parts = [wikiart.shard(order, r, world) for r in range(world)]
+    parts = [runs.shard(order, r, world) for r in range(world)]
     assert sorted(np.concatenate(parts).tolist()) == sorted(order.tolist())
 
 
 def test_shard_of_the_class_balanced_sampler_splits_its_draws():
     labels = torch.tensor([0] * 50 + [1] * 5 + [2] * 5)
     draws = wikiart.balanced_sampler_indices(labels, len(labels), torch.Generator().manual_seed(0))
-    shards = [wikiart.shard(np.arange(len(draws)), r, 2, 8) for r in range(2)]  # positions of draws
+    shards = [runs.shard(np.arange(len(draws)), r, 2, 8) for r in range(2)]  # positions of draws
     assert not set(shards[0]) & set(shards[1])
     assert sorted(np.concatenate([draws[s] for s in shards]).tolist()) == sorted(draws[:56].tolist())
     assert np.bincount(labels[draws].numpy()).min() > 10  # the rare styles are drawn about as often
 
 
 def test_shard_rejects_a_global_batch_the_processes_cannot_split():
-    with pytest.raises(SystemExit, match="divisible"):
-        wikiart.shard(np.arange(100), 0, 3, 16)
+    with pytest.raises(config.UserError, match="divisible"):
+        runs.shard(np.arange(100), 0, 3, 16)
 
 
 def test_without_torchrun_setup_is_a_no_op(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
-    assert wikiart.setup_distributed("cpu") == (0, 1, 0, torch.device("cpu"))
-    assert not torch.distributed.is_initialized() and wikiart.is_main()
-    assert wikiart.shard([5, 6, 7], 0, 1) == [5, 6, 7]
-    assert wikiart.all_reduce_sum([1.5, 2], torch.device("cpu")) == [1.5, 2]
+    assert runs.setup_distributed("cpu") == (0, 1, 0, torch.device("cpu"))
+    assert not torch.distributed.is_initialized() and runs.is_main()
+    assert runs.shard([5, 6, 7], 0, 1) == [5, 6, 7]
+    assert runs.all_reduce_sum([1.5, 2], torch.device("cpu")) == [1.5, 2]
     x = torch.arange(6.0).view(3, 2)
-    assert wikiart.all_gather_shards(x, 1) is x
+    assert runs.all_gather_shards(x, 1) is x
 
 
 # ---- torchrun runs
 
-def test_two_process_run_writes_one_checkpoint_that_test_py_loads(runs, sample_root):
-    out = runs["two"]
+def test_two_process_run_writes_one_checkpoint_that_test_py_loads(ddp_runs, sample_root):
+    out = ddp_runs["two"]
     assert sorted(f for f in os.listdir(out) if f.endswith(".pt")) == ["best.pt", "last.pt"]
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
     assert not any(k.startswith("module.") for k in ckpt["model"])  # the plain model, not the DDP wrapper
     # only rank 0 prints: one summary line per run, one result line per epoch
-    assert runs["stdout"].count("best validation") == 2
-    assert runs["stdout"].count("train_loss") == 2
+    assert ddp_runs["stdout"].count("best validation") == 2
+    assert ddp_runs["stdout"].count("train_loss") == 2
     p = run_script("test.py", "--checkpoint", str(out / "last.pt"), "--set", "device=cpu")
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert metrics["epoch"] == 2 and metrics["n_images"] == len(wikiart.load_split(
@@ -143,9 +146,9 @@ def test_two_process_run_writes_one_checkpoint_that_test_py_loads(runs, sample_r
     assert "accuracy" in p.stdout
 
 
-def test_ranks_train_on_disjoint_shards_that_cover_each_epoch(runs):
-    one = batches(runs["one_rec"], 0)
-    two = [batches(runs["first_rec"], r) + batches(runs["resumed_rec"], r) for r in range(2)]
+def test_ranks_train_on_disjoint_shards_that_cover_each_epoch(ddp_runs):
+    one = batches(ddp_runs["one_rec"], 0)
+    two = [batches(ddp_runs["first_rec"], r) + batches(ddp_runs["resumed_rec"], r) for r in range(2)]
     assert len(one) == len(two[0]) == len(two[1]) == 2  # epochs (the second one after --resume)
     for epoch in range(2):
         rank0, rank1 = two[0][epoch], two[1][epoch]
@@ -159,10 +162,10 @@ def test_ranks_train_on_disjoint_shards_that_cover_each_epoch(runs):
     assert sum(one[0], []) != sum(one[1], [])  # a new order each epoch
 
 
-def test_two_processes_reach_the_loss_of_one_process_with_the_same_global_batch(runs):
-    one, two = history(runs["one"]), history(runs["two"])
+def test_two_processes_reach_the_loss_of_one_process_with_the_same_global_batch(ddp_runs):
+    one, two = history(ddp_runs["one"]), history(ddp_runs["two"])
     assert [h["epoch"] for h in two] == [1, 2]
-    assert two[0] == history(runs["tmp"] / "two_after_epoch1")[0]  # --resume kept the first epoch
+    assert two[0] == history(ddp_runs["tmp"] / "two_after_epoch1")[0]  # --resume kept the first epoch
     # measured: 0.1% apart after epoch 1, 1-2% after epoch 2 (BatchNorm sees 8 images, not 16)
     for a, b, tolerance in zip(one, two, (0.01, 0.05)):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=tolerance)
@@ -171,18 +174,18 @@ def test_two_processes_reach_the_loss_of_one_process_with_the_same_global_batch(
     assert two[1]["train_loss"] < two[0]["train_loss"]  # it learned
 
 
-def test_distributed_validation_equals_scoring_the_saved_model_in_one_process(runs, sample_root):
+def test_distributed_validation_equals_scoring_the_saved_model_in_one_process(ddp_runs, sample_root):
     """Each process scored half the validation images; gathered, they must give the metrics of the
     checkpoint that rank 0 saved, scored by one process on the whole validation split."""
-    ckpt = torch.load(runs["two"] / "last.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(ddp_runs["two"] / "last.pt", map_location="cpu", weights_only=False)
     cfg = ckpt["config"]
     data = wikiart.load_split(cfg, "train")
     _, val_idx = wikiart.stratified_split(data.labels, cfg["val_fraction"], cfg["seed"])
     model = wikiart.make_classifier(cfg, len(data.classes))
     model.load_state_dict(ckpt["model"])
     logits = wikiart.predict(model, data.images, val_idx, 256, torch.device("cpu"))
-    m = wikiart.classification_metrics(data.labels[val_idx].numpy(), logits.argmax(1).numpy(), data.classes)
-    last = history(runs["two"])[-1]
+    m = metrics.classification_metrics(data.labels[val_idx].numpy(), logits.argmax(1).numpy(), data.classes)
+    last = history(ddp_runs["two"])[-1]
     assert last["val_loss"] == pytest.approx(float(F.cross_entropy(logits, data.labels[val_idx])), abs=1e-5)
     assert last["val_accuracy"] == pytest.approx(m["accuracy"])
     assert last["val_balanced_accuracy"] == pytest.approx(m["balanced_accuracy"])

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import prepare_data
+from config import UserError
 import wikiart
 from conftest import run_script
 
@@ -146,7 +147,7 @@ def test_other_settings_refused_on_an_existing_output(artgan, tmp_path):
     src, _ = artgan
     argv = [str(src / "wikiart"), str(tmp_path / "out"), "--csv", str(src / "csv"), "--size", "24"]
     prepare_data.main(argv)
-    with pytest.raises(SystemExit, match="size: 24 -> 32"):
+    with pytest.raises(UserError, match="size: 24 -> 32"):
         prepare_data.main(argv[:-1] + ["32"])
 
 

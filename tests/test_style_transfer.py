@@ -7,7 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+import config
+import metrics
 import wikiart
+from test_autoencoder import ae_args
 from conftest import run_script
 
 AE_CFG = {"mode": "conv", "width": 8, "downsample": 3, "code_channels": 4, "bottleneck": "spatial",
@@ -49,7 +52,7 @@ def test_discriminator_heads():
 
 
 def test_embedding_init_equals_per_style_mean_code(sample_root):
-    cfg = wikiart.load_config(overrides=[f"train_dir={sample_root}/train", "image_size=32", "cache_dir="])
+    cfg = config.load_config(overrides=[f"train_dir={sample_root}/train", "image_size=32", "cache_dir="])
     data = wikiart.load_split(cfg, "train")
     torch.manual_seed(0)
     ae = wikiart.make_autoencoder(AE_CFG, 32).eval()
@@ -68,38 +71,38 @@ def test_embedding_init_equals_per_style_mean_code(sample_root):
 def test_random_network_statistics_are_identical_across_runs():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    a = wikiart.texture_descriptors(images, wikiart.random_texture_net(0))
-    b = wikiart.texture_descriptors(images, wikiart.random_texture_net(0))
-    c = wikiart.texture_descriptors(images, wikiart.random_texture_net(1))
+    a = metrics.texture_descriptors(images, metrics.random_texture_net(0))
+    b = metrics.texture_descriptors(images, metrics.random_texture_net(0))
+    c = metrics.texture_descriptors(images, metrics.random_texture_net(1))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.allclose(a[-1], c[-1])
     # brightness and contrast do not count: the luminance is standardised per image
     brighter = np.clip(images.astype(np.float64) * 0.5 + 60, 0, 255).astype(np.uint8)
-    d = wikiart.texture_descriptors(brighter, wikiart.random_texture_net(0))
+    d = metrics.texture_descriptors(brighter, metrics.random_texture_net(0))
     assert torch.allclose(a[0], d[0], rtol=0.05, atol=0.05)
-    h = wikiart.colour_histograms(images)[0]
+    h = metrics.colour_histograms(images)[0]
     assert h.shape == (6, 512) and torch.allclose(h.sum(1), torch.ones(6, dtype=h.dtype))
 
 
 def test_metric_helpers():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    assert torch.allclose(wikiart.ssim(images, images), torch.ones(4))
+    assert torch.allclose(metrics.ssim(images, images), torch.ones(4))
     noise = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    assert (wikiart.ssim(images, noise) < 0.2).all()
-    robust = wikiart.robust_transform(images)
+    assert (metrics.ssim(images, noise) < 0.2).all()
+    robust = metrics.robust_transform(images)
     assert robust.shape == images.shape and robust.dtype == np.uint8
     assert not np.array_equal(robust, images)  # high-frequency noise does not survive
     flat = np.full((1, 32, 32, 3), (200, 40, 90), np.uint8)
-    assert np.abs(wikiart.robust_transform(flat).astype(int) - flat).max() <= 3  # colour survives
-    assert wikiart.gap_closed([3.0, 2.0], [3.0, 2.0], [1.0, 1.0]) == 0.0
-    assert wikiart.gap_closed([3.0, 2.0], [1.0, 1.0], [1.0, 1.0]) == 1.0
-    assert wikiart.gap_closed([3.0, 2.0], [2.0, 2.0], [1.0, 0.0]) == 0.25  # summed before dividing
+    assert np.abs(metrics.robust_transform(flat).astype(int) - flat).max() <= 3  # colour survives
+    assert metrics.gap_closed([3.0, 2.0], [3.0, 2.0], [1.0, 1.0]) == 0.0
+    assert metrics.gap_closed([3.0, 2.0], [1.0, 1.0], [1.0, 1.0]) == 1.0
+    assert metrics.gap_closed([3.0, 2.0], [2.0, 2.0], [1.0, 0.0]) == 0.25  # summed before dividing
     # style distance: X with the style's mean descriptor is at 0, one spread away is at 1 per layer
     desc = [torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)]
-    refs = wikiart.style_references(desc, torch.tensor([0, 0]), 1)
-    assert abs(wikiart.style_distance([desc[0].mean(0, keepdim=True)], refs, 0)) < 1e-12
-    assert abs(wikiart.style_distance([torch.tensor([[2.0, 0.0]], dtype=torch.float64)], refs, 0) - 1.0) < 1e-9
+    refs = metrics.style_references(desc, torch.tensor([0, 0]), 1)
+    assert abs(metrics.style_distance([desc[0].mean(0, keepdim=True)], refs, 0)) < 1e-12
+    assert abs(metrics.style_distance([torch.tensor([[2.0, 0.0]], dtype=torch.float64)], refs, 0) - 1.0) < 1e-9
 
 
 def test_soft_colour_histogram_matches_hard_bins_and_pulls_colours():
@@ -107,34 +110,38 @@ def test_soft_colour_histogram_matches_hard_bins_and_pulls_colours():
     rng = np.random.default_rng(0)
     centres = (rng.integers(0, 8, (3, 16, 16, 3)) * 32 + 16).astype(np.uint8)
     soft = wikiart.soft_colour_histogram(wikiart.to_float(centres, torch.device("cpu")))
-    assert ((soft - wikiart.colour_histograms(centres)[0].float()).abs().sum(1) < 0.15).all()
+    assert ((soft - metrics.colour_histograms(centres)[0].float()).abs().sum(1) < 0.15).all()
     noise = torch.rand(3, 3, 16, 16) * 2 - 1
     assert torch.allclose(wikiart.soft_colour_histogram(noise).sum(1), torch.ones(3), atol=1e-5)
     # gradient descent on the loss moves the pixels' (hard) histogram to a target style's
     target_u8 = np.full((2, 16, 16, 3), (208, 48, 16), np.uint8)  # bin centres
     refs = wikiart.mean_colour_histograms(np.concatenate([target_u8, centres[:1]]), [0, 0, 2], [0, 1], 3,
                                           torch.device("cpu"))
-    assert (refs[0] - wikiart.colour_histograms(target_u8)[0][0].float()).abs().sum() < 0.15
+    assert (refs[0] - metrics.colour_histograms(target_u8)[0][0].float()).abs().sum() < 0.15
     assert torch.allclose(refs[1], refs[0]) and torch.allclose(refs[2], refs[0])  # no images: the mean
     # (the soft bins pass gradients to neighbouring bins only: start within about one bin of the goal)
     x = (wikiart.to_float(target_u8[:1], torch.device("cpu")) + noise[:1] * 0.3).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=0.05)
-    before = wikiart.colour_histograms(wikiart.to_uint8(x))[0]
+    before = metrics.colour_histograms(wikiart.to_uint8(x))[0]
     for _ in range(100):
         loss = (wikiart.soft_colour_histogram(x.clamp(-1, 1)) - refs[0]).abs().sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = wikiart.colour_histograms(wikiart.to_uint8(x))[0]
-    goal = wikiart.colour_histograms(target_u8[:1])[0]
+    after = metrics.colour_histograms(wikiart.to_uint8(x))[0]
+    goal = metrics.colour_histograms(target_u8[:1])[0]
     assert (after - goal).abs().sum() < 0.5 * (before - goal).abs().sum()
 
 
 def test_script_trains_evaluates_and_draws(sample_root, tmp_path):
     out = tmp_path / "st"
+    p = run_script("style_transfer.py", "--set", f"train_dir={sample_root}/train", f"test_dir={sample_root}/test",
+                   "image_size=32", f"style_transfer.autoencoder_path={tmp_path}/ae/best.pt", check=False)
+    assert p.returncode == 2 and "python autoencoder.py" in p.stderr and "Traceback" not in p.stderr
+    run_script("autoencoder.py", *ae_args(sample_root, tmp_path / "ae", **{"autoencoder.epochs": 1}))
     args = ["--evaluate", "--set", f"train_dir={sample_root}/train", f"test_dir={sample_root}/test",
             "image_size=32", "cache_dir=", "device=cpu", f"style_transfer.out_dir={out}",
-            "style_transfer.autoencoder_path=", "style_transfer.ae_fallback_epochs=1", "autoencoder.width=8",
+            f"style_transfer.autoencoder_path={tmp_path}/ae/best.pt",
             "style_transfer.epochs=3", "style_transfer.steps_per_epoch=25", "style_transfer.width=16",
             "style_transfer.naive_epochs=2", "style_transfer.judge_epochs=2", "style_transfer.judge_width=8",
             "style_transfer.eval_images=12", "style_transfer.grid_rows=3", "style_transfer.lr=0.002",
@@ -170,4 +177,4 @@ def test_script_trains_evaluates_and_draws(sample_root, tmp_path):
 
 def test_bad_mode_is_a_clear_error():
     p = run_script("style_transfer.py", "--set", "style_transfer.mode=fancy", check=False)
-    assert p.returncode != 0 and "valid modes: adain, naive" in p.stderr
+    assert p.returncode == 2 and "must be one of adain, naive" in p.stderr

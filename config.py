@@ -1,0 +1,294 @@
+"""Which config keys exist: every key of config.json with its default, its allowed values and one line
+of help. config.json holds the values you edit; this file is the schema, so a misspelt key in
+config.json is caught ("did you mean ...") instead of being taken for a new key.
+
+Every script loads, in order (later wins):
+    the defaults below  <-  config.json  <-  -c FILE (repeatable)  <-  --set KEY=VALUE ...
+Section keys take a dot: --set autoencoder.epochs=3. `python train.py --help-config` prints this table.
+"""
+import argparse
+import difflib
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(HERE, "config.json")
+
+# key: (default, help[, rule]). rule: ">0", ">=0", "0..1" (inclusive), "0..<1", or a tuple of choices.
+SCHEMA = {
+    "": {  # top level: the data, the run and the classifier (train.py, test.py, compare_balance.py)
+        "seed": (0, "fixes the validation split, initialisation, shuffling, sampling, augmentation", ">=0"),
+        "device": ("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, mps"),
+        "threads": (0, "CPU threads for torch (0: torch's default); results are bit-identical per count", ">=0"),
+        "train_dir": ("data/sample/train", "training folder <root>/<Style>/<image> (the sample is generated)"),
+        "test_dir": ("data/sample/test", "test folder, same layout; never used to choose a model"),
+        "image_size": (64, "images are squashed to this square size (course: 416; WikiArt-16: 128)", ">0"),
+        "cache_dir": ("cache", "where decoded uint8 images are cached; \"\" disables the cache"),
+        "out_dir": ("out/classifier", "checkpoints, logs and plots of train.py / test.py"),
+        "mode": ("resnet", "classifier: base (course model), bonusA (its variant), resnet (from scratch)",
+                 ("base", "bonusA", "resnet")),
+        "resnet_width": (32, "ResNet stage widths w, 2w, 4w, 8w (64 with [2,2,2,2] = ResNet-18 body)", ">0"),
+        "resnet_blocks": ([1, 1, 1, 1], "ResNet blocks per stage", ">0"),
+        "dropout": (0.2, "dropout before the ResNet's last layer", "0..<1"),
+        "epochs": (12, "length of the schedule", ">0"),
+        "stop_after": (0, "end this run after N epochs (0: never); continue with --resume", ">=0"),
+        "batch_size": (64, "images per step (the global batch under torchrun)", ">0"),
+        "optimizer": ("adamw", "adamw or sgd (Nesterov, momentum)", ("adamw", "sgd")),
+        "lr": (0.003, "peak learning rate", ">0"),
+        "weight_decay": (0.05, "weight decay (not on biases and norm parameters)", ">=0"),
+        "momentum": (0.9, "SGD momentum", "0..<1"),
+        "warmup_epochs": (1, "linear warm-up epochs", ">=0"),
+        "schedule": ("cosine", "after warm-up: cosine decay to 0, or constant", ("cosine", "constant")),
+        "label_smoothing": (0.1, "label smoothing of the cross-entropy", "0..<1"),
+        "augment": (True, "random resized crop + horizontal flip, on the batch on the training device"),
+        "crop_min_scale": (0.35, "smallest crop area of the random resized crop", "0..1"),
+        "mixup": (0.0, "mixup Beta(a, a) parameter (0: off); with cutmix, one of the two per batch", ">=0"),
+        "cutmix": (0.0, "cutmix Beta(a, a) parameter (0: off)", ">=0"),
+        "val_fraction": (0.1, "stratified validation split carved from the training folder", "0..<1"),
+        "select_metric": ("balanced_accuracy", "validation metric that picks best.pt",
+                          ("accuracy", "balanced_accuracy", "macro_f1")),
+        "balance": ("none", "class-imbalance handling (README, Part 1)",
+                    ("none", "weights1", "weights2", "weights3", "effective", "sampler", "logit_adjust", "drw")),
+        "effective_beta": (0.999, "beta of the effective-number weights", "0..<1"),
+        "logit_tau": (1.0, "temperature of the logit-adjusted loss", ">=0"),
+        "drw_start": (0.6, "drw: fraction of the epochs trained without weights", "0..1"),
+        "posthoc": (False, "after training: test-time prior correction, tau chosen on validation"),
+        "posthoc_max_drop": (0.02, "posthoc: largest validation-accuracy drop allowed when choosing tau", "0..1"),
+    },
+    "autoencoder": {  # Part 2: autoencoder.py (and the encoder style_transfer.py builds on)
+        "mode": ("conv", "part2 (the course's autoencoder) or conv (residual, normalised)", ("part2", "conv")),
+        "out_dir": ("out/autoencoder", "checkpoints, logs, figures and codes_{train,test}.npz"),
+        "epochs": (8, "training epochs", ">0"),
+        "batch_size": (32, "images per step", ">0"),
+        "lr": (0.002, "AdamW peak learning rate (5% warm-up, then cosine)", ">0"),
+        "weight_decay": (0.0, "AdamW weight decay", ">=0"),
+        "width": (16, "conv: channels of the first stage (doubling per stage)", ">0"),
+        "downsample": (3, "conv: stride-2 stages; code side = image_size / 2**downsample", ">0"),
+        "code_channels": (12, "conv: channels of the code map", ">0"),
+        "bottleneck": ("spatial", "conv: spatial (a code map) or vector (flattened to code_dim numbers)",
+                       ("spatial", "vector")),
+        "code_dim": (256, "conv, vector bottleneck: numbers in the code", ">0"),
+        "train_crop": (32, "random training crop side (0: whole images); spatial bottleneck only", ">=0"),
+        "l1_weight": (0.0, "weight of an extra L1 term beside the MSE", ">=0"),
+        "val_fraction": (0.1, "stratified validation split (labels only keep styles represented)", "0..<1"),
+        "num_show": (6, "test images in reconstructions.png", ">0"),
+    },
+    "cluster": {  # Part 2: cluster.py
+        "out_dir": ("out/cluster", "metrics.json and the figures"),
+        "codes_dir": ("", "folder of codes_{train,test}.npz (\"\": autoencoder.out_dir)"),
+        "split": ("test", "which codes to cluster", ("train", "test")),
+        "feature": ("code+stats", "code, stats (per-channel mean/std of the encoder maps) or both",
+                    ("code", "stats", "code+stats")),
+        "method": ("kmeans", "clustering method", ("kmeans", "gmm", "agglomerative")),
+        "k": (0, "number of clusters (0: the number of styles)", ">=0"),
+        "pca_dim": (50, "PCA dimensions before clustering (0: no PCA)", ">=0"),
+        "baseline_size": (16, "side of the raw-pixel baseline", ">0"),
+        "tsne_points": (2000, "images in the t-SNE subsample", ">0"),
+    },
+    "style_transfer": {  # Part 3: style_transfer.py
+        "mode": ("adain", "what a plain run trains: adain (working) or naive (the earlier approach)",
+                 ("adain", "naive")),
+        "out_dir": ("out/style_transfer", "models, figures, judge.pt, evaluation.json"),
+        "autoencoder_path": ("out/autoencoder/best.pt", "Part-2 checkpoint: encoder and embedding init"),
+        "embed_pool": (2, "the code map is average-pooled to this x this to become a style vector", ">0"),
+        "width": (32, "generator channels", ">0"),
+        "res_blocks": (2, "AdaIN residual blocks", ">=0"),
+        "style_dim": (64, "width of the style MLP", ">0"),
+        "d_width": (16, "discriminator base width", ">0"),
+        "epochs": (4, "adain training epochs", ">0"),
+        "steps_per_epoch": (60, "random batches per epoch (0: one pass over the training split)", ">=0"),
+        "batch_size": (16, "images per step", ">0"),
+        "lr": (0.0005, "generator Adam learning rate", ">0"),
+        "d_lr": (0.0005, "discriminator Adam learning rate", ">0"),
+        "same_style_fraction": (0.25, "fraction of training targets equal to the source style", "0..1"),
+        "w_adv": (1.0, "loss weight: adversarial", ">=0"),
+        "w_cls": (1.0, "loss weight: style classification of the outputs", ">=0"),
+        "w_stats": (3.0, "loss weight: discriminator feature statistics vs the target style", ">=0"),
+        "w_rec": (10.0, "loss weight: reconstruction when target = source", ">=0"),
+        "w_structure": (5.0, "loss weight: coarse luminance layout kept", ">=0"),
+        "w_cycle": (0.0, "loss weight: cycle back to the source style", ">=0"),
+        "w_colour": (3.0, "loss weight: colour histogram vs the target style's", ">=0"),
+        "colour_pool": (2, "the colour histogram first averages this x this blocks", ">0"),
+        "naive_epochs": (2, "naive mode: epochs", ">0"),
+        "naive_width": (32, "naive mode: channels", ">0"),
+        "naive_lr": (0.01, "naive mode: learning rate", ">0"),
+        "judge_width": (16, "style judge (a ResNet): width", ">0"),
+        "judge_epochs": (4, "style judge: epochs", ">0"),
+        "judge_lr": (0.003, "style judge: learning rate", ">0"),
+        "eval_images": (40, "--evaluate: test images, each rendered in every other style", ">0"),
+        "grid_rows": (8, "test images in grid.png", ">0"),
+    },
+}
+
+
+class UserError(Exception):
+    """A mistake of the user's (a typo, a missing folder, a checkpoint that does not fit): the scripts
+    print it as one line and exit with status 2, without a traceback (runs.cli)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config mistake: unknown key, wrong type, value out of range, unreadable config file."""
+
+
+def defaults():
+    """The full default config (nested dict) from the schema."""
+    cfg = {}
+    for section, keys in SCHEMA.items():
+        node = cfg.setdefault(section, {}) if section else cfg
+        for key, spec in keys.items():
+            node[key] = json.loads(json.dumps(spec[0]))  # a copy, lists included
+    return cfg
+
+
+def _spec(key):
+    section, _, name = key.rpartition(".")
+    return SCHEMA.get(section, {}).get(name)
+
+
+def _unknown(key, where):
+    section, _, name = key.rpartition(".")
+    if section not in SCHEMA:
+        guess = difflib.get_close_matches(section, [s for s in SCHEMA if s], 1)
+        hint = f" did you mean '{guess[0]}.{name}'?" if guess else ""
+        return ConfigError(f"{where}unknown config section '{section}'.{hint} Sections: "
+                           + ", ".join(s for s in SCHEMA if s))
+    names = list(SCHEMA[section])
+    guess = difflib.get_close_matches(name, names, 1, 0.6)
+    hint = f" did you mean '{(section + '.') if section else ''}{guess[0]}'?" if guess else ""
+    what = f"section '{section}'" if section else "the top level"
+    return ConfigError(f"{where}unknown config key '{key}'.{hint} Keys of {what}: {', '.join(names)}")
+
+
+def check_value(key, value, where=""):
+    """The value with the default's type (an int is accepted for a float), inside its allowed range."""
+    spec = _spec(key)
+    if spec is None:
+        raise _unknown(key, where)
+    default, rule = spec[0], spec[2] if len(spec) > 2 else None
+    ok = (isinstance(value, bool) if isinstance(default, bool) else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
+          isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
+          isinstance(value, type(default)))
+    if not ok:
+        raise ConfigError(f"{where}config key '{key}' must be {type(default).__name__} "
+                          f"(like the default {json.dumps(default)}), got {json.dumps(value)}")
+    value = float(value) if isinstance(default, float) else value
+    for v in value if isinstance(value, list) else [value]:
+        bad = (isinstance(rule, tuple) and v not in rule or rule == ">0" and not v > 0
+               or rule == ">=0" and not v >= 0 or rule == "0..1" and not 0 <= v <= 1
+               or rule == "0..<1" and not 0 <= v < 1)
+        if bad:
+            allowed = ("one of " + ", ".join(rule) if isinstance(rule, tuple) else
+                       {">0": "> 0", ">=0": ">= 0", "0..1": "in [0, 1]", "0..<1": "in [0, 1)"}[rule])
+            raise ConfigError(f"{where}config key '{key}' must be {allowed}, got {json.dumps(value)}")
+    return value
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and (prefix + k) in SCHEMA:
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _set(cfg, key, value):
+    section, _, name = key.rpartition(".")
+    (cfg[section] if section else cfg)[name] = value
+
+
+def read_json(path):
+    """A JSON file, or a ConfigError naming the file, line and column of a syntax error."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}")
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON: {e.msg}")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}")
+
+
+_noted_missing = set()
+
+
+def load_config(files=(DEFAULT_CONFIG,), overrides=(), note_missing=True):
+    """The resolved config (nested dict): schema defaults <- each file in turn <- KEY=VALUE overrides.
+    A key missing from config.json falls back to its default, said once per process."""
+    cfg = defaults()
+    for path in files:
+        values = {k: v for k, v in _flatten(read_json(path)).items() if not k.startswith("_")}  # _doc, _command
+        where = f"{os.path.relpath(path)}: "
+        for key, value in values.items():
+            _set(cfg, key, check_value(key, value, where))
+        if note_missing and os.path.abspath(path) == os.path.abspath(DEFAULT_CONFIG):
+            missing = [k for k in _flatten(defaults()) if k not in values and k not in _noted_missing]
+            if missing:
+                _noted_missing.update(missing)
+                print(f"note: config.json has no {', '.join(missing)}; using the default "
+                      f"({', '.join(json.dumps(_spec(k)[0]) for k in missing)})", file=sys.stderr)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        key, raw = item.split("=", 1)
+        spec = _spec(key)
+        if spec is None:
+            raise _unknown(key, "--set: ")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # bare words are strings: --set mode=base
+        if isinstance(spec[0], str) and not isinstance(value, str):
+            value = raw  # --set out_dir=123 stays a string
+        _set(cfg, key, check_value(key, value, "--set: "))
+    return cfg
+
+
+def help_text():
+    """Every key, its default and its help, by section (--help-config)."""
+    lines = []
+    for section, keys in SCHEMA.items():
+        lines.append(f"[{section or 'top level'}]")
+        for name, spec in keys.items():
+            key = f"{section}.{name}" if section else name
+            rule = spec[2] if len(spec) > 2 else None
+            allowed = f" ({'|'.join(rule)})" if isinstance(rule, tuple) else ""
+            lines.append(f"  {key:34s} {json.dumps(spec[0]):22s} {spec[1]}{allowed}")
+    return "\n".join(lines)
+
+
+class _HelpConfig(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(help_text())
+        parser.exit()
+
+
+def config_parser(doc):
+    """The command line every script shares: -c FILE (repeatable) and --set KEY=VALUE ..."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", action="append", default=[], metavar="FILE",
+                        help="JSON file of config values overlaid on config.json (repeatable, later wins)")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set epochs=5 autoencoder.mode=part2 (repeatable)")
+    parser.add_argument("--help-config", nargs=0, action=_HelpConfig, help="list every config key and exit")
+    return parser
+
+
+def parse_config(parser, argv=None):
+    """(args, cfg); a config mistake raises ConfigError (one line and status 2 under runs.cli)."""
+    args = parser.parse_args(argv)
+    files = [DEFAULT_CONFIG] + [p for p in args.config if os.path.abspath(p) != DEFAULT_CONFIG]
+    return args, load_config(files, args.set)
+
+
+def explicit_keys(args):
+    """Config keys given on this command line (-c FILE or --set), not left at config.json's value."""
+    keys = {item.split("=", 1)[0] for item in args.set}
+    for path in args.config:
+        if os.path.abspath(path) != DEFAULT_CONFIG:
+            keys |= {k for k in _flatten(read_json(path)) if not k.startswith("_")}
+    return keys

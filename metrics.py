@@ -1,0 +1,180 @@
+"""Measures: classification (accuracy, balanced accuracy, macro-F1 as scikit-learn defines it),
+reconstruction (PSNR), clustering (NMI, ARI, purity, Hungarian accuracy), and the style-transfer
+measures that need no trained network (texture and colour gap closed, SSIM)."""
+import io
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+
+def classification_metrics(y_true, y_pred, classes):
+    """accuracy, balanced accuracy (mean recall over the styles present in y_true), macro-F1 (mean F1
+    over the styles in y_true or y_pred, as scikit-learn's f1_score(average="macro")) and a per-class
+    table."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    C = len(classes)
+    cm = np.zeros((C, C), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    support, predicted, correct = cm.sum(1), cm.sum(0), np.diag(cm)
+    per_class, f1s, recalls = {}, [], []
+    for c, name in enumerate(classes):
+        p = correct[c] / predicted[c] if predicted[c] else 0.0
+        r = correct[c] / support[c] if support[c] else float("nan")
+        f1 = 2 * p * r / (p + r) if support[c] and (p + r) > 0 else 0.0
+        per_class[name] = {"precision": float(p), "recall": float(r), "f1": float(f1),
+                           "support": int(support[c])}
+        if support[c] or predicted[c]:  # a style only predicted counts with F1 = 0 (scikit-learn)
+            f1s.append(f1)
+        if support[c]:
+            recalls.append(r)
+    return {
+        "accuracy": float(correct.sum() / max(1, len(y_true))),
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0,
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "worst_recall": float(np.min(recalls)) if recalls else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def format_per_class(metrics, label_counts=None):
+    rows = [f"{'style':28s} {'train_n':>7s} {'support':>7s} {'prec':>6s} {'recall':>6s} {'f1':>6s}"]
+    for name, m in metrics["per_class"].items():
+        n = label_counts.get(name, 0) if label_counts else 0
+        r = "   -  " if math.isnan(m["recall"]) else f"{m['recall']:6.3f}"
+        rows.append(f"{name:28s} {n:7d} {m['support']:7d} {m['precision']:6.3f} {r} {m['f1']:6.3f}")
+    return "\n".join(rows)
+
+
+def psnr(mse):
+    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
+    return float(10 * math.log10(1.0 / max(mse, 1e-12)))
+
+
+def contingency(y_true, y_cluster):
+    """(clusters x styles) count table over the clusters and styles that occur."""
+    _, yt = np.unique(y_true, return_inverse=True)
+    _, yc = np.unique(y_cluster, return_inverse=True)
+    table = np.zeros((yc.max() + 1, yt.max() + 1), dtype=np.int64)
+    np.add.at(table, (yc, yt), 1)
+    return table
+
+
+def clustering_metrics(y_true, y_cluster):
+    """NMI, ARI, purity (each cluster votes for its majority style) and Hungarian accuracy (the best
+    one-to-one cluster -> style matching) of a clustering against the true styles."""
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    table = contingency(y_true, y_cluster)
+    rows, cols = linear_sum_assignment(-table)
+    n = max(1, table.sum())
+    return {"nmi": float(normalized_mutual_info_score(y_true, y_cluster)),
+            "ari": float(adjusted_rand_score(y_true, y_cluster)),
+            "purity": float(table.max(1).sum() / n),
+            "hungarian_accuracy": float(table[rows, cols].sum() / n)}
+
+
+def robust_transform(images_u8, blur=0.6, quality=75):
+    """Shrink to half size, Gaussian blur, JPEG (quality 75), scale back: (N, H, W, 3) uint8 -> same.
+    Pixel-level patterns that fool a classifier do not survive; colour and texture do."""
+    out = np.empty_like(np.asarray(images_u8))
+    for i, a in enumerate(images_u8):
+        h, w = a.shape[:2]
+        img = Image.fromarray(np.asarray(a)).resize((max(1, w // 2), max(1, h // 2)), Image.BOX)
+        buf = io.BytesIO()
+        img.filter(ImageFilter.GaussianBlur(blur)).save(buf, "JPEG", quality=quality)
+        buf.seek(0)
+        out[i] = np.asarray(Image.open(buf).convert("RGB").resize((w, h), Image.BILINEAR))
+    return out
+
+
+def random_texture_net(seed=0, widths=(16, 32, 64)):
+    """A fixed, untrained conv net with seeded weights (He-normal): texture statistics, no learning."""
+    g = torch.Generator().manual_seed(seed)
+    convs, c = nn.ModuleList(), 1
+    for i, w in enumerate(widths):
+        conv = nn.Conv2d(c, w, 3, 1 if i == 0 else 2, 1, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2 / (9 * c)))
+        convs.append(conv.requires_grad_(False))
+        c = w
+    return convs.eval()
+
+
+@torch.no_grad()
+def texture_descriptors(images_u8, net, batch_size=256):
+    """Per layer, the (N, c*c) Gram matrices of the random net's ReLU maps of the luminance,
+    standardised per image (brightness and contrast do not count)."""
+    layers = [[] for _ in net]
+    for i in range(0, len(images_u8), batch_size):
+        x = torch.from_numpy(np.array(images_u8[i:i + batch_size])).float().permute(0, 3, 1, 2)
+        h = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        h = (h - h.mean((2, 3), keepdim=True)) / (h.std((2, 3), keepdim=True) + 1e-3)
+        for k, conv in enumerate(net):
+            h = F.relu(conv(h))
+            f = h.flatten(2)
+            layers[k].append((f @ f.transpose(1, 2) / f.shape[2]).flatten(1).double())
+    return [torch.cat(layer) for layer in layers]
+
+
+def colour_histograms(images_u8, bins=8):
+    """One layer: the (N, bins**3) joint RGB histogram of each image, normalised to sum 1."""
+    a = np.asarray(images_u8)
+    q = a.astype(np.int64) * bins // 256
+    idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    idx = idx.reshape(len(a), -1) + np.arange(len(a))[:, None] * bins ** 3
+    h = np.bincount(idx.ravel(), minlength=len(a) * bins ** 3).reshape(len(a), bins ** 3)
+    return [torch.from_numpy(h / idx.shape[1])]
+
+
+def style_references(descriptors, labels, num_styles):
+    """Per layer: (means (S, D), spreads (S,)) of each style's real images; the spread is the RMS
+    distance of the style's images to their mean (a style with one image borrows the average)."""
+    labels = torch.as_tensor(labels)
+    refs = []
+    for layer in descriptors:
+        means = torch.zeros(num_styles, layer.shape[1], dtype=layer.dtype)
+        spreads = torch.zeros(num_styles, dtype=layer.dtype)
+        for s in range(num_styles):
+            d = layer[labels == s]
+            if len(d):
+                means[s] = d.mean(0)
+                spreads[s] = ((d - means[s]) ** 2).sum(1).mean().sqrt()
+        spreads[spreads <= 0] = spreads[spreads > 0].mean() if (spreads > 0).any() else 1.0
+        refs.append((means, spreads))
+    return refs
+
+
+def style_distance(descriptors, refs, s):
+    """d_s(X): over layers, the distance of X's mean descriptor to style s's mean, in units of its spread."""
+    return sum(float((layer.mean(0) - means[s]).norm() / spreads[s])
+               for layer, (means, spreads) in zip(descriptors, refs))
+
+
+def gap_closed(d_inputs, d_outputs, d_real):
+    """sum_s [d_s(inputs) - d_s(outputs)] / sum_s [d_s(inputs) - d_s(real test images of s)]:
+    0 for output = input, about 1 for unseen real paintings of the target style; nan when the inputs
+    are no farther from the styles than the real paintings are (nothing to close, e.g. one image)."""
+    gap = sum(d_inputs) - sum(d_real)
+    return (sum(d_inputs) - sum(d_outputs)) / gap if gap > 1e-12 else float("nan")
+
+
+def ssim(a_u8, b_u8, window=11, sigma=1.5, batch_size=256):
+    """Mean SSIM (Wang et al. 2004; Gaussian window, per channel, valid region) of each pair: (N,)."""
+    g = torch.exp(-(torch.arange(window) - window // 2) ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    gx, gy = g.view(1, 1, 1, -1).repeat(3, 1, 1, 1), g.view(1, 1, -1, 1).repeat(3, 1, 1, 1)
+    blur = lambda t: F.conv2d(F.conv2d(t, gx, groups=3), gy, groups=3)  # separable: fast on CPU
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    out = []
+    for i in range(0, len(a_u8), batch_size):
+        x, y = (torch.from_numpy(np.array(v[i:i + batch_size])).float().permute(0, 3, 1, 2) / 255
+                for v in (a_u8, b_u8))
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+        out.append(s.mean((1, 2, 3)))
+    return torch.cat(out).float()

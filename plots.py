@@ -1,0 +1,72 @@
+"""Figures (matplotlib without a display): training curves, confusion matrices, per-style recall."""
+import numpy as np
+
+
+def plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+    return pyplot
+
+
+def plot_curves(history, keys, path, title=""):
+    """One panel per key of the per-epoch history (list of dicts)."""
+    p = plt()
+    keys = [k for k in keys if any(k in h for h in history)]
+    fig, axes = p.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        ax.plot([h["epoch"] for h in history if k in h], [h[k] for h in history if k in h], marker="o")
+        ax.set_xlabel("epoch")
+        ax.set_title(k)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    p.close(fig)
+
+
+def plot_confusion(cm, classes, path, title="confusion matrix (rows normalised)"):
+    p = plt()
+    cm = np.asarray(cm, dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(classes)
+    fig, ax = p.subplots(figsize=(0.35 * n + 3, 0.35 * n + 2.5))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), classes, fontsize=7)
+    ax.set_xlabel("predicted style")
+    ax.set_ylabel("true style")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    p.close(fig)
+
+
+def plot_per_class_recall(runs, label_counts, path, title="per-class recall (sorted by training count)"):
+    """Test recall per style, styles sorted by training count. `runs` is one metrics dict (bars and its
+    balanced accuracy) or {run name: metrics} to compare several runs (one line each)."""
+    p = plt()
+    if "per_class" in runs:
+        runs = {None: runs}
+    first = next(iter(runs.values()))
+    names = sorted((n for n in first["per_class"] if first["per_class"][n]["support"]),
+                   key=lambda n: -label_counts.get(n, 0))
+    fig, ax = p.subplots(figsize=(0.35 * len(names) + (3 if len(runs) == 1 else 6), 4.5))
+    for run, m in runs.items():
+        recall = [m["per_class"][n]["recall"] for n in names]
+        if len(runs) == 1:
+            ax.bar(range(len(names)), recall, color="tab:blue")
+            ax.axhline(m["balanced_accuracy"], color="tab:red", ls="--", label="balanced accuracy")
+        else:
+            ax.plot(range(len(names)), recall, marker="o", ms=3, lw=1,
+                    label=f"{run} (bal. acc. {100 * m['balanced_accuracy']:.1f})")
+    ax.set_xticks(range(len(names)), [f"{n} ({label_counts.get(n, 0)})" for n in names],
+                  rotation=90, fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test recall")
+    ax.legend(fontsize=7, **({} if len(runs) == 1 else {"loc": "upper left", "bbox_to_anchor": (1.01, 1)}))
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    p.close(fig)

@@ -1,0 +1,393 @@
+"""Run plumbing shared by the scripts: user errors, seeding and devices, atomic files, checkpoints and
+resuming, the epoch skeleton of every training loop, and the torchrun helpers.
+
+A script's life: `args, cfg = config.parse_config(...)`, `rank, world, _, device = runs.start(cfg)`,
+a training loop built from `epoch_order` and `Progress.end_epoch`, and `runs.cli(main)` at the bottom,
+which turns a UserError into one line on stderr and exit status 2.
+"""
+import builtins
+import contextlib
+import csv
+import functools
+import io
+import json
+import os
+import pickle
+import random
+import shlex
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from config import UserError
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+
+
+def cli(main):
+    """Run main() as a command: a UserError is one line on stderr and exit status 2, no traceback
+    (real bugs still trace)."""
+    try:
+        main()
+    except UserError as e:
+        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # outside a training loop (those say what was saved): nothing to resume
+        print(f"\n{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def command_line(script, argv, add=()):
+    """The shell command that runs `script` with these arguments (plus `add`), for hints."""
+    argv = list(argv) + [a for a in add if a not in argv]
+    return shlex.join(["python", script, *argv])
+
+
+def start(cfg):
+    """Seed everything, set the CPU threads and pick the device (joining torchrun's process group
+    when launched by torchrun). Returns (rank, world_size, local_rank, device)."""
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    seed_everything(cfg["seed"])
+    return setup_distributed(cfg["device"])
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def get_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' was asked for but CUDA is not available here; use device=auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' was asked for but is not available here; use device=auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"unknown device '{name}': {e}")
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (tensor cores), plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: written to a unique temp file in the same folder, then renamed (never half a file)
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode="wb"):
+    """Open a unique temp file beside `path`; on success it replaces `path` in one rename. Several
+    writers of the same path never share a temp file: the last rename wins, each file whole."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            yield f
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save(obj, path):
+    """JSON for a .json path, else torch.save."""
+    if path.endswith(".json"):
+        atomic_write_text(json.dumps(obj, indent=2), path)
+    else:
+        with atomic_file(path) as f:
+            torch.save(obj, f)
+
+
+def atomic_write_text(text, path):
+    with atomic_file(path, "w") as f:
+        f.write(text)
+
+
+def write_history(history, out_dir, name="train_log"):
+    """Per-epoch log as JSON and CSV."""
+    atomic_save(history, os.path.join(out_dir, name + ".json"))
+    keys = sorted({k for h in history for k in h}, key=lambda k: (k != "epoch", k))
+    with atomic_file(os.path.join(out_dir, name + ".csv"), "w") as f:
+        writer = csv.DictWriter(f, keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def save_run_config(cfg, out_dir, script, argv):
+    """<out_dir>/<script>_config.json: the fully resolved config and the command line that made this
+    folder. It is a config file itself: `-c` on it reproduces the same config."""
+    if is_main():
+        name = os.path.splitext(os.path.basename(script))[0]
+        atomic_save({"_command": command_line(script, argv), **cfg}, os.path.join(out_dir, f"{name}_config.json"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def load_checkpoint(path, what, needs=("model",), device="cpu"):
+    """A checkpoint dict, or a UserError saying what file was expected there and why this one is not it."""
+    if not os.path.exists(path):
+        raise UserError(f"no {what} at {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError,
+            AttributeError, ModuleNotFoundError, ValueError, io.UnsupportedOperation) as e:
+        raise UserError(f"{path} is not {what} (it cannot be read as a PyTorch checkpoint: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    missing = [k for k in needs if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{path} is not {what} (no {', '.join(missing)} in it)")
+    return ckpt
+
+
+def mismatch(ckpt_cfg, cfg, keys, path):
+    """Why a checkpoint trained with ckpt_cfg cannot continue under cfg (None if it can): the first
+    of `keys` (dotted for sections) whose value differs."""
+    for key in keys:
+        section, _, name = key.rpartition(".")
+        saved = (ckpt_cfg.get(section, {}) if section else ckpt_cfg).get(name)
+        now = (cfg[section] if section else cfg)[name]
+        if saved is not None and saved != now:
+            return (f"{path} was trained with {key}={json.dumps(saved)}; the config says {json.dumps(now)}: "
+                    f"change it back, or use another out_dir")
+    return None
+
+
+def training_state(epoch, progress, **objects):
+    """What last.pt holds to continue exactly: every object's state_dict, the epoch, the progress and
+    the RNG state."""
+    return {name: obj.state_dict() for name, obj in objects.items()} | progress.state() | {
+        "epoch": epoch, "rng": torch.get_rng_state()}
+
+
+def resume(path, progress, device, problem=lambda ckpt: None, **objects):
+    """--resume: restore every object (model=..., optimizer=...) and the progress from last.pt.
+    `problem(ckpt)` says why the checkpoint does not fit this run (or None). Returns the next epoch."""
+    ckpt = load_checkpoint(path, "a checkpoint to resume from (last.pt of an earlier run)",
+                           needs=("epoch", *objects), device=device)
+    why = problem(ckpt)
+    if why:
+        raise UserError(f"--resume: {why}")
+    for name, obj in objects.items():
+        obj.load_state_dict(ckpt[name])
+    torch.set_rng_state(ckpt["rng"].cpu())
+    progress.restore(ckpt)
+    print(f"resumed from {path} after epoch {ckpt['epoch'] + 1}")
+    return ckpt["epoch"] + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The epoch skeleton every training loop shares
+
+
+def epoch_generator(seed, epoch):
+    """One RNG per epoch for shuffling, sampling, augmentation and dropout: an epoch replays
+    exactly whether training ran straight through or was resumed before it."""
+    torch.manual_seed(seed * 1000 + epoch)
+    return torch.Generator().manual_seed(seed * 1000 + epoch)
+
+
+def epoch_order(indices, seed, epoch, rank=0, world=1, batch_size=None, draw=None):
+    """(this process's share of the epoch's order, the epoch's generator). Every process draws the
+    same order from (seed, epoch) -- a shuffle, or positions `draw(g)` (a sampler) -- and takes its
+    shard; processes other than rank 0 then get their own stream for crops, flips and mixes."""
+    g = epoch_generator(seed, epoch)
+    positions = draw(g) if draw else torch.randperm(len(indices), generator=g).numpy()
+    order = shard(np.asarray(indices)[positions], rank, world, batch_size)
+    if rank > 0:
+        g = epoch_generator(seed + 1_000_003 * rank, epoch)
+    return order, g
+
+
+def format_row(row):
+    return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+
+
+class Progress:
+    """What a training loop keeps between epochs -- the per-epoch history and the best score -- and
+    the files written after each epoch: best.pt (when the score improves), last.pt, train_log and
+    curves.png. Only the writing process (rank 0) writes."""
+
+    def __init__(self, out_dir, curves, title, higher_is_better=True):
+        self.out_dir, self.curves, self.title = out_dir, curves, title
+        self.sign = 1 if higher_is_better else -1
+        self.history, self.best_score = [], None
+
+    def state(self):
+        return {"history": self.history, "best_score": self.best_score}
+
+    def restore(self, ckpt):
+        self.history = ckpt.get("history", [])
+        self.best_score = ckpt.get("best_score", ckpt.get("best_mse"))  # best_mse: older autoencoder runs
+
+    @property
+    def epochs_done(self):
+        return self.history[-1]["epoch"] if self.history else 0
+
+    def end_epoch(self, row, score, checkpoint):
+        """Log the row; save best.pt if `score` is the best so far (None: no best.pt), then last.pt,
+        the history and the curves. `checkpoint()` builds the dict to save. True if this is the best."""
+        from plots import plot_curves
+        self.history.append(row)
+        print(format_row(row))
+        best = score is not None and (self.best_score is None or self.sign * score > self.sign * self.best_score)
+        if best:
+            self.best_score = score
+        if is_main():
+            ckpt = checkpoint()
+            if best:
+                atomic_save(ckpt, os.path.join(self.out_dir, "best.pt"))
+            atomic_save(ckpt, os.path.join(self.out_dir, "last.pt"))
+            write_history(self.history, self.out_dir)
+            plot_curves(self.history, self.curves, os.path.join(self.out_dir, "curves.png"), self.title)
+        return best
+
+
+@contextlib.contextmanager
+def on_interrupt(progress, script, argv):
+    """Ctrl-C inside the block: say which epoch was saved and the exact command that continues."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not is_main():
+            raise SystemExit(130)
+        last = os.path.join(progress.out_dir, "last.pt")
+        if progress.history:
+            print(f"\ninterrupted: epoch {progress.epochs_done} is the last finished one, saved in {last}; "
+                  f"continue with: {command_line(script, argv, ['--resume'])}", file=sys.stderr)
+        else:
+            print("\ninterrupted before the first epoch finished: nothing was saved", file=sys.stderr)
+        raise SystemExit(130)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed: the same script under torchrun, one process per GPU (DistributedDataParallel).
+# Without torchrun every helper here is a no-op for rank 0 of a world of 1: single runs are unchanged.
+
+def setup_distributed(device_name="auto"):
+    """(rank, world_size, local_rank, device) from torchrun's RANK, WORLD_SIZE and LOCAL_RANK.
+
+    Under torchrun: joins the process group (nccl on GPUs, gloo on CPU), binds process LOCAL_RANK to
+    GPU LOCAL_RANK, and silences print() and tqdm bars on every rank but 0 (as torchvision's
+    reference scripts do), so scripts print as usual; warnings and errors still show on all ranks.
+    Without torchrun: (0, 1, 0, get_device(device_name)) and nothing else happens."""
+    device = get_device(device_name)
+    if "RANK" not in os.environ:
+        return 0, 1, 0, device
+    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if torch.distributed.is_initialized():  # main() called twice in one process (tests)
+        return rank, world, local_rank, device
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl", device_id=device)
+    elif device.type == "cpu":
+        torch.distributed.init_process_group("gloo")
+    else:
+        raise UserError(f"distributed training runs on CUDA (nccl) or CPU (gloo), not on '{device}'")
+    if rank != 0:
+        builtins.print = lambda *args, **kwargs: None
+        tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
+    return rank, world, local_rank, device
+
+
+def is_main():
+    """True on rank 0 and in every single-process run: the process that writes files."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def barrier():
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first (decodes and caches the data, generates the sample), the other
+    ranks after it, so they read its files instead of all writing the same files at once."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def shard(indices, rank, world, batch_size=None):
+    """This rank's share of `indices`: every world-th item from position `rank` (disjoint, covering).
+
+    With batch_size (the global batch) the tail that fills no whole global batch is dropped first, as
+    a single process drops it, so every rank runs the same number of steps of batch_size // world
+    items, and step k of all ranks together trains on exactly batch k of a single-process run."""
+    if batch_size is not None:
+        if batch_size % world:
+            raise UserError(f"batch_size {batch_size} (the global batch) must be divisible by the "
+                            f"{world} processes")
+        indices = indices[:len(indices) // batch_size * batch_size]
+    return indices[rank::world]
+
+
+def all_gather_shards(x, world):
+    """Undo shard() without batch_size: gather every rank's results for its shard (CPU tensors whose
+    first axis follows the shard) and interleave them into the order of the unsharded indices."""
+    if world == 1:
+        return x
+    parts = [None] * world
+    torch.distributed.all_gather_object(parts, x)
+    shape = next((p.shape[1:] for p in parts if len(p)), x.shape[1:])
+    out = x.new_empty((sum(len(p) for p in parts), *shape))
+    for r, p in enumerate(parts):
+        if len(p):
+            out[r::world] = p
+    return out
+
+
+def all_reduce_sum(values, device):
+    """A list of numbers summed over all ranks (returned as is without torchrun)."""
+    if not torch.distributed.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_buffers(model):
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP does this before each
+    training forward, but each rank then updates its own copy once more, so evaluation with the
+    plain module would see slightly different statistics on each rank without it."""
+    if torch.distributed.is_initialized():
+        for b in model.buffers():
+            torch.distributed.broadcast(b, 0)
+
+
+def wrap_ddp(model, world, device):
+    """The model to train with: DDP under torchrun (gradients averaged in backward), else itself.
+    Evaluation and checkpoints use the plain model, so test.py loads them unchanged."""
+    if world == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def cleanup_distributed():
+    """Leave the process group together: a rank that tears gloo down while rank 0 is still writing
+    its files can abort at exit ("terminate called without an active exception", seen once in CI)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
