@@ -30,7 +30,6 @@ A file that is not a readable image gets one line naming it and is skipped: the 
 when at least one image was classified (the skipped ones are listed in the JSON), 2 when none was.
 """
 import csv
-import json
 import os
 import re
 import sys

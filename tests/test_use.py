@@ -2,7 +2,6 @@
 folders other than the run's own, autoencoder.py --image, and real-world inputs in decode_image
 (EXIF orientation, ICC colour profiles, any size, unreadable files among good ones)."""
 import csv
-import io
 import json
 import os
 import shutil
