@@ -11,13 +11,18 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install -q -r requirements.txt
 	touch $@
 
+DEMO_IMAGES = data/sample/test/Impressionism/0000.png data/sample/test/Baroque/0000.png \
+              data/sample/test/Ukiyo_e/0000.png data/sample/test/Pop_Art/0000.png
+
 demo: $(VENV)/.installed
 	$(PY) train.py
 	$(PY) test.py
+	$(PY) test.py --image $(DEMO_IMAGES)
 	$(PY) autoencoder.py
+	$(PY) autoencoder.py --image $(DEMO_IMAGES)
 	$(PY) cluster.py
 	$(PY) style_transfer.py --evaluate
-	@echo "plots and metrics: out/classifier out/autoencoder out/cluster out/style_transfer"
+	@echo "plots and metrics: out/classifier (predictions/: your images) out/autoencoder (reconstruct/) out/cluster out/style_transfer"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

@@ -6,6 +6,7 @@
     python autoencoder.py --resume                          # continue from autoencoder.out_dir/last.pt
     python cluster.py                                       # then cluster the codes
     torchrun --standalone --nproc_per_node=8 autoencoder.py # 8 GPUs (multi-node: see train.py)
+    python autoencoder.py --image photo.jpg my_paintings/   # your own images through the trained model
 
 The style labels are never used for training: a stratified validation split of the training folder
 (by image, labels only keep every style represented) measures progress and picks the best epoch.
@@ -13,6 +14,14 @@ Images are scaled to [0, 1]; the loss is MSE (+ autoencoder.l1_weight * L1). Wit
 fully-convolutional model trains on random crops (4x cheaper at half the side) and is evaluated on
 whole images. Writes to autoencoder.out_dir: best.pt, last.pt, train_log.{json,csv}, curves.png,
 metrics.json (test MSE/PSNR), reconstructions.png, codes_train.npz, codes_test.npz.
+
+--image PATH... (image files, or folders of images without style sub-folders) trains nothing: each
+image goes through autoencoder.out_dir/best.pt at its image_size (decoded like the training images:
+EXIF orientation and colour profile applied, squashed). The PSNR of each is printed, and
+autoencoder.out_dir/reconstruct/ (or --out NAME) gets reconstructions.json (MSE and PSNR per image,
+with the checkpoint and command), reconstructions.png (original / code / reconstruction of the first
+8) and autoencoder_config.json. Unreadable files are named and skipped as in test.py --image (exit
+status 0 if at least one image was read, 2 if none).
 """
 import math
 import os
@@ -112,13 +121,57 @@ def plot_reconstructions(model, images_u8, titles, path, title):
     p.close(fig)
 
 
+def reconstruct_images(inputs, cfg, device, args, argv):
+    """--image: each image through the trained autoencoder; PSNR printed, JSON and figure saved."""
+    out_dir = cfg["autoencoder"]["out_dir"]
+    path = os.path.join(out_dir, "best.pt")
+    if not os.path.exists(path):
+        train_argv = [a for p in args.config for a in ("-c", p)] + (["--set", *args.set] if args.set else [])
+        raise config.UserError(f"no trained autoencoder at {path}: train one first with: "
+                               f"{runs.command_line('autoencoder.py', train_argv)}")
+    model, ckpt = wikiart.load_autoencoder(path, device)
+    model = model.to(memory_format=torch.channels_last)
+    run_cfg = {**ckpt["config"], "device": cfg["device"], "threads": cfg["threads"]}
+    size = run_cfg["image_size"]
+    images, paths, skipped = wikiart.load_image_inputs(inputs, size)
+    mse = run_encoder(model, images, np.arange(len(images)), device, desc="reconstructing")[0]
+    rows = [{"path": p, "mse": float(e), "psnr": metrics.psnr(float(e))} for p, e in zip(paths, mse)]
+    width = min(50, max(len(p) for p in paths))
+    print(f"{'image':{width}s}  PSNR (dB)")
+    for r in rows:
+        name = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3):]
+        print(f"{name:{width}s}  {r['psnr']:8.2f}")
+    summary = recon_metrics(mse)
+    print(f"{len(rows)} image(s) at {size} px, {ckpt['config']['autoencoder']['mode']} autoencoder: PSNR of the mean "
+          f"MSE {summary['psnr']:.2f} dB (mean per image {summary['psnr_mean_per_image']:.2f}); {len(skipped)} skipped")
+
+    results_dir = os.path.join(out_dir, args.out or "reconstruct")
+    runs.atomic_save({"checkpoint": path, "epoch": ckpt["epoch"] + 1, "mode": run_cfg["autoencoder"]["mode"],
+                      "image_size": size, "fit": "squash", "compression": ckpt.get("compression"),
+                      "inputs": list(inputs), "command": runs.command_line("autoencoder.py", argv),
+                      "n_images": len(rows), "overall": summary, "skipped": skipped, "images": rows},
+                     os.path.join(results_dir, "reconstructions.json"))
+    runs.save_run_config(run_cfg, results_dir, "autoencoder.py", argv)
+    show = slice(0, plots.SHOW_IMAGES)
+    plot_reconstructions(model, images[show], [os.path.basename(p) for p in paths[show]],
+                         os.path.join(results_dir, "reconstructions.png"),
+                         f"{run_cfg['autoencoder']['mode']} autoencoder ({size} px): original / code / decoded")
+    print(f"wrote {results_dir}/reconstructions.json, reconstructions.png")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = config.config_parser(__doc__)
     parser.add_argument("--resume", action="store_true", help="continue from autoencoder.out_dir/last.pt")
+    parser.add_argument("--image", nargs="+", metavar="PATH",
+                        help="reconstruct these image files (or the images directly inside these folders) "
+                             "with the trained autoencoder.out_dir/best.pt; trains nothing")
+    parser.add_argument("--out", metavar="NAME", help="--image: write to NAME/ inside autoencoder.out_dir")
     args, cfg = config.parse_config(parser, argv)
-    ae = cfg["autoencoder"]
     rank, world, _, device = runs.start(cfg)  # (0, 1, 0, device) without torchrun
+    if args.image:
+        return reconstruct_images(args.image, cfg, device, args, argv)
+    ae = cfg["autoencoder"]
     out_dir = ae["out_dir"]
 
     # ---- data: labels are only used to stratify the validation split and to label the saved codes

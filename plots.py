@@ -70,3 +70,30 @@ def plot_per_class_recall(runs, label_counts, path, title="per-class recall (sor
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     p.close(fig)
+
+
+SHOW_IMAGES = 8  # images drawn in the figure of an --image run (all of them are in its CSV/JSON)
+
+
+def plot_top_styles(pictures, names, tops, path, title=""):
+    """One row per image: the picture beside a bar chart of its top-k styles. tops[i] is a list of
+    {"style", "probability"}, most probable first."""
+    p = plt()
+    fig, axes = p.subplots(len(pictures), 2, figsize=(8, 2.0 * len(pictures) + 0.6), squeeze=False,
+                           gridspec_kw={"width_ratios": [1, 2.2]})
+    for (ax_img, ax_bar), picture, name, top in zip(axes, pictures, names, tops):
+        ax_img.imshow(picture)
+        ax_img.set_title(name if len(name) <= 28 else "..." + name[-25:], fontsize=8)
+        ax_img.axis("off")
+        styles, probs = [t["style"] for t in top][::-1], [t["probability"] for t in top][::-1]
+        ax_bar.barh(range(len(top)), probs, color=["tab:blue"] * (len(top) - 1) + ["tab:orange"])
+        ax_bar.set_yticks(range(len(top)), styles, fontsize=8)
+        ax_bar.set_xlim(0, 1)
+        for y, prob in enumerate(probs):
+            ax_bar.text(min(prob + 0.01, 0.88), y, f"{100 * prob:.1f}%", va="center", fontsize=8)
+        ax_bar.tick_params(axis="x", labelsize=7)
+    axes[-1][1].set_xlabel("probability")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    p.close(fig)

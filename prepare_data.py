@@ -9,7 +9,11 @@
 Sources it understands (a folder or a .zip of one):
   * ArtGAN WikiArt release: wikiart/<Style>/<file>.jpg with style_train.csv / style_val.csv rows
     `path,label_index` and style_class.txt lines `index name`; style_val.csv becomes test/.
-    The CSVs are looked for inside the source, or given with --csv (folder or zip).
+    The CSVs are looked for inside the source, or given with --csv (folder or zip). Output styles
+    are named after the release's folders (style_class.txt says Art_Nouveau where the folders, the
+    course and WikiArt.org say Art_Nouveau_Modern); a label whose files lie in another folder than
+    the label's own is reported and skipped. Names are matched as Unicode (NFC), also in zips that
+    do not flag their UTF-8 names, so the release's mis-encoded names (grã©goire-...) are found.
   * <src>/train/<Style>/... and <src>/test/<Style>/...: the existing split is kept.
   * <src>/<Style>/... (any nesting below the style folder): a stratified split is made
     (--test-fraction of every style, --seed).
@@ -26,8 +30,9 @@ import io
 import json
 import os
 import sys
+import unicodedata
 import zipfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -75,7 +80,16 @@ class ZipSource:
     def __init__(self, path):
         self.name = path
         self.zip = zipfile.ZipFile(path)
-        self.info = {i.filename: i for i in self.zip.infolist() if not i.is_dir()}
+        self.info = {}
+        for i in self.zip.infolist():
+            name = i.filename
+            if not i.flag_bits & 0x800:  # names not flagged UTF-8 are decoded as cp437, yet most zip tools
+                try:                     # (Info-ZIP on Linux, macOS) write UTF-8 without the flag
+                    name = name.encode("cp437").decode("utf-8")
+                except UnicodeError:
+                    pass
+            if not i.is_dir():
+                self.info[name] = i
         self.paths = sorted(p for p in self.info if not any(part.startswith(".") or part == "__MACOSX"
                                                            for part in p.split("/")))
 
@@ -83,7 +97,7 @@ class ZipSource:
         return (self.info[rel].file_size, self.info[rel].CRC)
 
     def read(self, rel):
-        return self.zip.read(rel)
+        return self.zip.read(self.info[rel])
 
     def where(self, rel):
         return f"{self.name}:{rel}"
@@ -107,44 +121,100 @@ def find_member(sources, basename):
     return (min(hits, key=lambda h: h[:2])[2], min(hits, key=lambda h: h[:2])[1]) if hits else None
 
 
-def read_csv_rows(source, path):
-    text = source.read(path).decode("utf-8-sig")
+def read_text(source, path, problems):
+    """A text file of the release: UTF-8 (with or without BOM); anything else (e.g. re-saved by a
+    spreadsheet) is read as Latin-1 and reported, since accented names then may not match."""
+    data = source.read(path)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        problems.append(f"{source.where(path)} is not UTF-8 text: read as Latin-1, accented names may not match")
+        return data.decode("latin-1")
+
+
+def read_csv_rows(source, path, problems):
+    text = read_text(source, path, problems)  # csv handles \r\n and \n line ends alike
     return [row for row in csv.reader(io.StringIO(text)) if row and row[0].strip()]
 
 
+def nfc(name):
+    """One spelling per name: file systems (macOS) and tools may hand out decomposed accents."""
+    return unicodedata.normalize("NFC", name)
+
+
+def artgan_style_names(rows, class_names, problems):
+    """label -> style name: the folder that label's CSV paths lie in (style_class.txt's name for a
+    label without folders). A label spread over several folders is named after most of its files
+    (the others are skipped later and reported); two labels in one folder is an error."""
+    folders = defaultdict(Counter)
+    for *_, rel, label in rows:
+        if "/" in rel:
+            folders[label][rel.split("/")[-2]] += 1
+    style_of, renamed = {}, {}
+    for label, name in class_names.items():
+        if not folders[label]:
+            style_of[label] = name
+            continue
+        style_of[label] = folders[label].most_common(1)[0][0]
+        if len(folders[label]) > 1:
+            spread = ", ".join(f"{f}/ ({n})" for f, n in folders[label].most_common())
+            problems.append(f"label {label} ({name} in style_class.txt) has files in {len(folders[label])} folders: "
+                            f"{spread}; named {style_of[label]}, the files in the other folders are skipped")
+        if style_of[label] != name:
+            renamed[name] = style_of[label]
+    labels_of = defaultdict(list)
+    for label, style in style_of.items():
+        labels_of[style].append(label)
+    clash = {s: ls for s, ls in labels_of.items() if len(ls) > 1}
+    if clash:
+        raise UserError("the CSV labels and the release's folders disagree: " + "; ".join(
+            f"labels {', '.join(map(str, ls))} all lie in {s}/" for s, ls in clash.items())
+            + ". Check style_class.txt and the CSVs")
+    if renamed:
+        print("style folders named after the release's folders; style_class.txt says "
+              + ", ".join(f"{a} for {b}" for a, b in renamed.items()))
+    return style_of, renamed
+
+
 def plan_artgan(source, csv_sources, problems):
-    """(split, style, path) from the ArtGAN CSVs; style names from style_class.txt."""
+    """(split, style, path) from the ArtGAN CSVs, and the styles renamed from style_class.txt."""
     found = find_member(csv_sources, "style_class.txt")
     if not found:
         raise UserError("style_train.csv found but no style_class.txt next to it (index -> style name)")
     names = {}
-    for line in found[0].read(found[1]).decode("utf-8-sig").splitlines():
+    for line in read_text(*found, problems).splitlines():
         if line.strip():
             idx, name = line.split(maxsplit=1)
             names[int(idx)] = name.strip()
     by_suffix = {}  # the CSV paths are relative to the wikiart/ folder, wherever that sits
     for p in source.paths:
-        parts = p.split("/")
+        parts = nfc(p).split("/")
         for k in range(len(parts)):
             by_suffix.setdefault("/".join(parts[k:]), p)
-    items = []
+    rows = []
     for split, csv_name in (("train", "style_train.csv"), ("test", "style_val.csv")):
         found = find_member(csv_sources, csv_name)
         if not found:
             raise UserError(f"ArtGAN layout: {csv_name} not found (give its folder or zip with --csv)")
-        for i, row in enumerate(read_csv_rows(*found)):
+        for i, row in enumerate(read_csv_rows(*found, problems)):
             if len(row) < 2 or not row[1].strip().lstrip("-").isdigit():
                 if i > 0:  # the first row may be a header
                     problems.append(f"{csv_name} line {i + 1}: expected 'path,label_index', got {row}")
                 continue
-            rel, label = row[0].strip().replace("\\", "/"), int(row[1])
-            if label not in names:
-                problems.append(f"{csv_name} line {i + 1}: label {label} is not in style_class.txt")
-            elif rel not in by_suffix:
-                problems.append(f"{csv_name} line {i + 1}: {rel} is listed but not in {source.name}")
-            else:
-                items.append((split, names[label], by_suffix[rel]))
-    return items, None
+            rows.append((split, f"{csv_name} line {i + 1}", nfc(row[0].strip().replace("\\", "/")), int(row[1])))
+    style_of, renamed = artgan_style_names(rows, names, problems)
+    items = []
+    for split, where, rel, label in rows:
+        if label not in names:
+            problems.append(f"{where}: label {label} is not in style_class.txt")
+        elif "/" in rel and rel.split("/")[-2] != style_of[label]:
+            problems.append(f"{where}: {rel} is labelled {label} ({style_of[label]}) but lies in "
+                            f"{rel.split('/')[-2]}/: skipped")
+        elif rel not in by_suffix:
+            problems.append(f"{where}: {rel} is listed but not in {source.name}")
+        else:
+            items.append((split, style_of[label], by_suffix[rel]))
+    return items, renamed
 
 
 def plan_folders(source, problems):
@@ -217,7 +287,7 @@ def remove_duplicates(source, items):
 def output_names(items):
     """<split>/<Style>/<file stem>.jpg; a short hash of the source path is added where stems clash."""
     def stem(p):
-        s = os.path.splitext(p.rsplit("/", 1)[-1])[0]
+        s = os.path.splitext(nfc(p).rsplit("/", 1)[-1])[0]
         return "".join(c if c.isalnum() or c in "-_.()," else "_" for c in s) or "image"
     count = defaultdict(int)
     for split, style, p in items:
@@ -302,10 +372,10 @@ def main(argv=None):
     # ---- what goes where
     source = open_source(args.source)
     csv_sources = [source] + ([open_source(args.csv)] if args.csv else [])
-    problems = []
+    problems, renamed = [], {}
     if find_member(csv_sources, "style_train.csv"):
         layout = "artgan"
-        items, _ = plan_artgan(source, csv_sources, problems)
+        items, renamed = plan_artgan(source, csv_sources, problems)
     else:
         items, has_split = plan_folders(source, problems)
         layout = "split folders" if has_split else "style folders"
@@ -378,7 +448,8 @@ def main(argv=None):
     report = {"source": os.path.abspath(args.source), "layout": layout, "settings": settings, "complete": True,
               "counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
               "written": status["written"], "already_present": status["present"],
-              "skipped": skipped, "problems": problems, "duplicates_removed": duplicates}
+              "skipped": skipped, "problems": problems, "duplicates_removed": duplicates,
+              "renamed_styles": renamed}
     runs.atomic_save(report, manifest_path)
     return report
 

@@ -1,15 +1,37 @@
-"""Evaluate a trained classifier on the test folder.
+"""Evaluate a trained classifier on a labelled folder, or classify your own images with it.
 
-    python test.py                                   # out_dir/best.pt from config.json
+    python test.py                                   # out_dir/best.pt on the run's own test folder
     python test.py --set out_dir=out/w16             # another run
+    python test.py --set test_dir=../shared/data/wikiart16/test   # another labelled folder
     python test.py --checkpoint out/w16/last.pt --set test_dir=../shared/data/wikiart16/test
+    python test.py --image photo.jpg painting.png    # your own images: the top-3 styles of each
+    python test.py --image my_paintings/ --topk 5    # every image file directly inside a folder
 
-The model, its image size and its style map come from the checkpoint; the test folder is the one it
-was trained alongside unless test_dir is set here. Test images are labelled by style *name* through
-the stored map, so labels cannot shift between runs. Writes to out_dir: test_metrics.json,
-confusion.png (rows normalised) and per_class_recall.png (styles sorted by training count).
+The model, its image size and its style map come from the checkpoint. Results go to the checkpoint's
+folder (out_dir), or to a folder inside it named by --out NAME.
+
+A labelled folder <root>/<Style>/<image> (the test folder the run was trained alongside unless
+test_dir is set here): test images are labelled by style *name* through the stored map, so labels
+cannot shift between runs. Writes test_metrics.json, confusion.png (rows normalised),
+per_class_recall.png (styles sorted by training count) and test_config.json. For the run's own test
+folder they go to out_dir itself; any other folder's go to out_dir/eval_<folder>/ (e.g.
+eval_wikiart16_test/), so a second evaluation never overwrites the first. The JSON names the
+checkpoint, the folder, the settings and the command that made it.
+
+Your own images (--image PATH...: image files, or folders of images without style sub-folders):
+each is decoded the way the training images were (EXIF orientation and colour profile applied, then
+squashed to the checkpoint's image_size) and gets its --topk styles, with probabilities = softmax of
+the logits (plus the post-hoc bias when the checkpoint has one). The table is printed and
+out_dir/predictions/ (out_dir/predictions_<folder>/ for one folder) gets predictions.csv (one row per
+image), predictions.json (every style's probability, with the checkpoint, inputs and settings),
+predictions.png (the first 8 images beside their top-k bars) and test_config.json. This lives here
+rather than in a predict.py so that one script does everything a trained classifier is used for.
+A file that is not a readable image gets one line naming it and is skipped: the exit status is 0
+when at least one image was classified (the skipped ones are listed in the JSON), 2 when none was.
 """
+import csv
 import os
+import re
 import sys
 
 import torch
@@ -31,11 +53,96 @@ def load_classifier(path, device):
     return model.to(device, memory_format=torch.channels_last).eval(), ckpt
 
 
+def scores(model, ckpt, images, device, desc):
+    """Logits of uint8 images (N, H, W, 3), plus the post-hoc bias when the checkpoint has one
+    (posthoc=true: - tau * log prior, tau chosen on the validation split)."""
+    logits = wikiart.predict(model, images, list(range(len(images))), 256, device, desc=desc)
+    return logits + ckpt["logit_bias"] if "logit_bias" in ckpt else logits
+
+
+def folder_name(path):
+    """A short name for a folder's results: its last two path components, e.g. wikiart16_test."""
+    parts = os.path.realpath(path).strip(os.sep).split(os.sep)[-2:]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts)) or "root"
+
+
+def evaluate_folder(model, ckpt, run_cfg, path, results_dir, device, argv):
+    """Accuracy, balanced accuracy, macro-F1, per-class table and figures on a labelled folder."""
+    sample_data.ensure_sample(run_cfg)
+    data = wikiart.load_split(run_cfg, "test", class_to_idx=ckpt["class_to_idx"])
+    logits = scores(model, ckpt, data.images, device, "testing")
+    m = metrics.classification_metrics(data.labels.numpy(), logits.argmax(1).numpy(), data.classes)
+    majority = max(m["per_class"].values(), key=lambda c: c["support"])["support"] / len(data)
+    m.update(checkpoint=path, epoch=ckpt["epoch"] + 1, test_dir=run_cfg["test_dir"], n_images=len(data),
+             majority_class_rate=majority, skipped=data.skipped, mode=run_cfg["mode"],
+             balance=run_cfg["balance"], posthoc_tau=ckpt.get("posthoc_tau"),
+             classes=data.classes, label_counts=ckpt["label_counts"],
+             image_size=run_cfg["image_size"], command=runs.command_line("test.py", argv))
+
+    print(metrics.format_per_class(m, ckpt["label_counts"]))
+    print(f"\n{run_cfg['mode']} on {len(data)} images of {run_cfg['test_dir']}: accuracy {m['accuracy']:.4f}  "
+          f"balanced accuracy {m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
+          f"(majority class {majority:.4f})")
+    runs.atomic_save(m, os.path.join(results_dir, "test_metrics.json"))
+    runs.save_run_config(run_cfg, results_dir, "test.py", argv)
+    plots.plot_confusion(m["confusion_matrix"], data.classes, os.path.join(results_dir, "confusion.png"),
+                         f"{run_cfg['mode']}: test confusion (rows normalised)")
+    plots.plot_per_class_recall(m, ckpt["label_counts"], os.path.join(results_dir, "per_class_recall.png"),
+                                f"{run_cfg['mode']} / balance={run_cfg['balance']}: test recall per style")
+    print(f"wrote {results_dir}/test_metrics.json, confusion.png, per_class_recall.png")
+
+
+def classify_images(model, ckpt, run_cfg, path, inputs, topk, results_dir, device, argv):
+    """The top-k styles of each image named by --image: printed, and saved as CSV, JSON and PNG."""
+    classes = sorted(ckpt["class_to_idx"], key=ckpt["class_to_idx"].get)
+    hint = "; to score a labelled <Style>/ folder: python test.py --set test_dir={folder}"
+    images, paths, skipped = wikiart.load_image_inputs(inputs, run_cfg["image_size"], hint)
+    probs = torch.softmax(scores(model, ckpt, images, device, "classifying"), 1)
+    k = min(topk, len(classes))
+    top_p, top_i = probs.topk(k, 1)
+    rows = [{"path": p, "top": [{"style": classes[i], "probability": float(q)} for q, i in zip(qs, idx.tolist())],
+             "probabilities": {c: float(q) for c, q in zip(classes, ps)}}
+            for p, qs, idx, ps in zip(paths, top_p, top_i, probs)]
+
+    width = min(40, max(len(p) for p in paths))
+    print(f"{'image':{width}s}  " + "  ".join(f"{f'top-{j + 1}':>33s}" for j in range(k)))
+    for r in rows:
+        name = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3):]
+        print(f"{name:{width}s}  " + "  ".join(f"{t['style']:>26s} {100 * t['probability']:5.1f}%" for t in r["top"]))
+
+    with runs.atomic_file(os.path.join(results_dir, "predictions.csv"), "w") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path"] + [f"{c}_{j + 1}" for j in range(k) for c in ("style", "probability")])
+        writer.writerows([r["path"]] + [v for t in r["top"] for v in (t["style"], f"{t['probability']:.6f}")]
+                         for r in rows)
+    runs.atomic_save({"checkpoint": path, "epoch": ckpt["epoch"] + 1, "mode": run_cfg["mode"],
+                      "image_size": run_cfg["image_size"], "fit": "squash", "topk": k,
+                      "posthoc_tau": ckpt.get("posthoc_tau"), "inputs": list(inputs),
+                      "command": runs.command_line("test.py", argv), "classes": classes,
+                      "n_images": len(rows), "skipped": skipped, "predictions": rows},
+                     os.path.join(results_dir, "predictions.json"))
+    runs.save_run_config(run_cfg, results_dir, "test.py", argv)
+    shown = rows[:plots.SHOW_IMAGES]  # drawn as the user sees them: upright, own aspect ratio
+    pictures = [wikiart.decode_image(r["path"], 160, "letterbox") for r in shown]
+    plots.plot_top_styles(pictures, [os.path.basename(r["path"]) for r in shown], [r["top"] for r in shown],
+                          os.path.join(results_dir, "predictions.png"),
+                          f"{run_cfg['mode']} ({os.path.basename(path)}, {run_cfg['image_size']} px): top-{k} styles")
+    print(f"{len(rows)} image(s) classified, {len(skipped)} skipped; wrote {results_dir}/predictions.csv, "
+          f"predictions.json, predictions.png")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = config.config_parser(__doc__)
     parser.add_argument("--checkpoint", help="default: out_dir/best.pt")
+    parser.add_argument("--image", nargs="+", metavar="PATH",
+                        help="classify these image files, or the images directly inside these folders")
+    parser.add_argument("--topk", type=int, default=3, help="--image: styles listed per image (default 3)")
+    parser.add_argument("--out", metavar="NAME",
+                        help="write the results to NAME/ inside the checkpoint's folder (an absolute path: there)")
     args, cfg = config.parse_config(parser, argv)
+    if args.topk < 1:
+        raise config.UserError(f"--topk must be at least 1, got {args.topk}")
     path = args.checkpoint or os.path.join(cfg["out_dir"], "best.pt")
     if not os.path.exists(path):
         raise config.UserError(f"no checkpoint at {path}: run train.py first (or pass --checkpoint / --set out_dir=...)")
@@ -49,30 +156,15 @@ def main(argv=None):
         run_cfg[key] = cfg[key]
     run_cfg.setdefault("threads", 0)
     runs.start(run_cfg)
-    sample_data.ensure_sample(run_cfg)
-    data = wikiart.load_split(run_cfg, "test", class_to_idx=ckpt["class_to_idx"])
 
-    logits = wikiart.predict(model, data.images, list(range(len(data))), 256, device, desc="testing")
-    if "logit_bias" in ckpt:  # posthoc=true: - tau * log prior, tau chosen on the validation split
-        logits = logits + ckpt["logit_bias"]
-    m = metrics.classification_metrics(data.labels.numpy(), logits.argmax(1).numpy(), data.classes)
-    majority = max(m["per_class"].values(), key=lambda c: c["support"])["support"] / len(data)
-    m.update(checkpoint=path, epoch=ckpt["epoch"] + 1, test_dir=run_cfg["test_dir"], n_images=len(data),
-             majority_class_rate=majority, skipped=data.skipped, mode=run_cfg["mode"],
-             balance=run_cfg["balance"], posthoc_tau=ckpt.get("posthoc_tau"),
-             classes=data.classes, label_counts=ckpt["label_counts"])
-
-    print(metrics.format_per_class(m, ckpt["label_counts"]))
-    print(f"\n{run_cfg['mode']} on {len(data)} test images of {run_cfg['test_dir']}: accuracy {m['accuracy']:.4f}  "
-          f"balanced accuracy {m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
-          f"(majority class {majority:.4f})")
-    runs.atomic_save(m, os.path.join(out_dir, "test_metrics.json"))
-    runs.save_run_config(run_cfg, out_dir, "test.py", argv)
-    plots.plot_confusion(m["confusion_matrix"], data.classes, os.path.join(out_dir, "confusion.png"),
-                         f"{run_cfg['mode']}: test confusion (rows normalised)")
-    plots.plot_per_class_recall(m, ckpt["label_counts"], os.path.join(out_dir, "per_class_recall.png"),
-                                f"{run_cfg['mode']} / balance={run_cfg['balance']}: test recall per style")
-    print(f"wrote {out_dir}/test_metrics.json, confusion.png, per_class_recall.png")
+    if args.image:
+        one_folder = len(args.image) == 1 and os.path.isdir(args.image[0])
+        name = args.out or (f"predictions_{folder_name(args.image[0])}" if one_folder else "predictions")
+        classify_images(model, ckpt, run_cfg, path, args.image, args.topk, os.path.join(out_dir, name), device, argv)
+    else:  # the run's own test folder writes to out_dir itself (other code reads out_dir/test_metrics.json)
+        own = os.path.realpath(run_cfg["test_dir"]) == os.path.realpath(ckpt["config"]["test_dir"])
+        name = args.out or (None if own else f"eval_{folder_name(run_cfg['test_dir'])}")
+        evaluate_folder(model, ckpt, run_cfg, path, os.path.join(out_dir, name) if name else out_dir, device, argv)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,14 @@ networks, and the losses and imbalance helpers they need.
 Every script imports this file; run plumbing is in runs.py, the config schema in config.py, measures
 in metrics.py, figures in plots.py and the built-in sample generator in sample_data.py.
 """
+import functools
 import hashlib
+import io
 import json
 import math
 import mmap
 import os
+import sys
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +21,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 import metrics
 import runs
 from config import ConfigError, UserError
+
+try:  # colour management (LittleCMS); without it embedded profiles are ignored
+    from PIL import ImageCms
+except ImportError:
+    ImageCms = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -62,12 +70,45 @@ def _fit(img, size, fit):
     raise ValueError(f"unknown fit '{fit}'; valid: {', '.join(FITS)}")
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+@functools.lru_cache(maxsize=64)
+def _to_srgb(icc, mode):
+    """A LittleCMS transform from an embedded ICC profile (bytes) to sRGB for images of `mode`, built
+    once per profile; None for a profile that is sRGB already, is broken or does not fit the mode."""
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if (profile.profile.profile_description or "").startswith("sRGB"):
+            return None  # the usual camera/web profile: converting would change nothing
+        return ImageCms.buildTransform(profile, ImageCms.createProfile("sRGB"), mode,
+                                       "RGBA" if mode == "RGBA" else "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None  # a broken profile is ignored rather than making the picture unreadable
+
+
+def _upright_srgb(img):
+    """Apply the EXIF orientation (phone photos are stored sideways with a tag saying so) and convert
+    an embedded ICC colour profile (Adobe RGB, Display P3, CMYK, ...) to sRGB. Images with neither
+    (every WikiArt file) only pay for a dictionary lookup and an EXIF check."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
+        ImageOps.exif_transpose(img, in_place=True)
+    icc = img.info.get("icc_profile")
+    if icc and ImageCms is not None and img.mode in ("RGB", "RGBA", "CMYK", "L"):
+        transform = _to_srgb(icc, img.mode)
+        if transform is not None:
+            img = transform.apply(img)
+    return img
+
+
 def decode_image(path, size, fit="squash"):
     """Open one file (path or binary file object) as an RGB uint8 array of shape (size, size, 3).
 
     Raises BadImage for anything that is not a readable image: truncated or empty files, text named
-    .jpg, images over MAX_IMAGE_PIXELS (decompression bombs), unreadable files. 16-bit, CMYK,
-    palette and alpha images are converted to 8-bit RGB (transparent pixels become white)."""
+    .jpg, images over MAX_IMAGE_PIXELS (decompression bombs), unreadable files. The EXIF orientation
+    is applied and an embedded colour profile converted to sRGB first; 16-bit, CMYK, palette and
+    alpha images are then converted to 8-bit RGB (transparent pixels become white). Any size and
+    aspect ratio: `fit` makes it size x size."""
     if fit not in FITS:
         raise ValueError(f"unknown fit '{fit}'; valid: {', '.join(FITS)}")
     try:
@@ -78,6 +119,7 @@ def decode_image(path, size, fit="squash"):
                                f"limit of {limit} pixels; skipped without decoding")
             img.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
             img.load()
+            img = _upright_srgb(img)
             if img.mode.startswith("I;16"):  # 16-bit greyscale (PNG/TIFF): scale 0..65535 to 0..255
                 a = np.asarray(img, dtype=np.float64) / 65535.0 * 255
                 img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
@@ -133,7 +175,7 @@ def _cache_key(items, size):
     file's size, mtime, ctime and inode, the image size and the decoder version. Any change of a
     file's bytes gives a new key, even at the same size with the mtime put back (cp -p, rsync -t,
     unzip): writing a file sets its ctime, which no tool can restore. Costs one stat per file."""
-    h = hashlib.sha1(f"v3 size={size}".encode())
+    h = hashlib.sha1(f"v4 size={size}".encode())  # v4: EXIF orientation and ICC profiles applied
     for style, path in items:
         try:
             st = os.stat(path)
@@ -221,6 +263,40 @@ def load_images(items, size, cache_dir=None, desc="decoding"):
         if tmp and os.path.exists(tmp):
             os.remove(tmp)
     return images[:len(kept)], kept, skipped
+
+
+def load_image_inputs(paths, size, folder_hint=""):
+    """Decode the images of a command line's --image PATH...: files as given, and the files directly
+    inside a folder (a folder of photos, no style sub-folders), squashed to size x size like the
+    training images. A file that cannot be read gets one line on stderr naming it and the others are
+    still used; none readable is a UserError (exit status 2). `folder_hint` ends the note about a
+    folder's sub-folders ({folder} is replaced by its path).
+    Returns (uint8 images (N, size, size, 3), their paths, skipped 'path: reason' lines)."""
+    files, why = [], {}  # why: file -> the reason it was skipped
+    for p in paths:
+        if os.path.isdir(p):
+            names = sorted(f for f in os.listdir(p) if not f.startswith("."))
+            files += [os.path.join(p, f) for f in names if os.path.isfile(os.path.join(p, f))]
+            subfolders = [f for f in names if os.path.isdir(os.path.join(p, f))]
+            if subfolders:
+                print(f"note: {p}: {len(subfolders)} sub-folder(s) not read ({', '.join(subfolders[:3])}"
+                      f"{', ...' if len(subfolders) > 3 else ''}): --image reads the files directly inside a "
+                      f"folder{folder_hint.format(folder=p)}", file=sys.stderr)
+        else:
+            files.append(p)
+            if not os.path.exists(p):
+                why[p] = f"{p}: no such file or folder"
+    readable = [f for f in files if f not in why]
+    images, kept, unreadable = load_images([(None, f) for f in readable], size, desc="decoding")
+    kept_paths = {p for _, p in kept}
+    why.update(zip([f for f in readable if f not in kept_paths], unreadable))  # both in input order
+    skipped = [why[f] for f in files if f in why]
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if not kept:
+        raise UserError(f"no readable image among --image {' '.join(paths)}"
+                        + (f" ({len(skipped)} skipped, see above)" if skipped else " (no files found)"))
+    return np.asarray(images), [p for _, p in kept], skipped
 
 
 class WikiArtDataset(torch.utils.data.Dataset):
