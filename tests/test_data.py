@@ -307,5 +307,6 @@ def test_bench_loaders_agree_and_gpu_training_code_runs_on_cpu(tmp_path):
         assert course.classes[label] == ds.classes[int(ds.labels[j])]
     for resident in (False, True):
         speed = bench.train_throughput(ds.images, ds.labels, torch.device("cpu"), steps=2, batch_size=4,
-                                       resident=resident, width=4, blocks=(1, 1))
+                                       resident=resident, width=8, blocks=(1, 1))  # (widths 2-5 with
+        # channels_last corrupt the heap in torch 2.14's CPU backward at 1 thread; no recipe uses them)
         assert speed > 0
