@@ -27,7 +27,6 @@ import math
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -183,10 +182,7 @@ def main(argv=None):
     size, crop, bs = cfg["image_size"], ae["train_crop"], ae["batch_size"]
     if crop and (crop > size or (ae["mode"] == "conv" and ae["bottleneck"] == "vector")):
         raise config.UserError(f"autoencoder.train_crop={crop} needs a spatial bottleneck and crop <= image_size ({size})")
-    if bs > len(train_idx):  # a small custom dataset: one batch of everything there is
-        bs = max(world, len(train_idx) // world * world)
-        warnings.warn(f"autoencoder.batch_size {ae['batch_size']} is larger than the {len(train_idx)} "
-                      f"training images; using {bs}")
+    bs = runs.fit_batch_size(bs, len(train_idx), "autoencoder.batch_size", world)
     steps_per_epoch = len(train_idx) // bs
 
     model = wikiart.make_autoencoder(ae, crop or size).to(device, memory_format=torch.channels_last)
@@ -280,11 +276,11 @@ def main(argv=None):
         with runs.atomic_file(os.path.join(out_dir, f"codes_{split}.npz")) as f:
             np.savez(f, codes=codes.astype(np.float32), stats=stats.astype(np.float32), labels=ds.labels.numpy(),
                      classes=np.array(ds.classes), paths=np.array(ds.paths), compression=compression)
-    default_out = config.defaults()["autoencoder"]["out_dir"]
-    hint = [] if out_dir == default_out else ["--set", f"cluster.codes_dir={out_dir}"]
+    # the codes cluster.py reads: cluster.codes_dir, else autoencoder.out_dir (both as configured here)
+    hint = [] if (cfg["cluster"]["codes_dir"] or out_dir) == out_dir else [f"cluster.codes_dir={out_dir}"]
     print(f"codes {train_codes.shape} (train) and {test_codes.shape} (test), pooled statistics "
           f"{train_stats.shape[1]} per image; wrote {out_dir}/codes_{{train,test}}.npz; "
-          f"next: {runs.command_line('cluster.py', hint)}")
+          f"next: {runs.config_command('cluster.py', argv, hint)}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import config
 import plots
 import runs
 import wikiart
@@ -242,7 +243,7 @@ def plot(results, path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = config.ArgumentParser(__doc__)
     ap.add_argument("data", help="a folder of <Style>/ folders of images already at --size (see prepare_data.py)")
     ap.add_argument("--size", type=int, default=416, help="image side; the course loader does not resize")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per loader (>= 2: first + steady)")
@@ -258,12 +259,20 @@ def main(argv=None):
         return child(args)
     if args.epochs < 2:
         ap.error("--epochs must be at least 2 (first epoch + steady state)")
+    for flag in ("size", "threads", "gpu_size", "gpu_batch", "gpu_steps"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 1")
     files, _ = wikiart.scan_folder(args.data)
-    with Image.open(next(iter(files.values()))[0]) as im:
-        if im.size != (args.size, args.size):
-            raise UserError(f"images in {args.data} are {im.size[0]}x{im.size[1]}, not {args.size}: "
-                             f"make a copy at that size with prepare_data.py --size {args.size}")
-    os.makedirs(args.out, exist_ok=True)
+    first = next(iter(files.values()))[0]
+    try:
+        with Image.open(first) as im:
+            size = im.size
+    except OSError as e:
+        raise UserError(f"{first} is not a readable image ({e}): bench.py times a folder of images already "
+                        f"at --size (prepare_data.py --size {args.size} makes one)")
+    if size != (args.size, args.size):
+        raise UserError(f"images in {args.data} are {size[0]}x{size[1]}, not {args.size}: "
+                        f"make a copy at that size with prepare_data.py --size {args.size}")
     results = {"data": os.path.abspath(args.data), "size": args.size, "epochs": args.epochs,
                "threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as cache:

@@ -18,6 +18,7 @@ pc1_vs_cluster.png (each figure: the autoencoder feature next to the raw-pixel b
 """
 import os
 import sys
+import zipfile
 
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans
@@ -154,12 +155,20 @@ def main(argv=None):
     if not os.path.exists(codes_path):
         raise config.UserError(
             f"no codes at {codes_path}; run autoencoder.py first "
-            f"({runs.command_line('autoencoder.py', ['--set', f'autoencoder.out_dir={codes_dir}'])}), "
+            f"({runs.config_command('autoencoder.py', argv, [f'autoencoder.out_dir={codes_dir}'])}), "
             "or point cluster.codes_dir at its out_dir")
-    npz = np.load(codes_path)
-    labels, classes, paths = npz["labels"], [str(c) for c in npz["classes"]], [str(p) for p in npz["paths"]]
-    blocks = {"code": [npz["codes"]], "stats": [npz["stats"]], "code+stats": [npz["codes"], npz["stats"]]}
+    try:
+        with np.load(codes_path) as npz:
+            labels, classes, paths = npz["labels"], [str(c) for c in npz["classes"]], [str(p) for p in npz["paths"]]
+            codes, stats = npz["codes"], npz["stats"]
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise config.UserError(f"{codes_path} is not a codes file written by autoencoder.py ({type(e).__name__}: "
+                               f"{str(e)[:120]}); run autoencoder.py again")
+    blocks = {"code": [codes], "stats": [stats], "code+stats": [codes, stats]}
     k = cl["k"] or len(np.unique(labels))
+    if len(labels) <= max(k, 2):
+        raise config.UserError(f"{codes_path} holds {len(labels)} image(s): clustering into k={k} groups needs "
+                               f"more than {max(k, 2)}; use more images (cluster.split=train) or a smaller cluster.k")
     print(f"{len(labels)} {cl['split']} images of {len(np.unique(labels))} styles from {codes_path}; "
           f"feature '{cl['feature']}' ({sum(b.shape[1] for b in blocks[cl['feature']])} numbers), "
           f"{cl['method']} with k={k}")

@@ -7,9 +7,10 @@
 Each option X runs train.py then test.py with `--set balance=X out_dir=<out_dir>/X`. `X+posthoc` is
 the same training followed by a test-time prior correction: X's finished run is calibrated on the
 validation split (tau, as train.py's posthoc=true does) into <out_dir>/X+posthoc, without training
-again. An option whose run already finished with the same config is reused, so re-running resumes
-an interrupted comparison. Best epochs and tau are picked on the validation split; the test columns
-are reported, never used to choose.
+again. An option whose run already finished with the same config is reused and one that was
+interrupted continues from its last epoch, so re-running the same command resumes a comparison.
+Best epochs and tau are picked on the validation split; the test columns are reported, never used
+to choose.
 Writes <out_dir>/balance_comparison.{md,json,png}: accuracy, balanced accuracy, macro-F1 and the
 worst per-class recall, one row per option; and balance_per_style.png: every option's test recall per
 style, styles sorted by training count.
@@ -32,16 +33,20 @@ OPTIONS = [*wikiart.BALANCE_OPTIONS, *(o + "+posthoc" for o in wikiart.BALANCE_O
 DEFAULT_OPTIONS = [*wikiart.BALANCE_OPTIONS, "none+posthoc", "sampler+posthoc"]
 
 
-def finished(out, run_cfg):
-    """A finished earlier run with exactly this classifier config is reused."""
-    metrics_path, last = os.path.join(out, "test_metrics.json"), os.path.join(out, "last.pt")
-    if not (os.path.exists(metrics_path) and os.path.exists(last)):
-        return False
-    saved = runs.load_checkpoint(last, "a train.py checkpoint")
-    keys = [k for k, v in run_cfg.items() if not isinstance(v, dict) and k not in ("threads", "device")]
-    defaults = config.defaults()  # a key added after that run: it ran with the default
-    return (all(saved["config"].get(k, defaults[k]) == run_cfg[k] for k in keys)
-            and saved["epoch"] + 1 == run_cfg["epochs"])
+def earlier_run(out, run_cfg):
+    """How far an earlier run in `out` with exactly this classifier config got: "tested" (reused),
+    "trained" (only test.py is left), "interrupted" (resumed) or None (none: train from scratch)."""
+    last = os.path.join(out, "last.pt")
+    if not os.path.exists(last):
+        return None
+    saved = runs.load_checkpoint(last, "a train.py checkpoint", needs=("model", "config", "epoch"))
+    saved_cfg = config.complete(saved["config"])  # a key added after that run: it ran with the default
+    keys = [k for k, v in run_cfg.items() if not isinstance(v, dict) and k not in ("threads", "device", "stop_after")]
+    if any(saved_cfg[k] != run_cfg[k] for k in keys):
+        return None
+    if saved["epoch"] + 1 < run_cfg["epochs"]:
+        return "interrupted"
+    return "tested" if os.path.exists(os.path.join(out, "test_metrics.json")) else "trained"
 
 
 def posthoc_from(plain_out, out, cfg):
@@ -51,6 +56,9 @@ def posthoc_from(plain_out, out, cfg):
     run_cfg = best["config"]
     data = wikiart.load_split(run_cfg, "train")
     _, val_idx = wikiart.stratified_split(data.labels, run_cfg["val_fraction"], run_cfg["seed"])
+    if not len(val_idx):
+        raise config.UserError(f"+posthoc chooses tau on the validation split, but val_fraction="
+                               f"{run_cfg['val_fraction']} leaves no validation images: raise val_fraction")
     best = train.calibrate_posthoc(best, model, data, val_idx, cfg["posthoc_max_drop"], device=device)
     best["config"]["out_dir"] = out
     runs.atomic_save(best, os.path.join(out, "best.pt"))
@@ -71,10 +79,12 @@ def main(argv=None):
         balance, _, posthoc = option.partition("+")
         plain_out, out = os.path.join(base_out, balance), os.path.join(base_out, option)
         run_argv = passthrough + [f"balance={balance}", "posthoc=false", f"out_dir={plain_out}"]
-        if finished(plain_out, config.parse_config(parser, run_argv)[1]):
+        state = earlier_run(plain_out, config.parse_config(parser, run_argv)[1])
+        if state == "tested":
             print(f"balance={balance}: reusing the finished run in {plain_out}")
         else:
-            train.main(run_argv)
+            if state != "trained":
+                train.main(run_argv + (["--resume"] if state == "interrupted" else []))
             test.main(run_argv)
         if posthoc:
             posthoc_from(plain_out, out, cfg)

@@ -141,6 +141,18 @@ def defaults():
     return cfg
 
 
+def complete(saved):
+    """A config saved in a checkpoint by an earlier version, with every key added since at its default
+    (which keeps the earlier behaviour): old checkpoints load without a KeyError."""
+    cfg = defaults()
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
 def _spec(key):
     section, _, name = key.rpartition(".")
     return SCHEMA.get(section, {}).get(name)
@@ -148,14 +160,20 @@ def _spec(key):
 
 def _unknown(key, where):
     section, _, name = key.rpartition(".")
+    if not section and name in SCHEMA:  # a section name where a value was expected
+        first = next(iter(SCHEMA[name]))
+        return ConfigError(f"{where}'{name}' is a section: in a config file it takes an object such as "
+                           f'{{"{first}": ...}}; on the command line --set {name}.{first}=...')
     if section not in SCHEMA:
         guess = difflib.get_close_matches(section, [s for s in SCHEMA if s], 1)
         hint = f" did you mean '{guess[0]}.{name}'?" if guess else ""
         return ConfigError(f"{where}unknown config section '{section}'.{hint} Sections: "
                            + ", ".join(s for s in SCHEMA if s))
     names = list(SCHEMA[section])
-    guess = difflib.get_close_matches(name, names, 1, 0.6)
-    hint = f" did you mean '{(section + '.') if section else ''}{guess[0]}'?" if guess else ""
+    sections = [s for s in SCHEMA if s] if not section else []  # "autoencodr": {...} is a misspelt section
+    guess = difflib.get_close_matches(name, names + sections, 1, 0.6)
+    hint = (f" did you mean the section '{guess[0]}'?" if guess and guess[0] in sections else
+            f" did you mean '{(section + '.') if section else ''}{guess[0]}'?" if guess else "")
     what = f"section '{section}'" if section else "the top level"
     return ConfigError(f"{where}unknown config key '{key}'.{hint} Keys of {what}: {', '.join(names)}")
 
@@ -174,6 +192,8 @@ def check_value(key, value, where=""):
         raise ConfigError(f"{where}config key '{key}' must be {type(default).__name__} "
                           f"(like the default {json.dumps(default)}), got {json.dumps(value)}")
     value = float(value) if isinstance(default, float) else value
+    if isinstance(value, list) and not value and default:
+        raise ConfigError(f"{where}config key '{key}' must not be empty (like the default {json.dumps(default)})")
     for v in value if isinstance(value, list) else [value]:
         bad = (isinstance(rule, tuple) and v not in rule or rule == ">0" and not v > 0
                or rule == ">=0" and not v >= 0 or rule == "0..1" and not 0 <= v <= 1
@@ -200,17 +220,28 @@ def _set(cfg, key, value):
     (cfg[section] if section else cfg)[name] = value
 
 
+def shown(path):
+    """A path as messages show it: relative to the current folder when it is inside it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def read_json(path):
-    """A JSON file, or a ConfigError naming the file, line and column of a syntax error."""
+    """The JSON object in a config file, or a ConfigError naming the file (and the line and column of
+    a syntax error)."""
     try:
         with open(path) as f:
-            return json.load(f)
+            values = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}")
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON: {e.msg}")
+        raise ConfigError(f"{shown(path)}, line {e.lineno}, column {e.colno}: not valid JSON: {e.msg}")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{shown(path)}: a config file holds one JSON object {{\"key\": value, ...}}, "
+                          f"not a {type(values).__name__}")
+    return values
 
 
 _noted_missing = set()
@@ -222,7 +253,7 @@ def load_config(files=(DEFAULT_CONFIG,), overrides=(), note_missing=True):
     cfg = defaults()
     for path in files:
         values = {k: v for k, v in _flatten(read_json(path)).items() if not k.startswith("_")}  # _doc, _command
-        where = f"{os.path.relpath(path)}: "
+        where = f"{shown(path)}: "
         for key, value in values.items():
             _set(cfg, key, check_value(key, value, where))
         if note_missing and os.path.abspath(path) == os.path.abspath(DEFAULT_CONFIG):
@@ -261,6 +292,16 @@ def help_text():
     return "\n".join(lines)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the docstring shown as written (-h) and a usage mistake as one line, exit status 2."""
+
+    def __init__(self, description=None, **kwargs):
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 class _HelpConfig(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         print(help_text())
@@ -269,7 +310,7 @@ class _HelpConfig(argparse.Action):
 
 def config_parser(doc):
     """The command line every script shares: -c FILE (repeatable) and --set KEY=VALUE ..."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(doc)
     parser.add_argument("-c", "--config", action="append", default=[], metavar="FILE",
                         help="JSON file of config values overlaid on config.json (repeatable, later wins)")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

@@ -23,7 +23,6 @@ Each output is written to a temp file and renamed, and outputs already present a
 re-run with the same arguments writes nothing and an interrupted run continues where it stopped.
 Per-style counts are printed and saved with the settings in <out>/prepare_data.json.
 """
-import argparse
 import csv
 import hashlib
 import io
@@ -39,6 +38,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import config
 import runs
 import wikiart
 from config import UserError
@@ -103,12 +103,14 @@ class ZipSource:
         return f"{self.name}:{rel}"
 
 
-def open_source(path):
+def open_source(path, what="source"):
     if os.path.isdir(path):
         return FolderSource(path)
+    if not os.path.exists(path):
+        raise UserError(f"{what} not found: {path}")
     if zipfile.is_zipfile(path):
         return ZipSource(path)
-    raise UserError(f"source '{path}' is neither a folder nor a zip file")
+    raise UserError(f"{what} '{path}' is neither a folder nor a zip file")
 
 
 def is_image(rel):
@@ -333,7 +335,7 @@ def print_counts(counts, styles):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(__doc__)
     p.add_argument("source", help="folder or .zip: ArtGAN WikiArt release, or <Style>/ folders")
     p.add_argument("out", help="output folder: <out>/{train,test}/<Style>/*.jpg")
     p.add_argument("--csv", help="folder or zip holding style_train.csv, style_val.csv, style_class.txt")
@@ -352,6 +354,10 @@ def main(argv=None):
         p.error("--size must be at least 8")
     if not 0 <= args.test_fraction < 1:
         p.error("--test-fraction must be in [0, 1)")
+    if not 1 <= args.quality <= 100:
+        p.error("--quality must be in [1, 100]")
+    if args.limit < 0 or args.workers < 1:
+        p.error("--limit must be >= 0 and --workers >= 1")
     if not os.path.exists(args.source):
         p.error(f"source not found: {args.source}")
     src_real, out_real = os.path.realpath(args.source), os.path.realpath(args.out)
@@ -371,7 +377,7 @@ def main(argv=None):
 
     # ---- what goes where
     source = open_source(args.source)
-    csv_sources = [source] + ([open_source(args.csv)] if args.csv else [])
+    csv_sources = [source] + ([open_source(args.csv, "--csv")] if args.csv else [])
     problems, renamed = [], {}
     if find_member(csv_sources, "style_train.csv"):
         layout = "artgan"
@@ -407,8 +413,6 @@ def main(argv=None):
     if not os.path.exists(manifest_path):
         runs.atomic_save({"source": os.path.abspath(args.source), "settings": settings,
                              "complete": False}, manifest_path)
-    for split, style in {(it[0], it[1]) for it in items}:
-        os.makedirs(os.path.join(args.out, split, style), exist_ok=True)
     for dirpath, _, filenames in os.walk(args.out):  # temp files of a run that was killed
         for f in filenames:
             if f.endswith(".tmp") and ".jpg." in f:
@@ -423,6 +427,7 @@ def main(argv=None):
             array = wikiart.decode_image(io.BytesIO(source.read(path)), args.size, args.fit)
         except (OSError, wikiart.BadImage) as e:
             return "skipped", f"{source.where(path)}: {e}"
+        os.makedirs(os.path.dirname(dest), exist_ok=True)  # a style whose images are all unreadable gets no folder
         write_jpeg(array, dest, args.quality)
         return "written", None
 

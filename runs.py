@@ -17,6 +17,7 @@ import random
 import shlex
 import sys
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -25,27 +26,66 @@ from tqdm import tqdm
 
 from config import UserError
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 # ----------------------------------------------------------------------------------------------
 # Commands
 
 
+_entry = []  # (script, argv) of the command runs.cli is running: the command a resume hint repeats
+
+
 def cli(main):
     """Run main() as a command: a UserError is one line on stderr and exit status 2, no traceback
-    (real bugs still trace)."""
+    (real bugs still trace); the project's own warnings are one line each."""
+    script = os.path.basename(sys.argv[0])
+    default_format = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None):
+        if os.path.dirname(os.path.abspath(filename)) != HERE:  # a library's warning: where it came from
+            return default_format(message, category, filename, lineno, line)
+        return f"{script}: warning: {message}\n"
+    warnings.formatwarning = one_line
+    _entry[:] = [(script, sys.argv[1:])]
     try:
         main()
     except UserError as e:
-        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        print(f"{script}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # outside a training loop (those say what was saved): nothing to resume
-        print(f"\n{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
+        print(f"\n{script}: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        warnings.formatwarning = default_format
+        _entry.clear()
 
 
 def command_line(script, argv, add=()):
     """The shell command that runs `script` with these arguments (plus `add`), for hints."""
     argv = list(argv) + [a for a in add if a not in argv]
     return shlex.join(["python", script, *argv])
+
+
+def config_command(script, argv, sets=()):
+    """The command that runs `script` with the config of this command line (its -c files and --set
+    values, without flags of its own such as --resume), `sets` (KEY=VALUE) added or replacing: the
+    next step that works, e.g. cluster.py on the codes autoencoder.py just wrote."""
+    import config
+    args, _ = config.config_parser(None).parse_known_args(list(argv))
+    keys = {item.split("=", 1)[0] for item in sets}
+    values = [item for item in args.set if item.split("=", 1)[0] not in keys] + list(sets)
+    return shlex.join(["python", script, *[a for path in args.config for a in ("-c", path)],
+                       *(["--set", *values] if values else [])])
+
+
+def fit_batch_size(batch_size, n, what="batch_size", world=1):
+    """min(batch_size, n), as a multiple of the processes, with a warning when it had to shrink: a
+    small custom dataset trains on one batch of everything there is instead of stopping."""
+    if batch_size <= n:
+        return batch_size
+    smaller = max(world, n // world * world)
+    warnings.warn(f"{what} {batch_size} is larger than the {n} training images; using {smaller}")
+    return smaller
 
 
 def start(cfg):
@@ -145,17 +185,29 @@ def save_run_config(cfg, out_dir, script, argv):
 def load_checkpoint(path, what, needs=("model",), device="cpu"):
     """A checkpoint dict, or a UserError saying what file was expected there and why this one is not it."""
     if not os.path.exists(path):
-        raise UserError(f"no {what} at {path}")
+        raise UserError(f"{path} not found: expected {what} there")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError,
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError, OSError,
             AttributeError, ModuleNotFoundError, ValueError, io.UnsupportedOperation) as e:
+        detail = str(e).splitlines()[0].rstrip(",.: ") if str(e) else ""
         raise UserError(f"{path} is not {what} (it cannot be read as a PyTorch checkpoint: "
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+                        f"{type(e).__name__}{': ' + detail if detail else ''})")
     missing = [k for k in needs if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UserError(f"{path} is not {what} (no {', '.join(missing)} in it)")
     return ckpt
+
+
+def load_weights(module, state_dict, path):
+    """module.load_state_dict, or a UserError when the checkpoint's weights do not fit this model
+    (another model's checkpoint, or one made by an incompatible version of the code)."""
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise UserError(f"the weights in {path} do not fit a {type(module).__name__} built from its config "
+                        f"(a checkpoint of another script or code version?): "
+                        + " ".join(line.strip() for line in str(e).splitlines()[:2])[:200])
 
 
 def mismatch(ckpt_cfg, cfg, keys, path):
@@ -181,13 +233,19 @@ def training_state(epoch, progress, **objects):
 def resume(path, progress, device, problem=lambda ckpt: None, **objects):
     """--resume: restore every object (model=..., optimizer=...) and the progress from last.pt.
     `problem(ckpt)` says why the checkpoint does not fit this run (or None). Returns the next epoch."""
+    if not os.path.exists(path):
+        raise UserError(f"--resume: nothing to resume: no {path} (no epoch of a run with this out_dir has "
+                        "finished); run without --resume to start")
     ckpt = load_checkpoint(path, "a checkpoint to resume from (last.pt of an earlier run)",
                            needs=("epoch", *objects), device=device)
     why = problem(ckpt)
     if why:
         raise UserError(f"--resume: {why}")
     for name, obj in objects.items():
-        obj.load_state_dict(ckpt[name])
+        if isinstance(obj, torch.nn.Module):
+            load_weights(obj, ckpt[name], path)
+        else:
+            obj.load_state_dict(ckpt[name])
     torch.set_rng_state(ckpt["rng"].cpu())
     progress.restore(ckpt)
     print(f"resumed from {path} after epoch {ckpt['epoch'] + 1}")
@@ -230,6 +288,7 @@ class Progress:
         self.out_dir, self.curves, self.title = out_dir, curves, title
         self.sign = 1 if higher_is_better else -1
         self.history, self.best_score = [], None
+        self.saved_epoch = 0  # the epoch last.pt holds (0: none yet)
 
     def state(self):
         return {"history": self.history, "best_score": self.best_score}
@@ -237,6 +296,7 @@ class Progress:
     def restore(self, ckpt):
         self.history = ckpt.get("history", [])
         self.best_score = ckpt.get("best_score", ckpt.get("best_mse"))  # best_mse: older autoencoder runs
+        self.saved_epoch = ckpt["epoch"] + 1
 
     @property
     def epochs_done(self):
@@ -256,6 +316,7 @@ class Progress:
             if best:
                 atomic_save(ckpt, os.path.join(self.out_dir, "best.pt"))
             atomic_save(ckpt, os.path.join(self.out_dir, "last.pt"))
+            self.saved_epoch = row["epoch"]
             write_history(self.history, self.out_dir)
             plot_curves(self.history, self.curves, os.path.join(self.out_dir, "curves.png"), self.title)
         return best
@@ -263,18 +324,22 @@ class Progress:
 
 @contextlib.contextmanager
 def on_interrupt(progress, script, argv):
-    """Ctrl-C inside the block: say which epoch was saved and the exact command that continues."""
+    """Ctrl-C inside the block: say which epoch was saved and the exact command that continues (the
+    command being run, when this loop runs inside another script such as compare_balance.py)."""
     try:
         yield
     except KeyboardInterrupt:
         if not is_main():
             raise SystemExit(130)
         last = os.path.join(progress.out_dir, "last.pt")
-        if progress.history:
-            print(f"\ninterrupted: epoch {progress.epochs_done} is the last finished one, saved in {last}; "
-                  f"continue with: {command_line(script, argv, ['--resume'])}", file=sys.stderr)
+        outer = _entry[0] if _entry and _entry[0][0] != script else None
+        again = command_line(*outer) if outer else command_line(script, argv, ["--resume"])
+        if progress.saved_epoch:
+            print(f"\ninterrupted: epoch {progress.saved_epoch} is the last finished one, saved in {last}; "
+                  f"continue with: {again}", file=sys.stderr)
         else:
-            print("\ninterrupted before the first epoch finished: nothing was saved", file=sys.stderr)
+            print("\ninterrupted before the first epoch finished: nothing was saved to resume from"
+                  + (f"; run it again with: {again}" if outer else ""), file=sys.stderr)
         raise SystemExit(130)
 
 

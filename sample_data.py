@@ -6,7 +6,6 @@ generated deterministically, so a fresh clone runs every script end to end with 
 
 Scripts call `ensure_sample(cfg)` first: only the default sample folders are ever generated on the fly.
 """
-import argparse
 import colorsys
 import math
 import os
@@ -16,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
+
+import config  # the shared command-line parser (standard library only)
 
 SAMPLE_ROOT = "data/sample"  # the only data folder that may be generated on the fly
 
@@ -168,9 +169,10 @@ def make_sample(root=SAMPLE_ROOT, size=64, scale=0.15):
     return counts
 
 
-def ensure_sample(cfg):
-    """Generate the sample if the config points at its default folders and they do not exist yet."""
-    for split in ("train", "test"):
+def ensure_sample(cfg, splits=("train", "test")):
+    """Generate the sample if the config points the splits a script reads at the default sample
+    folders and they do not exist yet (a run on your own data never writes the sample)."""
+    for split in splits:
         root = cfg[f"{split}_dir"]
         if os.path.normpath(root) == os.path.normpath(os.path.join(SAMPLE_ROOT, split)) and not os.path.isdir(root):
             make_sample(SAMPLE_ROOT, size=cfg["image_size"])
@@ -178,11 +180,15 @@ def ensure_sample(cfg):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = config.ArgumentParser(__doc__)
     ap.add_argument("--out", default=SAMPLE_ROOT, help="folder to write {train,test}/<Style>/ into")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels")
     ap.add_argument("--scale", type=float, default=0.15, help="images per style / the course's training count")
     a = ap.parse_args(argv)
+    if a.size < 8:
+        ap.error("--size must be at least 8")
+    if a.scale <= 0:
+        ap.error("--scale must be > 0")
     counts = make_sample(a.out, a.size, a.scale)
     print(f"wrote {sum(t for t, _ in counts.values())} train / {sum(t for _, t in counts.values())} "
           f"test images of {len(counts)} styles to {a.out}")

@@ -67,13 +67,6 @@ def train_signature(cfg, mode):
 def load_encoder(cfg, device):
     """The Part-2 autoencoder whose encoder gives the content (and the embeddings' initial values)."""
     path = cfg["style_transfer"]["autoencoder_path"]
-    if not os.path.exists(path):
-        ae_out = os.path.dirname(path) or "."
-        raise config.UserError(
-            f"no autoencoder checkpoint at {path}: style transfer builds on the Part-2 encoder; train it first: "
-            + runs.command_line("autoencoder.py", ["--set", f"autoencoder.out_dir={ae_out}",
-                                                   f"image_size={cfg['image_size']}", f"train_dir={cfg['train_dir']}",
-                                                   f"test_dir={cfg['test_dir']}"]))
     ae, ckpt = wikiart.load_autoencoder(path, device)
     if ckpt["config"]["image_size"] != cfg["image_size"]:
         raise config.UserError(f"{path} was trained at {ckpt['config']['image_size']} px but image_size is "
@@ -197,7 +190,7 @@ def train(cfg, mode, split, device, resume, argv):
         start = runs.resume(last, progress, device, lambda c: None if c.get("signature") == train_signature(cfg, mode)
                             else f"{last} was trained with other settings: use another style_transfer.out_dir",
                             **objects)
-    bs = st["batch_size"]
+    bs = runs.fit_batch_size(st["batch_size"], len(split.train_idx), "style_transfer.batch_size")
     steps = st["steps_per_epoch"] or len(split.train_idx) // bs
     contents = encode_all(G, split.data, device) if mode == "adain" else None
     colour_refs = (wikiart.mean_colour_histograms(split.data.images, split.data.labels.numpy(), split.train_idx,
@@ -240,7 +233,7 @@ def train_or_load(cfg, mode, split, device, reuse, resume, argv):
         ckpt = runs.load_checkpoint(path, "a style_transfer.py model", needs=("model", "signature"))
         if ckpt["signature"] == train_signature(cfg, mode):
             G, _ = build(cfg, mode, split, device)
-            G.load_state_dict(ckpt["model"])
+            runs.load_weights(G, ckpt["model"], path)
             print(f"{mode}: reusing {path} (same training settings)")
             return G.eval()
     return train(cfg, mode, split, device, resume, argv)
@@ -356,11 +349,11 @@ def train_or_load_judge(cfg, split, device):
     if os.path.exists(path):
         ckpt = runs.load_checkpoint(path, "a style judge (judge.pt)", needs=("model", "signature"), device=device)
         if ckpt["signature"] == signature:
-            judge.load_state_dict(ckpt["model"])
+            runs.load_weights(judge, ckpt["model"], path)
             print(f"judge: reusing {path}")
             return judge.eval()
     robust = metrics.robust_transform(np.asarray(data.images))
-    bs, epochs = 64, st["judge_epochs"]
+    bs, epochs = runs.fit_batch_size(64, len(split.train_idx), "the style judge's batch size"), st["judge_epochs"]
     steps = len(split.train_idx) // bs
     opt = wikiart.make_optimizer(judge, "adamw", st["judge_lr"], 0.05)
     sched = wikiart.make_scheduler(opt, steps, epochs * steps)
@@ -442,6 +435,17 @@ def main(argv=None):
     st = cfg["style_transfer"]
     _, _, _, device = runs.start(cfg)
 
+    modes = ["adain", "naive"] if args.evaluate else [st["mode"]]
+    ae_path = st["autoencoder_path"]
+    if "adain" in modes and not os.path.exists(ae_path):
+        raise config.UserError(
+            f"no autoencoder checkpoint at {ae_path}: style transfer builds on the Part-2 encoder; train it first: "
+            + runs.config_command("autoencoder.py", argv, [f"autoencoder.out_dir={os.path.dirname(ae_path) or '.'}"]))
+    lasts = [os.path.join(st["out_dir"], mode, "last.pt") for mode in modes]
+    if args.resume and not any(os.path.exists(p) for p in lasts):
+        raise config.UserError(f"--resume: nothing to resume: no {' or '.join(lasts)} (no epoch of a run with this "
+                               "style_transfer.out_dir has finished); run without --resume to start")
+
     # ---- data: validation carved out of the training folder; the test folder only for the final scores
     sample_data.ensure_sample(cfg)
     split = Split(wikiart.load_split(cfg, "train"), cfg)
@@ -451,11 +455,9 @@ def main(argv=None):
 
     # ---- train (or reload), draw, evaluate
     models = {}
-    for mode in ["adain", "naive"] if args.evaluate else [st["mode"]]:
+    for mode in modes:  # --resume continues each mode that has a last.pt (--evaluate: one interrupted)
         t_start = time.time()
-        resume = args.resume and mode == st["mode"]
-        models[mode] = train_or_load(cfg, mode, split, device, reuse=args.evaluate and not resume, resume=resume,
-                                     argv=argv)
+        models[mode] = train_or_load(cfg, mode, split, device, reuse=args.evaluate, resume=args.resume, argv=argv)
         mdir = os.path.join(st["out_dir"], mode)
         plot_grid(models[mode], mode, test, st["grid_rows"], os.path.join(mdir, "grid.png"), cfg["seed"], device)
         plot_embeddings(models[mode], mode, split.classes, cfg["image_size"], os.path.join(mdir, "embeddings.png"), device)

@@ -47,9 +47,10 @@ import wikiart
 def load_classifier(path, device):
     """(model in eval mode, checkpoint) from a train.py checkpoint."""
     ckpt = runs.load_checkpoint(path, "a train.py checkpoint (out_dir/best.pt or last.pt)",
-                                needs=("model", "config", "class_to_idx"))
+                                needs=("model", "config", "class_to_idx", "label_counts"))
+    ckpt["config"] = config.complete(ckpt["config"])  # keys added since that run: their defaults
     model = wikiart.make_classifier(ckpt["config"], len(ckpt["class_to_idx"]))
-    model.load_state_dict(ckpt["model"])
+    runs.load_weights(model, ckpt["model"], path)
     return model.to(device, memory_format=torch.channels_last).eval(), ckpt
 
 
@@ -68,7 +69,7 @@ def folder_name(path):
 
 def evaluate_folder(model, ckpt, run_cfg, path, results_dir, device, argv):
     """Accuracy, balanced accuracy, macro-F1, per-class table and figures on a labelled folder."""
-    sample_data.ensure_sample(run_cfg)
+    sample_data.ensure_sample(run_cfg, ["test"])
     data = wikiart.load_split(run_cfg, "test", class_to_idx=ckpt["class_to_idx"])
     logits = scores(model, ckpt, data.images, device, "testing")
     m = metrics.classification_metrics(data.labels.numpy(), logits.argmax(1).numpy(), data.classes)
@@ -145,7 +146,8 @@ def main(argv=None):
         raise config.UserError(f"--topk must be at least 1, got {args.topk}")
     path = args.checkpoint or os.path.join(cfg["out_dir"], "best.pt")
     if not os.path.exists(path):
-        raise config.UserError(f"no checkpoint at {path}: run train.py first (or pass --checkpoint / --set out_dir=...)")
+        raise config.UserError(f"no checkpoint at {path}: train one first ({runs.config_command('train.py', argv)}), "
+                               "or pass --checkpoint FILE or --set out_dir=...")
     out_dir = os.path.dirname(os.path.abspath(path))
 
     # Everything about the model comes from the checkpoint; the user may only point at other data.
@@ -154,7 +156,6 @@ def main(argv=None):
     run_cfg = dict(ckpt["config"])
     for key in config.explicit_keys(args) & {"test_dir", "device", "cache_dir", "threads"}:
         run_cfg[key] = cfg[key]
-    run_cfg.setdefault("threads", 0)
     runs.start(run_cfg)
 
     if args.image:

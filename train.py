@@ -23,7 +23,6 @@ train_config.json (the resolved config and command).
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -90,16 +89,15 @@ def main(argv=None):
 
     # ---- data: the style map is fixed by the training folder; validation is carved out of it
     with runs.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache
-        sample_data.ensure_sample(cfg)
+        sample_data.ensure_sample(cfg, ["train"])
         data = wikiart.load_split(cfg, "train")
     classes, C = data.classes, len(data.classes)
     train_idx, val_idx = wikiart.stratified_split(data.labels, cfg["val_fraction"], cfg["seed"])
     train_counts = torch.bincount(data.labels[train_idx], minlength=C)
-    batch_size = cfg["batch_size"]
-    if batch_size > len(train_idx):  # a small custom dataset: one batch of everything there is
-        batch_size = max(world, len(train_idx) // world * world)
-        warnings.warn(f"batch_size {cfg['batch_size']} is larger than the {len(train_idx)} training images; "
-                      f"using {batch_size}")
+    if cfg["posthoc"] and not len(val_idx):
+        raise config.UserError(f"posthoc=true chooses tau on the validation split, but val_fraction="
+                               f"{cfg['val_fraction']} leaves no validation images: raise val_fraction")
+    batch_size = runs.fit_batch_size(cfg["batch_size"], len(train_idx), "batch_size", world)
     steps_per_epoch = len(train_idx) // batch_size
     if world > 1:  # batch_size stays the global batch: the same training as one process with that batch
         print(f"{world} processes ({torch.distributed.get_backend()}): {batch_size // world} images per "
@@ -189,7 +187,7 @@ def main(argv=None):
     best_text = "none" if progress.best_score is None else f"{progress.best_score:.4f}"
     print(f"best validation {cfg['select_metric']} {best_text}; checkpoints and logs in {out_dir}")
     if progress.epochs_done == cfg["epochs"]:
-        print(f"next: {runs.command_line('test.py', ['--set', f'out_dir={out_dir}'] if out_dir != config.defaults()['out_dir'] else [])}")
+        print(f"next: {runs.config_command('test.py', argv)}")
     del train_model  # the DDP wrapper holds the process group: release it first
     runs.cleanup_distributed()
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+import config
 import metrics
 import runs
 from config import ConfigError, UserError
@@ -347,6 +348,8 @@ class WikiArtDataset(torch.utils.data.Dataset):
 
 def load_split(cfg, split, class_to_idx=None):
     """The train or test folder named in the config (call sample_data.ensure_sample(cfg) first)."""
+    if not cfg[f"{split}_dir"]:
+        raise UserError(f"{split}_dir is empty: set it to a folder of <Style>/<image> folders")
     return WikiArtDataset(cfg[f"{split}_dir"], cfg["image_size"], class_to_idx, cfg["cache_dir"] or None)
 
 
@@ -781,9 +784,9 @@ def load_autoencoder(path, device):
     """(model in eval mode on `device`, checkpoint dict) from autoencoder.py's best.pt."""
     ckpt = runs.load_checkpoint(path, "an autoencoder checkpoint (autoencoder.py's best.pt; train one with: "
                                 "python autoencoder.py)", needs=("model", "config"), device=device)
-    cfg = ckpt["config"]
+    cfg = ckpt["config"] = config.complete(ckpt["config"])  # keys added since that run: their defaults
     model = make_autoencoder(cfg["autoencoder"], cfg["image_size"]).to(device)
-    model.load_state_dict(ckpt["model"])
+    runs.load_weights(model, ckpt["model"], path)
     return model.eval(), ckpt
 
 
