@@ -1,10 +1,11 @@
 # make demo  : set up .venv and run the whole main job on the built-in sample data
-# make test  : set up .venv and run the test suite
+# make test  : set up .venv and run the test suite (everything, as CI does)
+# make test-fast : all but the slow end-to-end runs (pytest -m "not slow")
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test sample clean
+.PHONY: demo test test-fast sample clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" tests
 
 sample: $(VENV)/.installed
 	$(PY) sample_data.py

@@ -1,7 +1,13 @@
-"""Shared fixtures: a small synthetic dataset in a temp folder, and a way to run the scripts."""
+"""Shared fixtures and helpers: the tiny synthetic dataset, ways to run the scripts (as a subprocess, or
+in-process through runs.cli as the command line would), and one tiny trained classifier and one tiny
+trained autoencoder shared by every test that needs a trained model."""
+import contextlib
+import importlib
+import io
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,8 +15,8 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import runs  # noqa: E402
 import sample_data  # noqa: E402
-import wikiart  # noqa: E402
 
 WIKIART16 = os.path.join(ROOT, "..", "shared", "data", "wikiart16")
 
@@ -33,11 +39,45 @@ def run_script(script, *args, cwd=None, check=True, timeout=600):
     return p
 
 
+def run_main(script, *args, check=True):
+    """Run a script in the test process, exactly as `python script args` would (runs.cli(main): a user
+    error is one line on stderr and exit status 2), without starting Python and torch again.
+    Returns (returncode, stdout, stderr) like a CompletedProcess."""
+    module = importlib.import_module(script[:-3])
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, [script, *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            if script == "sample_data.py":  # no runs.cli: it only has usage errors (argparse)
+                module.main()
+            else:
+                runs.cli(module.main)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+    p = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed ({code}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
 def small_config(sample_root, out_dir, **extra):
     """--set arguments for a fast CPU run on the tiny sample."""
     keys = dict(train_dir=f"{sample_root}/train", test_dir=f"{sample_root}/test", image_size=32,
                 cache_dir="", out_dir=str(out_dir), epochs=2, batch_size=16, resnet_width=8,
                 device="cpu")
+    keys.update(extra)
+    return ["--set"] + [f"{k}={v}" for k, v in keys.items()]
+
+
+def ae_args(sample_root, out_dir, **extra):
+    """--set arguments for a fast autoencoder run on the tiny 32 px sample."""
+    keys = {"train_dir": f"{sample_root}/train", "test_dir": f"{sample_root}/test", "image_size": 32,
+            "cache_dir": "", "device": "cpu", "autoencoder.out_dir": str(out_dir), "autoencoder.epochs": 3,
+            "autoencoder.batch_size": 16, "autoencoder.width": 8, "autoencoder.train_crop": 0,
+            "autoencoder.num_show": 4}
     keys.update(extra)
     return ["--set"] + [f"{k}={v}" for k, v in keys.items()]
 
@@ -48,3 +88,40 @@ def assert_real_picture(path, min_side=200):
     assert min(img.shape[:2]) >= min_side, f"{path} is only {img.shape}"
     assert img.std() > 10, f"{path} looks blank"
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50, f"{path} has almost no colours"
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(sample_root, tmp_path_factory):
+    """train.py for 2 epochs on the tiny sample (small_config). Copy the folder before changing it."""
+    out = tmp_path_factory.mktemp("classifier") / "run"
+    args = small_config(sample_root, out)
+    p = run_main("train.py", *args)
+    return SimpleNamespace(out=out, args=args, stdout=p.stdout)
+
+
+@pytest.fixture(scope="session")
+def tiny_autoencoder(sample_root, tmp_path_factory):
+    """autoencoder.py for 2 epochs, then --resume to a third (ae_args); its codes feed cluster.py and
+    its encoder style_transfer.py. Copy the folder before changing it."""
+    out = tmp_path_factory.mktemp("autoencoder") / "ae"
+    run_main("autoencoder.py", *ae_args(sample_root, out, **{"autoencoder.epochs": 2}))
+    first_two = (out / "train_log.json").read_text()
+    args = ae_args(sample_root, out, **{"autoencoder.epochs": 3})
+    p = run_main("autoencoder.py", "--resume", *args)
+    return SimpleNamespace(out=out, args=args, stdout=p.stdout, first_two=first_two)
+
+
+@pytest.fixture(scope="session")
+def style_transfer_run(sample_root, tiny_autoencoder, tmp_path_factory):
+    """style_transfer.py --evaluate on the tiny sample with the tiny autoencoder: adain, naive, the judge
+    and evaluation.json. Copy the folder before changing it (the models are reused from a copy)."""
+    out = tmp_path_factory.mktemp("style_transfer") / "st"
+    args = ["--evaluate", "--set", f"train_dir={sample_root}/train", f"test_dir={sample_root}/test",
+            "image_size=32", "cache_dir=", "device=cpu", f"style_transfer.out_dir={out}",
+            f"style_transfer.autoencoder_path={tiny_autoencoder.out}/best.pt",
+            "style_transfer.epochs=3", "style_transfer.steps_per_epoch=25", "style_transfer.width=16",
+            "style_transfer.naive_epochs=2", "style_transfer.judge_epochs=2", "style_transfer.judge_width=8",
+            "style_transfer.eval_images=12", "style_transfer.grid_rows=3", "style_transfer.lr=0.002",
+            "style_transfer.d_lr=0.002"]
+    p = run_main("style_transfer.py", *args)
+    return SimpleNamespace(out=out, args=args, stdout=p.stdout)

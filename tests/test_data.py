@@ -1,8 +1,9 @@
-"""Data loading: every kind of bad input gets a clear message, and the uint8 disk cache is correct,
-rebuilt when anything changes, and never left half-written."""
+"""The dataset: the style map and label counts, every kind of bad input (skipped and listed, or a clear
+message), the sample generator, the stratified split, batches and augmentation, and the uint8 disk
+cache (correct, rebuilt when anything changes, never left half-written)."""
 import io
-import json
 import os
+import shutil
 import warnings
 import zlib
 
@@ -12,8 +13,9 @@ import torch
 from PIL import Image
 
 import config
+import sample_data
 import wikiart
-from conftest import WIKIART16, run_script
+from conftest import WIKIART16
 
 
 def solid(colour, size=(24, 20), mode="RGB"):
@@ -36,6 +38,59 @@ def png_claiming_size(path, w, h):
     with open(path, "wb") as f:
         f.write(bytes(b))
     return path
+
+
+# ---- the style map, label counts, the sample, the split, augmentation
+
+def test_style_map_sorted_and_shared_with_a_test_folder_missing_styles(sample_root, tmp_path):
+    test_root = tmp_path / "test"
+    shutil.copytree(f"{sample_root}/test", test_root)
+    shutil.rmtree(test_root / "Baroque")  # a test folder that lacks a style
+    train = wikiart.WikiArtDataset(f"{sample_root}/train", 32)
+    test = wikiart.WikiArtDataset(str(test_root), 32, class_to_idx=train.class_to_idx)
+    assert train.classes == sorted(train.classes) == sorted(sample_data.COURSE_TRAIN_COUNTS)
+    assert list(train.class_to_idx.values()) == list(range(27))
+    assert test.class_to_idx == train.class_to_idx  # labels mean the same style in both
+    assert "Baroque" not in {test.classes[i] for i in test.labels.tolist()}
+    for path, label in zip(test.paths, test.labels.tolist()):  # every label names its folder's style
+        assert os.path.basename(os.path.dirname(path)) == train.classes[label]
+    # built without the training map, the same folder would have shifted every label after Baroque
+    alone = wikiart.WikiArtDataset(str(test_root), 32)
+    assert alone.class_to_idx != train.class_to_idx
+
+
+def test_label_counts_match_the_files(sample_root):
+    data = wikiart.WikiArtDataset(f"{sample_root}/train", 32)
+    expected = {s: len(os.listdir(f"{sample_root}/train/{s}")) for s in os.listdir(f"{sample_root}/train")}
+    assert data.label_counts == expected
+    assert torch.bincount(data.labels).tolist() == [expected[c] for c in data.classes]
+    assert data.images.dtype == np.uint8 and data.images.shape == (len(data), 32, 32, 3)
+
+
+def test_sample_is_deterministic_and_proportional(tmp_path):
+    a = sample_data.render_sample_image("Pointillism", 7, 32)
+    assert np.array_equal(a, sample_data.render_sample_image("Pointillism", 7, 32))
+    assert not np.array_equal(a, sample_data.render_sample_image("Pointillism", 8, 32))
+    counts = sample_data.sample_counts(0.15)
+    assert counts["Impressionism"][0] == round(2269 * 0.15)
+    assert counts["Impressionism"][0] > counts["Romanticism"][0] > counts["Pointillism"][0]
+    assert min(t for t, _ in counts.values()) >= 6
+
+
+def test_stratified_split_is_seeded_and_keeps_every_style():
+    labels = np.repeat(np.arange(4), [50, 20, 5, 2])
+    tr, va = wikiart.stratified_split(labels, 0.2, seed=3)
+    tr2, va2 = wikiart.stratified_split(labels, 0.2, seed=3)
+    assert np.array_equal(va, va2) and len(set(tr) & set(va)) == 0 and len(tr) + len(va) == len(labels)
+    assert np.bincount(labels[va], minlength=4).tolist() == [10, 4, 1, 0]
+    assert not np.array_equal(va, wikiart.stratified_split(labels, 0.2, seed=4)[1])
+
+
+def test_augment_keeps_shape_and_is_seeded():
+    x = torch.rand(4, 3, 32, 32)
+    a = wikiart.augment(x, torch.Generator().manual_seed(1))
+    b = wikiart.augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.allclose(a, x)
 
 
 # ---- bad and unusual files, one by one
@@ -153,30 +208,36 @@ def test_bad_files_skipped_and_listed_in_one_warning(tmp_path):
     assert len(ds.skipped) == 2 and ds.images.shape == (7, 16, 16, 3)
 
 
-def test_test_folder_with_unknown_style(tmp_path):
+def test_unreadable_images_among_the_sample_are_skipped_and_listed(sample_root, tmp_path):
+    root = tmp_path / "train"
+    shutil.copytree(f"{sample_root}/train/Cubism", root / "Cubism")
+    (root / "Cubism" / "notes.jpg").write_text("not an image")
+    (root / "Cubism" / "empty.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match="2 unreadable") as record:
+        data = wikiart.WikiArtDataset(str(root), 32)
+    message = str(record[0].message)
+    assert "notes.jpg" in message and "empty.png" in message
+    assert len(data) == len(os.listdir(root / "Cubism")) - 2
+
+
+def test_test_folder_with_unknown_style(sample_root, tmp_path):
     train = make_folder(tmp_path / "train", bad=False)
     test = make_folder(tmp_path / "test", bad=False)
     save(solid((0, 0, 0)), str(test / "Dada" / "0.jpg"))
     cmap = wikiart.WikiArtDataset(str(train), 16).class_to_idx
     with pytest.raises(config.UserError, match=r"Dada in .* not in the training set.*Baroque, Cubism"):
         wikiart.WikiArtDataset(str(test), 16, class_to_idx=cmap)
+    shutil.copytree(f"{sample_root}/test/Cubism", tmp_path / "sample_test" / "Vaporwave")
+    sample_train = wikiart.WikiArtDataset(f"{sample_root}/train", 32)
+    with pytest.raises(config.UserError, match="Vaporwave"):
+        wikiart.WikiArtDataset(str(tmp_path / "sample_test"), 32, class_to_idx=sample_train.class_to_idx)
 
 
-def test_missing_folder_message(tmp_path):
+def test_missing_folder_explains_the_layout(tmp_path):
     with pytest.raises(config.UserError, match="prepare_data.py"):
         wikiart.scan_folder(str(tmp_path / "nope"))
-
-
-def test_config_misspelt_key_and_wrong_type_through_train_py(tmp_path):
-    p = run_script("train.py", "--set", "epoch=3", check=False)
-    assert p.returncode == 2
-    assert "unknown config key 'epoch'" in p.stderr and "epochs" in p.stderr and "batch_size" in p.stderr
-    p = run_script("train.py", "--set", "epochs=three", check=False)
-    assert p.returncode == 2 and "'epochs' must be int" in p.stderr
-    cfg = tmp_path / "my.json"
-    cfg.write_text(json.dumps({"autoencoder": {"epoch": 2}}))
-    p = run_script("train.py", "-c", str(cfg), check=False)
-    assert p.returncode == 2 and "autoencoder.epoch'" in p.stderr and "autoencoder.epochs" in p.stderr
+    with pytest.raises(config.UserError, match=r"<Style>/<image>"):
+        wikiart.WikiArtDataset(str(tmp_path / "nowhere"), 32)
 
 
 # ---- the uint8 disk cache

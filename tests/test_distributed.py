@@ -127,8 +127,9 @@ def test_without_torchrun_setup_is_a_no_op(monkeypatch):
     assert runs.all_gather_shards(x, 1) is x
 
 
-# ---- torchrun runs
+# ---- torchrun runs (slow: each starts two processes)
 
+@pytest.mark.slow
 def test_two_process_run_writes_one_checkpoint_that_test_py_loads(ddp_runs, sample_root):
     out = ddp_runs["two"]
     assert sorted(f for f in os.listdir(out) if f.endswith(".pt")) == ["best.pt", "last.pt"]
@@ -146,6 +147,7 @@ def test_two_process_run_writes_one_checkpoint_that_test_py_loads(ddp_runs, samp
     assert "accuracy" in p.stdout
 
 
+@pytest.mark.slow
 def test_ranks_train_on_disjoint_shards_that_cover_each_epoch(ddp_runs):
     one = batches(ddp_runs["one_rec"], 0)
     two = [batches(ddp_runs["first_rec"], r) + batches(ddp_runs["resumed_rec"], r) for r in range(2)]
@@ -162,6 +164,7 @@ def test_ranks_train_on_disjoint_shards_that_cover_each_epoch(ddp_runs):
     assert sum(one[0], []) != sum(one[1], [])  # a new order each epoch
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_loss_of_one_process_with_the_same_global_batch(ddp_runs):
     one, two = history(ddp_runs["one"]), history(ddp_runs["two"])
     assert [h["epoch"] for h in two] == [1, 2]
@@ -174,6 +177,7 @@ def test_two_processes_reach_the_loss_of_one_process_with_the_same_global_batch(
     assert two[1]["train_loss"] < two[0]["train_loss"]  # it learned
 
 
+@pytest.mark.slow
 def test_distributed_validation_equals_scoring_the_saved_model_in_one_process(ddp_runs, sample_root):
     """Each process scored half the validation images; gathered, they must give the metrics of the
     checkpoint that rank 0 saved, scored by one process on the whole validation split."""

@@ -1,0 +1,171 @@
+"""The models in wikiart.py: the classifiers (course model, bonus A, ResNet), the autoencoders, and the
+style-transfer networks (embedder, AdaIN generator, discriminator, naive baseline) and their losses:
+shapes, conditioning, and that each learns."""
+import numpy as np
+import pytest
+import torch
+
+import config
+import metrics
+import wikiart
+
+
+# ---- classifiers
+
+@pytest.mark.parametrize("mode", wikiart.MODES)
+@pytest.mark.parametrize("size", [32, 64])
+def test_classifier_shapes(mode, size):
+    cfg = config.load_config(overrides=[f"mode={mode}", f"image_size={size}", "resnet_width=8"])
+    model = wikiart.make_classifier(cfg, 27).eval()
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 27)
+
+
+def test_base_model_matches_the_course_sizes():
+    model = wikiart.BaseClassifier(27, 416)
+    assert model.batchnorm1d.num_features == 105 * 105 and model.linear1.out_features == 300
+    assert isinstance(model.softmax, torch.nn.LogSoftmax)
+    bonus = wikiart.BonusAClassifier(27, 416)
+    assert bonus.linear1.in_features == 50 * 50 and isinstance(bonus.sigmoid, torch.nn.Sigmoid)
+
+
+@pytest.mark.parametrize("mode", wikiart.MODES)
+def test_each_mode_learns_a_few_steps(mode, sample_root):
+    torch.manual_seed(0)
+    data = wikiart.WikiArtDataset(f"{sample_root}/train", 32)
+    cfg = config.load_config(overrides=[f"mode={mode}", "image_size=32", "resnet_width=8"])
+    model = wikiart.make_classifier(cfg, len(data.classes))
+    opt = wikiart.make_optimizer(model, "adamw", 3e-3, 0.0)
+    x, y = next(wikiart.iterate_batches(data.images, data.labels, np.arange(0, len(data), 4)[:64], 64,
+                                        torch.device("cpu")))
+    losses = []
+    model.train()
+    for _ in range(25):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+# ---- autoencoders
+
+def ae_cfg(**kw):
+    cfg = config.load_config()["autoencoder"]
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("mode,bottleneck", [("part2", "spatial"), ("conv", "spatial"), ("conv", "vector")])
+def test_autoencoder_shapes_and_range(mode, bottleneck, size):
+    model = wikiart.make_autoencoder(ae_cfg(mode=mode, bottleneck=bottleneck, width=8, code_dim=64), size).eval()
+    x = torch.rand(2, 3, size, size)
+    z = model.encode(x)
+    y = model.decode(z)
+    assert y.shape == x.shape and torch.allclose(model(x), y)
+    assert 0 <= y.min() and y.max() <= 1  # sigmoid output, same range as the [0, 1] input
+    if mode == "part2":
+        assert z.shape == (2, 3, size // 4, size // 4)  # 16x compression by construction
+    elif bottleneck == "spatial":
+        side = size // 2 ** ae_cfg()["downsample"]
+        assert z.shape == (2, ae_cfg()["code_channels"], side, side)
+        assert 3 * size * size / z[0].numel() >= 16  # the default config compresses at least 16x
+    else:
+        assert z.shape == (2, 64)
+    maps = model.feature_maps(x)
+    assert torch.equal(maps[-1], z)
+    stats = wikiart.pooled_stats(maps)
+    assert stats.shape == (2, sum(2 * m.shape[1] for m in maps if m.ndim == 4))
+
+
+def test_autoencoder_bad_sizes_give_clear_errors():
+    with pytest.raises(config.ConfigError, match="divisible"):
+        wikiart.make_autoencoder(ae_cfg(mode="conv", downsample=3), 36)
+    with pytest.raises(config.ConfigError, match="valid modes"):
+        wikiart.make_autoencoder(ae_cfg(mode="vae"), 32)
+
+
+# ---- style transfer
+
+AE_CFG = {"mode": "conv", "width": 8, "downsample": 3, "code_channels": 4, "bottleneck": "spatial",
+          "code_dim": 32}
+
+
+def tiny_generator(num_styles=5, size=32, ae_mode="conv"):
+    torch.manual_seed(0)
+    ae = wikiart.make_autoencoder(dict(AE_CFG, mode=ae_mode), size).eval().requires_grad_(False)
+    codes = torch.randn(num_styles, wikiart.latent_vector(ae.encode(torch.rand(1, 3, size, size))).shape[1])
+    return wikiart.StyleGenerator(ae, wikiart.StyleEmbedder(codes), size, width=16, res_blocks=1, style_dim=16)
+
+
+@pytest.mark.parametrize("ae_mode,size", [("conv", 32), ("part2", 32), ("conv", 64)])
+def test_generator_shapes_and_conditioning(ae_mode, size):
+    G = tiny_generator(size=size, ae_mode=ae_mode).eval()
+    x = torch.rand(3, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        a, b = G(x, torch.tensor([1, 1, 1])), G(x, torch.tensor([2, 2, 2]))
+        again = G(x, torch.tensor([1, 1, 1]))
+    assert a.shape == x.shape and a.abs().max() <= 1
+    assert (a - b).abs().mean() > 1e-3, "two different styles must give different outputs"
+    assert torch.equal(a, again), "the same style twice must give the same output"
+
+
+def test_naive_net_shapes_and_conditioning():
+    torch.manual_seed(0)
+    net = wikiart.NaiveStyleNet(4, 32, init_images=torch.rand(4, 3, 32, 32) * 2 - 1, width=8)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    a, b = net(x, torch.tensor([0, 0])), net(x, torch.tensor([3, 3]))
+    assert a.shape == x.shape and not torch.allclose(a, b)
+    assert torch.equal(a, net(x, torch.tensor([0, 0])))
+
+
+def test_discriminator_heads():
+    D = wikiart.StyleDiscriminator(7, width=8)
+    rf, cls, maps = D(torch.rand(2, 3, 32, 32))
+    assert rf.shape[0] == 2 and cls.shape == (2, 7) and len(maps) == 4
+
+
+def test_embedding_init_equals_per_style_mean_code(sample_root):
+    cfg = config.load_config(overrides=[f"train_dir={sample_root}/train", "image_size=32", "cache_dir="])
+    data = wikiart.load_split(cfg, "train")
+    torch.manual_seed(0)
+    ae = wikiart.make_autoencoder(AE_CFG, 32).eval()
+    C = len(data.classes)
+    codes = wikiart.mean_code_per_style(ae, data.images, data.labels, C, torch.device("cpu"), pool=2,
+                                        batch_size=37)  # batches that cut across styles
+    embedder = wikiart.StyleEmbedder(codes)
+    for s in (0, 5, C - 1):
+        x = wikiart.to_float(data.images[(data.labels == s).numpy()], torch.device("cpu"))
+        with torch.no_grad():
+            expected = wikiart.latent_vector(ae.encode((x + 1) / 2), 2).mean(0)
+        assert torch.allclose(embedder.embedding.weight[s], expected, atol=1e-5)
+    assert torch.equal(embedder.initial, embedder.embedding.weight.detach())
+
+
+def test_soft_colour_histogram_matches_hard_bins_and_pulls_colours():
+    # near bin centres the soft histogram is the hard one; every histogram sums to 1
+    rng = np.random.default_rng(0)
+    centres = (rng.integers(0, 8, (3, 16, 16, 3)) * 32 + 16).astype(np.uint8)
+    soft = wikiart.soft_colour_histogram(wikiart.to_float(centres, torch.device("cpu")))
+    assert ((soft - metrics.colour_histograms(centres)[0].float()).abs().sum(1) < 0.15).all()
+    noise = torch.rand(3, 3, 16, 16) * 2 - 1
+    assert torch.allclose(wikiart.soft_colour_histogram(noise).sum(1), torch.ones(3), atol=1e-5)
+    # gradient descent on the loss moves the pixels' (hard) histogram to a target style's
+    target_u8 = np.full((2, 16, 16, 3), (208, 48, 16), np.uint8)  # bin centres
+    refs = wikiart.mean_colour_histograms(np.concatenate([target_u8, centres[:1]]), [0, 0, 2], [0, 1], 3,
+                                          torch.device("cpu"))
+    assert (refs[0] - metrics.colour_histograms(target_u8)[0][0].float()).abs().sum() < 0.15
+    assert torch.allclose(refs[1], refs[0]) and torch.allclose(refs[2], refs[0])  # no images: the mean
+    # (the soft bins pass gradients to neighbouring bins only: start within about one bin of the goal)
+    x = (wikiart.to_float(target_u8[:1], torch.device("cpu")) + noise[:1] * 0.3).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.05)
+    before = metrics.colour_histograms(wikiart.to_uint8(x))[0]
+    for _ in range(100):
+        loss = (wikiart.soft_colour_histogram(x.clamp(-1, 1)) - refs[0]).abs().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = metrics.colour_histograms(wikiart.to_uint8(x))[0]
+    goal = metrics.colour_histograms(target_u8[:1])[0]
+    assert (after - goal).abs().sum() < 0.5 * (before - goal).abs().sum()
