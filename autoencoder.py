@@ -125,9 +125,8 @@ def reconstruct_images(inputs, cfg, device, args, argv):
     out_dir = cfg["autoencoder"]["out_dir"]
     path = os.path.join(out_dir, "best.pt")
     if not os.path.exists(path):
-        train_argv = [a for p in args.config for a in ("-c", p)] + (["--set", *args.set] if args.set else [])
         raise config.UserError(f"no trained autoencoder at {path}: train one first with: "
-                               f"{runs.command_line('autoencoder.py', train_argv)}")
+                               f"{runs.config_command('autoencoder.py', argv)}")
     model, ckpt = wikiart.load_autoencoder(path, device)
     model = model.to(memory_format=torch.channels_last)
     run_cfg = {**ckpt["config"], "device": cfg["device"], "threads": cfg["threads"]}

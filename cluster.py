@@ -62,11 +62,11 @@ def plot_figures(results, views, labels, classes, cl, k, out_dir, seed):
     markers = "osD^vP*X<>ph"
 
     def scatter_by_style(ax, xy, assign, title):
-        for c in present:
-            for j in np.unique(assign[labels == c]):
-                sel = (labels == c) & (assign == j)
-                ax.scatter(xy[sel, 0], xy[sel, 1], s=10, color=style_colour[c], marker=markers[j % len(markers)],
-                           alpha=0.7, linewidths=0)
+        shape = np.array([markers[j % len(markers)] for j in assign])
+        colour = np.array([style_colour[c] for c in labels])
+        for m in np.unique(shape):  # one call per marker (not per style and cluster: hundreds of artists)
+            sel = shape == m
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=10, c=colour[sel], marker=m, alpha=0.7, linewidths=0)
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])

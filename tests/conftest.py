@@ -1,6 +1,6 @@
 """Shared fixtures and helpers: the tiny synthetic dataset, ways to run the scripts (as a subprocess, or
-in-process through runs.cli as the command line would), and one tiny trained classifier and one tiny
-trained autoencoder shared by every test that needs a trained model."""
+in-process through runs.cli as the command line would), and the tiny trained models the tests share:
+one classifier, one autoencoder (with its codes) and one style-transfer run."""
 import contextlib
 import importlib
 import io
@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +20,15 @@ import runs  # noqa: E402
 import sample_data  # noqa: E402
 
 WIKIART16 = os.path.join(ROOT, "..", "shared", "data", "wikiart16")
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Scripts run in-process with threads=1 (bit-identical results on any machine) set torch's thread
+    count for the whole process: give every test the count it started with."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -92,23 +102,25 @@ def assert_real_picture(path, min_side=200):
 
 @pytest.fixture(scope="session")
 def tiny_classifier(sample_root, tmp_path_factory):
-    """train.py for 2 epochs on the tiny sample (small_config). Copy the folder before changing it."""
+    """train.py on the tiny sample: small_config with `keys` (4 epochs without augmentation, one
+    thread: bit-identical anywhere, and enough to rank the big styles of their own training images
+    first). Tests add files to its folder (test.py's results); copy it before changing what is there."""
     out = tmp_path_factory.mktemp("classifier") / "run"
-    args = small_config(sample_root, out)
-    p = run_main("train.py", *args)
-    return SimpleNamespace(out=out, args=args, stdout=p.stdout)
+    keys = dict(epochs=4, augment="false", threads=1)
+    threads = torch.get_num_threads()
+    p = run_main("train.py", *small_config(sample_root, out, **keys))
+    torch.set_num_threads(threads)
+    return SimpleNamespace(out=out, keys=keys, args=small_config(sample_root, out, **keys), stdout=p.stdout)
 
 
 @pytest.fixture(scope="session")
 def tiny_autoencoder(sample_root, tmp_path_factory):
-    """autoencoder.py for 2 epochs, then --resume to a third (ae_args); its codes feed cluster.py and
-    its encoder style_transfer.py. Copy the folder before changing it."""
+    """autoencoder.py for one epoch on the tiny sample (ae_args): its codes feed cluster.py, its encoder
+    style_transfer.py. Copy the folder before changing it."""
     out = tmp_path_factory.mktemp("autoencoder") / "ae"
-    run_main("autoencoder.py", *ae_args(sample_root, out, **{"autoencoder.epochs": 2}))
-    first_two = (out / "train_log.json").read_text()
-    args = ae_args(sample_root, out, **{"autoencoder.epochs": 3})
-    p = run_main("autoencoder.py", "--resume", *args)
-    return SimpleNamespace(out=out, args=args, stdout=p.stdout, first_two=first_two)
+    args = ae_args(sample_root, out, **{"autoencoder.epochs": 1})
+    p = run_main("autoencoder.py", *args)
+    return SimpleNamespace(out=out, args=args, stdout=p.stdout)
 
 
 @pytest.fixture(scope="session")

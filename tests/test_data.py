@@ -4,6 +4,8 @@ cache (correct, rebuilt when anything changes, never left half-written)."""
 import io
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 import zlib
 
@@ -15,7 +17,7 @@ from PIL import Image
 import config
 import sample_data
 import wikiart
-from conftest import WIKIART16
+from conftest import ROOT, WIKIART16
 
 
 def solid(colour, size=(24, 20), mode="RGB"):
@@ -341,6 +343,72 @@ def test_corrupt_cache_metadata_is_rebuilt(tmp_path):
     (cache / meta).write_text("{ not json")
     again, kept, _ = wikiart.load_images(items_of(root), 16, str(cache))
     assert np.array_equal(np.asarray(again), first) and len(kept) == 7
+
+
+def write_images(folder, n=6, size=20, seed=0):
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for k in range(n):
+        path = os.path.join(folder, f"{k}.png")
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_a_same_size_byte_change_with_restored_mtime_rebuilds_the_cache(tmp_path):
+    paths = write_images(tmp_path / "Style")
+    items = [("Style", p) for p in paths]
+    first, _, _ = wikiart.load_images(items, 16, str(tmp_path / "cache"))
+    first = np.array(first)
+    st = os.stat(paths[2])
+    other = np.full((20, 20, 3), 7, np.uint8)
+    Image.fromarray(other).save(paths[2])  # a PNG of the same size? make sure: pad to the old size
+    data = open(paths[2], "rb").read()
+    size = st.st_size
+    assert len(data) <= size
+    with open(paths[2], "wb") as f:
+        f.write(data + b"\0" * (size - len(data)))  # same size (trailing bytes after IEND are ignored)
+    os.utime(paths[2], ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back, as cp -p / rsync -t do
+    assert os.stat(paths[2]).st_size == size and os.stat(paths[2]).st_mtime_ns == st.st_mtime_ns
+    again, _, _ = wikiart.load_images(items, 16, str(tmp_path / "cache"))
+    assert np.array_equal(np.array(again)[[0, 1, 3, 4, 5]], first[[0, 1, 3, 4, 5]])
+    assert (np.array(again)[2] == 7).all() and not np.array_equal(np.array(again)[2], first[2])
+
+
+BUILD = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import numpy as np
+import wikiart
+real_replace = os.replace
+def slow_replace(a, b):
+    time.sleep(0.3)  # widen the window between writing and renaming, where the builders used to collide
+    real_replace(a, b)
+os.replace = slow_replace
+items = [("Style", os.path.join({folder!r}, f)) for f in sorted(os.listdir({folder!r}))]
+images, kept, skipped = wikiart.load_images(items, 16, {cache!r})
+np.save(sys.argv[1], np.array(images))
+"""
+
+
+@pytest.mark.slow  # two processes that each import torch
+def test_two_processes_building_the_same_cache_both_succeed_with_identical_arrays(tmp_path):
+    write_images(tmp_path / "Style", n=12)
+    script = tmp_path / "build.py"
+    script.write_text(BUILD.format(root=ROOT, folder=str(tmp_path / "Style"), cache=str(tmp_path / "cache")))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / f"out{i}.npy")], env=env,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    a, b = np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy")
+    assert a.shape == (12, 16, 16, 3) and np.array_equal(a, b)
+    cached, _, _ = wikiart.load_images([("Style", str(tmp_path / "Style" / f)) for f in
+                                        sorted(os.listdir(tmp_path / "Style"))], 16, str(tmp_path / "cache"))
+    assert np.array_equal(np.array(cached), a)
+    assert not [f for f in os.listdir(tmp_path / "cache") if f.endswith(".tmp") or ".tmp." in f]
 
 
 @pytest.mark.skipif(not os.path.isdir(WIKIART16), reason="needs ../shared/data/wikiart16")

@@ -1,4 +1,5 @@
-"""train.py under torchrun (DistributedDataParallel, gloo on CPU) and the wikiart distributed helpers.
+"""train.py under torchrun (DistributedDataParallel, gloo on CPU) and the distributed helpers of runs.py;
+posthoc calibration under torchrun.
 
 The runs go through a small wrapper that executes train.py unchanged and records the sample indices
 of every training batch each process used, so the tests check the order train.py really trained on.
@@ -14,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, run_script, small_config
+from conftest import ROOT, run_main, small_config
 import config
 import metrics
 import runs
@@ -139,7 +140,7 @@ def test_two_process_run_writes_one_checkpoint_that_test_py_loads(ddp_runs, samp
     # only rank 0 prints: one summary line per run, one result line per epoch
     assert ddp_runs["stdout"].count("best validation") == 2
     assert ddp_runs["stdout"].count("train_loss") == 2
-    p = run_script("test.py", "--checkpoint", str(out / "last.pt"), "--set", "device=cpu")
+    p = run_main("test.py", "--checkpoint", str(out / "last.pt"), "--set", "device=cpu")
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert metrics["epoch"] == 2 and metrics["n_images"] == len(wikiart.load_split(
         {"test_dir": f"{sample_root}/test", "image_size": 32, "cache_dir": ""}, "test",
@@ -193,3 +194,43 @@ def test_distributed_validation_equals_scoring_the_saved_model_in_one_process(dd
     assert last["val_loss"] == pytest.approx(float(F.cross_entropy(logits, data.labels[val_idx])), abs=1e-5)
     assert last["val_accuracy"] == pytest.approx(m["accuracy"])
     assert last["val_balanced_accuracy"] == pytest.approx(m["balanced_accuracy"])
+
+
+RECORD_TAU = """
+import json, os, sys
+sys.path.insert(0, os.environ["REPO"])
+import train
+original = train.calibrate_posthoc
+def recording(*args, **kwargs):
+    best = original(*args, **kwargs)
+    with open(os.environ["RECORD_TO"] + "_rank" + os.environ.get("RANK", "0") + ".json", "w") as f:
+        json.dump(best["posthoc_tau"], f)
+    return best
+train.calibrate_posthoc = recording
+train.main(sys.argv[1:])
+train.runs.cleanup_distributed()
+"""
+
+
+@pytest.mark.slow
+def test_posthoc_under_torchrun_every_rank_scores_the_saved_model(sample_root, tmp_path):
+    wrapper = tmp_path / "record.py"
+    wrapper.write_text(RECORD_TAU)
+    out = tmp_path / "two"
+    env = dict(os.environ, REPO=ROOT, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", RECORD_TO=str(tmp_path / "tau"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(wrapper),
+           *small_config(sample_root, out, epochs=1, posthoc="true", batch_size=16)]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    taus = [json.load(open(tmp_path / f"tau_rank{r}.json")) for r in range(2)]
+    assert taus[0] == taus[1]
+    # one process calibrating the saved model chooses the same tau
+    import train
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    assert best["posthoc_tau"] == taus[0]
+    cfg = best["config"]
+    data = wikiart.WikiArtDataset(cfg["train_dir"], cfg["image_size"])
+    _, val_idx = wikiart.stratified_split(data.labels, cfg["val_fraction"], cfg["seed"])
+    model = wikiart.make_classifier(cfg, len(data.classes))
+    again = train.calibrate_posthoc(best, model, data, val_idx, cfg["posthoc_max_drop"])
+    assert again["posthoc_tau"] == taus[0]

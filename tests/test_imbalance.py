@@ -79,7 +79,8 @@ def test_the_three_inverse_frequency_weightings_give_the_same_loss():
 def test_logit_adjust_training_raises_rare_recall_on_the_sample(sample_root, tmp_path):
     results = {}
     for balance in ("none", "logit_adjust"):
-        args = small_config(sample_root, tmp_path / balance, epochs=3, balance=balance, resnet_width=8)
+        args = small_config(sample_root, tmp_path / balance, epochs=3, balance=balance, resnet_width=8,
+                            cache_dir=tmp_path / "cache")
         run_main("train.py", *args)
         run_main("test.py", *args)
         m = json.loads((tmp_path / balance / "test_metrics.json").read_text())
@@ -95,7 +96,7 @@ def test_logit_adjust_training_raises_rare_recall_on_the_sample(sample_root, tmp
 
 @pytest.mark.slow
 def test_compare_balance_runs_every_option(sample_root, tmp_path):
-    args = small_config(sample_root, tmp_path / "cmp", epochs=1)
+    args = small_config(sample_root, tmp_path / "cmp", epochs=1, cache_dir=tmp_path / "cache")  # decoded once
     run_main("compare_balance.py", *args)
     table = (tmp_path / "cmp" / "balance_comparison.md").read_text().splitlines()
     rows = [line for line in table if line.startswith("| ") and not line.startswith("| balance")]

@@ -1,4 +1,4 @@
-"""metrics.py: reconstruction (PSNR), clustering (NMI, ARI, purity, Hungarian accuracy) and the
+"""metrics.py: classification (as scikit-learn defines it), reconstruction (PSNR), clustering (NMI, ARI, purity, Hungarian accuracy) and the
 style-transfer measures (random-network texture statistics, colour histograms, style distance, gap
 closed, SSIM, the robust transform)."""
 import math
@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import balanced_accuracy_score, f1_score
 
 import metrics
 
@@ -97,3 +98,14 @@ def test_classification_metrics_by_hand():
     only_predicted = metrics.classification_metrics([0, 0], [0, 1], ["a", "b", "c"])
     assert math.isnan(only_predicted["per_class"]["b"]["recall"])
     assert only_predicted["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)  # b counts with F1 0, c not at all
+
+
+def test_macro_f1_and_balanced_accuracy_follow_scikit_learn():
+    y_true = np.array([0, 0, 1, 1, 2, 2, 2])
+    y_pred = np.array([0, 3, 1, 3, 2, 2, 0])  # style 3 is predicted but absent from the truth
+    m = metrics.classification_metrics(y_true, y_pred, ["a", "b", "c", "d"])
+    assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    truth_only = f1_score(y_true, y_pred, labels=[0, 1, 2], average="macro")  # what it used to compute
+    assert m["macro_f1"] < truth_only - 0.1
+    with pytest.warns(UserWarning):  # scikit-learn warns about the predicted-only class
+        assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))

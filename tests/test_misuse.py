@@ -260,8 +260,9 @@ def continue_command(stderr):
 
 
 def test_7_ctrl_c_says_what_was_saved_and_how_to_continue(sample_root, tmp_path, monkeypatch):
+    data = small_folder(sample_root, tmp_path / "mine", n=18)  # 48 training images: 3 steps an epoch
     out = tmp_path / "run"
-    args = small_config(sample_root, out, epochs=3, batch_size=64)
+    args = small_config(sample_root, out, epochs=3, train_dir=data / "train")
     with monkeypatch.context() as m:
         interrupt_at(m, 0)
         p = run_main("train.py", *args, check=False)
@@ -290,7 +291,7 @@ def test_7_ctrl_c_of_a_real_run(sample_root, tmp_path):
     """SIGINT to `python train.py` once epoch 1 is in last.pt: exit status 130, no traceback, the
     epoch and the command that continues; that command resumes after epoch 1."""
     out = tmp_path / "run"
-    args = small_config(sample_root, out, epochs=50)
+    args = small_config(sample_root, out, epochs=50, batch_size=64)
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -536,6 +537,7 @@ def test_every_script_runs_main_through_runs_cli():
         assert ast.unparse(block[0].body[0]) == expected, script
 
 
+@pytest.mark.slow  # a process of its own (torch imported again)
 def test_a_real_command_line_slip_is_one_line_and_status_2(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--set", "epoch=3"], cwd=tmp_path,
                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)

@@ -48,6 +48,16 @@ def test_each_mode_learns_a_few_steps(mode, sample_root):
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_predict_keeps_the_order_of_unsorted_indices():
+    torch.manual_seed(0)
+    model = wikiart.ResNet(5, width=8, blocks=(1, 1, 1, 1))
+    images = np.random.default_rng(0).integers(0, 256, (23, 16, 16, 3), dtype=np.uint8)
+    shuffled = np.random.default_rng(1).permutation(23)
+    by_shuffled = wikiart.predict(model, images, shuffled, 5, torch.device("cpu"))
+    by_sorted = wikiart.predict(model, images, np.arange(23), 5, torch.device("cpu"))
+    assert torch.allclose(by_shuffled, by_sorted[shuffled], atol=1e-5)
+
+
 # ---- autoencoders
 
 def ae_cfg(**kw):

@@ -5,6 +5,7 @@ style_transfer_run); the scripts run in-process, as their command line would run
 import json
 import shlex
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def next_command(stdout):
 def test_train_then_test_is_deterministic(tiny_classifier):
     out = tiny_classifier.out
     log = json.loads((out / "train_log.json").read_text())
-    assert len(log) == 2 and all("val_balanced_accuracy" in row for row in log)
+    assert len(log) == tiny_classifier.keys["epochs"] and all("val_balanced_accuracy" in row for row in log)
     ckpt = torch.load(out / "best.pt", weights_only=False)
     assert ckpt["class_to_idx"] == {s: i for i, s in enumerate(sorted(sample_data.COURSE_TRAIN_COUNTS))}
     script, args = next_command(tiny_classifier.stdout)  # the command train.py suggests
@@ -55,13 +56,13 @@ def test_train_then_test_is_deterministic(tiny_classifier):
 
 def test_resume_continues_with_identical_state(sample_root, tiny_classifier, tmp_path):
     part = tmp_path / "part"
-    run_main("train.py", *small_config(sample_root, part, stop_after=1))
+    run_main("train.py", *small_config(sample_root, part, **tiny_classifier.keys, stop_after=1))
     assert json.loads((part / "train_log.json").read_text())[-1]["epoch"] == 1
-    p = run_main("train.py", *small_config(sample_root, part), "--resume")
+    p = run_main("train.py", *small_config(sample_root, part, **tiny_classifier.keys), "--resume")
     assert "resumed from" in p.stdout and "after epoch 1" in p.stdout
-    a = torch.load(tiny_classifier.out / "last.pt", weights_only=False)  # the same 2 epochs straight through
+    a = torch.load(tiny_classifier.out / "last.pt", weights_only=False)  # the same epochs straight through
     b = torch.load(part / "last.pt", weights_only=False)
-    assert a["epoch"] == b["epoch"] == 1
+    assert a["epoch"] == b["epoch"] == tiny_classifier.keys["epochs"] - 1
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [round(h["train_loss"], 6) for h in a["history"]] == [round(h["train_loss"], 6) for h in b["history"]]
@@ -69,8 +70,19 @@ def test_resume_continues_with_identical_state(sample_root, tiny_classifier, tmp
 
 # ---- autoencoder.py
 
-def test_autoencoder_training_reduces_loss_and_writes_outputs(tiny_autoencoder):
-    out = tiny_autoencoder.out
+@pytest.fixture(scope="module")
+def resumed_autoencoder(sample_root, tmp_path_factory):
+    """Two epochs, then --resume to a third (one training run shared by the tests below; the other
+    tests use conftest's one-epoch tiny_autoencoder)."""
+    out = tmp_path_factory.mktemp("ae") / "ae"
+    run_main("autoencoder.py", *ae_args(sample_root, out, **{"autoencoder.epochs": 2}))
+    first_two = json.loads((out / "train_log.json").read_text())
+    p = run_main("autoencoder.py", "--resume", *ae_args(sample_root, out, **{"autoencoder.epochs": 3}))
+    return SimpleNamespace(out=out, stdout=p.stdout, first_two=first_two)
+
+
+def test_autoencoder_training_reduces_loss_and_writes_outputs(resumed_autoencoder):
+    out = resumed_autoencoder.out
     history = json.load(open(out / "train_log.json"))
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
@@ -81,11 +93,11 @@ def test_autoencoder_training_reduces_loss_and_writes_outputs(tiny_autoencoder):
     assert result["test"]["psnr"] == pytest.approx(metrics.psnr(result["test"]["mse"]))
     for name in ("curves.png", "reconstructions.png"):
         assert_real_picture(out / name)
-    assert "PSNR" in tiny_autoencoder.stdout
+    assert "PSNR" in resumed_autoencoder.stdout
 
 
-def test_autoencoder_codes_file_round_trips(tiny_autoencoder):
-    out = tiny_autoencoder.out
+def test_autoencoder_codes_file_round_trips(resumed_autoencoder):
+    out = resumed_autoencoder.out
     model, ckpt = wikiart.load_autoencoder(str(out / "best.pt"), torch.device("cpu"))
     assert not model.training and ckpt["config"]["autoencoder"]["out_dir"] == str(out)
     cfg = ckpt["config"]
@@ -105,11 +117,11 @@ def test_autoencoder_codes_file_round_trips(tiny_autoencoder):
     np.testing.assert_allclose(np.load(out / "codes_test.npz")["codes"][idx], z.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_autoencoder_resume_continues(tiny_autoencoder):
-    out = tiny_autoencoder.out
-    assert "resumed from" in tiny_autoencoder.stdout and "after epoch 2" in tiny_autoencoder.stdout
+def test_autoencoder_resume_continues(resumed_autoencoder):
+    out = resumed_autoencoder.out
+    assert "resumed from" in resumed_autoencoder.stdout and "after epoch 2" in resumed_autoencoder.stdout
     history = json.load(open(out / "train_log.json"))
-    assert [h["epoch"] for h in history] == [1, 2, 3] and history[:2] == json.loads(tiny_autoencoder.first_two)
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[:2] == resumed_autoencoder.first_two
     assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 2
 
 

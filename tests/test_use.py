@@ -16,31 +16,17 @@ import autoencoder
 import config
 import metrics
 import test as classify  # the project's test.py (tests/conftest.py puts the project first on sys.path)
-import train
 import wikiart
-from conftest import assert_real_picture, run_script, small_config
+from conftest import assert_real_picture, run_script
 
 BIG_STYLES = ("Impressionism", "Realism", "Romanticism")  # the sample's largest styles: learnt first
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """The scripts run here in-process with threads=1 (bit-identical results on any machine); give
-    the other tests their thread count back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def classifier(sample_root, tmp_path_factory):
-    """best.pt of a tiny ResNet trained in-process on the 32 px sample: 4 epochs without augmentation,
-    enough to rank the big styles of their own training images first."""
-    out = tmp_path_factory.mktemp("classifier")
-    threads = torch.get_num_threads()
-    train.main(small_config(sample_root, out, epochs=4, augment="false", threads=1))
-    torch.set_num_threads(threads)
-    return out / "best.pt"
+def classifier(tiny_classifier):
+    """best.pt of the shared tiny ResNet (conftest.py): 4 epochs without augmentation on the 32 px
+    sample, enough to rank the big styles of their own training images first."""
+    return tiny_classifier.out / "best.pt"
 
 
 def training_images(sample_root, styles):
