@@ -356,8 +356,10 @@ def main(argv=None):
         p.error("--test-fraction must be in [0, 1)")
     if not 1 <= args.quality <= 100:
         p.error("--quality must be in [1, 100]")
-    if args.limit < 0 or args.workers < 1:
-        p.error("--limit must be >= 0 and --workers >= 1")
+    if args.limit < 0:
+        p.error("--limit must be >= 0")
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
     if not os.path.exists(args.source):
         p.error(f"source not found: {args.source}")
     src_real, out_real = os.path.realpath(args.source), os.path.realpath(args.out)

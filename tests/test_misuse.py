@@ -394,7 +394,7 @@ def test_9_style_transfer_evaluates_one_test_image(style_transfer_run, sample_ro
     ("compare_balance.py", ["--options", "none", "--set", "train_dir=missing"], "data folder not found"),
     ("bench.py", ["missing", "--size", "32"], "data folder not found"),
     ("bench.py", ["src", "--size", "32", "--threads", "0"], "--threads must be at least 1"),
-    ("prepare_data.py", ["src", "out/prepared", "--workers", "0"], "--workers >= 1"),
+    ("prepare_data.py", ["src", "out/prepared", "--workers", "0"], "--workers must be at least 1"),
 ])
 def test_10_failed_runs_leave_no_folders(script, args, says, user_dir):
     (user_dir / "src" / "Cubism").mkdir(parents=True)
@@ -474,7 +474,7 @@ def test_cluster_py_bad_options_unreadable_and_too_few_codes(sample_root, tmp_pa
     assert not (tmp_path / "out").exists() and snapshot(user_dir) == {}
 
 
-def test_style_transfer_py_bad_mode_and_nothing_to_resume(sample_root, tiny_classifier, tmp_path, user_dir):
+def test_style_transfer_py_bad_mode_and_nothing_to_resume(tmp_path, user_dir):
     p = run_main("style_transfer.py", "--set", "style_transfer.mode=fancy", check=False)
     assert_user_error(p, "style_transfer.py", "must be one of adain, naive")
     p = run_main("style_transfer.py", "--resume", "--set", "style_transfer.mode=naive",
