@@ -1,8 +1,9 @@
 """train.py under torchrun (DistributedDataParallel, gloo on CPU) and the distributed helpers of runs.py;
 posthoc calibration under torchrun.
 
-The runs go through a small wrapper that executes train.py unchanged and records the sample indices
-of every training batch each process used, so the tests check the order train.py really trained on.
+The runs go through a small wrapper that runs train.py's main unchanged and records the sample indices
+of every training batch each process used (and the post-hoc tau each chose), so the tests check what
+train.py really did.
 """
 import json
 import os
@@ -22,9 +23,10 @@ import runs
 import wikiart
 
 RECORD = '''
-import json, os, runpy, sys
+import json, os, sys
 sys.path.insert(0, os.environ["REPO"])
-import wikiart
+import runs, train, wikiart
+rank = os.environ.get("RANK", "0")
 batches, original = [], wikiart.iterate_batches
 def recording(images, labels, indices, batch_size, device, drop_last=False):
     if drop_last:  # training batches; validation and test.py use drop_last=False
@@ -32,10 +34,16 @@ def recording(images, labels, indices, batch_size, device, drop_last=False):
         batches.append([[int(i) for i in indices[k:k + batch_size]] for k in range(0, n, batch_size)])
     return original(images, labels, indices, batch_size, device, drop_last)
 wikiart.iterate_batches = recording
-train = os.path.join(os.environ["REPO"], "train.py")
-sys.argv = [train] + sys.argv[1:]
-runpy.run_path(train, run_name="__main__")
-with open(os.environ["RECORD_TO"] + "_rank" + os.environ.get("RANK", "0") + ".json", "w") as f:
+calibrate = train.calibrate_posthoc
+def recording_tau(*args, **kwargs):  # posthoc=true: the tau each process chose
+    best = calibrate(*args, **kwargs)
+    with open(os.environ["RECORD_TO"] + "_tau_rank" + rank + ".json", "w") as f:
+        json.dump(best["posthoc_tau"], f)
+    return best
+train.calibrate_posthoc = recording_tau
+sys.argv = [os.path.join(os.environ["REPO"], "train.py")] + sys.argv[1:]
+runs.cli(train.main)  # what `python train.py ...` runs
+with open(os.environ["RECORD_TO"] + "_rank" + rank + ".json", "w") as f:
     json.dump(batches, f)
 '''
 
@@ -71,14 +79,15 @@ def history(out_dir):
 
 @pytest.fixture(scope="module")
 def ddp_runs(sample_root, tmp_path_factory):
-    """One 2-process run (interrupted after epoch 1, then --resume) and one 1-process run, same seed."""
+    """One 2-process run (interrupted after epoch 1, then --resume with posthoc=true, which calibrates
+    the finished run under torchrun) and one 1-process run, same seed."""
     tmp = tmp_path_factory.mktemp("ddp")
     one = small_config(sample_root, tmp / "one", **CONFIG)
     two = small_config(sample_root, tmp / "two", **CONFIG)
     _, one_rec = train(tmp, "one", *one)
     first, first_rec = train(tmp, "two_a", *two, "stop_after=1", nproc=2)
     shutil.copytree(tmp / "two", tmp / "two_after_epoch1")
-    resumed, resumed_rec = train(tmp, "two_b", *two, "--resume", nproc=2)
+    resumed, resumed_rec = train(tmp, "two_b", *two, "posthoc=true", "--resume", nproc=2)
     return dict(tmp=tmp, one=tmp / "one", two=tmp / "two", one_rec=one_rec, first_rec=first_rec,
                 resumed_rec=resumed_rec, stdout=first.stdout + resumed.stdout)
 
@@ -196,37 +205,13 @@ def test_distributed_validation_equals_scoring_the_saved_model_in_one_process(dd
     assert last["val_balanced_accuracy"] == pytest.approx(m["balanced_accuracy"])
 
 
-RECORD_TAU = """
-import json, os, sys
-sys.path.insert(0, os.environ["REPO"])
-import train
-original = train.calibrate_posthoc
-def recording(*args, **kwargs):
-    best = original(*args, **kwargs)
-    with open(os.environ["RECORD_TO"] + "_rank" + os.environ.get("RANK", "0") + ".json", "w") as f:
-        json.dump(best["posthoc_tau"], f)
-    return best
-train.calibrate_posthoc = recording
-train.main(sys.argv[1:])
-train.runs.cleanup_distributed()
-"""
-
-
 @pytest.mark.slow
-def test_posthoc_under_torchrun_every_rank_scores_the_saved_model(sample_root, tmp_path):
-    wrapper = tmp_path / "record.py"
-    wrapper.write_text(RECORD_TAU)
-    out = tmp_path / "two"
-    env = dict(os.environ, REPO=ROOT, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", RECORD_TO=str(tmp_path / "tau"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(wrapper),
-           *small_config(sample_root, out, epochs=1, posthoc="true", batch_size=16)]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    taus = [json.load(open(tmp_path / f"tau_rank{r}.json")) for r in range(2)]
+def test_posthoc_under_torchrun_every_rank_scores_the_saved_model(ddp_runs):
+    taus = [json.load(open(ddp_runs["resumed_rec"] + f"_tau_rank{r}.json")) for r in range(2)]
     assert taus[0] == taus[1]
     # one process calibrating the saved model chooses the same tau
     import train
-    best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    best = torch.load(ddp_runs["two"] / "best.pt", map_location="cpu", weights_only=False)
     assert best["posthoc_tau"] == taus[0]
     cfg = best["config"]
     data = wikiart.WikiArtDataset(cfg["train_dir"], cfg["image_size"])
