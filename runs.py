@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import config
 from config import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -70,7 +71,6 @@ def config_command(script, argv, sets=()):
     """The command that runs `script` with the config of this command line (its -c files and --set
     values, without flags of its own such as --resume), `sets` (KEY=VALUE) added or replacing: the
     next step that works, e.g. cluster.py on the codes autoencoder.py just wrote."""
-    import config
     args, _ = config.config_parser(None).parse_known_args(list(argv))
     keys = {item.split("=", 1)[0] for item in sets}
     values = [item for item in args.set if item.split("=", 1)[0] not in keys] + list(sets)
