@@ -154,7 +154,7 @@ def build_scratch_pipeline(t, prompts, resolution, seed):
         vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
         num_hidden_layers=t["scratch_text_layers"], num_attention_heads=width // 32,
         max_position_embeddings=tokenizer.model_max_length, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    groups = min(32, math.gcd(*vae_ch))
+    groups = max(1, math.gcd(*vae_ch) // 4)  # 4 channels a group (1 would normalise each channel's mean: the colour)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(vae_ch),
                         up_block_types=("UpDecoderBlock2D",) * len(vae_ch), block_out_channels=tuple(vae_ch),
                         layers_per_block=1, latent_channels=t["scratch_latent_channels"], norm_num_groups=groups,
@@ -166,7 +166,10 @@ def build_scratch_pipeline(t, prompts, resolution, seed):
         block_out_channels=tuple(unet_ch), down_block_types=("CrossAttnDownBlock2D",) * n,
         up_block_types=("CrossAttnUpBlock2D",) * n, cross_attention_dim=width,
         attention_head_dim=tuple(c // 32 for c in unet_ch),  # diffusers' name for the number of heads
-        norm_num_groups=32)
+        norm_num_groups=math.gcd(*unet_ch) // 8,  # 8 channels a group: a colour cast is not normalised away
+        # the prompt, attention-pooled, is also added to the timestep embedding (Imagen's pooled text
+        # embedding): every ResNet block sees the style from the first steps on, not only cross-attention
+        addition_embed_type="text", addition_embed_type_num_heads=width // 32)
     # cosine schedule, v-prediction, trailing timesteps: the last step is (nearly) pure noise, so sampling
     # starts where training ended, and dark or bright styles keep their overall brightness
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",

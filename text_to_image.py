@@ -33,6 +33,7 @@ robust style judge (hit rate of the prompted style, beside its recall on real te
 style specificity of colour/texture statistics; nearest-neighbour distances to the training set show
 whether samples are copies. Writes out_dir/{grid.png,evaluation.json,evaluation.png,train_log.*,curves.png}.
 """
+import contextlib
 import copy
 import math
 import os
@@ -212,7 +213,7 @@ def fit(folder, title, objects, step, data_idx, labels, per_step, cfg, plan, dev
 
 
 def train_vae(cfg, pipe, images, labels, device, resume, argv):
-    """Scratch stage 1: the AutoencoderKL on random crops (L1 reconstruction + a light KL)."""
+    """Scratch stage 1: the AutoencoderKL on whole images or random crops (vae_crop): L1 + a light KL."""
     t, vae = cfg["text_to_image"], pipe.vae
     train_idx, val_idx = wikiart.stratified_split(labels, cfg["val_fraction"], cfg["seed"])
     opt = torch.optim.AdamW(vae.parameters(), lr=t["vae_lr"], weight_decay=0.0)
@@ -250,20 +251,17 @@ def subset(indices, n, seed):
     return np.sort(np.random.default_rng(seed).permutation(indices)[:n])
 
 
-class averaged:
+@contextlib.contextmanager
+def averaged(ema, params):
     """Inside the block the parameters hold their EMA (if any); the training values come back after."""
-
-    def __init__(self, ema, params):
-        self.ema, self.params = ema, params
-
-    def __enter__(self):
-        if self.ema:
-            self.ema.store(self.params)
-            self.ema.copy_to(self.params)
-
-    def __exit__(self, *exc):
-        if self.ema:
-            self.ema.restore(self.params)
+    if ema:
+        ema.store(params)
+        ema.copy_to(params)
+    try:
+        yield
+    finally:
+        if ema:
+            ema.restore(params)
 
 
 def diffusion_loss(pipe, noise_sched, data, idx, g, caption_dropout, snr_gamma, amp):
