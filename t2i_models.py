@@ -188,6 +188,9 @@ def save_pipeline(pipe, folder):
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(folder) + ".")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes a private folder; give it the usual permissions
         pipe.save_pretrained(tmp)
         old = tmp + ".old"
         if os.path.exists(folder):
