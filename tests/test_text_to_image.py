@@ -1,0 +1,215 @@
+"""Bonus B (text_to_image.py): the real --pretrained path on a tiny pipeline that the tests build and
+save themselves (no download), LoRA, generation, errors, and the from-scratch path at a tiny size."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import config
+import t2i_models as t2i
+import text_to_image
+from conftest import run_script
+
+CPU = torch.device("cpu")
+CHARS = "abcdefghijklmnopqrstuvwxyz-,."
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """A tiny Stable-Diffusion-style pipeline saved with save_pretrained: 16 px images, 8x8 latents,
+    a character-level CLIP tokenizer from vocabulary files written here."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    t2i.quiet_hf()
+    root = tmp_path_factory.mktemp("pretrained")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in CHARS:
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=48)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=48,
+                                                bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(str(root / "pipe"))
+    return str(root / "pipe")
+
+
+def t2i_args(sample_root, out_dir, **extra):
+    keys = {"train_dir": f"{sample_root}/train", "test_dir": f"{sample_root}/test", "image_size": 32, "cache_dir": "",
+            "device": "cpu", "text_to_image.out_dir": str(out_dir), "text_to_image.epochs": 2,
+            "text_to_image.steps_per_epoch": 3, "text_to_image.batch_size": 8, "text_to_image.lr": 0.01,
+            "text_to_image.warmup_steps": 0, "text_to_image.steps": 3, "text_to_image.grid_seeds": 2,
+            "text_to_image.val_images": 16}
+    keys.update(extra)
+    return ["--set"] + [f"{k}={v}" for k, v in keys.items()]
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained_dir, sample_root, tmp_path_factory):
+    """LoRA fine-tuning through the script's own training code: (cfg, models, out_dir)."""
+    out = tmp_path_factory.mktemp("lora")
+    argv = ["--pretrained", pretrained_dir] + t2i_args(sample_root, out)
+    parser = config.config_parser("")
+    parser.add_argument("--pretrained")
+    _, cfg = config.parse_config(parser, argv)
+    cfg["text_to_image"].update(pretrained=pretrained_dir, init="pretrained")
+    models, classes = text_to_image.train_or_load(cfg, CPU, resume=False, reuse=False, argv=argv)
+    return cfg, models, out
+
+
+def test_prompts_from_style_and_file_names():
+    assert t2i.style_phrase("Ukiyo_e") == "Ukiyo-e"
+    assert t2i.style_phrase("Post_Impressionism") == "Post Impressionism"
+    assert t2i.parse_wikiart_filename("x/claude-monet_water-lilies-1917.jpg") == ("claude monet", "water lilies")
+    assert t2i.parse_wikiart_filename("vincent-van-gogh_the-starry-night-1889(1).jpg") == ("vincent van gogh", "the starry night")
+    assert t2i.parse_wikiart_filename("A10002.jpg") is None  # WikiArt-16's numbered files: style only
+    named = "{title}, a {style} painting by {artist}"
+    assert t2i.make_prompt("Impressionism", "a {style} painting", named, "claude-monet_water-lilies-1917.jpg") == \
+        "water lilies, a Impressionism painting by claude monet"
+    assert t2i.make_prompt("Ukiyo_e", "a {style} painting", named, "A1.jpg") == "a Ukiyo-e painting"
+    assert t2i.make_prompt("Ukiyo_e", "a {style} painting", "", "claude-monet_x-1900.jpg") == "a Ukiyo-e painting"
+
+
+def test_word_tokenizer_has_one_token_per_prompt_word(tmp_path):
+    prompts = ["a Ukiyo-e painting", "a Post Impressionism painting", "a Pop Art painting"]
+    tok = t2i.word_tokenizer(prompts, str(tmp_path))
+    ids = tok("a Post Impressionism painting").input_ids
+    assert len(ids) == 2 + 4  # start, a, post, impressionism, painting, end
+    unknown = tok("a zebra").input_ids
+    assert tok.unk_token_id not in unknown[1:-1] and len(unknown) > 4  # spelled out letter by letter
+    assert tok.model_max_length >= max(len(tok(p).input_ids) for p in prompts)
+
+
+def test_lora_steps_lower_the_loss_and_change_only_the_adapters(pretrained_dir):
+    from diffusers import DDPMScheduler
+    pipe = t2i.load_pipeline(pretrained_dir, CPU)
+    base = {n: p.detach().clone() for m in ("unet", "vae", "text_encoder") for n, p in
+            getattr(pipe, m).named_parameters(prefix=m)}
+    t = config.defaults()["text_to_image"] | {"lora_rank": 4, "lora_alpha": 4}
+    params = t2i.add_lora(pipe, t)
+    assert params and all("lora_" in n for m in ("unet", "text_encoder", "vae")
+                          for n, p in getattr(pipe, m).named_parameters() if p.requires_grad)
+    lora_before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if "lora_" in n}
+    torch.manual_seed(1)
+    ids = pipe.tokenizer(["a pop art painting"] * 4, padding="max_length", max_length=48, return_tensors="pt").input_ids
+    data = {"mean": torch.randn(4, 4, 8, 8).half(), "std": torch.full((4, 4, 8, 8), 0.01).half(), "ids": ids,
+            "empty_ids": ids[:1] * 0 + 1}
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    loss = lambda: text_to_image.diffusion_loss(pipe, sched, data, np.arange(4), torch.Generator().manual_seed(0),
+                                                0.0, 5.0, torch.float32)
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    with torch.no_grad():
+        first = loss().item()
+    for _ in range(15):  # the same batch, noise and timesteps every step
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        last = loss().item()
+    assert last < 0.9 * first, (first, last)
+    after = {n: p for m in ("unet", "vae", "text_encoder") for n, p in getattr(pipe, m).named_parameters(prefix=m)}
+    for n, p in base.items():  # peft wraps a frozen layer as base_layer: same tensor, new name
+        q = after.get(n, after.get(n.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")))
+        assert q is not None and torch.equal(p, q), f"base weight {n} changed"
+    assert any(not torch.equal(p, dict(pipe.unet.named_parameters())[n]) for n, p in lora_before.items())
+
+
+def test_saved_adapters_reload_to_identical_images(finetuned, pretrained_dir):
+    cfg, models, out = finetuned
+    pipe, _ = models["fine-tuned"]
+    path = out / "lora" / "pytorch_lora_weights.safetensors"
+    assert path.exists() and path.stat().st_size < 2e6  # adapters only
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert set(ckpt["lora_unet"]) and all("lora_" in k for k in ckpt["lora_unet"])  # resumable, adapters only
+    prompts, seeds = ["a Pop Art painting", "a Cubism painting"], [5, 6]
+    tuned = text_to_image.generate(pipe, True, prompts, seeds, 3, 4.0, 2)
+    base = text_to_image.generate(pipe, False, prompts, seeds, 3, 4.0, 2)
+    fresh = t2i.load_pipeline(pretrained_dir, CPU)
+    assert np.array_equal(text_to_image.generate(fresh, False, prompts, seeds, 3, 4.0, 2), base)
+    t2i.load_lora(fresh, str(out / "lora"))
+    assert np.array_equal(text_to_image.generate(fresh, True, prompts, seeds, 3, 4.0, 2), tuned)
+    assert not np.array_equal(tuned, base), "fine-tuning changed nothing"
+    assert (out / "curves.png").exists() and (out / "train_log.json").exists()
+
+
+def test_generation_is_seeded_and_independent_of_the_batch(finetuned):
+    _, models, _ = finetuned
+    pipe, _ = models["fine-tuned"]
+    a = text_to_image.generate(pipe, True, ["a Pop Art painting"] * 3, [0, 1, 2], 3, 4.0, 3)
+    b = text_to_image.generate(pipe, True, ["a Pop Art painting"] * 3, [0, 1, 2], 3, 4.0, 3)
+    alone = text_to_image.generate(pipe, True, ["a Pop Art painting"], [1], 3, 4.0, 1)
+    assert a.dtype == np.uint8 and a.shape == (3, 16, 16, 3)
+    assert np.array_equal(a, b) and np.array_equal(a[1], alone[0])
+    assert not np.array_equal(a[0], a[1])
+
+
+def test_generate_from_the_trained_folder_and_unknown_style(finetuned, sample_root):
+    cfg, _, out = finetuned
+    args = t2i_args(sample_root, out)
+    text_to_image.main(["--style", "pop_art", "--n", "2", "--save-images"] + args)
+    assert (out / "grid_Pop_Art.png").exists()
+    assert len(os.listdir(out / "images" / "fine-tuned")) == 2 and len(os.listdir(out / "images" / "base")) == 2
+    with pytest.raises(config.UserError, match="unknown style 'Cubizm'; styles: Abstract_Expressionism.*Cubism"):
+        text_to_image.main(["--style", "Cubizm"] + args)
+
+
+def test_pretrained_folder_errors_are_one_line(pretrained_dir, sample_root, tmp_path):
+    p = run_script("text_to_image.py", "--pretrained", str(tmp_path / "nope"), *t2i_args(sample_root, tmp_path), check=False)
+    assert p.returncode == 2 and "pretrained model folder not found" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(config.UserError, match="no model_index.json"):
+        t2i.load_pipeline(str(tmp_path / "empty"), CPU)
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(pretrained_dir, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    with pytest.raises(config.UserError, match="cannot load a pipeline from the folder"):
+        t2i.load_pipeline(str(broken), CPU)
+
+
+@pytest.mark.slow
+def test_scratch_pipeline_end_to_end(sample_root, tmp_path):
+    """--init scratch at a tiny size: VAE, then UNet + text encoder, grid, evaluation; then reload."""
+    import shutil
+    for split in ("train", "test"):  # four styles keep it quick
+        for style in ("Baroque", "Pop_Art", "Pointillism", "Ukiyo_e"):
+            shutil.copytree(f"{sample_root}/{split}/{style}", tmp_path / "data" / split / style)
+    args = t2i_args(tmp_path / "data", tmp_path, **{
+        "text_to_image.scratch_vae_channels": "[16,16]", "text_to_image.scratch_latent_channels": 4,
+        "text_to_image.scratch_unet_channels": "[32,32]", "text_to_image.scratch_text_width": 32,
+        "text_to_image.vae_epochs": 1, "text_to_image.eval_images": 2, "text_to_image.ema_decay": 0.9,
+        "style_transfer.judge_width": 8, "style_transfer.judge_epochs": 1})
+    text_to_image.main(["--init", "scratch", "--evaluate"] + args)
+    for f in ("grid.png", "evaluation.json", "evaluation.png", "trained.json", "curves.png", "vae/curves.png",
+              "pipeline/model_index.json", "base/model_index.json"):
+        assert (tmp_path / f).exists(), f
+    r = json.loads((tmp_path / "evaluation.json").read_text())
+    assert set(r["models"]) == {"base", "fine-tuned", "real"} and len(r["styles"]) == 4
+    for m in r["models"].values():
+        assert 0 <= m["robust_hit_rate"] <= 1 and m["nn_train_distance"]["median"] > 0
+    real = r["models"]["real"]["specificity_texture+colour"].values()
+    assert all(v == 1 or v != v for v in real)  # by definition (nan: a style whose test images are not closer)
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert [h["epoch"] for h in log] == [1, 2]
+    # the saved pipelines reload for generation alone; --resume with more epochs continues from epoch 3
+    text_to_image.main(["--style", "Ukiyo_e", "--n", "1"] + args)
+    assert (tmp_path / "grid_Ukiyo_e.png").exists()
+    text_to_image.main(["--init", "scratch", "--resume"] + args + ["text_to_image.epochs=3"])
+    assert [h["epoch"] for h in json.loads((tmp_path / "train_log.json").read_text())] == [1, 2, 3]
