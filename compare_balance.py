@@ -2,7 +2,7 @@
 
     python compare_balance.py                                   # every option on the sample data
     python compare_balance.py --options none logit_adjust sampler sampler+posthoc --set epochs=5
-    python compare_balance.py -c configs/imbalance_w16.json     # the WikiArt-16 comparison (RESULTS.md)
+    python compare_balance.py -c configs/imbalance_w16_64.json  # the WikiArt-16 comparison (RESULTS.md)
 
 Each option X runs train.py then test.py with `--set balance=X out_dir=<out_dir>/X`. `X+posthoc` is
 the same training followed by a test-time prior correction: X's finished run is calibrated on the
@@ -33,15 +33,16 @@ DEFAULT_OPTIONS = [*wikiart.BALANCE_OPTIONS, "none+posthoc", "sampler+posthoc"]
 
 
 def finished(out, run_cfg):
-    """A finished earlier run with exactly this classifier config is reused."""
+    """A finished earlier run with exactly this classifier config is reused (one that its time cap,
+    max_minutes, ended counts as finished)."""
     metrics_path, last = os.path.join(out, "test_metrics.json"), os.path.join(out, "last.pt")
     if not (os.path.exists(metrics_path) and os.path.exists(last)):
         return False
     saved = runs.load_checkpoint(last, "a train.py checkpoint")
     keys = [k for k, v in run_cfg.items() if not isinstance(v, dict) and k not in ("threads", "device")]
     defaults = config.defaults()  # a key added after that run: it ran with the default
-    return (all(saved["config"].get(k, defaults[k]) == run_cfg[k] for k in keys)
-            and saved["epoch"] + 1 == run_cfg["epochs"])
+    ended = saved["epoch"] + 1 == run_cfg["epochs"] or saved["history"][-1].get("time_cap", False)
+    return all(saved["config"].get(k, defaults[k]) == run_cfg[k] for k in keys) and ended
 
 
 def posthoc_from(plain_out, out, cfg):
@@ -89,7 +90,7 @@ def main(argv=None):
                      "balanced_accuracy": result["balanced_accuracy"], "macro_f1": result["macro_f1"],
                      "worst_recall": result["worst_recall"],
                      "recall_per_style": {n: m["recall"] for n, m in result["per_class"].items() if m["support"]},
-                     "seconds": sum(h["seconds"] for h in history)})
+                     "seconds": sum(h["seconds"] for h in history), "epochs": len(history)})
         tests[option] = result
 
     columns = ["val_balanced_accuracy", "accuracy", "balanced_accuracy", "macro_f1", "worst_recall"]

@@ -45,14 +45,16 @@ def main(argv=None):
     device = runs.get_device(cfg["device"])
     model, ckpt = load_classifier(path, device)
     run_cfg = dict(ckpt["config"])
-    for key in config.explicit_keys(args) & {"test_dir", "device", "cache_dir", "threads"}:
+    for key in config.explicit_keys(args) & {"test_dir", "device", "cache_dir", "threads", "precision"}:
         run_cfg[key] = cfg[key]
     run_cfg.setdefault("threads", 0)
+    run_cfg.setdefault("precision", "auto")
     runs.start(run_cfg)
     sample_data.ensure_sample(run_cfg)
     data = wikiart.load_split(run_cfg, "test", class_to_idx=ckpt["class_to_idx"])
 
-    logits = wikiart.predict(model, data.images, list(range(len(data))), 256, device, desc="testing")
+    logits = wikiart.predict(model, data.images, list(range(len(data))), 256, device, desc="testing",
+                             precision=run_cfg["precision"])
     if "logit_bias" in ckpt:  # posthoc=true: - tau * log prior, tau chosen on the validation split
         logits = logits + ckpt["logit_bias"]
     m = metrics.classification_metrics(data.labels.numpy(), logits.argmax(1).numpy(), data.classes)
