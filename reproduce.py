@@ -201,8 +201,9 @@ def expand(name, command, prof, root, extra_set):
     out = cfg[OUT_KEY[script]]
     if not (out == f"out/{name}" or out.startswith(f"out/{name}/")):
         raise UserError(f"recipe {name}: {script} writes to {out}; its config must write under out/{name}/")
-    sections = ("", *READS.get(script, ()))  # the paths this script reads or writes
-    moved = [f"{k}={move(v, root)}" for k, v in cfg.items() if move(v, root) != v and k.rpartition(".")[0] in sections]
+    sections, given = ("", *READS.get(script, ())), {item.partition("=")[0] for item in sets}  # sets: moved already
+    moved = [f"{k}={move(v, root)}" for k, v in cfg.items()
+             if move(v, root) != v and k.rpartition(".")[0] in sections and k not in given]
     argv += ["--set", *sets, *moved]
     return script, argv, resolve(argv)
 

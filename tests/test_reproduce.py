@@ -37,6 +37,8 @@ def test_every_recipe_of_every_profile_resolves_and_writes_into_its_own_folder()
                     assert os.path.exists(os.path.join(ROOT, script)), script
                     if cfg:
                         assert config.flatten(cfg)[reproduce.OUT_KEY[script]].startswith(f"out/results/x/{recipe}")
+                        data = ["out/results/x/sample"] if name == "smoke" else [reproduce.W16, "data/sample"]
+                        assert cfg["train_dir"] in [d + "/train" for d in data], cfg["train_dir"]  # moved once
     used = {c for r in reproduce.RECIPES.values() for cmd in r["commands"] for c in re.findall(r"configs/\S+", cmd)}
     overlays = {c for p in [*reproduce.PROFILES.values(), reproduce.SCALE_DOWN] for c in p.get("configs", [])}
     for path in sorted(os.listdir(os.path.join(ROOT, "configs"))):
