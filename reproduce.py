@@ -376,7 +376,9 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, help="recipes run at once (a recipe waits for those it reads from, a "
                     "benchmark runs alone; with more than 1, output goes only to the logs); default: the profile's "
                     "(smoke and cpu: 2, one thread each; gpu: 1)")
-    ap.add_argument("--force", action="store_true", help="run the recipes again even if they finished")
+    ap.add_argument("--force", action="store_true", help="run the recipes' commands again even if they finished "
+                    "(compare_balance.py and style_transfer.py still reuse their finished parts: delete a folder to "
+                    "start it from scratch)")
     ap.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     ap.add_argument("--tables-only", action="store_true",
                     help="run nothing: rebuild the markdown's tables from results/<profile>.json")
