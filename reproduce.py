@@ -63,9 +63,9 @@ LAST_PT = {  # what --resume continues, for the scripts that have it
 # Recipes: commands as RESULTS.md shows them (run from the repository root). {data}, {prepare} and
 # {bench} come from the profile. `makes`: the files a finished recipe has; its .json ones are collected.
 
-def recipe(family, commands, makes, alone=False):
-    """alone: a timing benchmark, run while no other recipe runs (--jobs)."""
-    return {"family": family, "commands": commands, "makes": makes, "alone": alone}
+def recipe(family, commands, makes, also=(), alone=False):
+    """also: JSON files collected if they are there; alone: a timing benchmark, run while no other recipe runs."""
+    return {"family": family, "commands": commands, "makes": makes, "also": list(also), "alone": alone}
 
 
 def classifier(name):
@@ -86,7 +86,7 @@ def autoencoder(name, features=FEATURES):
 
 def style_transfer(name):
     return recipe("style_transfer", [f"style_transfer.py --evaluate -c configs/{name}.json"],
-                  [f"out/{name}/evaluation.json", f"out/{name}/adain/train_log.json"])
+                  [f"out/{name}/evaluation.json"], also=[f"out/{name}/adain/train_log.json"])
 
 
 def bench(name):
@@ -103,8 +103,8 @@ RECIPES = {
         "train.py", "test.py", "autoencoder.py", "cluster.py", "style_transfer.py --evaluate")],
         [f"out/demo_sample/{f}" for f in ("classifier/test_metrics.json", "classifier/train_log.json",
                                           "autoencoder/metrics.json", "autoencoder/train_log.json",
-                                          "autoencoder/cluster/metrics.json", "style_transfer/evaluation.json",
-                                          "style_transfer/adain/train_log.json")]),
+                                          "autoencoder/cluster/metrics.json", "style_transfer/evaluation.json")],
+        also=["out/demo_sample/style_transfer/adain/train_log.json"]),
     # CPU: WikiArt-16, reduced (64 px classifiers; 128 px autoencoder)
     "classifier_w16_64": classifier("classifier_w16_64"),
     "classifier_w16_64_base": classifier("classifier_w16_64_base"),
@@ -328,8 +328,8 @@ def collect(name, prof, root):
     if not steps or any(s is None or s["status"] != "done" for s in steps) or not all(map(os.path.exists, makes)):
         return None
     outputs = {}
-    for m in makes:
-        if m.endswith(".json"):
+    for m in makes + [in_repo(move(a, root)) for a in RECIPES[name]["also"]]:
+        if m.endswith(".json") and os.path.exists(m):
             data = read_json(m)
             if isinstance(data, dict):
                 data.pop("confusion_matrix", None)  # the PNG shows it; keeps results/*.json small
