@@ -241,3 +241,14 @@ def test_compare_balance_reuses_a_run_its_time_cap_ended(sample_root, tmp_path):
     assert "balance=none: reusing the finished run" in p.stdout
     rows = json.loads((tmp_path / "cmp" / "balance_comparison.json").read_text())["rows"]
     assert [r["balance"] for r in rows] == ["none", "none+posthoc"] and rows[1]["posthoc_tau"] is not None
+
+
+def test_every_reproduce_command_in_results_md_names_recipes_of_its_profile():
+    text = " ".join(open(os.path.join(ROOT, "RESULTS.md")).read().split())  # commands may wrap
+    commands = re.findall(r"python reproduce\.py (\w+) --only ([\w ]+)`", text)
+    assert len(commands) >= 10
+    for profile, names in commands:
+        for name in names.split():
+            assert name in reproduce.PROFILES[profile]["recipes"], (profile, name)
+    for path in set(re.findall(r"configs/[\w.]+\.json", text)):
+        assert os.path.exists(os.path.join(ROOT, path)), path
