@@ -241,7 +241,11 @@ def main(argv=None):
                 m = recon_metrics(runs.all_gather_shards(torch.from_numpy(mse), world).numpy())
                 row.update(val_mse=m["mse"], val_psnr=m["psnr"])
             row["seconds"] = time.time() - t0
-            progress.end_epoch(row, row.get("val_mse", -epoch), lambda: checkpoint(epoch))  # no validation: last wins
+            capped = runs.time_is_up(device, epoch + 1, ae["epochs"])  # max_minutes: end after this epoch, resumable
+            progress.end_epoch(row | ({"time_cap": True} if capped else {}), row.get("val_mse", -epoch),
+                               lambda: checkpoint(epoch))  # no validation: the last epoch wins
+            if capped:
+                break
 
     del train_model  # the DDP wrapper holds the process group: release it first
     runs.cleanup_distributed()

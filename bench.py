@@ -14,7 +14,8 @@ process owns; memory-mapped cache pages are page cache, shared and reclaimable, 
 and (b') the host-side part of (b) on a GPU run: uint8 batches gathered from the memmap (the float
 conversion and augmentation then happen on the GPU).
 With CUDA: resnet training images/s with data from the memmap pipeline against the same model on
-data already resident on the GPU (the bound). Skipped on CPU. Writes <out>/bench.{json,png}.
+data already resident on the GPU (the bound). Skipped without CUDA unless --device cpu asks for it
+(a dry run of the GPU comparison, e.g. with --precision bf16). Writes <out>/bench.{json,png}.
 """
 import argparse
 import json
@@ -165,7 +166,8 @@ def run_child(name, args, cache_dir):
 
 # ---- GPU: training throughput from the memmap pipeline vs data resident on the GPU
 
-def train_throughput(images, labels, device, steps, batch_size, resident, width=64, blocks=(2, 2, 2, 2)):
+def train_throughput(images, labels, device, steps, batch_size, resident, width=64, blocks=(2, 2, 2, 2),
+                     precision="auto"):
     """Images/s of resnet training steps (forward, backward, AdamW) with augmentation on `device`.
     resident=True: all uint8 images already on the device, batches indexed there (the bound)."""
     model = wikiart.ResNet(int(labels.max()) + 1, width, list(blocks)).to(device, memory_format=torch.channels_last)
@@ -187,7 +189,7 @@ def train_throughput(images, labels, device, steps, batch_size, resident, width=
 
     def step(x, y):
         x = wikiart.augment(x.contiguous(memory_format=torch.channels_last), g)
-        with runs.autocast(device):
+        with runs.autocast(device, precision):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -207,19 +209,21 @@ def train_throughput(images, labels, device, steps, batch_size, resident, width=
 
 
 def gpu_part(args):
-    if not torch.cuda.is_available():
+    if args.device == "auto" and not torch.cuda.is_available():
         print("no CUDA device: the GPU training comparison is skipped")
         return None
+    device = runs.get_device("cuda" if args.device == "auto" else args.device)
     torch.backends.cudnn.benchmark = True
-    device = torch.device("cuda")
     with tempfile.TemporaryDirectory() as cache:
         ds = wikiart.WikiArtDataset(args.data, args.gpu_size, cache_dir=cache, verbose=False)
-        piped = train_throughput(ds.images, ds.labels, device, args.gpu_steps, args.gpu_batch, resident=False)
-        bound = train_throughput(ds.images, ds.labels, device, args.gpu_steps, args.gpu_batch, resident=True)
-    print(f"GPU resnet-18 training at {args.gpu_size}px, batch {args.gpu_batch}: memmap pipeline "
-          f"{piped:.0f} img/s, data resident on GPU {bound:.0f} img/s, ratio {piped / bound:.2f}")
+        run = lambda resident: train_throughput(ds.images, ds.labels, device, args.gpu_steps, args.gpu_batch,
+                                                resident, precision=args.precision)
+        piped, bound = run(False), run(True)
+    print(f"{device.type.upper()} resnet-18 training at {args.gpu_size}px, batch {args.gpu_batch}: memmap pipeline "
+          f"{piped:.0f} img/s, data resident on the device {bound:.0f} img/s, ratio {piped / bound:.2f}")
     return {"image_size": args.gpu_size, "batch_size": args.gpu_batch, "pipeline_img_s": piped,
-            "resident_img_s": bound, "ratio": piped / bound, "gpu": torch.cuda.get_device_name()}
+            "resident_img_s": bound, "ratio": piped / bound, "device": str(device), "precision": args.precision,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
 def plot(results, path):
@@ -252,6 +256,9 @@ def main(argv=None):
     ap.add_argument("--gpu-size", type=int, default=128)
     ap.add_argument("--gpu-batch", type=int, default=256)
     ap.add_argument("--gpu-steps", type=int, default=50)
+    ap.add_argument("--device", default="auto",
+                    help="the training comparison's device: auto (CUDA, skipped without), cuda, cpu (a dry run)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="see config.py")
     ap.add_argument("--child", choices=["course", "project"], help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -2,7 +2,7 @@
 
     python compare_balance.py                                   # every option on the sample data
     python compare_balance.py --options none logit_adjust sampler sampler+posthoc --set epochs=5
-    python compare_balance.py -c configs/imbalance_w16.json     # the WikiArt-16 comparison (RESULTS.md)
+    python compare_balance.py -c configs/imbalance_w16_64.json  # the WikiArt-16 comparison (RESULTS.md)
 
 Each option X runs train.py then test.py with `--set balance=X out_dir=<out_dir>/X`. `X+posthoc` is
 the same training followed by a test-time prior correction: X's finished run is calibrated on the
@@ -44,8 +44,8 @@ def earlier_run(out, run_cfg):
     keys = [k for k, v in run_cfg.items() if not isinstance(v, dict) and k not in ("threads", "device", "stop_after")]
     if any(saved_cfg[k] != run_cfg[k] for k in keys):
         return None
-    if saved["epoch"] + 1 < run_cfg["epochs"]:
-        return "interrupted"
+    if saved["epoch"] + 1 < run_cfg["epochs"] and not saved["history"][-1].get("time_cap", False):
+        return "interrupted"  # (a run its time cap, max_minutes, ended counts as finished)
     return "tested" if os.path.exists(os.path.join(out, "test_metrics.json")) else "trained"
 
 
@@ -99,7 +99,7 @@ def main(argv=None):
                      "balanced_accuracy": result["balanced_accuracy"], "macro_f1": result["macro_f1"],
                      "worst_recall": result["worst_recall"],
                      "recall_per_style": {n: m["recall"] for n, m in result["per_class"].items() if m["support"]},
-                     "seconds": sum(h["seconds"] for h in history)})
+                     "seconds": sum(h["seconds"] for h in history), "epochs": len(history)})
         tests[option] = result
 
     columns = ["val_balanced_accuracy", "accuracy", "balanced_accuracy", "macro_f1", "worst_recall"]

@@ -21,6 +21,8 @@ SCHEMA = {
         "seed": (0, "fixes the validation split, initialisation, shuffling, sampling, augmentation", ">=0"),
         "device": ("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, mps"),
         "threads": (0, "CPU threads for torch (0: torch's default); results are bit-identical per count", ">=0"),
+        "precision": ("auto", "classifier forward passes: auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 "
+                      "(bf16 autocast on CPU too), fp32", ("auto", "bf16", "fp32")),
         "train_dir": ("data/sample/train", "training folder <root>/<Style>/<image> (the sample is generated)"),
         "test_dir": ("data/sample/test", "test folder, same layout; never used to choose a model"),
         "image_size": (64, "images are squashed to this square size (course: 416; WikiArt-16: 128)", ">0"),
@@ -33,6 +35,8 @@ SCHEMA = {
         "dropout": (0.2, "dropout before the ResNet's last layer", "0..<1"),
         "epochs": (12, "length of the schedule", ">0"),
         "stop_after": (0, "end this run after N epochs (0: never); continue with --resume", ">=0"),
+        "max_minutes": (0.0, "time cap: end training after the epoch in which this many minutes have passed "
+                        "since the run started (0: none); continue with --resume", ">=0"),
         "batch_size": (64, "images per step (the global batch under torchrun)", ">0"),
         "optimizer": ("adamw", "adamw or sgd (Nesterov, momentum)", ("adamw", "sgd")),
         "lr": (0.003, "peak learning rate", ">0"),
@@ -258,6 +262,11 @@ def _flatten(d, prefix=""):
         else:
             out[prefix + k] = v
     return out
+
+
+def flatten(cfg):
+    """A nested config as dotted keys: {"seed": 0, ..., "autoencoder.epochs": 8, ...}."""
+    return _flatten(cfg)
 
 
 def _set(cfg, key, value):

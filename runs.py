@@ -13,11 +13,13 @@ import io
 import json
 import os
 import pickle
+import platform
 import random
 import shlex
 import sys
 import tempfile
 import warnings
+import time
 import zipfile
 
 import numpy as np
@@ -86,15 +88,23 @@ def fit_batch_size(batch_size, n, what="batch_size", world=1):
     smaller = max(world, n // world * world)
     warnings.warn(f"{what} {batch_size} is larger than the {n} training images; using {smaller}")
     return smaller
+_time_cap = None  # (start, minutes): set by start() from max_minutes, read by time_is_up()
 
 
 def start(cfg):
-    """Seed everything, set the CPU threads and pick the device (joining torchrun's process group
-    when launched by torchrun). Returns (rank, world_size, local_rank, device)."""
+    """Seed everything, set the CPU threads, start the clock of the time cap (max_minutes) and pick
+    the device (joining torchrun's process group when launched by torchrun).
+    Returns (rank, world_size, local_rank, device)."""
+    global _time_cap
+    minutes = cfg.get("max_minutes", 0)  # .get: test.py starts from a checkpoint's (maybe older) config
+    _time_cap = (time.time(), minutes) if minutes else None
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     seed_everything(cfg["seed"])
-    return setup_distributed(cfg["device"])
+    rank, world, local_rank, device = setup_distributed(cfg["device"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed image sizes: cuDNN picks its fastest kernels once
+    return rank, world, local_rank, device
 
 
 def seed_everything(seed):
@@ -116,11 +126,48 @@ def get_device(name):
         raise UserError(f"unknown device '{name}': {e}")
 
 
-def autocast(device):
-    """bf16 autocast on CUDA (tensor cores), plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def autocast(device, precision="auto"):
+    """The config's `precision` for a forward pass: "auto" is bf16 autocast on CUDA (tensor cores) and
+    fp32 elsewhere; "bf16" is bf16 autocast on any device (on a CPU: the GPU's numerics, slowly, to
+    try a GPU recipe before a GPU is there); "fp32" never casts."""
+    kind = device.type if device.type in ("cuda", "cpu", "mps") else "cpu"
+    if precision == "bf16" or (precision == "auto" and kind == "cuda"):
+        return torch.autocast(kind, dtype=torch.bfloat16)
+    return torch.autocast(kind, enabled=False)
+
+
+def time_is_up(device, epochs_done, epochs):
+    """True when the time cap (max_minutes, counted from start()) has passed and epochs remain: the
+    training loop then ends after this epoch, which last.pt holds, so --resume continues it. All
+    processes agree (rank 0's clock could pass the cap one epoch before another rank's)."""
+    up = _time_cap is not None and time.time() - _time_cap[0] > 60 * _time_cap[1] and epochs_done < epochs
+    if torch.distributed.is_initialized():
+        up = all_reduce_sum([float(up)], device)[0] > 0
+    if up:
+        print(f"time cap: max_minutes={_time_cap[1]:g} passed; training ends after epoch {epochs_done} of {epochs} "
+              f"(last.pt holds it; --resume continues)")
+    return up
+
+
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device=None):
+    """Where a result was made: platform, CPU model, torch's CPU threads, the GPU, library versions."""
+    env = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+           "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}
+    if device is not None and device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,11 +218,13 @@ def write_history(history, out_dir, name="train_log"):
 
 
 def save_run_config(cfg, out_dir, script, argv):
-    """<out_dir>/<script>_config.json: the fully resolved config and the command line that made this
-    folder. It is a config file itself: `-c` on it reproduces the same config."""
+    """<out_dir>/<script>_config.json: the fully resolved config, the command line that made this
+    folder and where it ran (_env). It is a config file itself: `-c` on it reproduces the same config."""
     if is_main():
         name = os.path.splitext(os.path.basename(script))[0]
-        atomic_save({"_command": command_line(script, argv), **cfg}, os.path.join(out_dir, f"{name}_config.json"))
+        env = environment(get_device(cfg["device"]))
+        atomic_save({"_command": command_line(script, argv), "_env": env, **cfg},
+                    os.path.join(out_dir, f"{name}_config.json"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -218,8 +218,11 @@ def train(cfg, mode, split, device, resume, argv):
                 bar.set_postfix({k: f"{v:.3f}" for k, v in list(logs.items())[:3]})
             row = {"epoch": epoch + 1} | {k: v / steps for k, v in sums.items()} | validate(G, D, split, cfg["seed"], device)
             row["seconds"] = time.time() - t0
-            progress.end_epoch(row, None, lambda: runs.training_state(epoch, progress, **objects) | {
-                "config": cfg, "signature": train_signature(cfg, mode)})
+            capped = runs.time_is_up(device, epoch + 1, epochs)  # max_minutes: end after this epoch, resumable
+            progress.end_epoch(row | ({"time_cap": True} if capped else {}), None, lambda: runs.training_state(
+                epoch, progress, **objects) | {"config": cfg, "signature": train_signature(cfg, mode)})
+            if capped:
+                break
     runs.atomic_save({"model": G.state_dict(), "mode": mode, "config": cfg, "signature": train_signature(cfg, mode),
                       "class_to_idx": split.data.class_to_idx, "history": progress.history},
                      os.path.join(mdir, "model.pt"))

@@ -54,10 +54,11 @@ def load_classifier(path, device):
     return model.to(device, memory_format=torch.channels_last).eval(), ckpt
 
 
-def scores(model, ckpt, images, device, desc):
+def scores(model, ckpt, images, device, desc, precision="auto"):
     """Logits of uint8 images (N, H, W, 3), plus the post-hoc bias when the checkpoint has one
     (posthoc=true: - tau * log prior, tau chosen on the validation split)."""
-    logits = wikiart.predict(model, images, list(range(len(images))), 256, device, desc=desc)
+    logits = wikiart.predict(model, images, list(range(len(images))), 256, device, desc=desc,
+                             precision=precision)
     return logits + ckpt["logit_bias"] if "logit_bias" in ckpt else logits
 
 
@@ -71,7 +72,7 @@ def evaluate_folder(model, ckpt, run_cfg, path, results_dir, device, argv):
     """Accuracy, balanced accuracy, macro-F1, per-class table and figures on a labelled folder."""
     sample_data.ensure_sample(run_cfg, ["test"])
     data = wikiart.load_split(run_cfg, "test", class_to_idx=ckpt["class_to_idx"])
-    logits = scores(model, ckpt, data.images, device, "testing")
+    logits = scores(model, ckpt, data.images, device, "testing", run_cfg["precision"])
     m = metrics.classification_metrics(data.labels.numpy(), logits.argmax(1).numpy(), data.classes)
     majority = max(m["per_class"].values(), key=lambda c: c["support"])["support"] / len(data)
     m.update(checkpoint=path, epoch=ckpt["epoch"] + 1, test_dir=run_cfg["test_dir"], n_images=len(data),
@@ -98,7 +99,7 @@ def classify_images(model, ckpt, run_cfg, path, inputs, topk, results_dir, devic
     classes = sorted(ckpt["class_to_idx"], key=ckpt["class_to_idx"].get)
     hint = "; to score a labelled <Style>/ folder: python test.py --set test_dir={folder}"
     images, paths, skipped = wikiart.load_image_inputs(inputs, run_cfg["image_size"], hint)
-    probs = torch.softmax(scores(model, ckpt, images, device, "classifying"), 1)
+    probs = torch.softmax(scores(model, ckpt, images, device, "classifying", run_cfg["precision"]), 1)
     k = min(topk, len(classes))
     top_p, top_i = probs.topk(k, 1)
     rows = [{"path": p, "top": [{"style": classes[i], "probability": float(q)} for q, i in zip(qs, idx.tolist())],
@@ -154,7 +155,7 @@ def main(argv=None):
     device = runs.get_device(cfg["device"])
     model, ckpt = load_classifier(path, device)
     run_cfg = dict(ckpt["config"])
-    for key in config.explicit_keys(args) & {"test_dir", "device", "cache_dir", "threads"}:
+    for key in config.explicit_keys(args) & {"test_dir", "device", "cache_dir", "threads", "precision"}:
         run_cfg[key] = cfg[key]
     runs.start(run_cfg)
 

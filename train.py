@@ -4,7 +4,7 @@
     python train.py --set mode=base epochs=5           # the course's in-class model
     python train.py --set balance=logit_adjust         # Part 1: imbalance handling (README)
     python train.py --set balance=sampler posthoc=true # ... then a prior correction tuned on validation
-    python train.py -c configs/classifier_w16.json     # a recipe: WikiArt-16 (RESULTS.md)
+    python train.py -c configs/classifier_w16_64.json  # a recipe: WikiArt-16 (RESULTS.md)
     python train.py --resume                           # continue from out_dir/last.pt
     python train.py --help-config                      # every config key, its default and meaning
 
@@ -58,10 +58,11 @@ def make_loss(cfg, train_counts, device):
     return loss_fn
 
 
-def validation_logits(model, data, indices, rank, world, device):
+def validation_logits(model, data, indices, rank, world, device, precision="auto"):
     """Logits of data.images[indices] (each process scores every world-th image; gathered)."""
     runs.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
-    logits = wikiart.predict(model, data.images, runs.shard(indices, rank, world), 256, device, desc="validating")
+    logits = wikiart.predict(model, data.images, runs.shard(indices, rank, world), 256, device, desc="validating",
+                             precision=precision)
     return runs.all_gather_shards(logits, world)
 
 
@@ -71,8 +72,8 @@ def calibrate_posthoc(best, model, data, val_idx, max_drop, rank=0, world=1, dev
     model.load_state_dict(best["model"])
     train_idx = np.setdiff1d(np.arange(len(data)), val_idx)
     train_counts = torch.bincount(data.labels[train_idx], minlength=len(data.classes))
-    tau, rows = wikiart.choose_posthoc_tau(validation_logits(model, data, val_idx, rank, world, device),
-                                           data.labels[val_idx], train_counts, data.classes, max_drop)
+    logits = validation_logits(model, data, val_idx, rank, world, device, best["config"].get("precision", "auto"))
+    tau, rows = wikiart.choose_posthoc_tau(logits, data.labels[val_idx], train_counts, data.classes, max_drop)
     print(f"post-hoc logit adjustment: tau {tau} (validation accuracy / balanced accuracy: "
           + ", ".join(f"tau {t}: {a:.3f}/{b:.3f}" for t, a, b in rows[::10]) + ")")
     return best | {"logit_bias": -wikiart.logit_adjustment(train_counts, tau), "posthoc_tau": tau,
@@ -153,7 +154,7 @@ def main(argv=None):
                 if cfg["augment"]:
                     x = wikiart.augment(x, g, cfg["crop_min_scale"])
                 x, y2, lam = wikiart.mix_batch(x, y, cfg["mixup"], cfg["cutmix"], g)
-                with runs.autocast(device):
+                with runs.autocast(device, cfg["precision"]):
                     logits = train_model(x)
                 loss = lam * loss_fn(logits, y, epoch) + (1 - lam) * loss_fn(logits, y2, epoch)
                 optimizer.zero_grad(set_to_none=True)
@@ -166,18 +167,22 @@ def main(argv=None):
             total, seen = runs.all_reduce_sum([total, seen], device)  # over all processes
             row = {"epoch": epoch + 1, "train_loss": total / seen, "lr": optimizer.param_groups[0]["lr"]}
             if len(val_idx):
-                logits = validation_logits(model, data, val_idx, rank, world, device)
+                logits = validation_logits(model, data, val_idx, rank, world, device, cfg["precision"])
                 y = data.labels[val_idx]
                 m = metrics.classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes)
                 row.update(val_loss=float(F.cross_entropy(logits, y)), val_accuracy=m["accuracy"],
                            val_balanced_accuracy=m["balanced_accuracy"], val_macro_f1=m["macro_f1"])
             row["seconds"] = time.time() - t0
             score = row.get("val_" + cfg["select_metric"], epoch)  # no validation split: the last epoch wins
-            progress.end_epoch(row, score, lambda: checkpoint(epoch))
+            capped = runs.time_is_up(device, epoch + 1, end_epoch)  # max_minutes: end after this epoch, resumable
+            progress.end_epoch(row | ({"time_cap": True} if capped else {}), score, lambda: checkpoint(epoch))
+            if capped:
+                break
 
     # ---- posthoc: after training with any balance option, test-time logits - tau * log prior, with tau
     # chosen on the validation split (a finished run can be calibrated later: --resume --set posthoc=true)
-    if cfg["posthoc"] and progress.epochs_done == cfg["epochs"] and len(val_idx):
+    ended = progress.epochs_done == cfg["epochs"] or progress.history and progress.history[-1].get("time_cap")
+    if cfg["posthoc"] and ended and len(val_idx):
         runs.barrier()  # rank 0 has written best.pt: every process must score that same model
         best = runs.load_checkpoint(os.path.join(out_dir, "best.pt"), "a train.py checkpoint", device=device)
         best = calibrate_posthoc(best, model, data, val_idx, cfg["posthoc_max_drop"], rank, world, device)
@@ -186,7 +191,7 @@ def main(argv=None):
 
     best_text = "none" if progress.best_score is None else f"{progress.best_score:.4f}"
     print(f"best validation {cfg['select_metric']} {best_text}; checkpoints and logs in {out_dir}")
-    if progress.epochs_done == cfg["epochs"]:
+    if ended:
         print(f"next: {runs.config_command('test.py', argv)}")
     del train_model  # the DDP wrapper holds the process group: release it first
     runs.cleanup_distributed()

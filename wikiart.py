@@ -553,8 +553,9 @@ def make_classifier(cfg, num_classes):
 
 
 @torch.no_grad()
-def predict(model, images, indices, batch_size, device, desc="evaluating"):
-    """Logits (float32, CPU) for images[indices], in the order of `indices`, model in eval mode."""
+def predict(model, images, indices, batch_size, device, desc="evaluating", precision="auto"):
+    """Logits (float32, CPU) for images[indices], in the order of `indices`, model in eval mode
+    (precision: see runs.autocast)."""
     model.eval()
     indices = np.asarray(indices, dtype=np.int64)
     by_position = np.argsort(indices, kind="stable")  # read in sorted order (fast from a memmap) ...
@@ -562,7 +563,7 @@ def predict(model, images, indices, batch_size, device, desc="evaluating"):
     outs = []
     for x, _ in tqdm(iterate_batches(images, labels, indices[by_position], batch_size, device),
                      total=math.ceil(len(indices) / batch_size), desc=desc, leave=False):
-        with runs.autocast(device):
+        with runs.autocast(device, precision):
             outs.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     if not outs:
         return torch.zeros(0)

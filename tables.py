@@ -1,0 +1,286 @@
+"""The tables of RESULTS.md, made from results/<profile>.json (reproduce.py writes both): one function per
+recipe family turns the entries of its recipes into markdown, and rewrite_tables() puts each table
+between its markers, `<!-- table:<profile>/<name> -->` and `<!-- /table -->`, leaving the rest alone.
+<name> is a table below (every recipe of its families in the profile) or one recipe.
+
+An entry (one recipe's results) holds: family, commands (as run alone; None for an overlaid profile),
+commit, date, env (cpu, threads, gpu, torch, ...), wall_s, steps (command, wall_s, config: the keys that
+differ from the defaults) and outputs (each collected JSON file by its path in the recipe's folder).
+A new kind of table: a function here and its line in TABLES.
+"""
+import os
+import re
+
+import config
+import runs
+
+
+def pct(x):
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def md_table(header, rows):
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def setting(entry, key, step=0):
+    """A config value of a recipe's step (results store only what differs from the defaults)."""
+    return (entry["steps"][step]["config"] or {}).get(key, config.flatten(config.defaults()).get(key))
+
+
+def epochs_done(log, planned):
+    """"12", or "7 of 40 (time cap)" for a run that its max_minutes ended."""
+    done = len(log or [])
+    if done == planned:
+        return f"{done}"
+    return f"{done} of {planned}" + (" (time cap)" if log and log[-1].get("time_cap") else "")
+
+
+def classifier_table(entries):
+    rows, majority = [], None
+    for name, e in entries:
+        m = e["outputs"]["test_metrics.json"]
+        mode, size = setting(e, "mode"), setting(e, "image_size")
+        model = {"base": "`base` (course model)", "bonusA": "`bonusA` (course variant)"}.get(
+            mode, f"`resnet` width {setting(e, 'resnet_width')}, blocks {setting(e, 'resnet_blocks')}"
+            + (", mixup/cutmix" if setting(e, "mixup") or setting(e, "cutmix") else ""))
+        rows.append([model, f"{size} px", epochs_done(e["outputs"]["train_log.json"], setting(e, "epochs")),
+                     pct(m["accuracy"]), pct(m["balanced_accuracy"]), pct(m["macro_f1"]), f"`{name}`"])
+        majority = majority or (m["majority_class_rate"], 1 / len(m["per_class"]), m["n_images"])
+    rows.insert(0, ["majority class", "", "", pct(majority[0]), pct(majority[1]), "–", ""])
+    return (f"{majority[2]} test images; test columns in %.\n\n"
+            + md_table(["model", "size", "epochs", "accuracy", "balanced accuracy", "macro-F1", "recipe"], rows))
+
+
+def imbalance_table(entries):
+    parts = []
+    for name, e in entries:
+        cmp = e["outputs"]["balance_comparison.json"]
+        c = cmp["config"]
+        rows = [[r["balance"], pct(r["val_balanced_accuracy"]), pct(r["accuracy"]), pct(r["balanced_accuracy"]),
+                 pct(r["macro_f1"]), pct(r["worst_recall"]),
+                 "" if r["posthoc_tau"] is None else f"{r['posthoc_tau']:+.2f}", f"{r['seconds']:.0f}"]
+                for r in cmp["rows"]]
+        done = sorted({r.get("epochs", c["epochs"]) for r in cmp["rows"]})  # fewer: the time cap ended them
+        span = f"{done[0]}" if len(done) == 1 else f"{done[0]}–{done[-1]}"
+        epochs = span if done == [c["epochs"]] else f"{span} of {c['epochs']} (time cap)"
+        parts.append(f"`{name}`: {c['mode']} width {c['resnet_width']}, {c['image_size']} px, epochs {epochs}, "
+                     f"seed {c['seed']}; test columns in %, the validation column is the best epoch's, before any "
+                     "post-hoc adjustment.\n\n" + md_table(
+                         ["balance", "val balanced accuracy", "accuracy", "balanced accuracy", "macro-F1",
+                          "worst recall", "post-hoc τ", "train s"], rows))
+    return "\n\n".join(parts)
+
+
+def imbalance_seeds_table(entries):
+    by_seed = {}
+    for _, e in entries:
+        for out in e["outputs"].values():
+            rows = {r["balance"]: r for r in out["rows"]}
+            if "none" in rows and "sampler+posthoc" in rows:
+                by_seed[out["config"]["seed"]] = (rows["none"], rows["sampler+posthoc"])
+    if not by_seed:
+        return None
+    rows = []
+    for seed, (a, b) in sorted(by_seed.items()):
+        rows.append([seed, f"{pct(a['accuracy'])} / {pct(a['balanced_accuracy'])}",
+                     f"{pct(b['accuracy'])} / {pct(b['balanced_accuracy'])}",
+                     f"{100 * (b['accuracy'] - a['accuracy']):+.1f}",
+                     f"{100 * (b['balanced_accuracy'] - a['balanced_accuracy']):+.1f}"])
+    if len(by_seed) > 1:
+        mean = lambda i, k: sum(v[i][k] for v in by_seed.values()) / len(by_seed)
+        rows.append(["mean", f"{pct(mean(0, 'accuracy'))} / {pct(mean(0, 'balanced_accuracy'))}",
+                     f"{pct(mean(1, 'accuracy'))} / {pct(mean(1, 'balanced_accuracy'))}",
+                     f"{100 * (mean(1, 'accuracy') - mean(0, 'accuracy')):+.1f}",
+                     f"{100 * (mean(1, 'balanced_accuracy') - mean(0, 'balanced_accuracy')):+.1f}"])
+    return md_table(["seed", "`none` acc / bal. acc", "`sampler+posthoc` acc / bal. acc", "Δ accuracy",
+                     "Δ balanced accuracy"], rows)
+
+
+def autoencoder_table(entries):
+    rows = []
+    for name, e in entries:
+        m, out = e["outputs"]["metrics.json"], e["outputs"]
+        model = (f"`{name}`: {setting(e, 'autoencoder.mode')} width {setting(e, 'autoencoder.width')}, "
+                 f"{m['image_size']} px, {m['code_numel']} numbers")
+        rows.append([model, epochs_done(out["train_log.json"], setting(e, "autoencoder.epochs")),
+                     f"{m['compression']:.0f}x", f"{m['test']['psnr']:.2f} dB", "", "", "", ""])
+        clusters = [v for k, v in out.items() if k.startswith("cluster")]
+        for c in clusters:
+            r = c["results"]["autoencoder"]
+            rows.append(["", "", "", "", f"KMeans on `{c['feature']}`", f"{r['nmi']:.3f}", f"{r['ari']:.3f}",
+                         f"{r['hungarian_accuracy']:.3f}"])
+        if clusters:
+            base_name, r = [(k, v) for k, v in clusters[0]["results"].items() if k != "autoencoder"][0]
+            rows.append(["", "", "", "", f"KMeans on {base_name.replace('_', ' ')} (baseline)", f"{r['nmi']:.3f}",
+                         f"{r['ari']:.3f}", f"{r['hungarian_accuracy']:.3f}"])
+    n = entries[0][1]["outputs"]["metrics.json"]["num_test"]
+    return (f"{n} test images; NMI, ARI and Hungarian accuracy against the true styles (k = number of styles).\n\n"
+            + md_table(["autoencoder", "epochs", "compression", "test PSNR", "clustering", "NMI", "ARI",
+                        "Hungarian acc"], rows))
+
+
+ST_COLUMNS = {  # evaluation.json key: column title; keys not listed here still get a column (defensive)
+    "robust_hit_rate": "robust hit %", "raw_hit_rate": "raw hit %", "robust_of_ceiling": "robust / ceiling",
+    "texture_gap_closed": "texture gap closed %", "colour_gap_closed": "colour gap closed %",
+    "ssim": "SSIM to input", "artefact_ratio": "artefact ratio", "periodic_ratio": "periodic ratio",
+    "border_ratio": "border ratio", "own_style_psnr": "own-style PSNR dB"}
+
+
+def st_cell(key, value, std=None):
+    if not isinstance(value, (int, float)):
+        return "–"
+    f = (lambda v: f"{100 * v:.1f}") if key.endswith(("_rate", "_closed")) else (lambda v: f"{v:.3f}")
+    return f(value) + (f" ± {f(std)}" if isinstance(std, (int, float)) else "")
+
+
+def style_transfer_table(entries):
+    parts = []
+    for name, e in entries:
+        ev = e["outputs"]["evaluation.json"]
+        methods = {k: v for k, v in ev.items() if isinstance(v, dict)}  # adain, naive, identity
+        means = {k: v["mean"] if isinstance(v.get("mean"), dict) else v for k, v in methods.items()}
+        stds = {k: v.get("std") if isinstance(v.get("mean"), dict) else {} for k, v in methods.items()}
+        keys = [k for k in ST_COLUMNS if any(k in m for m in means.values())]
+        keys += sorted({k for m in means.values() for k, v in m.items() if k not in ST_COLUMNS
+                        and isinstance(v, (int, float))})
+        rows = [[f"`{m}`", *(st_cell(k, means[m].get(k), (stds[m] or {}).get(k)) for k in keys)] for m in means]
+        g = lambda k: ev.get(k) if isinstance(ev.get(k), (int, float)) else None
+        facts = [f"{g('n_outputs')} outputs ({g('n_images')} test images x every other style)",
+                 f"chance {pct(g('chance'))}%",
+                 f"judge on real test images {pct(g('judge_test_accuracy_robust'))}% robust / "
+                 f"{pct(g('judge_test_accuracy_raw'))}% raw"]
+        if g("matched_ceiling_robust") is not None:
+            facts.append(f"matched ceiling {pct(g('matched_ceiling_robust'))}% robust / "
+                         f"{pct(g('matched_ceiling_raw'))}% raw")
+        if "seeds" in ev:
+            facts.append(f"mean ± std over seeds {ev['seeds']}")
+        log = e["outputs"].get("adain/train_log.json")
+        if log is not None:
+            facts.append(f"adain epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
+                         f"{setting(e, 'style_transfer.steps_per_epoch')} steps each")
+        parts.append(f"`{name}` ({setting(e, 'image_size')} px): " + "; ".join(facts) + ".\n\n"
+                     + md_table(["method", *(ST_COLUMNS.get(k, k) for k in keys)], rows))
+    return "\n\n".join(parts)
+
+
+def bench_table(entries):
+    parts = []
+    for name, e in entries:
+        b = e["outputs"]["bench.json"]
+        gib = 2 ** 30
+        rows = [[label, f"{r['first_epoch_img_s']:.0f}", f"{r['steady_img_s']:.0f}",
+                 f"{r['peak_rss_bytes'] / gib:.2f}", f"{r['peak_anon_rss_bytes'] / gib:.2f}"]
+                for label, r in (("course (floats cached per item)", b["course"]),
+                                 ("project, cache built in epoch 1", b["project_cold"]),
+                                 ("project, cache already on disk", b["project_warm"]))]
+        rows.append(["project, uint8 batches only (the host side of a GPU run)", "",
+                     f"{b['project_cold']['host_uint8_batches_img_s']:.0f}", "", ""])
+        r = b["ratios"]
+        text = (f"`{name}`: {b['images']} images at {b['size']} px, {b['epochs']} epochs, {b['threads']} thread per "
+                f"loader, {b['cpus']} CPUs.\n\n" + md_table(
+                    ["loader", "epoch 1 img/s", "steady img/s", "peak RSS GiB", "peak anonymous RSS GiB"], rows)
+                + f"\n\nProject / course: first epoch {r['first_epoch_speed_cold']:.2f}x (cache built) and "
+                f"{r['first_epoch_speed_warm']:.2f}x (cache on disk), steady {r['steady_speed']:.2f}x "
+                f"({r['steady_speed_host_uint8']:.1f}x for uint8 batches), peak RSS {r['peak_rss']:.2f}x "
+                f"({r['peak_anon_rss']:.2f}x anonymous).")
+        g = b.get("gpu")
+        if g:
+            text += (f" Training a ResNet-18 body at {g['image_size']} px, batch {g['batch_size']} on "
+                     f"{g.get('gpu') or g.get('device', 'cuda')}: {g['pipeline_img_s']:.0f} img/s from the memmap "
+                     f"pipeline vs {g['resident_img_s']:.0f} img/s with the data resident on the device: "
+                     f"**{100 * g['ratio']:.0f}%** of the bound.")
+        parts.append(text)
+    return "\n\n".join(parts)
+
+
+def demo_table(entries):
+    """make demo's main job: each part's table, from the part's subfolder."""
+    def part(e, prefix):
+        return {**e, "outputs": {k[len(prefix):]: v for k, v in e["outputs"].items() if k.startswith(prefix)}}
+    parts = ((classifier_table, "classifier/"), (autoencoder_table, "autoencoder/"),
+             (style_transfer_table, "style_transfer/"))
+    return "\n\n".join(fn([(n, part(e, prefix)) for n, e in entries]) for fn, prefix in parts)
+
+
+# table name -> (function, the recipe families it reads: the first makes the table, the others it also uses);
+# a marker may also name one recipe
+TABLES = {"classifier": (classifier_table, ("classifier",)), "imbalance": (imbalance_table, ("imbalance",)),
+          "imbalance_seeds": (imbalance_seeds_table, ("imbalance_seeds", "imbalance")),
+          "autoencoder": (autoencoder_table, ("autoencoder",)),
+          "style_transfer": (style_transfer_table, ("style_transfer",)), "bench": (bench_table, ("bench",)),
+          "demo": (demo_table, ("demo",))}
+
+
+def duration(seconds):
+    m, s = divmod(round(seconds), 60)
+    return f"{m // 60} h {m % 60} min" if m >= 60 else f"{m} min {s} s" if m else f"{s} s"
+
+
+def hardware(env):
+    n, what = (env["threads"], "thread") if env.get("threads") else (env["cpu_count"], "CPU")
+    cpu = f"{env['cpu']}, {n} {what}{'s' if n != 1 else ''}"
+    return f"{env['gpu']} ({cpu})" if env.get("gpu") else cpu
+
+
+def footer(entries, profile):
+    """Who made the table: per recipe its commands (as run alone), wall time, hardware, torch, commit, date."""
+    lines = [f"_Generated by `python reproduce.py {profile.replace('-scaled', ' --scale-down')}` from "
+             f"`results/{profile}.json`; do not edit by hand._"]
+    for name, e in entries:
+        commands = " (" + ", then ".join(f"`{c}`" for c in e["commands"]) + ")" if e.get("commands") else ""
+        lines.append(f"- `{name}`{commands}: {duration(e['wall_s'])}; {hardware(e['env'])}; torch "
+                     f"{e['env']['torch']}; commit {e['commit']}; {e['date']}.")
+    return "\n".join(lines)
+
+
+def build_table(name, results, profile):
+    """The markdown between a table's markers, or None if the results have nothing for it."""
+    entries = results["recipes"]
+    if name in TABLES:
+        fn, families = TABLES[name]
+        chosen = [(n, e) for n, e in entries.items() if e["family"] in families]
+    elif name in entries and entries[name]["family"] in TABLES:
+        fn, chosen = TABLES[entries[name]["family"]][0], [(name, entries[name])]
+    else:
+        return None
+    body = fn(chosen) if chosen else None
+    return None if body is None else f"{body}\n\n{footer(chosen, profile)}"
+
+
+MARKER = re.compile(r"<!-- table:([\w.-]+)/([\w.+-]+) -->\n.*?<!-- /table -->", re.S)
+
+
+def rewrite_tables(text, profile, results):
+    """RESULTS.md text with every <profile>/<name> table rebuilt; (new text, names rebuilt)."""
+    done = []
+
+    def replace(m):
+        body = build_table(m.group(2), results, profile) if m.group(1) == profile else None
+        if body is None:
+            return m.group(0)
+        done.append(m.group(2))
+        return f"<!-- table:{profile}/{m.group(2)} -->\n{body}\n<!-- /table -->"
+    return MARKER.sub(replace, text), done
+
+
+def update_markdown(path, profile, results):
+    """Rebuild the profile's tables in the markdown file (atomically); the names rebuilt."""
+    if not os.path.exists(path):
+        print(f"{path} does not exist: no tables written")
+        return []
+    with open(path) as f:
+        text = f.read()
+    new, rebuilt = rewrite_tables(text, profile, results)
+    if new != text:
+        runs.atomic_write_text(new, path)
+    return rebuilt
+
+
+def all_tables(results, profile):
+    """Every table this profile's results can fill: one per family present."""
+    families = {e["family"] for e in results["recipes"].values()}
+    names = [n for n, (_, fams) in TABLES.items() if fams[0] in families]
+    return {n: t for n in names if (t := build_table(n, results, profile)) is not None}
+

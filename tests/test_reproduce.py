@@ -1,0 +1,254 @@
+"""Issue 15: reproduce.py (profiles, skipping and resuming, generated tables), the time cap and bf16 on CPU."""
+import json
+import os
+import re
+import shutil
+import time
+
+import pytest
+import torch
+
+import config
+import reproduce
+import runs
+import tables
+import wikiart
+from conftest import ROOT, run_script, small_config
+
+
+def table(text, name):
+    """The text between a table's markers."""
+    return re.search(rf"<!-- table:{re.escape(name)} -->\n(.*?)<!-- /table -->", text, re.S).group(1)
+
+
+def outside_tables(text):
+    return tables.MARKER.sub("<table>", text)
+
+
+# ---- the recipes themselves
+
+def test_every_recipe_of_every_profile_resolves_and_writes_into_its_own_folder():
+    for name in reproduce.PROFILES:
+        for scale_down in (False, True):
+            prof = reproduce.settings(name, scale_down)
+            for recipe in prof["recipes"]:
+                for command in reproduce.RECIPES[recipe]["commands"]:
+                    script, argv, cfg = reproduce.expand(recipe, command, prof, "out/results/x", [])
+                    assert os.path.exists(os.path.join(ROOT, script)), script
+                    if cfg:
+                        assert config.flatten(cfg)[reproduce.OUT_KEY[script]].startswith(f"out/results/x/{recipe}")
+                        data = ["out/results/x/sample"] if name == "smoke" else [reproduce.W16, "data/sample"]
+                        assert cfg["train_dir"] in [d + "/train" for d in data], cfg["train_dir"]  # moved once
+    used = {c for r in reproduce.RECIPES.values() for cmd in r["commands"] for c in re.findall(r"configs/\S+", cmd)}
+    overlays = {c for p in [*reproduce.PROFILES.values(), reproduce.SCALE_DOWN] for c in p.get("configs", [])}
+    for path in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+        assert f"configs/{path}" in used | overlays, f"configs/{path} is no recipe's"
+        assert config.read_json(os.path.join(ROOT, "configs", path)).get("_doc"), f"configs/{path} has no _doc"
+    families = {r["family"] for r in reproduce.RECIPES.values()} - {None}
+    assert families <= {f for _, fams in tables.TABLES.values() for f in fams}
+
+
+def test_a_recipe_that_writes_outside_its_folder_is_refused():
+    with pytest.raises(config.UserError, match="must write under out/other/"):
+        reproduce.expand("other", "train.py -c configs/classifier_w16_64.json", reproduce.PROFILES["cpu"], "out/r", [])
+
+
+def test_results_md_has_a_marker_for_every_table_of_every_profile():
+    text = open(os.path.join(ROOT, "RESULTS.md")).read()
+    markers = set(re.findall(r"<!-- table:([\w.-]+/[\w.+-]+) -->", text))
+    for profile in ("cpu", "gpu", "smoke"):
+        families = {reproduce.RECIPES[r]["family"] for r in reproduce.PROFILES[profile]["recipes"]}
+        for name, (_, fams) in tables.TABLES.items():
+            if fams[0] in families:
+                recipes = [r for r in reproduce.PROFILES[profile]["recipes"] if reproduce.RECIPES[r]["family"] in fams]
+                whole = f"{profile}/{name}" in markers
+                assert whole or all(f"{profile}/{r}" in markers for r in recipes), (profile, name)
+
+
+# ---- tables
+
+def fake_classifier_entry(accuracy):
+    return {"family": "classifier", "commit": "abc1234", "date": "2026-01-01 00:00 UTC", "wall_s": 75.0,
+            "env": {"cpu": "Some CPU", "threads": 2, "cpu_count": 2, "torch": "2.x"},
+            "steps": [{"command": "python train.py", "wall_s": 70.0, "finished": "", "config": {"mode": "resnet"}}],
+            "outputs": {"train_log.json": [{"epoch": 1}, {"epoch": 2, "time_cap": True}],
+                        "test_metrics.json": {"accuracy": accuracy, "balanced_accuracy": 0.25, "macro_f1": 0.2,
+                                              "majority_class_rate": 0.226, "n_images": 1964,
+                                              "per_class": {str(i): {} for i in range(16)}}}}
+
+
+def test_table_rewriting_keeps_the_prose_and_replaces_only_between_markers():
+    text = ("# Results\n\nProse before, with a | pipe.\n\n<!-- table:cpu/classifier -->\nold table\n<!-- /table -->\n\n"
+            "Prose between.\n\n<!-- table:gpu/classifier -->\nthe GPU's old table\n<!-- /table -->\n"
+            "<!-- table:cpu/bench -->\nno bench results yet\n<!-- /table -->\nProse after.\n")
+    results = {"recipes": {"classifier_w16_64": fake_classifier_entry(0.3714)}}
+    new, rebuilt = tables.rewrite_tables(text, "cpu", results)
+    assert rebuilt == ["classifier"]
+    assert outside_tables(new) == outside_tables(text)
+    assert table(new, "gpu/classifier") == "the GPU's old table\n"  # another profile's table
+    assert table(new, "cpu/bench") == "no bench results yet\n"  # nothing to fill it with
+    cpu = table(new, "cpu/classifier")
+    assert "old table" not in cpu and "| 37.1 | 25.0 | 20.0 |" in cpu and "| 22.6 | 6.2 |" in cpu
+    assert "2 of 12 (time cap)" in cpu  # 2 epochs logged, 12 planned (the default)
+    assert "abc1234" in cpu and "Some CPU, 2 threads" in cpu and "1 min 15 s" in cpu
+    again, _ = tables.rewrite_tables(new, "cpu", {"recipes": {"classifier_w16_64": fake_classifier_entry(0.5)}})
+    assert "| 50.0 |" in table(again, "cpu/classifier") and outside_tables(again) == outside_tables(text)
+
+
+def test_style_transfer_table_takes_whatever_metrics_evaluation_json_has():
+    entry = {"family": "style_transfer", "commit": "c", "date": "d", "wall_s": 1, "env": {"cpu": "x", "threads": 1,
+             "torch": "t"}, "steps": [{"config": {}}], "outputs": {"evaluation.json": {
+                 "n_outputs": 960, "n_images": 64, "chance": 1 / 16, "seeds": [0, 1, 2],
+                 "adain": {"mean": {"robust_hit_rate": 0.2, "artefact_ratio": 1.13, "new_metric": 7.0},
+                           "std": {"robust_hit_rate": 0.01}},
+                 "identity": {"robust_hit_rate": 0.05}}}}
+    text = tables.style_transfer_table([("st", entry)])
+    assert "| `adain` | 20.0 ± 1.0 | 1.130 | 7.000 |" in text and "| `identity` | 5.0 | – | – |" in text
+    assert "new_metric" in text and "seeds [0, 1, 2]" in text
+
+
+# ---- skipping and resuming
+
+def test_an_interrupted_step_resumes_from_its_own_checkpoint_only(tmp_path, capsys):
+    root = str(tmp_path / "out")
+    steps = [reproduce.expand("classifier_w16_64", c, reproduce.PROFILES["cpu"], root, [])
+             for c in reproduce.RECIPES["classifier_w16_64"]["commands"]]
+    folder = os.path.join(root, "classifier_w16_64")
+    os.makedirs(folder)
+    last = os.path.join(folder, "last.pt")
+    open(last, "w").close()
+    started = {"fingerprint": reproduce.fingerprint(*steps[0]), "status": "started", "started_at": time.time() - 60}
+    runs.atomic_save({"recipe": "classifier_w16_64", "steps": [started]}, os.path.join(folder, "reproduce.json"))
+    status = reproduce.run_recipe("classifier_w16_64", steps, folder, [], False, True, True)
+    out = capsys.readouterr().out
+    assert status == "resumed" or "resuming: python train.py" in out
+    assert "--resume" in out.splitlines()[0] and "--resume" not in out.splitlines()[1]  # test.py runs plainly
+    os.utime(last, (time.time() - 3600, time.time() - 3600))  # a checkpoint older than this attempt: not its own
+    reproduce.run_recipe("classifier_w16_64", steps, folder, [], False, True, True)
+    assert "--resume" not in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke profile run once into a temp folder, with a copy of RESULTS.md."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    shutil.copy(os.path.join(ROOT, "RESULTS.md"), tmp / "RESULTS.md")
+    args = ["smoke", "--out", str(tmp / "out"), "--results", str(tmp / "results"), "--markdown",
+            str(tmp / "RESULTS.md"), "-q"]
+    t0 = time.time()
+    reproduce.main(args)
+    return tmp, args, time.time() - t0
+
+
+@pytest.mark.slow
+def test_smoke_profile_regenerates_every_table_from_the_runs_json(smoke):
+    tmp, _, seconds = smoke
+    print(f"smoke profile: {seconds:.0f} s")
+    results = json.loads((tmp / "results" / "smoke.json").read_text())
+    assert set(results["recipes"]) == set(reproduce.PROFILES["smoke"]["recipes"]) - {"sample"}
+    before, after = open(os.path.join(ROOT, "RESULTS.md")).read(), (tmp / "RESULTS.md").read_text()
+    assert outside_tables(after) == outside_tables(before)
+    assert table(after, "cpu/classifier") == table(before, "cpu/classifier")  # only smoke's tables change
+    r = results["recipes"]
+    for name in ("classifier_w16_64", "classifier_w16_64_base", "classifier_w16_64_bonusA"):
+        m = r[name]["outputs"]["test_metrics.json"]
+        cells = [tables.pct(m[k]) for k in ("accuracy", "balanced_accuracy", "macro_f1")]
+        assert f"| {' | '.join(cells)} | `{name}` |" in table(after, "smoke/classifier")
+    for row in r["imbalance_w16_64"]["outputs"]["balance_comparison.json"]["rows"]:
+        assert f"| {row['balance']} | {tables.pct(row['val_balanced_accuracy'])} | {tables.pct(row['accuracy'])} |" \
+               in table(after, "smoke/imbalance")
+    assert len(re.findall(r"^\| [012] \|", table(after, "smoke/imbalance_seeds"), re.M)) == 3  # seeds 0, 1, 2
+    psnr = r["autoencoder_w16_128"]["outputs"]["metrics.json"]["test"]["psnr"]
+    nmi = r["autoencoder_w16_128"]["outputs"]["cluster_stats/metrics.json"]["results"]["autoencoder"]["nmi"]
+    assert f"{psnr:.2f} dB" in table(after, "smoke/autoencoder")
+    assert f"`stats` | {nmi:.3f} |" in table(after, "smoke/autoencoder")
+    ev = r["style_transfer_w16_128"]["outputs"]["evaluation.json"]
+    assert f"| `adain` | {tables.pct(ev['adain']['robust_hit_rate'])} |" in table(after, "smoke/style_transfer")
+    bench = r["bench_416"]["outputs"]["bench.json"]
+    assert f"| {bench['course']['steady_img_s']:.0f} |" in table(after, "smoke/bench")
+    assert "`demo_sample`" in table(after, "smoke/demo")
+    for text in (table(after, f"smoke/{n}") for n in ("classifier", "bench")):
+        assert "Generated by `python reproduce.py smoke`" in text and "torch " in text and "thread" in text
+    for name in results["recipes"]:  # every step's output went to its own log
+        assert any(f.endswith(".log") for f in os.listdir(tmp / "out" / "smoke" / name))
+
+
+@pytest.mark.slow
+def test_a_finished_recipe_is_skipped_and_a_changed_config_runs_again(smoke, capsys):
+    tmp, args, _ = smoke
+    best = tmp / "out" / "smoke" / "classifier_w16_64" / "best.pt"
+    mtime = os.path.getmtime(best)
+    t0 = time.time()
+    reproduce.main(args)
+    assert time.time() - t0 < 30
+    out = capsys.readouterr().out
+    assert out.count("finished with the same config, skipped") == len(reproduce.PROFILES["smoke"]["recipes"])
+    assert os.path.getmtime(best) == mtime
+    old = json.loads((tmp / "results" / "smoke.json").read_text())["recipes"]
+
+    reproduce.main(args + ["--set", "seed=1", "--only", "classifier_w16_64"])  # another resolved config
+    assert os.path.getmtime(best) > mtime
+    new = json.loads((tmp / "results" / "smoke.json").read_text())["recipes"]
+    assert new["classifier_w16_64"]["steps"][0]["config"]["seed"] == 1
+    assert new["classifier_w16_64_base"] == old["classifier_w16_64_base"]  # the others kept
+    m = new["classifier_w16_64"]["outputs"]["test_metrics.json"]
+    assert f"| {tables.pct(m['accuracy'])} | {tables.pct(m['balanced_accuracy'])} |" in \
+           table((tmp / "RESULTS.md").read_text(), "smoke/classifier")
+
+
+# ---- what the GPU recipes need, on the CPU
+
+def test_bf16_autocast_runs_a_classifier_training_step_on_cpu():
+    cfg = config.defaults() | {"resnet_width": 8}
+    model = wikiart.make_classifier(cfg, 5).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 3])
+    cpu = torch.device("cpu")
+    with runs.autocast(cpu, "bf16"):
+        logits = model(x)
+    assert logits.dtype == torch.bfloat16
+    loss = torch.nn.functional.cross_entropy(logits.float(), y)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    for precision in ("auto", "fp32"):  # on a CPU both stay in fp32
+        with runs.autocast(cpu, precision):
+            assert model(x).dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_time_cap_ends_training_after_an_epoch_and_resume_finishes(sample_root, tmp_path):
+    out = tmp_path / "run"
+    capped = small_config(sample_root, out, epochs=3, batch_size=256, precision="bf16", max_minutes=0.0001)
+    p = run_script("train.py", *capped)
+    assert "time cap: max_minutes=0.0001 passed; training ends after epoch 1 of 3" in p.stdout
+    assert [h["epoch"] for h in json.loads((out / "train_log.json").read_text())] == [1]
+    run_script("test.py", "--set", f"out_dir={out}")  # a capped run is a usable model
+    run_script("train.py", *small_config(sample_root, out, epochs=3, batch_size=256, precision="bf16"), "--resume")
+    assert [h["epoch"] for h in json.loads((out / "train_log.json").read_text())] == [1, 2, 3]
+    env = json.loads((out / "train_config.json").read_text())["_env"]
+    assert env["torch"] == torch.__version__ and env["threads"] >= 1 and env["cpu"]
+
+
+@pytest.mark.slow
+def test_compare_balance_reuses_a_run_its_time_cap_ended(sample_root, tmp_path):
+    args = small_config(sample_root, tmp_path / "cmp", epochs=3, max_minutes=0.0001)
+    p = run_script("compare_balance.py", "--options", "none", "none+posthoc", *args)
+    assert p.stdout.count("time cap: max_minutes") == 1  # none+posthoc calibrates none's run, not a new one
+    assert "balance=none: reusing the finished run" in p.stdout
+    rows = json.loads((tmp_path / "cmp" / "balance_comparison.json").read_text())["rows"]
+    assert [r["balance"] for r in rows] == ["none", "none+posthoc"] and rows[1]["posthoc_tau"] is not None
+
+
+def test_every_reproduce_command_in_results_md_names_recipes_of_its_profile():
+    text = " ".join(open(os.path.join(ROOT, "RESULTS.md")).read().split())  # commands may wrap
+    commands = re.findall(r"python reproduce\.py (\w+) --only ([\w ]+)`", text)
+    assert len(commands) >= 10
+    for profile, names in commands:
+        for name in names.split():
+            assert name in reproduce.PROFILES[profile]["recipes"], (profile, name)
+    for path in set(re.findall(r"configs/[\w.]+\.json", text)):
+        assert os.path.exists(os.path.join(ROOT, path)), path
