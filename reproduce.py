@@ -219,6 +219,10 @@ def expand(name, command, prof, root, extra_set):
 
 
 def fingerprint(script, argv, cfg):
+    """What decides whether a finished step is still valid: its arguments and the parts of its resolved
+    config it reads (a new key in another script's section does not rerun it)."""
+    if cfg is not None:
+        cfg = {k: v for k, v in cfg.items() if not isinstance(v, dict) or k in READS.get(script, ())}
     return hashlib.sha256(json.dumps([script, argv, cfg], sort_keys=True).encode()).hexdigest()[:16]
 
 
