@@ -47,16 +47,18 @@ from config import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 W16 = "../shared/data/wikiart16"
-CONFIG_SCRIPTS = ("train.py", "test.py", "compare_balance.py", "autoencoder.py", "cluster.py", "style_transfer.py")
+CONFIG_SCRIPTS = ("train.py", "test.py", "compare_balance.py", "autoencoder.py", "cluster.py", "style_transfer.py",
+                  "text_to_image.py")
 OUT_KEY = {"train.py": "out_dir", "test.py": "out_dir", "compare_balance.py": "out_dir",  # where a step writes
            "autoencoder.py": "autoencoder.out_dir", "cluster.py": "cluster.out_dir",
-           "style_transfer.py": "style_transfer.out_dir"}
+           "style_transfer.py": "style_transfer.out_dir", "text_to_image.py": "text_to_image.out_dir"}
 READS = {"autoencoder.py": ("autoencoder",), "cluster.py": ("cluster", "autoencoder"),  # sections besides the top
-         "style_transfer.py": ("style_transfer",)}
+         "style_transfer.py": ("style_transfer",), "text_to_image.py": ("text_to_image", "style_transfer")}
 LAST_PT = {  # what --resume continues, for the scripts that have it
     "train.py": lambda c: os.path.join(c["out_dir"], "last.pt"),
     "autoencoder.py": lambda c: os.path.join(c["autoencoder"]["out_dir"], "last.pt"),
-    "style_transfer.py": lambda c: os.path.join(c["style_transfer"]["out_dir"], c["style_transfer"]["mode"], "last.pt")}
+    "style_transfer.py": lambda c: os.path.join(c["style_transfer"]["out_dir"], c["style_transfer"]["mode"], "last.pt"),
+    "text_to_image.py": lambda c: os.path.join(c["text_to_image"]["out_dir"], "last.pt")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,6 +89,11 @@ def autoencoder(name, features=FEATURES):
 def style_transfer(name):
     return recipe("style_transfer", [f"style_transfer.py --evaluate -c configs/{name}.json"],
                   [f"out/{name}/evaluation.json"], also=[f"out/{name}/adain/train_log.json"])
+
+
+def text_to_image(name):
+    return recipe("text_to_image", [f"text_to_image.py --evaluate -c configs/{name}.json"],
+                  [f"out/{name}/evaluation.json"], also=[f"out/{name}/train_log.json", f"out/{name}/vae/train_log.json"])
 
 
 def bench(name):
@@ -121,6 +128,8 @@ RECIPES = {
     "style_transfer_w16_64": style_transfer("style_transfer_w16_64"),
     "style_transfer_w16_128": style_transfer("style_transfer_w16_128"),
     "bench_416": bench("bench_416"),
+    "text_to_image_scratch_w16": text_to_image("text_to_image_scratch_w16"),
+    "text_to_image_sample": text_to_image("text_to_image_sample"),
     # GPU: WikiArt-16 at 128 px, each recipe with a time cap (max_minutes in its config)
     "classifier_w16_128": classifier("classifier_w16_128"),
     "classifier_w16_128_base": classifier("classifier_w16_128_base"),
@@ -135,7 +144,8 @@ RECIPES = {
 
 CPU = ["autoencoder_w16_128", "style_transfer_w16_128",  # the longest chain first: two recipes run at once
        "classifier_w16_64", "classifier_w16_64_base", "classifier_w16_64_bonusA", "imbalance_w16_64",
-       "imbalance_w16_64_seeds", "autoencoder_w16_64", "style_transfer_w16_64", "demo_sample", "bench_416"]
+       "imbalance_w16_64_seeds", "autoencoder_w16_64", "style_transfer_w16_64", "demo_sample",
+       "text_to_image_scratch_w16", "text_to_image_sample", "bench_416"]
 PROFILES = {
     # configs: overlaid on every config-driven step (after its own -c); set: --set items for each of them;
     # data, prepare, bench: fill the recipes' {placeholders}; jobs: the default of --jobs
@@ -209,6 +219,10 @@ def expand(name, command, prof, root, extra_set):
 
 
 def fingerprint(script, argv, cfg):
+    """What decides whether a finished step is still valid: its arguments and the parts of its resolved
+    config it reads (a new key in another script's section does not rerun it)."""
+    if cfg is not None:
+        cfg = {k: v for k, v in cfg.items() if not isinstance(v, dict) or k in READS.get(script, ())}
     return hashlib.sha256(json.dumps([script, argv, cfg], sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -252,3 +252,12 @@ def test_every_reproduce_command_in_results_md_names_recipes_of_its_profile():
             assert name in reproduce.PROFILES[profile]["recipes"], (profile, name)
     for path in set(re.findall(r"configs/[\w.]+\.json", text)):
         assert os.path.exists(os.path.join(ROOT, path)), path
+
+
+def test_fingerprint_ignores_sections_the_script_does_not_read():
+    cfg = {"epochs": 3, "autoencoder": {"epochs": 2}, "style_transfer": {"w_cls": 1.0}}
+    other = {**cfg, "style_transfer": {"w_cls": 3.0, "new_key": 1}}
+    assert reproduce.fingerprint("train.py", [], cfg) == reproduce.fingerprint("train.py", [], other)
+    assert reproduce.fingerprint("autoencoder.py", [], cfg) == reproduce.fingerprint("autoencoder.py", [], other)
+    assert reproduce.fingerprint("style_transfer.py", [], cfg) != reproduce.fingerprint("style_transfer.py", [], other)
+    assert reproduce.fingerprint("train.py", [], cfg) != reproduce.fingerprint("train.py", [], {**cfg, "epochs": 4})
