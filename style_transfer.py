@@ -43,8 +43,9 @@ the input and every style; the default) or --mix NAME:w ... (a weighted mixture 
 to the target (A=1, the default); the own style is the one the jointly trained discriminator's style
 head predicts (printed and saved). --keep-colour keeps the input's colours and takes the style's
 luminance (Gatys et al. 2016, luminance-only transfer). One style (or mix): each output is saved at the
-model's size and, with --upscale SIDE (default 512; 0: off), at the input's own aspect ratio with its
-longer side up to SIDE (the predicted colour transform and detail applied to the input at that size).
+model's size and (unless --max-side 0) at the input's own aspect ratio and resolution, its longer side
+capped at --max-side (default 512): the colour change and detail predicted at the model's size are
+applied to the input at that size.
 --style all: one labelled strip per image at the model's size. Results go to
 out_dir/stylised/ (or out_dir/<--out NAME>/) with stylised.json (checkpoint, settings, inputs, predicted
 own styles, skipped files). An unreadable file is named and skipped; none readable: exit status 2.
@@ -554,11 +555,14 @@ def targets_of(args, classes):
     if args.mix:
         w = torch.zeros(C)
         for item in args.mix:
-            name, _, weight = item.rpartition(":")
+            name, sep, weight = item.rpartition(":")
             try:
-                w[style_index(name, classes)] += float(weight)
+                weight = float(weight) if sep else None
             except ValueError:
+                weight = None
+            if weight is None:
                 raise config.UserError(f"--mix expects NAME:WEIGHT items (e.g. Cubism:0.7), got '{item}'")
+            w[style_index(name, classes)] += weight
         if (w < 0).any() or w.sum() <= 0:
             raise config.UserError("--mix weights must be >= 0 with a positive sum")
         return [("mix_" + "_".join(f"{classes[s]}{w[s] / w.sum():.2f}" for s in w.nonzero().flatten().tolist()),
@@ -589,8 +593,8 @@ def stylise(cfg, args, argv, device):
     report, a = [], args.strength
     for i, p in enumerate(paths):
         stem = f"{i:02d}_{os.path.splitext(os.path.basename(p))[0]}"
-        full = (wikiart.to_float(wikiart.decode_image(p, args.upscale, "keep")[None], device)
-                if args.upscale else None)
+        full = (wikiart.to_float(wikiart.decode_image(p, args.max_side, "keep")[None], device)
+                if args.max_side else None)
         tiles, outputs = [images[i]], []
         for label, w in targets:  # strength a: (1 - a) own style + a target, as embedding weights
             weights = ((1 - a) * F.one_hot(own[i], C).float() + a * w)[None].to(device)
@@ -619,7 +623,7 @@ def stylise(cfg, args, argv, device):
     runs.atomic_save({"checkpoint": path, "command": runs.command_line("style_transfer.py", argv),
                       "image_size": S, "style": args.style if not args.mix else None, "mix": args.mix,
                       "targets": {label: w.tolist() for label, w in targets}, "strength": a,
-                      "keep_colour": args.keep_colour, "upscale": args.upscale, "n_images": len(report),
+                      "keep_colour": args.keep_colour, "max_side": args.max_side, "n_images": len(report),
                       "skipped": skipped, "images": report}, os.path.join(results_dir, "stylised.json"))
     runs.save_run_config(cfg, results_dir, "style_transfer.py", argv)
     print(f"{len(report)} image(s) stylised, {len(skipped)} skipped; wrote {results_dir}/ (stylised.json)")
@@ -637,8 +641,8 @@ def main(argv=None):
     use.add_argument("--mix", nargs="+", metavar="NAME:W", help="a weighted mixture of styles instead of --style")
     use.add_argument("--strength", type=float, default=1.0, help="0: own-style reconstruction ... 1: the target")
     use.add_argument("--keep-colour", action="store_true", help="keep the input's colours (luminance-only transfer)")
-    use.add_argument("--upscale", type=int, default=512, metavar="SIDE",
-                     help="also save at the input's aspect ratio, longer side up to SIDE (0: off; default 512)")
+    use.add_argument("--max-side", type=int, default=512, metavar="SIDE",
+                     help="also save at the input's own aspect and resolution, longer side at most SIDE (0: off)")
     use.add_argument("--out", metavar="NAME", help="results folder inside out_dir (default: stylised)")
     args, cfg = config.parse_config(parser, argv)
     st = cfg["style_transfer"]

@@ -377,7 +377,10 @@ def stratified_split(labels, fraction, seed):
 
 def to_float(images_u8, device):
     """uint8 (B, H, W, 3) numpy/tensor -> float (B, 3, H, W) in [-1, 1] on `device`."""
-    x = torch.as_tensor(np.ascontiguousarray(images_u8))
+    if isinstance(images_u8, np.ndarray):
+        images_u8 = np.ascontiguousarray(images_u8)
+        images_u8 = images_u8 if images_u8.flags.writeable else images_u8.copy()  # torch wants writable memory
+    x = torch.as_tensor(images_u8)
     if device.type == "cuda":
         x = x.pin_memory()
     x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
