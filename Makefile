@@ -23,7 +23,8 @@ demo: $(VENV)/.installed
 	$(PY) autoencoder.py --image $(DEMO_IMAGES)
 	$(PY) cluster.py
 	$(PY) style_transfer.py --evaluate
-	@echo "plots and metrics: out/classifier (predictions/: your images) out/autoencoder (reconstruct/) out/cluster out/style_transfer"
+	$(PY) style_transfer.py --image $(DEMO_IMAGES) --style all
+	@echo "plots and metrics: out/classifier (predictions/: your images) out/autoencoder (reconstruct/) out/cluster out/style_transfer (stylised/)"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

@@ -1,6 +1,7 @@
 """Measures: classification (accuracy, balanced accuracy, macro-F1 as scikit-learn defines it),
 reconstruction (PSNR), clustering (NMI, ARI, purity, Hungarian accuracy), and the style-transfer
-measures that need no trained network (texture and colour gap closed, SSIM)."""
+measures that need no trained network (texture and colour gap closed, SSIM, periodic/border artefact
+ratio, the judge's matched ceiling)."""
 import io
 import math
 
@@ -104,19 +105,28 @@ def random_texture_net(seed=0, widths=(16, 32, 64)):
     return convs.eval()
 
 
+def texture_grams(x, net, eps=1e-3):
+    """Per layer of `net`, the (N, c*c) Gram matrices of its ReLU maps of the luminance of x (N, 3, H, W),
+    standardised per image (brightness and contrast do not count). Differentiable: Part 3 trains with it
+    (another seed's net), so the texture gap is the same kind of descriptor as that loss."""
+    h = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    h = (h - h.mean((2, 3), keepdim=True)) / (h.std((2, 3), keepdim=True) + eps)
+    grams = []
+    for conv in net:
+        h = F.relu(conv(h))
+        f = h.flatten(2)
+        grams.append((f @ f.transpose(1, 2) / f.shape[2]).flatten(1))
+    return grams
+
+
 @torch.no_grad()
 def texture_descriptors(images_u8, net, batch_size=256):
-    """Per layer, the (N, c*c) Gram matrices of the random net's ReLU maps of the luminance,
-    standardised per image (brightness and contrast do not count)."""
+    """texture_grams of uint8 images (N, H, W, 3), in float64."""
     layers = [[] for _ in net]
     for i in range(0, len(images_u8), batch_size):
         x = torch.from_numpy(np.array(images_u8[i:i + batch_size])).float().permute(0, 3, 1, 2)
-        h = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-        h = (h - h.mean((2, 3), keepdim=True)) / (h.std((2, 3), keepdim=True) + 1e-3)
-        for k, conv in enumerate(net):
-            h = F.relu(conv(h))
-            f = h.flatten(2)
-            layers[k].append((f @ f.transpose(1, 2) / f.shape[2]).flatten(1).double())
+        for k, g in enumerate(texture_grams(x, net)):
+            layers[k].append(g.double())
     return [torch.cat(layer) for layer in layers]
 
 
@@ -178,3 +188,85 @@ def ssim(a_u8, b_u8, window=11, sigma=1.5, batch_size=256):
         s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
         out.append(s.mean((1, 2, 3)))
     return torch.cat(out).float()
+
+
+# ---- Part 3 artefacts: periodic patterns (a 2x2 / 4x4 mesh) and border strips, relative to real paintings
+
+def _u8_to_float(images_u8):
+    return torch.from_numpy(np.array(images_u8)).float().permute(0, 3, 1, 2) / 255
+
+
+@torch.no_grad()
+def mean_power_spectrum(images_u8, batch_size=256):
+    """(H, W) mean power spectrum over images and RGB channels (per-image channel mean removed, Hann
+    window so that the image border does not leak a cross into the spectrum)."""
+    total, n = 0.0, 0
+    for i in range(0, len(images_u8), batch_size):
+        x = _u8_to_float(images_u8[i:i + batch_size])
+        h, w = x.shape[-2:]
+        win = torch.hann_window(h, periodic=True)[:, None] * torch.hann_window(w, periodic=True)[None, :]
+        x = (x - x.mean((2, 3), keepdim=True)) * win
+        total = total + (torch.fft.fft2(x).abs() ** 2).mean(1).sum(0)
+        n += len(x)
+    return total / max(n, 1)
+
+
+def periodic_peaks(spectrum):
+    """Power at the frequencies of a 2- and 4-pixel periodic pattern (the 4x4 lattice fy, fx in
+    {0, N/4, N/2, 3N/4}, without (0, 0)) over the mean power of a ring 2-3 bins around each (the Hann
+    window spreads a peak over +-1 bin only): (15,) peak-to-background ratios, ~1 for a smooth spectrum."""
+    h, w = spectrum.shape
+    out = []
+    for fy in (0, h // 4, h // 2, 3 * h // 4):
+        for fx in (0, w // 4, w // 2, 3 * w // 4):
+            if fy == 0 and fx == 0:
+                continue
+            ring = [spectrum[(fy + dy) % h, (fx + dx) % w] for dy in range(-3, 4) for dx in range(-3, 4)
+                    if max(abs(dy), abs(dx)) >= 2]
+            out.append(spectrum[fy, fx] / torch.stack(ring).mean())
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def border_deviation(images_u8, band=4):
+    """How far the outer `band` rows/columns depart from the next 2*band inwards: mean over images,
+    edges, channels and positions along the edge of |mean(border band) - mean(adjacent inner band)|."""
+    x = _u8_to_float(images_u8)
+    devs = []
+    for t in (x, x.flip(2), x.transpose(2, 3), x.transpose(2, 3).flip(2)):  # top, bottom, left, right
+        devs.append((t[:, :, :band].mean(2) - t[:, :, band:3 * band].mean(2)).abs().mean())
+    return float(torch.stack(devs).mean())
+
+
+def artefact_ratio(outputs_u8, output_styles, real_u8, real_styles):
+    """Periodic and border artefacts of generated images relative to real paintings of their target
+    styles (1.0 = as in real paintings). For each target style s: the 2/4-pixel-period peak-to-background
+    ratios of the outputs' mean power spectrum over those of real paintings of s (averaged over the 15
+    lattice frequencies), and the outputs' border deviation over that of real paintings of s; both
+    averaged over styles weighted by the number of outputs. {"periodic", "border", "artefact" = the max}."""
+    output_styles, real_styles = np.asarray(output_styles), np.asarray(real_styles)
+    per, bor, wts = [], [], []
+    for s in np.unique(output_styles):
+        real, out = np.flatnonzero(real_styles == s), np.flatnonzero(output_styles == s)
+        if not len(real):
+            continue
+        ref_u8 = np.asarray(real_u8)[real]
+        per.append(float((periodic_peaks(mean_power_spectrum(np.asarray(outputs_u8)[out]))
+                          / periodic_peaks(mean_power_spectrum(ref_u8))).mean()))
+        bor.append(border_deviation(np.asarray(outputs_u8)[out]) / max(border_deviation(ref_u8), 1e-6))
+        wts.append(len(out))
+    wts = np.asarray(wts, float) / max(sum(wts), 1)
+    periodic, border = float(np.dot(per, wts)), float(np.dot(bor, wts))
+    return {"periodic": periodic, "border": border, "artefact": max(periodic, border)}
+
+
+def matched_ceiling(predictions, labels, target_styles, num_styles):
+    """The judge's per-style recall on real images (predictions vs labels), averaged with the weights of
+    the target styles of the outputs being judged: the hit rate of a perfect transfer under this judge,
+    comparable with the outputs' hit rate (the judge's plain accuracy on an imbalanced test set is not).
+    Styles absent from `labels` count as 0."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    recall = np.array([(predictions[labels == s] == s).mean() if (labels == s).any() else 0.0
+                       for s in range(num_styles)])
+    weights = np.bincount(np.asarray(target_styles), minlength=num_styles) / max(len(target_styles), 1)
+    return float(np.dot(recall, weights))

@@ -97,3 +97,22 @@ def plot_top_styles(pictures, names, tops, path, title=""):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     p.close(fig)
+
+
+def save_png(image_u8, path):
+    from PIL import Image
+    Image.fromarray(np.asarray(image_u8)).save(path)
+
+
+def plot_strip(tiles, labels, path, title=""):
+    """Images side by side in one row, each with its label above it (style_transfer.py --style all)."""
+    p = plt()
+    fig, axes = p.subplots(1, len(tiles), figsize=(1.1 * len(tiles) + 0.4, 2.0), squeeze=False)
+    for ax, tile, label in zip(axes[0], tiles, labels):
+        ax.imshow(tile, interpolation="nearest")
+        ax.set_title(label.replace("_", " "), fontsize=6, rotation=30, ha="left", x=0.1)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8, y=0.98)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.62, wspace=0.08)
+    fig.savefig(path, dpi=110)
+    p.close(fig)

@@ -86,9 +86,9 @@ def autoencoder(name, features=FEATURES):
                    *(f"out/{name}/cluster_{f}/metrics.json" for f in features)])
 
 
-def style_transfer(name):
-    return recipe("style_transfer", [f"style_transfer.py --evaluate -c configs/{name}.json"],
-                  [f"out/{name}/evaluation.json"], also=[f"out/{name}/adain/train_log.json"])
+def style_transfer(name, seeds=1):
+    return recipe("style_transfer", [f"style_transfer.py --evaluate --seeds {seeds} -c configs/{name}.json"],
+                  [f"out/{name}/evaluation.json"], also=[f"out/{name}/residual/train_log.json"])
 
 
 def text_to_image(name):
@@ -111,7 +111,7 @@ RECIPES = {
         [f"out/demo_sample/{f}" for f in ("classifier/test_metrics.json", "classifier/train_log.json",
                                           "autoencoder/metrics.json", "autoencoder/train_log.json",
                                           "autoencoder/cluster/metrics.json", "style_transfer/evaluation.json")],
-        also=["out/demo_sample/style_transfer/adain/train_log.json"]),
+        also=["out/demo_sample/style_transfer/residual/train_log.json"]),
     # CPU: WikiArt-16, reduced (64 px classifiers; 128 px autoencoder)
     "classifier_w16_64": classifier("classifier_w16_64"),
     "classifier_w16_64_base": classifier("classifier_w16_64_base"),
@@ -125,8 +125,8 @@ RECIPES = {
         [f"out/imbalance_w16_64_seeds/seed{s}/balance_comparison.json" for s in (1, 2)]),
     "autoencoder_w16_128": autoencoder("autoencoder_w16_128"),
     "autoencoder_w16_64": autoencoder("autoencoder_w16_64", features=()),
-    "style_transfer_w16_64": style_transfer("style_transfer_w16_64"),
-    "style_transfer_w16_128": style_transfer("style_transfer_w16_128"),
+    "style_transfer_w16_64": style_transfer("style_transfer_w16_64", seeds=3),
+    "style_transfer_w16_128": style_transfer("style_transfer_w16_128", seeds=3),
     "bench_416": bench("bench_416"),
     "text_to_image_scratch_w16": text_to_image("text_to_image_scratch_w16"),
     "text_to_image_sample": text_to_image("text_to_image_sample"),
@@ -138,7 +138,7 @@ RECIPES = {
                                               "none weights1 sampler logit_adjust none+posthoc sampler+posthoc"],
                                 ["out/imbalance_w16_128/balance_comparison.json"]),
     "autoencoder_w16_128_gpu": autoencoder("autoencoder_w16_128_gpu"),
-    "style_transfer_w16_128_gpu": style_transfer("style_transfer_w16_128_gpu"),
+    "style_transfer_w16_128_gpu": style_transfer("style_transfer_w16_128_gpu", seeds=3),
     "bench_gpu": bench("bench_gpu"),
 }
 

@@ -136,6 +136,13 @@ def autocast(device, precision="auto"):
     return torch.autocast(kind, enabled=False)
 
 
+def restart_time_cap():
+    """Start the time cap's clock again: a command that trains several runs in turn (style_transfer.py
+    --seeds N) gives each its max_minutes."""
+    global _time_cap
+    _time_cap = _time_cap and (time.time(), _time_cap[1])
+
+
 def time_is_up(device, epochs_done, epochs):
     """True when the time cap (max_minutes, counted from start()) has passed and epochs remain: the
     training loop then ends after this epoch, which last.pt holds, so --resume continues it. All

@@ -1,33 +1,62 @@
 """Part 3: render an image in another art style, conditioned on a trained style embedding.
 
-    python style_transfer.py                              # train the working mode (adain), grid + embeddings
+    python style_transfer.py                              # train the working mode (residual), grid + embeddings
     python style_transfer.py --evaluate                   # + naive mode, style judge, metrics table
+    python style_transfer.py --evaluate --seeds 3         # generator seeds seed..seed+2: mean and std of every metric
     python style_transfer.py --set style_transfer.mode=naive   # the earlier approach, which collapses
     python style_transfer.py --resume                     # continue the mode's training from last.pt
     python style_transfer.py --evaluate -c configs/style_transfer_w16_64.json   # WikiArt-16 (RESULTS.md)
+    python style_transfer.py --image photo.jpg --style Cubism        # your own images, with the trained model
+    python style_transfer.py --image photos/ --style all             # one strip per image: every style
+    python style_transfer.py --image photo.jpg --mix Cubism:0.7 Ukiyo_e:0.3 --strength 0.5 --keep-colour
 
 Modes (config "style_transfer.mode"):
-  adain  StarGAN-style: generator = the Part-2 autoencoder's encoder (frozen) + a decoder whose AdaIN
-         layers are driven by the style embedding (initialised from each style's mean latent code);
-         trained jointly with a discriminator that has a real/fake head and a style-classification
-         head; losses: adversarial, style classification of the fakes, reconstruction when the target
-         is the source style, feature statistics of real paintings of the target style, the colour
-         histogram of the target style (w_colour), optional cycle.
+  residual  an image-to-image generator built so that the own style is (nearly) the identity
+         (wikiart.ResidualStyleGenerator: a smooth per-pixel colour transform predicted on a 1/8 grid +
+         a detail residual from a small U-Net with full-resolution skips, both starting at zero), driven
+         by a trained style embedding (initialised from each style's mean code under the Part-2 encoder,
+         used for nothing else). Trained with an anti-aliased discriminator (real/fake and style heads);
+         losses: adversarial, style classification of the outputs, feature statistics of a real painting
+         of the target style, reconstruction when the target is the source style, coarse layout kept,
+         the colour histogram (after a Gaussian blur) of the target style for other-style outputs, and
+         random-net texture statistics (each style's running mean over its outputs pulled to the style's
+         mean); optional cycle.
   naive  the earlier attempt: a learned image-sized style image concatenated to the input channels,
          MSE to the content + MSE to the style image (its style images collapse to one grey-beige).
 
-The encoder comes from style_transfer.autoencoder_path (autoencoder.py's best.pt: run autoencoder.py
-first). --evaluate trains (or reloads, if its config is unchanged) both modes and a separate style
-judge (a ResNet, trained on the training images with the robust transform as augmentation), then
-scores N test images x every other style: robust/raw hit rate, style gap closed (texture, colour),
-SSIM; also for the identity.
+--evaluate trains (or reloads, if its config is unchanged) both modes and a separate style judge (a
+ResNet trained on the training images, half of them through the robust transform), then scores N test
+images x every other style: robust/raw hit rate (and as a fraction of the judge's matched ceiling: its
+per-style recall on real test images weighted like the outputs' targets), style gap closed (texture,
+colour), SSIM to the input, artefact ratio (2/4-px-period peaks and border strip relative to real
+paintings of the target style; 1 = as real paintings), own-style PSNR on every test image (beside the
+Part-2 autoencoder's). --seeds N: generator seeds seed..seed+N-1 (seed in out_dir, the others in
+out_dir/seed<k>/), one judge; evaluation.json holds every seed's numbers and their mean and std.
 Writes to out_dir: <mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,embeddings.png},
 judge.pt, evaluation.json.
+
+Your own images (--image PATH...: files, or the files directly inside a folder) with the trained
+out_dir/residual/model.pt: decoded like the training images (EXIF orientation and colour profile
+applied, squashed to the model's size) and rendered in --style NAME (or all: one strip per image with
+the input and every style; the default) or --mix NAME:w ... (a weighted mixture of style embeddings).
+--strength A interpolates the embedding from the image's own style (A=0: its own-style reconstruction)
+to the target (A=1, the default); the own style is the one the jointly trained discriminator's style
+head predicts (printed and saved). --keep-colour keeps the input's colours and takes the style's
+luminance (Gatys et al. 2016, luminance-only transfer). One style (or mix): each output is saved at the
+model's size and (unless --max-side 0) at the input's own aspect ratio and resolution, its longer side
+capped at --max-side (default 512): the colour change and detail predicted at the model's size are
+applied to the input at that size.
+--style all: one labelled strip per image at the model's size. Results go to
+out_dir/stylised/ (or out_dir/<--out NAME>/) with stylised.json (checkpoint, settings, inputs, predicted
+own styles, skipped files). An unreadable file is named and skipped; none readable: exit status 2.
 """
+import copy
+import difflib
 import math
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -42,7 +71,8 @@ import sample_data
 import wikiart
 
 # what a trained model depends on: a saved model is reused by --evaluate only if these are unchanged
-NOT_TRAINING_KEYS = ("mode", "out_dir", "eval_images", "grid_rows", "judge_width", "judge_epochs", "judge_lr")
+NOT_TRAINING_KEYS = ("mode", "out_dir", "eval_images", "grid_rows", "judge_width", "judge_epochs", "judge_lr",
+                     "eval_naive")
 
 
 class Split:
@@ -58,14 +88,14 @@ def train_signature(cfg, mode):
     st = cfg["style_transfer"]
     keys = [k for k in st if k not in NOT_TRAINING_KEYS and (k.startswith("naive_") == (mode == "naive"))]
     path = st["autoencoder_path"]
-    # "generator": the StyleGenerator layout; bumped when its layers change, so an older model.pt is retrained
+    # "generator": the layout of the networks; bumped when their layers change, so an older model.pt is retrained
     return {"data": [cfg["train_dir"], cfg["image_size"], cfg["seed"], cfg["val_fraction"]], "mode": mode,
-            "generator": 2, "style_transfer": {k: st[k] for k in keys},
-            "autoencoder": [path, os.path.exists(path) and os.path.getmtime(path)] if mode == "adain" else None}
+            "generator": 3, "style_transfer": {k: st[k] for k in keys},
+            "autoencoder": [path, os.path.exists(path) and os.path.getmtime(path)] if mode == "residual" else None}
 
 
 def load_encoder(cfg, device):
-    """The Part-2 autoencoder whose encoder gives the content (and the embeddings' initial values)."""
+    """The Part-2 autoencoder whose per-style mean codes initialise the style embeddings."""
     path = cfg["style_transfer"]["autoencoder_path"]
     ae, ckpt = wikiart.load_autoencoder(path, device)
     if ckpt["config"]["image_size"] != cfg["image_size"]:
@@ -74,19 +104,40 @@ def load_encoder(cfg, device):
     return ae.requires_grad_(False).eval()
 
 
-def build(cfg, mode, split, device):
-    """(generator, discriminator or None) for a mode, before training."""
-    st, S, C, data = cfg["style_transfer"], cfg["image_size"], split.C, split.data
+def initial_values(cfg, mode, split, device):
+    """What a new model starts from: naive, each style's mean training image; residual, each style's
+    mean code under the Part-2 encoder."""
+    data, S = split.data, cfg["image_size"]
+    if mode == "naive":
+        return torch.stack([wikiart.to_float(data.images[np.sort(idx)], torch.device("cpu")).mean(0)
+                            if len(idx) else torch.zeros(3, S, S) for idx in split.by_style])
+    return wikiart.mean_code_per_style(load_encoder(cfg, device), data.images[split.train_idx],
+                                       data.labels[split.train_idx], split.C, device, cfg["style_transfer"]["embed_pool"])
+
+
+def build(cfg, mode, C, init, device):
+    """(generator, discriminator or None) for a mode, from its initial values (initial_values, or any
+    tensor of their shape when a checkpoint's weights are loaded next)."""
+    st = cfg["style_transfer"]
     torch.manual_seed(cfg["seed"])
-    if mode == "naive":  # the style images start as each style's mean training image
-        mean_images = torch.stack([wikiart.to_float(data.images[np.sort(idx)], torch.device("cpu")).mean(0)
-                                   if len(idx) else torch.zeros(3, S, S) for idx in split.by_style])
-        return wikiart.NaiveStyleNet(C, S, mean_images, st["naive_width"]).to(device), None
-    ae = load_encoder(cfg, device)  # frozen content encoder
-    codes = wikiart.mean_code_per_style(ae, data.images[split.train_idx], data.labels[split.train_idx], C, device,
-                                        st["embed_pool"])
-    G = wikiart.StyleGenerator(ae, wikiart.StyleEmbedder(codes), S, st["width"], st["res_blocks"], st["style_dim"])
-    return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"]).to(device)
+    if mode == "naive":
+        return wikiart.NaiveStyleNet(C, cfg["image_size"], init, st["naive_width"]).to(device), None
+    G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(init), st["width"], st["res_blocks"], st["style_dim"])
+    return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"], blur=st["d_blur"]).to(device)
+
+
+def load_model(path, device):
+    """(generator, discriminator or None, checkpoint) from a model.pt alone (no data, no encoder needed)."""
+    ckpt = runs.load_checkpoint(path, "a style_transfer.py model (out_dir/<mode>/model.pt)",
+                                needs=("model", "mode", "config", "class_to_idx"), device=device)
+    cfg, C, mode = ckpt["config"], len(ckpt["class_to_idx"]), ckpt["mode"]
+    S = cfg["image_size"]
+    G, D = build(cfg, mode, C, torch.zeros(C, 3, S, S) if mode == "naive" else ckpt["model"]["embedder.initial"].cpu(),
+                 device)
+    runs.load_weights(G, ckpt["model"], path)
+    if D is not None and ckpt.get("discriminator"):
+        runs.load_weights(D, ckpt["discriminator"], path)
+    return G.eval(), D.eval() if D is not None else None, ckpt
 
 
 def coarse_structure(x):
@@ -96,7 +147,7 @@ def coarse_structure(x):
     return (lum - lum.mean((2, 3), keepdim=True)) / (lum.std((2, 3), keepdim=True) + 0.05)
 
 
-def train_step_adain(G, D, opt_g, opt_d, x, content, y, g, split, colour_refs, st):
+def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     """One discriminator step and one generator step on a batch; returns the losses."""
     device = x.device
     t = torch.randint(split.C, y.shape, generator=g).to(device)  # uniform targets: rare styles as often
@@ -106,27 +157,31 @@ def train_step_adain(G, D, opt_g, opt_d, x, content, y, g, split, colour_refs, s
     idx = [split.by_style[s][int(torch.randint(len(split.by_style[s]), (1,), generator=g))] if len(split.by_style[s])
            else split.train_idx[int(torch.randint(len(split.train_idx), (1,), generator=g))] for s in t.tolist()]
     real = wikiart.to_float(split.data.images[np.asarray(idx)], device)
-    fake = G.render(content, t)
+    fake = G(x, t)
     # discriminator: real paintings of the target styles are real (and classified), fakes are fake
-    rf_real, cls_real, maps_real = D(real)
-    maps_real = [m.detach() for m in maps_real]
-    rf_fake, _, _ = D(fake.detach())
+    rf_both, cls_both, maps_both = D(torch.cat([real, fake.detach()]))  # one pass for both halves
+    n = len(real)
+    rf_real, rf_fake, cls_real = rf_both[:n], rf_both[n:], cls_both[:n]
     d_adv = F.softplus(-rf_real).mean() + F.softplus(rf_fake).mean()
     d_cls = F.cross_entropy(cls_real, t)
     opt_d.zero_grad(set_to_none=True)
     (d_adv + st["w_cls"] * d_cls).backward()
     opt_d.step()
-    # generator: look real, be classified as the target, match its feature statistics, keep content
+    # generator: look real, be classified as the target, match its statistics, keep content
     rf, cls, maps = D(fake)
     losses = {"g_adv": F.softplus(-rf).mean(), "g_cls": F.cross_entropy(cls, t),
-              "g_stats": wikiart.feature_stats_loss(maps, maps_real),
+              "g_stats": wikiart.feature_stats_loss(maps, [m[:n].detach() for m in maps_both]),
               "g_rec": (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0,
               "g_structure": (coarse_structure(fake) - coarse_structure(x)).abs().mean()}
     if st["w_cycle"] > 0:
         losses["g_cycle"] = (G(fake, y) - x).abs().mean()
-    if st["w_colour"] > 0:  # L1 between each output's colour histogram and its target style's mean one
-        losses["g_colour"] = (wikiart.soft_colour_histogram(fake, pool=st["colour_pool"])
-                              - colour_refs[t]).abs().sum(1).mean()
+    other = ~same  # the own style is the reconstruction's business: absolute colour targets for the others only
+    if st["w_colour"] > 0 and other.any():  # L1 between each output's colour histogram and its target style's mean
+        hist = wikiart.soft_colour_histogram(fake[other], sigma=st["colour_sigma"])
+        losses["g_colour"] = (hist - refs.colour[t[other]]).abs().sum(1).mean()
+    if st["w_texture"] > 0:
+        grams = metrics.texture_grams(fake, refs.texture_net)
+        losses["g_texture"] = wikiart.texture_moment_loss(grams, refs.texture, t, refs.moments)
     loss = sum(st["w_" + k[2:]] * v for k, v in losses.items())
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
@@ -147,7 +202,7 @@ def train_step_naive(model, opt, x, y, g, C):
 
 @torch.no_grad()
 def validate(G, D, split, seed, device):
-    """Reconstruction L1 (target = source) on the validation split and, for adain, how often the
+    """Reconstruction L1 (target = source) on the validation split and, for residual, how often the
     discriminator's style head calls a fake its (uniform random) target style."""
     G.eval()
     g = torch.Generator().manual_seed(seed)
@@ -162,28 +217,26 @@ def validate(G, D, split, seed, device):
     return {"val_rec_l1": rec / max(n, 1)} | ({"val_fake_style_acc": hit / max(n, 1)} if D is not None else {})
 
 
-@torch.no_grad()
-def encode_all(G, data, device):
-    """The frozen encoder's content map of every training-folder image, computed once (float16)."""
-    maps = [G.content(x).half() for x, _ in tqdm(
-        wikiart.iterate_batches(data.images, data.labels, np.arange(len(data)), 128, device),
-        total=math.ceil(len(data) / 128), desc="encoding content", leave=False)]
-    return torch.cat(maps)
-
-
 def train(cfg, mode, split, device, resume, argv):
     """Train one mode (or resume it); returns the trained model in eval mode."""
     st = cfg["style_transfer"]
     mdir = os.path.join(st["out_dir"], mode)
-    G, D = build(cfg, mode, split, device)
-    epochs = st["epochs"] if mode == "adain" else st["naive_epochs"]
+    G, D = build(cfg, mode, split.C, initial_values(cfg, mode, split, device), device)
+    epochs = st["epochs"] if mode == "residual" else st["naive_epochs"]
     betas = (0.5, 0.999)  # the usual GAN setting: less momentum, steadier two-player updates
-    opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad],
-                             lr=st["lr"] if mode == "adain" else st["naive_lr"], betas=betas)
-    objects = {"model": G, "opt_g": opt_g}
-    if D is not None:
-        objects |= {"discriminator": D, "opt_d": torch.optim.Adam(D.parameters(), lr=st["d_lr"], betas=betas)}
-    progress = runs.Progress(mdir, ["val_rec_l1", "val_fake_style_acc", "g_adv", "g_stats", "g_colour"],
+    opt_g = torch.optim.Adam(G.parameters(), lr=st["lr"] if mode == "residual" else st["naive_lr"], betas=betas)
+    objects, refs = {"model": G, "opt_g": opt_g}, None
+    if D is not None:  # the style statistics the colour and texture terms pull towards, from training images
+        texture_net = metrics.random_texture_net(cfg["seed"] + 1000).to(device)  # the evaluation's net has seed 0
+        refs = SimpleNamespace(
+            colour=wikiart.mean_colour_histograms(split.data.images, split.data.labels.numpy(), split.train_idx,
+                                                  split.C, device, seed=cfg["seed"], sigma=st["colour_sigma"]),
+            texture_net=texture_net, moments=wikiart.RunningMoments(split.C, st["moment_rate"]),
+            texture=wikiart.style_texture_references(texture_net, split.data.images, split.data.labels.numpy(),
+                                                     split.train_idx, split.C, device, seed=cfg["seed"]))
+        objects |= {"discriminator": D, "opt_d": torch.optim.Adam(D.parameters(), lr=st["d_lr"], betas=betas),
+                    "moments": refs.moments}
+    progress = runs.Progress(mdir, ["val_rec_l1", "val_fake_style_acc", "g_adv", "g_colour", "g_texture"],
                              f"style transfer ({mode})")
     last, start = os.path.join(mdir, "last.pt"), 0
     if resume and os.path.exists(last):
@@ -192,12 +245,8 @@ def train(cfg, mode, split, device, resume, argv):
                             **objects)
     bs = runs.fit_batch_size(st["batch_size"], len(split.train_idx), "style_transfer.batch_size")
     steps = st["steps_per_epoch"] or len(split.train_idx) // bs
-    contents = encode_all(G, split.data, device) if mode == "adain" else None
-    colour_refs = (wikiart.mean_colour_histograms(split.data.images, split.data.labels.numpy(), split.train_idx,
-                                                  split.C, device, seed=cfg["seed"], pool=st["colour_pool"])
-                   if mode == "adain" and st["w_colour"] > 0 else None)
-    print(f"training {mode}: {sum(p.numel() for p in G.parameters() if p.requires_grad) / 1e6:.2f}M trainable "
-          f"generator parameters, {epochs} epochs x {steps} steps of {bs}")
+    print(f"training {mode} (seed {cfg['seed']}): {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M generator "
+          f"parameters, {epochs} epochs x {steps} steps of {bs}")
     runs.save_run_config(cfg, mdir, "style_transfer.py", argv)
     draw = lambda g: torch.randint(len(split.train_idx), (steps * bs,), generator=g).numpy()
     G.train()
@@ -210,8 +259,7 @@ def train(cfg, mode, split, device, resume, argv):
             for i in bar:
                 idx = np.sort(order[i * bs:(i + 1) * bs])
                 x, y = wikiart.to_float(split.data.images[idx], device), split.data.labels[idx].to(device)
-                logs = (train_step_adain(G, D, opt_g, objects["opt_d"], x, contents[idx].float(), y, g, split,
-                                         colour_refs, st) if mode == "adain"
+                logs = (train_step(G, D, opt_g, objects["opt_d"], x, y, g, split, refs, st) if mode == "residual"
                         else train_step_naive(G, opt_g, x, y, g, split.C))
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -223,7 +271,8 @@ def train(cfg, mode, split, device, resume, argv):
                 epoch, progress, **objects) | {"config": cfg, "signature": train_signature(cfg, mode)})
             if capped:
                 break
-    runs.atomic_save({"model": G.state_dict(), "mode": mode, "config": cfg, "signature": train_signature(cfg, mode),
+    runs.atomic_save({"model": G.state_dict(), "discriminator": D.state_dict() if D is not None else None,
+                      "mode": mode, "config": cfg, "signature": train_signature(cfg, mode),
                       "class_to_idx": split.data.class_to_idx, "history": progress.history},
                      os.path.join(mdir, "model.pt"))
     return G.eval()
@@ -235,10 +284,8 @@ def train_or_load(cfg, mode, split, device, reuse, resume, argv):
     if reuse and os.path.exists(path):
         ckpt = runs.load_checkpoint(path, "a style_transfer.py model", needs=("model", "signature"))
         if ckpt["signature"] == train_signature(cfg, mode):
-            G, _ = build(cfg, mode, split, device)
-            runs.load_weights(G, ckpt["model"], path)
             print(f"{mode}: reusing {path} (same training settings)")
-            return G.eval()
+            return load_model(path, device)[0]
     return train(cfg, mode, split, device, resume, argv)
 
 
@@ -300,7 +347,7 @@ def plot_grid(G, mode, test, rows, path, seed, device):
 @torch.no_grad()
 def plot_embeddings(G, mode, classes, S, path, device):
     """The learned style embeddings: 2D PCA (with arrows from their initial values) and each one
-    rendered as a "style prototype" (adain: the generator on a flat grey image; naive: its style image)."""
+    rendered as a "style prototype" (residual: the generator on a flat grey image; naive: its style image)."""
     plt = plots.plt()
     C, initial = len(classes), None
     if mode == "naive":
@@ -380,69 +427,237 @@ def train_or_load_judge(cfg, split, device):
     return judge.eval()
 
 
-def evaluate(cfg, models, split, test, device):
-    """N test images x every other style, for each model and the identity: hit rates, gap closed, SSIM."""
+@torch.no_grad()
+def own_style_psnr(reconstruct, test, device, batch_size=128):
+    """PSNR (dB, of the mean MSE on [0, 1], as autoencoder.py reports it) of every test image rendered
+    by reconstruct(x, y) (the generator in the image's own style) against itself."""
+    se, n = 0.0, 0
+    for x, y in wikiart.iterate_batches(test.images, test.labels, np.arange(len(test)), batch_size, device):
+        se += (((reconstruct(x, y).clamp(-1, 1) - x) / 2) ** 2).mean((1, 2, 3)).sum().item()
+        n += len(y)
+    return metrics.psnr(se / max(n, 1))
+
+
+# the metrics of a method, in the printed table's order (percentages first)
+METRICS = {"robust_hit_rate": "robust hit", "raw_hit_rate": "raw hit", "robust_of_ceiling": "x ceiling",
+           "texture_gap_closed": "texture gap", "colour_gap_closed": "colour gap", "ssim": "SSIM",
+           "periodic_ratio": "periodic", "border_ratio": "border", "artefact_ratio": "artefact",
+           "own_style_psnr": "own PSNR"}
+
+
+def print_table(rows, stds=None):
+    """One line per method; with stds, 'mean±std' cells."""
+    print(f"{'method':10s} " + " ".join(f"{h:>13s}" for h in METRICS.values()))
+    for name, r in rows.items():
+        cells = []
+        for k in METRICS:
+            f = (lambda v: f"{100 * v:.1f}") if k.endswith(("_rate", "_closed")) else (lambda v: f"{v:.3f}")
+            v, sd = r.get(k), (stds or {}).get(name, {}).get(k)
+            cells.append("-" if v is None else f(v) + (f"±{f(sd)}" if stds is not None and sd is not None else ""))
+        print(f"{name:10s} " + " ".join(f"{c:>13s}" for c in cells))
+
+
+def evaluate(cfg, seed_models, split, test, device):
+    """N test images x every other style, for each seed's models and the identity: hit rates (and their
+    fraction of the judge's matched ceiling), gap closed, SSIM, artefact ratio, own-style PSNR.
+    seed_models: [(seed, {mode: model})]. Several seeds: evaluation.json holds each seed's numbers
+    ("runs") and, per method, their "mean" and "std" (sample std)."""
     st, data, C = cfg["style_transfer"], split.data, split.C
     idx = pick_test_images(test, st["eval_images"], cfg["seed"])
     src_u8, src_y = np.asarray(test.images[idx]), test.labels[idx].numpy()
     pairs = [(i, t) for i in range(len(idx)) for t in range(C) if t != src_y[i]]
     pi, pt = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     inputs = src_u8[pi]
+    # ---- what does not depend on the generator: judge, its ceilings, reference statistics, the autoencoder
     judge = train_or_load_judge(cfg, split, device)
-    judge_of = lambda u8: wikiart.predict(judge, u8, np.arange(len(u8)), 256, device, desc="judging").argmax(1).numpy()
-    test_u8 = np.asarray(test.images)
-    ceiling = {"judge_test_accuracy_robust": float((judge_of(metrics.robust_transform(test_u8)) == test.labels.numpy()).mean()),
-               "judge_test_accuracy_raw": float((judge_of(test_u8) == test.labels.numpy()).mean())}
-    # reference statistics from real training images; "real" = unseen test paintings of each style
+    judge_of = lambda u8: wikiart.predict(judge, u8, np.arange(len(u8)), 256, device, desc="judging",
+                                          precision=cfg["precision"]).argmax(1).numpy()
+    test_u8, test_y = np.asarray(test.images), test.labels.numpy()
+    pred_robust, pred_raw = judge_of(metrics.robust_transform(test_u8)), judge_of(test_u8)
+    fixed = {"n_images": int(len(idx)), "n_outputs": int(len(pairs)), "styles": C, "chance": 1 / C,
+             "judge_test_accuracy_robust": float((pred_robust == test_y).mean()),
+             "judge_test_accuracy_raw": float((pred_raw == test_y).mean()),
+             "matched_ceiling_robust": metrics.matched_ceiling(pred_robust, test_y, pt, C),
+             "matched_ceiling_raw": metrics.matched_ceiling(pred_raw, test_y, pt, C)}
     tex_net = metrics.random_texture_net(cfg["seed"])
     train_u8, train_y = np.asarray(data.images[split.train_idx]), data.labels[split.train_idx].numpy()
     describe = {"texture": lambda u8: metrics.texture_descriptors(u8, tex_net), "colour": metrics.colour_histograms}
     refs = {k: metrics.style_references(f(train_u8), train_y, C) for k, f in describe.items()}
-    test_desc = {k: f(test_u8) for k, f in describe.items()}
-    in_desc = {k: f(inputs) for k, f in describe.items()}
-    styles = [s for s in range(C) if (pt == s).any() and (test.labels.numpy() == s).any() and len(split.by_style[s])]
-    d_in, d_real = {}, {}
-    for k in describe:
-        d_in[k] = [metrics.style_distance([l[pt == s] for l in in_desc[k]], refs[k], s) for s in styles]
-        d_real[k] = [metrics.style_distance([l[test.labels == s] for l in test_desc[k]], refs[k], s) for s in styles]
-    results = {"n_images": int(len(idx)), "n_outputs": int(len(pairs)), "styles": C, "chance": 1 / C,
-               "styles_in_gap": len(styles)} | ceiling
-    methods = {name: transfer(G, inputs, pt, device) for name, G in models.items()} | {"identity": inputs}
-    for name, outputs in methods.items():
-        r = {"robust_hit_rate": float((judge_of(metrics.robust_transform(outputs)) == pt).mean()),
-             "raw_hit_rate": float((judge_of(outputs) == pt).mean())}
-        for k, f in describe.items():
-            desc = f(outputs)
-            d_out = [metrics.style_distance([l[pt == s] for l in desc], refs[k], s) for s in styles]
-            r[f"{k}_gap_closed"] = metrics.gap_closed(d_in[k], d_out, d_real[k])
-        r["ssim"] = float(metrics.ssim(outputs, inputs).mean())
-        results[name] = r
+    styles = [s for s in range(C) if (pt == s).any() and (test_y == s).any() and len(split.by_style[s])]
+    fixed["styles_in_gap"] = len(styles)
+    dist = lambda k, desc, sel: [metrics.style_distance([l[sel(s)] for l in desc], refs[k], s) for s in styles]
+    d_real = {k: dist(k, f(test_u8), lambda s: test_y == s) for k, f in describe.items()}
+    d_in = {k: dist(k, f(inputs), lambda s: pt == s) for k, f in describe.items()}
+    ae, _ = wikiart.load_autoencoder(st["autoencoder_path"], device) if os.path.exists(st["autoencoder_path"]) else (None, 0)
+    fixed["autoencoder_psnr"] = own_style_psnr(lambda x, y: ae((x + 1) / 2) * 2 - 1, test, device) if ae else None
+    # ---- each seed's models, and the identity
+    per_seed = []
+    for seed, models in seed_models:
+        results = dict(fixed, seed=seed)
+        methods = {name: transfer(G, inputs, pt, device) for name, G in models.items()} | {"identity": inputs}
+        for name, outputs in methods.items():
+            r = {"robust_hit_rate": float((judge_of(metrics.robust_transform(outputs)) == pt).mean()),
+                 "raw_hit_rate": float((judge_of(outputs) == pt).mean())}
+            r["robust_of_ceiling"] = r["robust_hit_rate"] / max(fixed["matched_ceiling_robust"], 1e-9)
+            r["raw_of_ceiling"] = r["raw_hit_rate"] / max(fixed["matched_ceiling_raw"], 1e-9)
+            for k, f in describe.items():
+                r[f"{k}_gap_closed"] = metrics.gap_closed(d_in[k], dist(k, f(outputs), lambda s: pt == s), d_real[k])
+            r["ssim"] = float(metrics.ssim(outputs, inputs).mean())
+            r |= {f"{k}_ratio": v for k, v in metrics.artefact_ratio(outputs, pt, test_u8, test_y).items()}
+            r["own_style_psnr"] = own_style_psnr(models[name], test, device) if name in models else None
+            results[name] = r
+        per_seed.append(results)
+    names = [k for k, v in per_seed[0].items() if isinstance(v, dict)]
+    print(f"\n{len(idx)} test images x {C - 1} other styles = {len(pairs)} outputs; chance {1 / C:.1%}; judge on real "
+          f"test images: {fixed['judge_test_accuracy_robust']:.1%} robust / {fixed['judge_test_accuracy_raw']:.1%} raw, "
+          f"matched to the outputs' targets (the ceiling): {fixed['matched_ceiling_robust']:.1%} / "
+          f"{fixed['matched_ceiling_raw']:.1%}; autoencoder PSNR {fixed['autoencoder_psnr'] or float('nan'):.2f} dB")
+    if len(per_seed) == 1:
+        results = per_seed[0]
+        print_table({name: results[name] for name in names})
+    else:
+        results = dict(fixed, seeds=[r["seed"] for r in per_seed], runs=per_seed)
+        for name in names:
+            keys = [k for k, v in per_seed[0][name].items() if v is not None]
+            vals = {k: [r[name][k] for r in per_seed] for k in keys}
+            results[name] = {"mean": {k: float(np.mean(v)) for k, v in vals.items()},
+                             "std": {k: float(np.std(v, ddof=1)) for k, v in vals.items()}}
+        print(f"mean ± std over seeds {results['seeds']}:")
+        print_table({n: results[n]["mean"] for n in names}, {n: results[n]["std"] for n in names})
     runs.atomic_save(results, os.path.join(st["out_dir"], "evaluation.json"))
-    print(f"\n{len(idx)} test images x {C - 1} other styles = {len(pairs)} outputs; chance {1 / C:.1%}; judge on "
-          f"real test images: {ceiling['judge_test_accuracy_robust']:.1%} robust / {ceiling['judge_test_accuracy_raw']:.1%} raw")
-    print(f"{'method':10s} {'robust hit':>10s} {'raw hit':>8s} {'texture gap':>11s} {'colour gap':>10s} {'SSIM':>6s}")
-    for name in methods:
-        r = results[name]
-        print(f"{name:10s} {r['robust_hit_rate']:10.1%} {r['raw_hit_rate']:8.1%} {r['texture_gap_closed']:11.1%} "
-              f"{r['colour_gap_closed']:10.1%} {r['ssim']:6.3f}")
     print(f"wrote {os.path.join(st['out_dir'], 'evaluation.json')}")
     return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Your own images: --image PATH... --style NAME|all / --mix NAME:w ..., --strength, --keep-colour
+
+def keep_colour(out, x):
+    """Gatys et al. 2016, luminance-only transfer: the output's luminance (Y of YIQ) with the input's
+    colour (I, Q), per pixel. [-1, 1] batches of one size."""
+    yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=x.device)
+    to = lambda img: torch.einsum("ij,bjhw->bihw", yiq, (img + 1) / 2)
+    mixed = torch.cat([to(out)[:, :1], to(x)[:, 1:]], 1)
+    return (torch.einsum("ij,bjhw->bihw", torch.linalg.inv(yiq), mixed).clamp(0, 1) * 2 - 1)
+
+
+def style_index(name, classes):
+    if name not in classes:
+        close = difflib.get_close_matches(name, classes, 1, 0.5)
+        raise config.UserError(f"unknown style '{name}'" + (f"; did you mean '{close[0]}'?" if close else "")
+                               + f" The model's styles: {', '.join(classes)}")
+    return classes.index(name)
+
+
+def targets_of(args, classes):
+    """[(label, weights over styles (C,))] from --style NAME|all or --mix NAME:w ..."""
+    C = len(classes)
+    if args.mix:
+        w = torch.zeros(C)
+        for item in args.mix:
+            name, sep, weight = item.rpartition(":")
+            try:
+                weight = float(weight) if sep else None
+            except ValueError:
+                weight = None
+            if weight is None:
+                raise config.UserError(f"--mix expects NAME:WEIGHT items (e.g. Cubism:0.7), got '{item}'")
+            w[style_index(name, classes)] += weight
+        if (w < 0).any() or w.sum() <= 0:
+            raise config.UserError("--mix weights must be >= 0 with a positive sum")
+        return [("mix_" + "_".join(f"{classes[s]}{w[s] / w.sum():.2f}" for s in w.nonzero().flatten().tolist()),
+                 w / w.sum())]
+    names = classes if args.style == "all" else [classes[style_index(args.style, classes)]]
+    return [(n, F.one_hot(torch.tensor(classes.index(n)), C).float()) for n in names]
+
+
+@torch.no_grad()
+def stylise(cfg, args, argv, device):
+    """Render --image files in a style with out_dir/residual/model.pt (see the module docstring)."""
+    path = os.path.join(cfg["style_transfer"]["out_dir"], "residual", "model.pt")
+    if not os.path.exists(path):
+        raise config.UserError(f"no trained style-transfer model at {path}: train one first: "
+                               + runs.config_command("style_transfer.py", argv))
+    if not 0 <= args.strength <= 1:
+        raise config.UserError(f"--strength must be in [0, 1], got {args.strength}")
+    G, D, ckpt = load_model(path, device)
+    classes = sorted(ckpt["class_to_idx"], key=ckpt["class_to_idx"].get)
+    S, C = ckpt["config"]["image_size"], len(classes)
+    targets = targets_of(args, classes)
+    images, paths, skipped = wikiart.load_image_inputs(args.image, S)
+    results_dir = os.path.join(os.path.dirname(os.path.dirname(path)), args.out or "stylised")
+    os.makedirs(results_dir, exist_ok=True)
+    x = wikiart.to_float(images, device)
+    probs = torch.softmax(D(x)[1], 1).cpu()  # the own style: the jointly trained discriminator's style head
+    own = probs.argmax(1)
+    report, a = [], args.strength
+    for i, p in enumerate(paths):
+        stem = f"{i:02d}_{os.path.splitext(os.path.basename(p))[0]}"
+        full = (wikiart.to_float(wikiart.decode_image(p, args.max_side, "keep")[None], device)
+                if args.max_side else None)
+        tiles, outputs = [images[i]], []
+        for label, w in targets:  # strength a: (1 - a) own style + a target, as embedding weights
+            weights = ((1 - a) * F.one_hot(own[i], C).float() + a * w)[None].to(device)
+            small = G(x[i:i + 1], weights)
+            small = keep_colour(small, x[i:i + 1]) if args.keep_colour else small
+            tiles.append(wikiart.to_uint8(small)[0])
+            if len(targets) > 1:
+                continue
+            files = [f"{stem}_{label}_{S}px.png"]
+            plots.save_png(tiles[-1], os.path.join(results_dir, files[0]))
+            if full is not None:
+                big = G.render_full(x[i:i + 1], full, weights)
+                big = keep_colour(big, full) if args.keep_colour else big
+                files.append(f"{stem}_{label}.png")
+                plots.save_png(wikiart.to_uint8(big)[0], os.path.join(results_dir, files[-1]))
+            outputs += files
+        if len(targets) > 1:
+            outputs.append(f"{stem}_all_styles.png")
+            plots.plot_strip(tiles, ["input"] + [t[0] for t in targets], os.path.join(results_dir, outputs[-1]),
+                             f"{os.path.basename(p)} (own style, predicted: {classes[own[i]]} "
+                             f"{probs[i, own[i]]:.0%}); strength {a:g}" + (", colours kept" if args.keep_colour else ""))
+        report.append({"path": p, "own_style_predicted": classes[own[i]], "own_probability": float(probs[i, own[i]]),
+                       "outputs": outputs})
+        print(f"{p}: own style (predicted) {classes[own[i]]} {probs[i, own[i]]:.0%} -> "
+              f"{targets[0][0] if len(targets) == 1 else 'every style'}: {', '.join(outputs)}")
+    runs.atomic_save({"checkpoint": path, "command": runs.command_line("style_transfer.py", argv),
+                      "image_size": S, "style": args.style if not args.mix else None, "mix": args.mix,
+                      "targets": {label: w.tolist() for label, w in targets}, "strength": a,
+                      "keep_colour": args.keep_colour, "max_side": args.max_side, "n_images": len(report),
+                      "skipped": skipped, "images": report}, os.path.join(results_dir, "stylised.json"))
+    runs.save_run_config(cfg, results_dir, "style_transfer.py", argv)
+    print(f"{len(report)} image(s) stylised, {len(skipped)} skipped; wrote {results_dir}/ (stylised.json)")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = config.config_parser(__doc__)
-    parser.add_argument("--evaluate", action="store_true", help="train/load adain and naive, score them")
+    parser.add_argument("--evaluate", action="store_true", help="train/load residual and naive, score them")
     parser.add_argument("--resume", action="store_true", help="continue training from <out_dir>/<mode>/last.pt")
+    parser.add_argument("--seeds", type=int, default=1, help="train generator seeds seed..seed+N-1; mean and std")
+    use = parser.add_argument_group("your own images (with the trained out_dir/residual/model.pt)")
+    use.add_argument("--image", nargs="+", metavar="PATH", help="image files, or folders of them")
+    use.add_argument("--style", default="all", metavar="NAME", help="target style, or all (default: a strip of all)")
+    use.add_argument("--mix", nargs="+", metavar="NAME:W", help="a weighted mixture of styles instead of --style")
+    use.add_argument("--strength", type=float, default=1.0, help="0: own-style reconstruction ... 1: the target")
+    use.add_argument("--keep-colour", action="store_true", help="keep the input's colours (luminance-only transfer)")
+    use.add_argument("--max-side", type=int, default=512, metavar="SIDE",
+                     help="also save at the input's own aspect and resolution, longer side at most SIDE (0: off)")
+    use.add_argument("--out", metavar="NAME", help="results folder inside out_dir (default: stylised)")
     args, cfg = config.parse_config(parser, argv)
     st = cfg["style_transfer"]
     _, _, _, device = runs.start(cfg)
+    if args.image:
+        return stylise(cfg, args, argv, device)
+    if args.seeds < 1:
+        raise config.UserError(f"--seeds must be >= 1, got {args.seeds}")
 
-    modes = ["adain", "naive"] if args.evaluate else [st["mode"]]
+    modes = [st["mode"]] + (["naive"] if args.evaluate and st["eval_naive"] and st["mode"] != "naive" else [])
     ae_path = st["autoencoder_path"]
-    if "adain" in modes and not os.path.exists(ae_path):
+    if "residual" in modes and not os.path.exists(ae_path):
         raise config.UserError(
-            f"no autoencoder checkpoint at {ae_path}: style transfer builds on the Part-2 encoder; train it first: "
+            f"no autoencoder checkpoint at {ae_path}: style transfer initialises its style embeddings from the "
+            "Part-2 encoder; train it first: "
             + runs.config_command("autoencoder.py", argv, [f"autoencoder.out_dir={os.path.dirname(ae_path) or '.'}"]))
     lasts = [os.path.join(st["out_dir"], mode, "last.pt") for mode in modes]
     if args.resume and not any(os.path.exists(p) for p in lasts):
@@ -456,17 +671,27 @@ def main(argv=None):
     print(f"{len(split.data)} training images of {split.C} styles in {cfg['train_dir']} ({len(split.train_idx)} "
           f"train / {len(split.val_idx)} validation), {cfg['image_size']} px, device {device}")
 
-    # ---- train (or reload), draw, evaluate
-    models = {}
-    for mode in modes:  # --resume continues each mode that has a last.pt (--evaluate: one interrupted)
-        t_start = time.time()
-        models[mode] = train_or_load(cfg, mode, split, device, reuse=args.evaluate, resume=args.resume, argv=argv)
-        mdir = os.path.join(st["out_dir"], mode)
-        plot_grid(models[mode], mode, test, st["grid_rows"], os.path.join(mdir, "grid.png"), cfg["seed"], device)
-        plot_embeddings(models[mode], mode, split.classes, cfg["image_size"], os.path.join(mdir, "embeddings.png"), device)
-        print(f"{mode}: {mdir}/grid.png, embeddings.png ({time.time() - t_start:.0f} s)")
+    # ---- train (or reload), draw, evaluate; --seeds N: once per generator seed (the split stays)
+    seed_models = []
+    for k in range(args.seeds):
+        run_cfg = copy.deepcopy(cfg)
+        run_cfg["seed"] += k
+        if k:
+            run_cfg["style_transfer"]["out_dir"] = os.path.join(st["out_dir"], f"seed{run_cfg['seed']}")
+            runs.restart_time_cap()
+        models = {}
+        for mode in modes:  # --resume continues each mode that has a last.pt (--evaluate: one interrupted)
+            t_start = time.time()
+            models[mode] = train_or_load(run_cfg, mode, split, device, reuse=args.evaluate, resume=args.resume,
+                                         argv=argv)
+            mdir = os.path.join(run_cfg["style_transfer"]["out_dir"], mode)
+            plot_grid(models[mode], mode, test, st["grid_rows"], os.path.join(mdir, "grid.png"), cfg["seed"], device)
+            plot_embeddings(models[mode], mode, split.classes, cfg["image_size"], os.path.join(mdir, "embeddings.png"),
+                            device)
+            print(f"{mode} (seed {run_cfg['seed']}): {mdir}/grid.png, embeddings.png ({time.time() - t_start:.0f} s)")
+        seed_models.append((run_cfg["seed"], models))
     if args.evaluate:
-        evaluate(cfg, models, split, test, device)
+        evaluate(cfg, seed_models, split, test, device)
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def style_transfer_table(entries):
     parts = []
     for name, e in entries:
         ev = e["outputs"]["evaluation.json"]
-        methods = {k: v for k, v in ev.items() if isinstance(v, dict)}  # adain, naive, identity
+        methods = {k: v for k, v in ev.items() if isinstance(v, dict)}  # residual, naive, identity
         means = {k: v["mean"] if isinstance(v.get("mean"), dict) else v for k, v in methods.items()}
         stds = {k: v.get("std") if isinstance(v.get("mean"), dict) else {} for k, v in methods.items()}
         keys = [k for k in ST_COLUMNS if any(k in m for m in means.values())]
@@ -156,9 +156,9 @@ def style_transfer_table(entries):
                          f"{pct(g('matched_ceiling_raw'))}% raw")
         if "seeds" in ev:
             facts.append(f"mean ± std over seeds {ev['seeds']}")
-        log = e["outputs"].get("adain/train_log.json")
+        log = e["outputs"].get("residual/train_log.json")
         if log is not None:
-            facts.append(f"adain epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
+            facts.append(f"residual epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
                          f"{setting(e, 'style_transfer.steps_per_epoch')} steps each")
         parts.append(f"`{name}` ({setting(e, 'image_size')} px): " + "; ".join(facts) + ".\n\n"
                      + md_table(["method", *(ST_COLUMNS.get(k, k) for k in keys)], rows))

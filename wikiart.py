@@ -50,12 +50,17 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's default decompression-bomb limit (about 9459 x 9459)
 
 
-FITS = ("squash", "letterbox", "crop")
+FITS = ("squash", "letterbox", "crop", "keep")
 
 
 def _fit(img, size, fit):
-    """Resize an RGB image to size x size: squash (stretch), letterbox (pad black) or crop (centre)."""
+    """Resize an RGB image to size x size: squash (stretch), letterbox (pad black) or crop (centre); or
+    keep its aspect ratio, the longer side shrunk to `size` if it is longer (keep)."""
     w, h = img.size
+    if fit == "keep":
+        scale = min(1.0, size / max(w, h))
+        return img if scale == 1 else img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                 Image.BICUBIC, reducing_gap=3.0)
     if fit == "squash":
         return img.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
     if fit == "crop":
@@ -109,7 +114,7 @@ def decode_image(path, size, fit="squash"):
     .jpg, images over MAX_IMAGE_PIXELS (decompression bombs), unreadable files. The EXIF orientation
     is applied and an embedded colour profile converted to sRGB first; 16-bit, CMYK, palette and
     alpha images are then converted to 8-bit RGB (transparent pixels become white). Any size and
-    aspect ratio: `fit` makes it size x size."""
+    aspect ratio: `fit` makes it size x size (keep: at most size on its longer side, its own aspect)."""
     if fit not in FITS:
         raise ValueError(f"unknown fit '{fit}'; valid: {', '.join(FITS)}")
     try:
@@ -372,7 +377,10 @@ def stratified_split(labels, fraction, seed):
 
 def to_float(images_u8, device):
     """uint8 (B, H, W, 3) numpy/tensor -> float (B, 3, H, W) in [-1, 1] on `device`."""
-    x = torch.as_tensor(np.ascontiguousarray(images_u8))
+    if isinstance(images_u8, np.ndarray):
+        images_u8 = np.ascontiguousarray(images_u8)
+        images_u8 = images_u8 if images_u8.flags.writeable else images_u8.copy()  # torch wants writable memory
+    x = torch.as_tensor(images_u8)
     if device.type == "cuda":
         x = x.pin_memory()
     x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
@@ -802,8 +810,8 @@ def pooled_stats(maps):
 
 
 # ----------------------------------------------------------------------------------------------
-# Style transfer (Part 3): the style embedder, a generator on the Part-2 encoder modulated by AdaIN,
-# the jointly trained discriminator, the naive baseline, and the losses they train with.
+# Style transfer (Part 3): the style embedder, the residual generator (own style = identity), the
+# jointly trained anti-aliased discriminator, the naive baseline, and the losses they train with.
 # Generators take and return [-1, 1] batches; the autoencoder sees (x + 1) / 2.
 
 def latent_vector(z, pool=2):
@@ -829,7 +837,8 @@ def mean_code_per_style(autoencoder, images, labels, num_styles, device, pool=2,
 class StyleEmbedder(nn.Module):
     """nn.Embedding(num_styles, d) initialised from the mean latent code of each style, then trained.
     The output is standardised with the initial codes' centre and spread over styles, so the generator
-    reads how a style differs from the others, whatever the scale of the autoencoder's code."""
+    reads how a style differs from the others, whatever the scale of the autoencoder's code.
+    `styles`: style indices (B,), or (B, num_styles) weights: that mixture of the embeddings."""
 
     def __init__(self, mean_codes):
         super().__init__()
@@ -842,7 +851,9 @@ class StyleEmbedder(nn.Module):
         self.dim = mean_codes.shape[1]
 
     def forward(self, styles):
-        return (self.embedding(styles) - self.centre) / self.scale
+        e = styles.to(self.embedding.weight.dtype) @ self.embedding.weight if styles.is_floating_point() \
+            else self.embedding(styles)
+        return (e - self.centre) / self.scale
 
 
 class AdaIN(nn.Module):
@@ -871,85 +882,113 @@ class AdaINBlock(nn.Module):
         return x + self.norm2(self.conv2(h), s)
 
 
-class AdaINUp(nn.Module):
-    """Nearest-neighbour upsampling x2, conv, AdaIN, ReLU."""
+class Blur(nn.Module):
+    """Fixed [1,2,1] x [1,2,1] / 16 low-pass per channel, reflection padding, same size. Its response
+    is zero at the 2-pixel period and 1/4 at the 4-pixel period (anti-aliasing before a stride)."""
 
-    def __init__(self, cin, cout, style_dim):
+    def __init__(self, channels):
         super().__init__()
-        self.conv, self.norm = nn.Conv2d(cin, cout, 3, 1, 1, padding_mode="reflect"), AdaIN(cout, style_dim)
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (k[:, None] * k[None, :] / 16).expand(channels, 1, 3, 3).clone())
 
-    def forward(self, x, s):
-        return F.relu(self.norm(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")), s))
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel, groups=x.shape[1])
 
 
-class StyleGenerator(nn.Module):
-    """Conditional generator on the Part-2 autoencoder: its encoder (fine-tuned) gives the content
-    map at 1/4 of the side; a decoder of AdaIN residual blocks and AdaIN upsampling stages renders it,
-    every scale and shift computed from the style embedding by a small MLP."""
+def gaussian_blur(x, sigma):
+    """Separable Gaussian blur (reflection padding, stride 1, same size) of a (B, C, H, W) batch."""
+    r = max(1, int(math.ceil(2.5 * sigma)))
+    g = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma ** 2))
+    g = (g / g.sum()).view(1, 1, 1, -1).expand(x.shape[1], 1, 1, -1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), g.transpose(2, 3), groups=x.shape[1])
 
-    def __init__(self, autoencoder, embedder, image_size, width=64, res_blocks=2, style_dim=64):
+
+class ResidualStyleGenerator(nn.Module):
+    """Image + style -> the image in that style, built so that "change nothing" is easy:
+        out = x + A(x, s) [x; 1] + r(x, s)
+    A: a 3x4 affine colour change per pixel, predicted on a grid at 1/8 of the side and upsampled
+    bilinearly (smooth by construction: it recolours, it cannot draw a mesh); r: a detail residual from
+    a small U-Net (blur-pooled encoder, bilinear upsampling, skips down to full resolution) whose decoder
+    is modulated by the style through AdaIN. Both heads start at zero: an untrained generator returns
+    its input exactly. The style vector s is an MLP of the style embedding and the input's per-channel
+    mean and std (what is to be recoloured). The coarse maps (`coarse`) can be upsampled to any size:
+    render_full() applies them to the full-resolution image."""
+
+    def __init__(self, embedder, width=32, res_blocks=2, style_dim=64):
         super().__init__()
-        self.autoencoder, self.embedder = autoencoder, embedder
-        was_training = autoencoder.training
-        with torch.no_grad():
-            maps = autoencoder.eval().feature_maps(torch.zeros(1, 3, image_size, image_size))
-        autoencoder.train(was_training)
-        # the deepest encoder map still at >= 1/4 of the side: enough detail to keep the content
-        spatial = [i for i, m in enumerate(maps) if m.ndim == 4]
-        self.level = max([i for i in spatial if maps[i].shape[-1] >= image_size // 4] or spatial[:1])
-        cin, side = maps[self.level].shape[1], maps[self.level].shape[-1]
-        self.mapping = nn.Sequential(nn.Linear(embedder.dim, style_dim), nn.ReLU(),
+        self.embedder, w = embedder, width
+        self.mapping = nn.Sequential(nn.Linear(embedder.dim + 6, style_dim), nn.ReLU(),
                                      nn.Linear(style_dim, style_dim), nn.ReLU())
-        self.from_content = nn.Conv2d(cin, width, 3, 1, 1, padding_mode="reflect")
-        self.blocks = nn.ModuleList(AdaINBlock(width, style_dim) for _ in range(res_blocks))
-        ups, c = [], width
-        for _ in range(int(round(math.log2(image_size / side))) - 1):
-            ups.append(AdaINUp(c, max(c // 2, 16), style_dim))
-            c = max(c // 2, 16)
-        self.ups = nn.ModuleList(ups)
-        # the last x2: nearest upsampling + one c -> 3 conv at full size (cheap). A sub-pixel conv
-        # (PixelShuffle) here drew a checkerboard, and zero padding a bright frame, on every output.
-        self.to_image = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"),
-                                      nn.Conv2d(c, 3, 3, 1, 1, padding_mode="reflect"))
+        conv = lambda cin, cout: nn.Conv2d(cin, cout, 3, 1, 1, padding_mode="reflect")
+        down = lambda cin, cout: nn.Sequential(Blur(cin), nn.Conv2d(cin, cout, 3, 2, 1, padding_mode="reflect"),
+                                               nn.LeakyReLU(0.2))
+        c = [w // 4, w // 2, w, 2 * w]  # channels at 1, 1/2, 1/4, 1/8 of the side (narrow where it is big)
+        self.enc = nn.ModuleList([nn.Sequential(conv(3, c[0]), nn.LeakyReLU(0.2)),
+                                  down(c[0], c[1]), down(c[1], c[2]), down(c[2], c[3])])
+        self.blocks = nn.ModuleList(AdaINBlock(c[3], style_dim) for _ in range(res_blocks))
+        self.to_coeffs = conv(c[3], 12)  # the change of the 3x4 colour transform, on the 1/8 grid
+        # decoder 1/8 -> 1/4 -> 1/2 -> 1, each step: upsample, concat the skip, conv, AdaIN
+        chans = [(c[3] + c[2], c[2]), (c[2] + c[1], c[1]), (c[1] + c[0], c[0])]
+        self.dec = nn.ModuleList(conv(cin, cout) for cin, cout in chans)
+        self.dec_norm = nn.ModuleList(AdaIN(cout, style_dim) for _, cout in chans)
+        self.to_detail = nn.Conv2d(c[0], 3, 1)
+        for head in (self.to_coeffs, self.to_detail):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
-    def train(self, mode=True):
-        super().train(mode)
-        self.autoencoder.eval()  # frozen encoder: its BatchNorm statistics must not drift (w_cycle runs it)
-        return self
-
-    def style(self, styles):
-        return self.mapping(self.embedder(styles))
-
-    def content(self, x):
-        """The encoder's map at `level` (frozen encoder: can be computed once per image and cached)."""
-        return self.autoencoder.feature_maps((x + 1) / 2)[self.level]
-
-    def forward(self, x, styles):
-        return self.render(self.content(x), styles)
-
-    def render(self, content, styles):
-        s = self.style(styles)
-        h = self.from_content(content)
+    def coarse(self, x, styles):
+        """(colour-change coefficients (B, 12, H/8, W/8), detail residual (B, 3, H, W))."""
+        stats = torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+        s = self.mapping(torch.cat([self.embedder(styles), stats], 1))
+        skips, h = [], x
+        for stage in self.enc:
+            h = stage(h)
+            skips.append(h)
         for block in self.blocks:
             h = block(h, s)
-        for up in self.ups:
-            h = up(h, s)
-        return torch.tanh(self.to_image(h))
+        coeffs = self.to_coeffs(h)
+        for conv, norm, skip in zip(self.dec, self.dec_norm, reversed(skips[:-1])):
+            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            h = F.leaky_relu(norm(conv(torch.cat([h, skip], 1)), s), 0.2)
+        return coeffs, self.to_detail(h)
+
+    @staticmethod
+    def apply(x, coeffs, detail):
+        """x (any size) + the colour change and detail, both bilinearly resized to x's size."""
+        a = F.interpolate(coeffs, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        a = a.view(x.shape[0], 3, 4, *x.shape[-2:])
+        if detail.shape[-2:] != x.shape[-2:]:
+            detail = F.interpolate(detail, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return (x + (a[:, :, :3] * x[:, None]).sum(2) + a[:, :, 3] + detail).clamp(-1, 1)  # (I + dA) x + db + r
+
+    def forward(self, x, styles):
+        return self.apply(x, *self.coarse(x, styles))
+
+    def render_full(self, x_small, x_full, styles):
+        """The style of G(x_small) applied to x_full (the same image at its own size and aspect)."""
+        return self.apply(x_full, *self.coarse(x_small, styles))
 
 
 class StyleDiscriminator(nn.Module):
     """StarGAN-style discriminator trained from scratch with the generator: a strided conv trunk, a
     patch real/fake head and a style-classification head. Also returns the trunk's maps, in whose
-    space the generator matches feature statistics of real paintings of the target style."""
+    space the generator matches feature statistics of real paintings of the target style.
+    blur=True (anti-aliased): each stride-2 conv is preceded by the [1,2,1] low-pass and pads by
+    reflection. A plain stride-2 conv sends back gradients that depend on pixel parity (a 2x2 pattern
+    the generator then draws) and zero padding marks the border; the blur has zero response at the
+    2-pixel period, so neither reaches the generator."""
 
-    def __init__(self, num_styles, width=32, depth=4):
+    def __init__(self, num_styles, width=32, depth=4, blur=True):
         super().__init__()
         layers, c = [], 3
         for i in range(depth):
-            layers.append(nn.Sequential(nn.Conv2d(c, width * 2 ** i, 4, 2, 1), nn.LeakyReLU(0.2)))
+            conv = (nn.Conv2d(c, width * 2 ** i, 3, 2, 1, padding_mode="reflect") if blur
+                    else nn.Conv2d(c, width * 2 ** i, 4, 2, 1))
+            layers.append(nn.Sequential(*([Blur(c)] if blur else []), conv, nn.LeakyReLU(0.2)))
             c = width * 2 ** i
         self.trunk = nn.ModuleList(layers)
-        self.real_fake = nn.Conv2d(c, 1, 3, 1, 1)
+        self.real_fake = nn.Conv2d(c, 1, 3, 1, 1, padding_mode="reflect" if blur else "zeros")
         self.classify = nn.Linear(c, num_styles)
 
     def forward(self, x):
@@ -977,7 +1016,9 @@ class NaiveStyleNet(nn.Module):
                                  nn.ReLU(), nn.Conv2d(width, 3, 3, 1, 1), nn.Tanh())
 
     def style_image(self, styles):
-        return self.style_images(styles).view(-1, 3, self.image_size, self.image_size)
+        w = self.style_images.weight
+        v = styles.to(w.dtype) @ w if styles.is_floating_point() else self.style_images(styles)  # weights: a mix
+        return v.view(-1, 3, self.image_size, self.image_size)
 
     def forward(self, x, styles):
         return self.net(torch.cat([x, self.style_image(styles)], 1))
@@ -992,30 +1033,86 @@ def feature_stats_loss(maps_fake, maps_real):
     return loss / len(maps_fake)
 
 
-def soft_colour_histogram(x, bins=8, pool=1):
+def soft_colour_histogram(x, bins=8, sigma=1.0):
     """Differentiable joint RGB histogram (N, bins**3) of a [-1, 1] batch: each channel value is shared
     linearly between its two nearest bin centres, so gradients reach the pixels (a histogram loss, as
-    in Risser et al. 2017). Same bins as colour_histograms, softened. pool > 1 first averages pool x pool
-    blocks, so a generator cannot match the histogram by dithering single pixels."""
-    x = F.avg_pool2d(x, pool) if pool > 1 else x
+    in Risser et al. 2017). Same bins as metrics.colour_histograms, softened. sigma > 0 first blurs with
+    a Gaussian (stride 1: no block grid; the 2-pixel period is filtered out, so the generator cannot
+    match it by dithering) and keeps every second pixel (after the blur that loses nothing). The earlier
+    2x2 block means had a gradient constant on an aligned 2x2 grid, and were blind to a 2x2 mesh."""
+    x = gaussian_blur(x, sigma)[:, :, ::2, ::2] if sigma > 0 else x
     v = ((x.float() + 1) / 2).clamp(0.5 / bins, 1 - 0.5 / bins).flatten(2)  # (N, 3, P); edges go to end bins
     centres = (torch.arange(bins, device=x.device, dtype=v.dtype) + 0.5) / bins
     w = (1 - (v.unsqueeze(-1) - centres).abs() * bins).clamp(min=0)  # (N, 3, P, bins), sums to 1 per value
     return torch.einsum("npi,npj,npk->nijk", w[:, 0], w[:, 1], w[:, 2]).flatten(1) / v.shape[2]
 
 
+def _per_style_choice(labels, indices, num_styles, per_style, seed):
+    """Up to per_style of each style's images among `indices` (seeded), sorted."""
+    labels, rng = np.asarray(labels), np.random.default_rng(seed)
+    pools = [idx for idx in (np.asarray(indices)[labels[indices] == s] for s in range(num_styles)) if len(idx)]
+    return np.sort(np.concatenate([rng.choice(idx, min(per_style, len(idx)), replace=False) for idx in pools]))
+
+
 @torch.no_grad()
 def mean_colour_histograms(images_u8, labels, indices, num_styles, device, per_style=256, seed=0, bins=8,
-                           pool=1, batch_size=64):
+                           sigma=1.0, batch_size=64):
     """(num_styles, bins**3): each style's mean soft colour histogram over up to per_style of its images
     among `indices` (seeded choice); a style without images gets the mean over all styles."""
-    labels, rng = torch.as_tensor(labels), np.random.default_rng(seed)
-    by_style = [idx for idx in (np.asarray(indices)[labels[indices].numpy() == s] for s in range(num_styles)) if len(idx)]
-    chosen = np.concatenate([rng.choice(idx, min(per_style, len(idx)), replace=False) for idx in by_style])
+    labels = torch.as_tensor(labels)
     refs, counts = torch.zeros(num_styles, bins ** 3, device=device), torch.zeros(num_styles, device=device)
-    for x, y in iterate_batches(images_u8, labels, np.sort(chosen), batch_size, device):
-        refs.index_add_(0, y, soft_colour_histogram(x, bins, pool))
+    chosen = _per_style_choice(labels.numpy(), indices, num_styles, per_style, seed)
+    for x, y in iterate_batches(images_u8, labels, chosen, batch_size, device):
+        refs.index_add_(0, y, soft_colour_histogram(x, bins, sigma))
         counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
     refs[counts > 0] /= counts[counts > 0, None]
     refs[counts == 0] = refs[counts > 0].mean(0)
     return refs
+
+
+@torch.no_grad()
+def style_texture_references(net, images_u8, labels, indices, num_styles, device, per_style=256, seed=0):
+    """Per layer of metrics.texture_grams with `net`: (means (S, D), spreads (S,)) over up to per_style
+    training images of each style (seeded choice), as metrics.style_references computes them."""
+    chosen = _per_style_choice(labels, indices, num_styles, per_style, seed)
+    layers = [torch.cat(g) for g in zip(*[[t.double().cpu() for t in metrics.texture_grams(x, net)] for x, _ in iterate_batches(
+        images_u8, torch.as_tensor(labels), chosen, 128, device)])]
+    return [(m.float().to(device), s.float().to(device))
+            for m, s in metrics.style_references(layers, np.asarray(labels)[chosen], num_styles)]
+
+
+class RunningMoments:
+    """Per style, an exponential moving average of statistics of the outputs rendered in that style
+    (a list of (B, D) tensors, one per layer); a style's first batch sets its average."""
+
+    def __init__(self, num_styles, rate=0.05):
+        self.num_styles, self.rate, self.means, self.seen = num_styles, rate, None, None
+
+    @torch.no_grad()
+    def update(self, values, styles):
+        """Fold in a batch (values[l][i] belongs to styles[i]); returns the running means, (S, D) per layer."""
+        if self.means is None:
+            self.means = [torch.zeros(self.num_styles, v.shape[1], device=v.device) for v in values]
+            self.seen = torch.zeros(self.num_styles, dtype=torch.bool)
+        for s in styles.unique().tolist():
+            rows = styles == s
+            for m, v in zip(self.means, values):
+                batch = v.detach()[rows].float().mean(0)
+                m[s] = batch if not self.seen[s] else m[s] + self.rate * (batch - m[s])
+            self.seen[s] = True
+        return self.means
+
+    def state_dict(self):  # kept in last.pt, so a resumed run continues with the same averages
+        return {"means": self.means, "seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.means, self.seen = state["means"], state["seen"]
+
+
+def texture_moment_loss(grams, refs, styles, moments):
+    """Texture term: each style's running mean Gram over its recent outputs (moments) is pulled to the
+    style's mean: every output of style t gets the same push, along (style mean - running mean), the
+    smallest change per image that moves the outputs' average (what the gap metrics measure). Sum over
+    layers of ||Gram - goal|| / the style's spread, mean over the batch."""
+    goals = [g.detach() + means[styles] - m[styles] for g, (means, _), m in zip(grams, refs, moments.update(grams, styles))]
+    return sum(((g - goal).norm(dim=1) / spreads[styles]).mean() for g, goal, (_, spreads) in zip(grams, goals, refs))

@@ -125,7 +125,7 @@ def tiny_autoencoder(sample_root, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def style_transfer_run(sample_root, tiny_autoencoder, tmp_path_factory):
-    """style_transfer.py --evaluate on the tiny sample with the tiny autoencoder: adain, naive, the judge
+    """style_transfer.py --evaluate on the tiny sample with the tiny autoencoder: residual, naive, the judge
     and evaluation.json. Copy the folder before changing it (the models are reused from a copy)."""
     out = tmp_path_factory.mktemp("style_transfer") / "st"
     args = ["--evaluate", "--set", f"train_dir={sample_root}/train", f"test_dir={sample_root}/test",

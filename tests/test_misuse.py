@@ -378,10 +378,10 @@ def test_9_style_transfer_evaluates_one_test_image(style_transfer_run, sample_ro
     args = [a.replace(f"style_transfer.out_dir={style_transfer_run.out}", f"style_transfer.out_dir={copy}")
             .replace(f"test_dir={sample_root}/test", f"test_dir={one.parent}") for a in style_transfer_run.args]
     p = run_main("style_transfer.py", *args)
-    assert "adain: reusing" in p.stdout and "judge: reusing" in p.stdout
+    assert "residual: reusing" in p.stdout and "judge: reusing" in p.stdout
     ev = json.load(open(copy / "evaluation.json"))
     assert ev["n_images"] == 1 and ev["n_outputs"] == ev["styles"] - 1
-    assert np.isnan(ev["adain"]["texture_gap_closed"]) and np.isnan(ev["identity"]["colour_gap_closed"])
+    assert np.isnan(ev["residual"]["texture_gap_closed"]) and np.isnan(ev["identity"]["colour_gap_closed"])
     assert ev["identity"]["ssim"] == pytest.approx(1.0, abs=1e-6)
 
 
@@ -476,7 +476,7 @@ def test_cluster_py_bad_options_unreadable_and_too_few_codes(sample_root, tmp_pa
 
 def test_style_transfer_py_bad_mode_and_nothing_to_resume(tmp_path, user_dir):
     p = run_main("style_transfer.py", "--set", "style_transfer.mode=fancy", check=False)
-    assert_user_error(p, "style_transfer.py", "must be one of adain, naive")
+    assert_user_error(p, "style_transfer.py", "must be one of residual, naive")
     p = run_main("style_transfer.py", "--resume", "--set", "style_transfer.mode=naive",
                  f"style_transfer.out_dir={tmp_path / 'st'}", check=False)
     assert_user_error(p, "style_transfer.py", f"--resume: nothing to resume: no {tmp_path}/st/naive/last.pt")

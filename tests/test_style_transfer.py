@@ -1,0 +1,198 @@
+"""Part 3 (issue 17): the residual generator starts as the identity, the anti-aliasing removes the
+2-pixel period, the artefact ratio and matched ceiling measure what they say, --seeds aggregates, and
+your own images go through style_transfer.py --image (--style, --mix, --strength, --keep-colour)."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import metrics
+import style_transfer
+import wikiart
+from conftest import run_main
+
+
+def tiny_generator(num_styles=5, dim=10):
+    torch.manual_seed(0)
+    return wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(torch.randn(num_styles, dim)), width=16,
+                                          res_blocks=1, style_dim=16).eval()
+
+
+def wake(G):
+    """Give the zero-initialised heads some weight, as training would."""
+    torch.manual_seed(1)
+    for head in (G.to_coeffs, G.to_detail):
+        torch.nn.init.normal_(head.weight, std=0.05)
+    return G
+
+
+@torch.no_grad()
+def test_untrained_generator_returns_its_input_and_trained_heads_follow_the_style():
+    G = tiny_generator()
+    x = torch.rand(3, 3, 32, 32) * 1.8 - 0.9
+    for t in (torch.tensor([0, 1, 2]), torch.tensor([4, 4, 4])):
+        assert torch.allclose(G(x, t), x, atol=1e-6), "an untrained generator is the identity, in any style"
+    wake(G)
+    a, b = G(x, torch.tensor([1, 1, 1])), G(x, torch.tensor([2, 2, 2]))
+    assert a.shape == x.shape and a.abs().max() <= 1 and (a - b).abs().mean() > 1e-3
+    assert torch.equal(a, G(x, torch.tensor([1, 1, 1])))
+    # style weights (a mixture) generalise indices: one-hot weights are the index
+    onehot = torch.nn.functional.one_hot(torch.tensor([1, 1, 1]), 5).float()
+    assert torch.allclose(G(x, onehot), a, atol=1e-5)
+    half = G(x, onehot * 0.5 + torch.nn.functional.one_hot(torch.tensor([2, 2, 2]), 5).float() * 0.5)
+    assert not torch.allclose(half, a) and not torch.allclose(half, b)
+    # the predicted change applies to the same image at another size and aspect
+    assert torch.allclose(G.render_full(x, x, torch.tensor([1, 1, 1])), a, atol=1e-6)
+    big = torch.nn.functional.interpolate(x, size=(80, 48), mode="bilinear", align_corners=False)
+    assert G.render_full(x, big, torch.tensor([1, 1, 1])).shape == (3, 3, 80, 48)
+
+
+def test_blur_has_no_response_at_the_two_pixel_period():
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(8, 8)[None, None].expand(1, 3, 16, 16)
+    assert wikiart.Blur(3)(checker)[..., 2:-2, 2:-2].abs().max() < 1e-6
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    assert torch.allclose(wikiart.Blur(3)(flat), flat)
+    for blur in (True, False):
+        rf, cls, maps = wikiart.StyleDiscriminator(7, width=8, blur=blur)(torch.rand(2, 3, 32, 32))
+        assert rf.shape[0] == 2 and cls.shape == (2, 7) and len(maps) == 4
+
+
+def smooth_images(n, size=32, seed=0):
+    """Painting-like stand-ins: low-pass noise (no energy at the 2- and 4-pixel periods)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.interpolate(torch.rand(n, 3, size // 8, size // 8, generator=g), size=(size, size),
+                                        mode="bicubic", align_corners=False)
+    return (x.clamp(0, 1) * 200 + 20).permute(0, 2, 3, 1).round().to(torch.uint8).numpy()
+
+
+def test_artefact_ratio_is_one_on_real_images_and_large_with_a_planted_mesh_or_frame():
+    real, styles = smooth_images(40), np.repeat([0, 1], 20)
+    same = metrics.artefact_ratio(real[:20], styles[:20], real[20:], styles[20:] * 0)  # other images, same kind
+    assert 0.6 < same["periodic"] < 1.6 and 0.6 < same["border"] < 1.6
+    mesh = np.tile(np.array([[12, -12], [-12, 12]]), (16, 16))[None, :, :, None]
+    meshed = np.clip(real[:20].astype(int) + mesh, 0, 255).astype(np.uint8)
+    assert metrics.artefact_ratio(meshed, styles[:20] * 0, real[20:], styles[20:] * 0)["periodic"] > 3
+    framed = real[:20].copy()
+    framed[:, :3], framed[:, -3:], framed[:, :, :3], framed[:, :, -3:] = 255, 255, 255, 255  # a white frame
+    r = metrics.artefact_ratio(framed, styles[:20] * 0, real[20:], styles[20:] * 0)
+    assert r["border"] > 1.5 and r["artefact"] == max(r["periodic"], r["border"])
+
+
+def test_matched_ceiling_weights_per_style_recall_like_the_targets():
+    labels = np.array([0, 0, 1, 1, 2])
+    predictions = np.array([0, 0, 1, 0, 0])  # recall: style 0 1.0, style 1 0.5, style 2 0.0
+    assert metrics.matched_ceiling(predictions, labels, [1, 1, 1, 0], 4) == pytest.approx(0.75 * 0.5 + 0.25)
+    assert metrics.matched_ceiling(predictions, labels, [2, 3], 4) == 0  # style 3 has no real image: 0
+    # the plain accuracy (0.6) is not the ceiling of a run whose targets are mostly style 1
+    assert (predictions == labels).mean() == pytest.approx(0.6)
+
+
+def test_running_moments_and_texture_term_vanish_when_outputs_average_the_style():
+    moments = wikiart.RunningMoments(3, rate=0.5)
+    v = [torch.tensor([[1.0, 1.0], [3.0, 3.0], [5.0, 5.0]])]
+    means = moments.update(v, torch.tensor([0, 0, 2]))
+    assert torch.allclose(means[0][0], torch.tensor([2.0, 2.0])) and torch.allclose(means[0][2], torch.tensor([5.0, 5.0]))
+    means = moments.update([torch.tensor([[4.0, 4.0]])], torch.tensor([0]))
+    assert torch.allclose(means[0][0], torch.tensor([3.0, 3.0]))  # 2 + 0.5 * (4 - 2)
+    # outputs whose running mean sits on the style's mean: no push; away from it: a push
+    refs = [(torch.tensor([[2.0, 2.0], [0.0, 0.0]]), torch.tensor([1.0, 1.0]))]
+    at = wikiart.RunningMoments(2, rate=1.0)
+    grams = torch.tensor([[1.0, 3.0], [3.0, 1.0]], requires_grad=True)
+    assert wikiart.texture_moment_loss([grams], refs, torch.tensor([0, 0]), at).item() == pytest.approx(0, abs=1e-6)
+    off = wikiart.texture_moment_loss([grams + 1], refs, torch.tensor([0, 0]), wikiart.RunningMoments(2, rate=1.0))
+    assert off.item() == pytest.approx(np.sqrt(2))
+
+
+def test_keep_colour_takes_luminance_from_the_output_and_colour_from_the_input():
+    torch.manual_seed(0)
+    x, out = torch.rand(2, 3, 8, 8) * 1.2 - 0.6, torch.rand(2, 3, 8, 8) * 1.2 - 0.6
+    kept = style_transfer.keep_colour(out, x)
+    yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    to = lambda img: torch.einsum("ij,bjhw->bihw", yiq, (img + 1) / 2)
+    assert torch.allclose(to(kept)[:, 0], to(out)[:, 0], atol=0.03)
+    assert torch.allclose(to(kept)[:, 1:], to(x)[:, 1:], atol=0.03)
+
+
+# ---- the script: --seeds, and your own images
+
+def test_seeds_train_one_generator_each_and_report_mean_and_std(style_transfer_run, tmp_path):
+    out = tmp_path / "st"
+    shutil.copytree(style_transfer_run.out, out)  # its judge.pt is reused: the judge keys are unchanged
+    args = [a.replace(f"style_transfer.out_dir={style_transfer_run.out}", f"style_transfer.out_dir={out}")
+            for a in style_transfer_run.args]
+    p = run_main("style_transfer.py", *args, "style_transfer.epochs=1", "style_transfer.steps_per_epoch=4",
+                 "style_transfer.eval_naive=false", "--seeds", "2")
+    assert "judge: reusing" in p.stdout and "mean ± std over seeds [0, 1]" in p.stdout
+    ev = json.load(open(out / "evaluation.json"))
+    assert ev["seeds"] == [0, 1] and len(ev["runs"]) == 2 and "naive" not in ev
+    assert (out / "seed1" / "residual" / "model.pt").exists() and (out / "residual" / "model.pt").exists()
+    for key in ("robust_hit_rate", "ssim", "artefact_ratio", "own_style_psnr"):
+        values = [r["residual"][key] for r in ev["runs"]]
+        assert ev["residual"]["mean"][key] == pytest.approx(np.mean(values))
+        assert ev["residual"]["std"][key] == pytest.approx(np.std(values, ddof=1))
+    assert ev["runs"][0]["residual"] != ev["runs"][1]["residual"], "two seeds, two generators"
+
+
+def use_args(run):
+    """The fixture's config without --evaluate: what a user who trained it passes with --image."""
+    return [a for a in run.args if a != "--evaluate"]
+
+
+def test_stylise_every_style_one_style_at_the_input_aspect_and_a_mix(style_transfer_run, sample_root, tmp_path):
+    folder = os.path.join(sample_root, "test", sorted(os.listdir(os.path.join(sample_root, "test")))[0])
+    photo = tmp_path / "photo.png"
+    Image.open(os.path.join(folder, sorted(os.listdir(folder))[0])).convert("RGB").resize((60, 40)).save(photo)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    classes = sorted(os.listdir(os.path.join(sample_root, "train")))
+    args = use_args(style_transfer_run)
+    out = style_transfer_run.out
+    # every style: one labelled strip per image; the unreadable file is named and skipped
+    p = run_main("style_transfer.py", "--image", str(photo), str(tmp_path / "broken.jpg"), "--out", "all", *args)
+    report = json.load(open(out / "all" / "stylised.json"))
+    assert report["n_images"] == 1 and len(report["skipped"]) == 1 and "broken.jpg" in report["skipped"][0]
+    assert report["images"][0]["own_style_predicted"] in classes and "own style (predicted)" in p.stdout
+    strip = np.asarray(Image.open(out / "all" / report["images"][0]["outputs"][0]))
+    assert strip.shape[1] > strip.shape[0] * 4 and strip.std() > 10
+    # one style: the model's size, and the input's own aspect with the longer side at most --max-side
+    run_main("style_transfer.py", "--image", str(photo), "--style", classes[3], "--max-side", "48", "--out", "one", *args)
+    files = json.load(open(out / "one" / "stylised.json"))["images"][0]["outputs"]
+    sizes = sorted(Image.open(out / "one" / f).size for f in files)
+    assert sizes == [(32, 32), (48, 32)]
+    # a mixture, half strength, colours kept
+    run_main("style_transfer.py", "--image", str(photo), "--mix", f"{classes[1]}:0.7", f"{classes[2]}:0.3",
+             "--strength", "0.5", "--keep-colour", "--max-side", "0", "--out", "mix", *args)
+    report = json.load(open(out / "mix" / "stylised.json"))
+    weights = list(report["targets"].values())[0]
+    assert weights[1] == pytest.approx(0.7) and weights[2] == pytest.approx(0.3) and report["keep_colour"]
+    assert len(report["images"][0]["outputs"]) == 1
+
+
+def test_strength_zero_is_the_own_style_whatever_the_target(style_transfer_run, sample_root, tmp_path):
+    folder = os.path.join(sample_root, "test", sorted(os.listdir(os.path.join(sample_root, "test")))[1])
+    classes = sorted(os.listdir(os.path.join(sample_root, "train")))
+    outs = []
+    for k, style in enumerate((classes[0], classes[5])):
+        run_main("style_transfer.py", "--image", folder, "--style", style, "--strength", "0", "--max-side", "0",
+                 "--out", f"zero{k}", *use_args(style_transfer_run))
+        report = json.load(open(style_transfer_run.out / f"zero{k}" / "stylised.json"))
+        outs.append([np.asarray(Image.open(style_transfer_run.out / f"zero{k}" / i["outputs"][0]))
+                     for i in report["images"]])
+    assert all(np.array_equal(a, b) for a, b in zip(*outs))
+
+
+def test_stylise_misuse_is_one_line(style_transfer_run, sample_root, tmp_path):
+    photo = os.path.join(sample_root, "test")
+    args = use_args(style_transfer_run)
+    p = run_main("style_transfer.py", "--image", photo, "--style", "Cubsm", *args, check=False)
+    assert p.returncode == 2 and "unknown style 'Cubsm'; did you mean 'Cubism'?" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = run_main("style_transfer.py", "--image", photo, "--strength", "1.5", *args, check=False)
+    assert p.returncode == 2 and "--strength must be in [0, 1]" in p.stderr
+    p = run_main("style_transfer.py", "--image", photo, "--mix", "Cubism", *args, check=False)
+    assert p.returncode == 2 and "NAME:WEIGHT" in p.stderr
+    p = run_main("style_transfer.py", "--image", photo, "--set", f"style_transfer.out_dir={tmp_path}/none", check=False)
+    assert p.returncode == 2 and "no trained style-transfer model" in p.stderr and "style_transfer.py" in p.stderr
