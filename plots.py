@@ -1,4 +1,5 @@
-"""Figures (matplotlib without a display): training curves, confusion matrices, per-style recall."""
+"""Figures (matplotlib without a display): training curves, confusion matrices, per-style recall, style
+transfer grids and embeddings, strips of stylised images."""
 import numpy as np
 
 
@@ -114,5 +115,70 @@ def plot_strip(tiles, labels, path, title=""):
         ax.axis("off")
     fig.suptitle(title, fontsize=8, y=0.98)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.62, wspace=0.08)
+    fig.savefig(path, dpi=110)
+    p.close(fig)
+
+
+def plot_transfer_grid(sources, columns, source_styles, classes, path, title):
+    """Style transfer grid: source images (rows) beside their renderings in every style (columns[s] for
+    style s); a red frame marks each row's own style."""
+    p = plt()
+    C, S, n = len(classes), sources.shape[1], len(sources)
+    pad = 2
+    canvas = np.full((n * (S + pad), (C + 1) * (S + pad) + pad * 2, 3), 255, np.uint8)
+    for r in range(n):
+        for c, col in enumerate([sources] + list(columns)):
+            x0 = c * (S + pad) + (3 * pad if c > 0 else 0)  # a gap after the source column
+            canvas[r * (S + pad):r * (S + pad) + S, x0:x0 + S] = col[r]
+    fig_w = max(8, canvas.shape[1] / 45)
+    fig, ax = p.subplots(figsize=(fig_w, fig_w * canvas.shape[0] / canvas.shape[1] + 2.2))
+    ax.imshow(canvas, interpolation="nearest")
+    for r, y_true in enumerate(source_styles):
+        ax.text(-4, r * (S + pad) + S / 2, classes[y_true], ha="right", va="center", fontsize=7)
+        x0 = (y_true + 1) * (S + pad) + 3 * pad
+        ax.add_patch(p.Rectangle((x0 - 1.5, r * (S + pad) - 1.5), S + 2, S + 2, fill=False, ec="red", lw=1.5))
+    ax.set_xticks([S / 2] + [c * (S + pad) + 3 * pad + S / 2 for c in range(1, C + 1)],
+                  ["SOURCE"] + list(classes), rotation=90, fontsize=7)
+    ax.xaxis.tick_top()
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9, pad=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    p.close(fig)
+
+
+def plot_style_embeddings(weights, initial, prototypes, classes, path, mode, rendered_as):
+    """Style embeddings (C, D): a 2D PCA (arrows from their initial values, if given) beside each one
+    rendered as an image (prototypes, uint8 (C, S, S, 3))."""
+    import torch
+    p = plt()
+    C, S = len(classes), prototypes.shape[1]
+    both = torch.cat([weights, initial]) if initial is not None else weights
+    centred = both - both.mean(0)
+    _, _, v = torch.linalg.svd(centred.double(), full_matrices=False)
+    xy = (centred.double() @ v[:2].T).numpy()
+    fig = p.figure(figsize=(14, 6.5))
+    ax = fig.add_subplot(1, 2, 1)
+    colours = p.cm.tab20(np.linspace(0, 1, C))
+    for s in range(C):
+        ax.scatter(*xy[s], color=colours[s], s=40, zorder=3)
+        ax.annotate(classes[s], xy[s], fontsize=6)
+        if initial is not None:
+            ax.annotate("", xy[s], xy[C + s], arrowprops=dict(arrowstyle="->", color=colours[s], lw=0.8))
+    ax.set_title(f"{mode}: style embeddings, 2D PCA" + (" (arrows: from the initial mean codes)" if initial is not None
+                                                         else ""), fontsize=9)
+    ax = fig.add_subplot(1, 2, 2)
+    n_col = int(np.ceil(np.sqrt(C)))
+    sheet = np.full((int(np.ceil(C / n_col)) * (S + 12), n_col * (S + 4), 3), 255, np.uint8)
+    for s in range(C):
+        r, c = divmod(s, n_col)
+        sheet[r * (S + 12):r * (S + 12) + S, c * (S + 4):c * (S + 4) + S] = prototypes[s]
+    ax.imshow(sheet)
+    for s in range(C):
+        r, c = divmod(s, n_col)
+        ax.text(c * (S + 4) + S / 2, r * (S + 12) + S + 6, classes[s][:14], ha="center", fontsize=5)
+    ax.axis("off")
+    ax.set_title("each embedding rendered: " + rendered_as, fontsize=9)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     p.close(fig)

@@ -52,7 +52,6 @@ own styles, skipped files). An unreadable file is named and skipped; none readab
 """
 import copy
 import difflib
-import math
 import os
 import sys
 import time
@@ -314,78 +313,27 @@ def pick_test_images(test, n, seed):
 
 def plot_grid(G, mode, test, rows, path, seed, device):
     """Test images (rows) x target styles (columns); the source column first; red frame = own style."""
-    plt = plots.plt()
-    classes, C, S = test.classes, len(test.classes), test.image_size
     idx = pick_test_images(test, rows, seed)
     src = np.asarray(test.images[idx])
-    cols = [src] + [transfer(G, src, np.full(len(idx), s), device) for s in range(C)]
-    pad = 2
-    canvas = np.full((len(idx) * (S + pad), (C + 1) * (S + pad) + pad * 2, 3), 255, np.uint8)
-    for r in range(len(idx)):
-        for c, col in enumerate(cols):
-            x0 = c * (S + pad) + (3 * pad if c > 0 else 0)  # a gap after the source column
-            canvas[r * (S + pad):r * (S + pad) + S, x0:x0 + S] = col[r]
-    fig_w = max(8, canvas.shape[1] / 45)
-    fig, ax = plt.subplots(figsize=(fig_w, fig_w * canvas.shape[0] / canvas.shape[1] + 2.2))
-    ax.imshow(canvas, interpolation="nearest")
-    for r, i in enumerate(idx):
-        y_true = int(test.labels[i])
-        ax.text(-4, r * (S + pad) + S / 2, classes[y_true], ha="right", va="center", fontsize=7)
-        x0 = (y_true + 1) * (S + pad) + 3 * pad
-        ax.add_patch(plt.Rectangle((x0 - 1.5, r * (S + pad) - 1.5), S + 2, S + 2, fill=False, ec="red", lw=1.5))
-    ax.set_xticks([S / 2] + [c * (S + pad) + 3 * pad + S / 2 for c in range(1, C + 1)],
-                  ["SOURCE"] + classes, rotation=90, fontsize=7)
-    ax.xaxis.tick_top()
-    ax.set_yticks([])
-    ax.set_title(f"{mode}: test image (left, true style at the row start) rendered in each style; "
-                 "red frame = its own style", fontsize=9, pad=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    columns = [transfer(G, src, np.full(len(idx), s), device) for s in range(len(test.classes))]
+    plots.plot_transfer_grid(src, columns, test.labels[idx].tolist(), test.classes, path,
+                             f"{mode}: test image (left, true style at the row start) rendered in each style; "
+                             "red frame = its own style")
 
 
 @torch.no_grad()
 def plot_embeddings(G, mode, classes, S, path, device):
     """The learned style embeddings: 2D PCA (with arrows from their initial values) and each one
     rendered as a "style prototype" (residual: the generator on a flat grey image; naive: its style image)."""
-    plt = plots.plt()
-    C, initial = len(classes), None
+    C = len(classes)
     if mode == "naive":
-        weights = G.style_images.weight.detach().cpu()
+        weights, initial = G.style_images.weight.detach().cpu(), None
         protos = wikiart.to_uint8(G.style_image(torch.arange(C, device=device)))
     else:
         weights, initial = G.embedder.embedding.weight.detach().cpu(), G.embedder.initial.cpu()
         protos = wikiart.to_uint8(G(torch.zeros(C, 3, S, S, device=device), torch.arange(C, device=device)))
-    both = torch.cat([weights, initial]) if initial is not None else weights
-    centred = both - both.mean(0)
-    _, _, v = torch.linalg.svd(centred.double(), full_matrices=False)
-    xy = (centred.double() @ v[:2].T).numpy()
-    fig = plt.figure(figsize=(14, 6.5))
-    ax = fig.add_subplot(1, 2, 1)
-    colours = plt.cm.tab20(np.linspace(0, 1, C))
-    for s in range(C):
-        ax.scatter(*xy[s], color=colours[s], s=40, zorder=3)
-        ax.annotate(classes[s], xy[s], fontsize=6)
-        if initial is not None:
-            ax.annotate("", xy[s], xy[C + s], arrowprops=dict(arrowstyle="->", color=colours[s], lw=0.8))
-    ax.set_title(f"{mode}: style embeddings, 2D PCA" + (" (arrows: from the initial mean codes)" if initial is not None else ""),
-                 fontsize=9)
-    ax = fig.add_subplot(1, 2, 2)
-    n_col = math.ceil(math.sqrt(C))
-    sheet = np.full((math.ceil(C / n_col) * (S + 12), n_col * (S + 4), 3), 255, np.uint8)
-    for s in range(C):
-        r, c = divmod(s, n_col)
-        sheet[r * (S + 12):r * (S + 12) + S, c * (S + 4):c * (S + 4) + S] = protos[s]
-    ax.imshow(sheet)
-    for s in range(C):
-        r, c = divmod(s, n_col)
-        ax.text(c * (S + 4) + S / 2, r * (S + 12) + S + 6, classes[s][:14], ha="center", fontsize=5)
-    ax.axis("off")
-    ax.set_title("each embedding rendered: " + ("its learned style image" if mode == "naive"
-                                                  else "generator output for a flat grey input"), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.plot_style_embeddings(weights, initial, protos, classes, path, mode,
+                                "its learned style image" if mode == "naive" else "generator output for a flat grey input")
 
 
 def train_or_load_judge(cfg, split, device):

@@ -138,10 +138,11 @@ def test_soft_colour_histogram_matches_hard_bins_and_pulls_colours():
     # near bin centres the soft histogram is the hard one; every histogram sums to 1
     rng = np.random.default_rng(0)
     centres = (rng.integers(0, 8, (3, 16, 16, 3)) * 32 + 16).astype(np.uint8)
-    soft = wikiart.soft_colour_histogram(wikiart.to_float(centres, torch.device("cpu")))
+    soft = wikiart.soft_colour_histogram(wikiart.to_float(centres, torch.device("cpu")), sigma=0)  # no blur
     assert ((soft - metrics.colour_histograms(centres)[0].float()).abs().sum(1) < 0.15).all()
     noise = torch.rand(3, 3, 16, 16) * 2 - 1
-    assert torch.allclose(wikiart.soft_colour_histogram(noise).sum(1), torch.ones(3), atol=1e-5)
+    for sigma in (0, 1):
+        assert torch.allclose(wikiart.soft_colour_histogram(noise, sigma=sigma).sum(1), torch.ones(3), atol=1e-5)
     # gradient descent on the loss moves the pixels' (hard) histogram to a target style's
     target_u8 = np.full((2, 16, 16, 3), (208, 48, 16), np.uint8)  # bin centres
     refs = wikiart.mean_colour_histograms(np.concatenate([target_u8, centres[:1]]), [0, 0, 2], [0, 1], 3,
@@ -153,10 +154,15 @@ def test_soft_colour_histogram_matches_hard_bins_and_pulls_colours():
     opt = torch.optim.Adam([x], lr=0.05)
     before = metrics.colour_histograms(wikiart.to_uint8(x))[0]
     for _ in range(100):
-        loss = (wikiart.soft_colour_histogram(x.clamp(-1, 1)) - refs[0]).abs().sum()
+        loss = (wikiart.soft_colour_histogram(x.clamp(-1, 1), sigma=0) - refs[0]).abs().sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
     after = metrics.colour_histograms(wikiart.to_uint8(x))[0]
     goal = metrics.colour_histograms(target_u8[:1])[0]
     assert (after - goal).abs().sum() < 0.5 * (before - goal).abs().sum()
+    # after the blur (sigma 1, the training default) a 2x2 checkerboard is invisible: no dithering pays
+    flat = torch.full((1, 3, 16, 16), 0.2)
+    checker = torch.tensor([[0.3, -0.3], [-0.3, 0.3]]).repeat(8, 8)
+    assert (wikiart.soft_colour_histogram(flat + checker) - wikiart.soft_colour_histogram(flat)).abs().sum() < 0.02
+    assert (wikiart.soft_colour_histogram(flat + checker, sigma=0) - wikiart.soft_colour_histogram(flat, sigma=0)).abs().sum() > 1

@@ -119,6 +119,7 @@ def test_keep_colour_takes_luminance_from_the_output_and_colour_from_the_input()
 
 # ---- the script: --seeds, and your own images
 
+@pytest.mark.slow  # the session's style-transfer run
 def test_seeds_train_one_generator_each_and_report_mean_and_std(style_transfer_run, tmp_path):
     out = tmp_path / "st"
     shutil.copytree(style_transfer_run.out, out)  # its judge.pt is reused: the judge keys are unchanged
@@ -142,6 +143,7 @@ def use_args(run):
     return [a for a in run.args if a != "--evaluate"]
 
 
+@pytest.mark.slow  # the session's style-transfer run
 def test_stylise_every_style_one_style_at_the_input_aspect_and_a_mix(style_transfer_run, sample_root, tmp_path):
     folder = os.path.join(sample_root, "test", sorted(os.listdir(os.path.join(sample_root, "test")))[0])
     photo = tmp_path / "photo.png"
@@ -171,6 +173,7 @@ def test_stylise_every_style_one_style_at_the_input_aspect_and_a_mix(style_trans
     assert len(report["images"][0]["outputs"]) == 1
 
 
+@pytest.mark.slow  # the session's style-transfer run
 def test_strength_zero_is_the_own_style_whatever_the_target(style_transfer_run, sample_root, tmp_path):
     folder = os.path.join(sample_root, "test", sorted(os.listdir(os.path.join(sample_root, "test")))[1])
     classes = sorted(os.listdir(os.path.join(sample_root, "train")))
@@ -184,6 +187,7 @@ def test_strength_zero_is_the_own_style_whatever_the_target(style_transfer_run, 
     assert all(np.array_equal(a, b) for a, b in zip(*outs))
 
 
+@pytest.mark.slow  # the session's style-transfer run
 def test_stylise_misuse_is_one_line(style_transfer_run, sample_root, tmp_path):
     photo = os.path.join(sample_root, "test")
     args = use_args(style_transfer_run)
