@@ -270,3 +270,26 @@ def matched_ceiling(predictions, labels, target_styles, num_styles):
                        for s in range(num_styles)])
     weights = np.bincount(np.asarray(target_styles), minlength=num_styles) / max(len(target_styles), 1)
     return float(np.dot(recall, weights))
+
+
+# ----------------------------------------------------------------------------------------------
+# Generated images (Bonus B): how close each is to its nearest training image
+
+def resize(images_u8, size):
+    """uint8 (N, H, W, 3) images resized (bicubic) to size x size."""
+    if images_u8.shape[1] == size:
+        return images_u8
+    return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)) for a in images_u8])
+
+
+def nearest_distances(queries_u8, refs_u8, side=32, chunk=512):
+    """RMS pixel distance (0..1) of each query to its nearest reference, both box-shrunk to side x side."""
+    flat = lambda u8: torch.from_numpy(resize(np.asarray(u8), side) if u8.shape[1] != side else np.asarray(u8)).float().flatten(1) / 255
+    refs = flat(refs_u8)
+    r2 = (refs ** 2).sum(1)
+    out = []
+    for i in range(0, len(queries_u8), chunk):
+        q = flat(queries_u8[i:i + chunk])
+        d2 = (q ** 2).sum(1, keepdim=True) + r2[None] - 2 * q @ refs.T
+        out.append((d2.min(1).values.clamp(min=0) / refs.shape[1]).sqrt())
+    return torch.cat(out).numpy()

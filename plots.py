@@ -101,8 +101,11 @@ def plot_top_styles(pictures, names, tops, path, title=""):
 
 
 def save_png(image_u8, path):
+    """A uint8 (H, W, 3) image as a PNG, written atomically (a temporary file renamed)."""
     from PIL import Image
-    Image.fromarray(np.asarray(image_u8)).save(path)
+    import runs
+    with runs.atomic_file(path) as f:
+        Image.fromarray(np.asarray(image_u8)).save(f, "PNG")
 
 
 def plot_strip(tiles, labels, path, title=""):
@@ -182,3 +185,31 @@ def plot_style_embeddings(weights, initial, prototypes, classes, path, mode, ren
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     p.close(fig)
+
+
+def plot_t2i_evaluation(results, nn_train, path):
+    """Bonus B's evaluation: judge hit rate and style specificity per style for each model, and the
+    distances to the nearest training image."""
+    plt_ = plt()
+    models, styles = results["models"], list(results["models"]["real"]["robust_hit_per_style"])
+    fig, axes = plt_.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [3, 3, 2]})
+    x, w = np.arange(len(styles)), 0.8 / len(models)
+    for k, (name, r) in enumerate(models.items()):
+        axes[0].bar(x + k * w, [r["robust_hit_per_style"][s] for s in styles], w, label=f"{name} ({r['robust_hit_rate']:.1%})")
+        if name != "real":
+            axes[1].bar(x + k * w, [r["specificity_texture+colour"][s] for s in styles], w, label=name)
+    axes[0].axhline(results["chance"], color="k", ls=":", label="chance")
+    axes[0].set_title("judge: robust hit rate of the prompted style (real: recall on test paintings)", fontsize=9)
+    axes[1].axhline(0, color="k", lw=0.8)
+    axes[1].set_title("style specificity, texture+colour (1 = like unseen real paintings, > 0 = closer to its style)", fontsize=9)
+    for ax in axes[:2]:
+        ax.set_xticks(x + 0.4 - w / 2, styles, rotation=90, fontsize=7)
+        ax.legend(fontsize=7)
+    for name, d in nn_train.items():
+        axes[2].hist(d, bins=40, histtype="step", density=True, label=name if name != "real" else "real test")
+    axes[2].set_xlabel("RMS distance to the nearest training image (32 px)")
+    axes[2].set_title("nearest training image (a copy: near 0; blur alone also lowers it)", fontsize=9)
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt_.close(fig)

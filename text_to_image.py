@@ -44,7 +44,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 import config
@@ -483,11 +482,6 @@ def pick_rows(classes, style=None, prompt=None):
     return match, match, None
 
 
-def save_png(a, path):
-    with runs.atomic_file(path) as f:
-        Image.fromarray(a).save(f, "PNG")
-
-
 def plot_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path, images_dir=None):
     """Rows = prompts, columns = seeds; one panel per model, same seeds, side by side."""
     plt = plots.plt()
@@ -499,7 +493,7 @@ def plot_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path,
         if images_dir:
             for r, label in enumerate(labels):
                 for c, s in enumerate(seeds):
-                    save_png(panels[name][r, c], os.path.join(images_dir, name, f"{label[:40].replace(' ', '_')}_seed{s}.png"))
+                    plots.save_png(panels[name][r, c], os.path.join(images_dir, name, f"{label[:40].replace(' ', '_')}_seed{s}.png"))
     R, pad = flat.shape[1], 2
     fig, axes = plt.subplots(1, len(panels), figsize=(2 + len(panels) * max(3, 0.9 * len(seeds)),
                                                       1.2 + 0.9 * len(prompts)), squeeze=False)
@@ -522,25 +516,6 @@ def plot_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path,
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 
-def resize(images_u8, size):
-    if images_u8.shape[1] == size:
-        return images_u8
-    return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)) for a in images_u8])
-
-
-def nearest_distances(queries_u8, refs_u8, side=32, chunk=512):
-    """RMS pixel distance (0..1) of each query to its nearest reference, both box-shrunk to side x side."""
-    flat = lambda u8: torch.from_numpy(resize(np.asarray(u8), side) if u8.shape[1] != side else np.asarray(u8)).float().flatten(1) / 255
-    refs = flat(refs_u8)
-    r2 = (refs ** 2).sum(1)
-    out = []
-    for i in range(0, len(queries_u8), chunk):
-        q = flat(queries_u8[i:i + chunk])
-        d2 = (q ** 2).sum(1, keepdim=True) + r2[None] - 2 * q @ refs.T
-        out.append((d2.min(1).values.clamp(min=0) / refs.shape[1]).sqrt())
-    return torch.cat(out).numpy()
-
-
 def evaluate(cfg, models, classes, device):
     """eval_images per style from each model, same seeds; the table base vs fine-tuned vs real."""
     t = cfg["text_to_image"]
@@ -558,7 +533,7 @@ def evaluate(cfg, models, classes, device):
     styles = np.repeat(np.arange(C), N)
     prompts = [t2i.make_prompt(classes[s], t["prompt_template"]) for s in styles]
     seeds = cfg["seed"] + np.tile(np.arange(N), C)
-    sets = {name: resize(generate(pipe, lora, prompts, seeds, t["steps"], t["guidance"], t["batch_size"],
+    sets = {name: metrics.resize(generate(pipe, lora, prompts, seeds, t["steps"], t["guidance"], t["batch_size"],
                                   desc=f"evaluate: {name}"), S) for name, (pipe, lora) in models.items()}
     test_u8, test_y = np.asarray(test.images), test.labels.numpy()
     sets["real"], labels = test_u8, {name: styles for name in models} | {"real": test_y}
@@ -577,7 +552,7 @@ def evaluate(cfg, models, classes, device):
     present = [s for s in range(C) if (test_y == s).any()]
     desc = {name: describe(u8) for name, u8 in sets.items()}
     real_gap = {k: {s: closer(desc["real"], test_y, s, sl) for s in present} for k, sl in kinds.items()}
-    nn_train = {name: nearest_distances(u8, train_u8) for name, u8 in sets.items()}
+    nn_train = {name: metrics.nearest_distances(u8, train_u8) for name, u8 in sets.items()}
     results = {"styles": list(classes), "chance": 1 / C, "images_per_style": N, "steps": t["steps"],
                "guidance": t["guidance"], "image_size": S, "models": {}}
     for name, u8 in sets.items():
@@ -596,7 +571,7 @@ def evaluate(cfg, models, classes, device):
         r["closer_than_test_p1"] = float((d < np.percentile(nn_train["real"], 1)).mean())
         results["models"][name] = r
     runs.atomic_save(results, os.path.join(t["out_dir"], "evaluation.json"))
-    plot_evaluation(results, nn_train, os.path.join(t["out_dir"], "evaluation.png"))
+    plots.plot_t2i_evaluation(results, nn_train, os.path.join(t["out_dir"], "evaluation.png"))
     print(f"\n{N} images per style x {C} styles per model; chance {1 / C:.1%}; the 'real' row is the judge on "
           f"unseen test paintings (its recall per style, averaged: the matched ceiling)")
     print(f"{'model':11s} {'robust hit':>10s} {'raw hit':>8s} {'specific (tex+col)':>19s} {'texture':>8s} "
@@ -609,32 +584,6 @@ def evaluate(cfg, models, classes, device):
               f"{r['nn_train_distance']['p5']:.3f}")
     print(f"wrote {os.path.join(t['out_dir'], 'evaluation.json')}, evaluation.png")
     return results
-
-
-def plot_evaluation(results, nn_train, path):
-    plt = plots.plt()
-    models, styles = results["models"], list(results["models"]["real"]["robust_hit_per_style"])
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [3, 3, 2]})
-    x, w = np.arange(len(styles)), 0.8 / len(models)
-    for k, (name, r) in enumerate(models.items()):
-        axes[0].bar(x + k * w, [r["robust_hit_per_style"][s] for s in styles], w, label=f"{name} ({r['robust_hit_rate']:.1%})")
-        if name != "real":
-            axes[1].bar(x + k * w, [r["specificity_texture+colour"][s] for s in styles], w, label=name)
-    axes[0].axhline(results["chance"], color="k", ls=":", label="chance")
-    axes[0].set_title("judge: robust hit rate of the prompted style (real: recall on test paintings)", fontsize=9)
-    axes[1].axhline(0, color="k", lw=0.8)
-    axes[1].set_title("style specificity, texture+colour (1 = like unseen real paintings, > 0 = closer to its style)", fontsize=9)
-    for ax in axes[:2]:
-        ax.set_xticks(x + 0.4 - w / 2, styles, rotation=90, fontsize=7)
-        ax.legend(fontsize=7)
-    for name, d in nn_train.items():
-        axes[2].hist(d, bins=40, histtype="step", density=True, label=name if name != "real" else "real test")
-    axes[2].set_xlabel("RMS distance to the nearest training image (32 px)")
-    axes[2].set_title("nearest training image (a copy: near 0; blur alone also lowers it)", fontsize=9)
-    axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None):

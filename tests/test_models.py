@@ -1,5 +1,5 @@
 """The models in wikiart.py: the classifiers (course model, bonus A, ResNet), the autoencoders, and the
-style-transfer networks (embedder, AdaIN generator, discriminator, naive baseline) and their losses:
+style-transfer networks (embedder, residual generator, discriminator, naive baseline) and their losses:
 shapes, conditioning, and that each learns."""
 import numpy as np
 import pytest
