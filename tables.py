@@ -123,6 +123,7 @@ def autoencoder_table(entries):
 
 ST_COLUMNS = {  # evaluation.json key: column title; keys not listed here still get a column (defensive)
     "robust_hit_rate": "robust hit %", "raw_hit_rate": "raw hit %", "robust_of_ceiling": "robust / ceiling",
+    "raw_of_ceiling": "raw / ceiling",
     "texture_gap_closed": "texture gap closed %", "colour_gap_closed": "colour gap closed %",
     "ssim": "SSIM to input", "artefact_ratio": "artefact ratio", "periodic_ratio": "periodic ratio",
     "border_ratio": "border ratio", "own_style_psnr": "own-style PSNR dB"}
@@ -154,6 +155,8 @@ def style_transfer_table(entries):
         if g("matched_ceiling_robust") is not None:
             facts.append(f"matched ceiling {pct(g('matched_ceiling_robust'))}% robust / "
                          f"{pct(g('matched_ceiling_raw'))}% raw")
+        if g("autoencoder_psnr") is not None:
+            facts.append(f"the Part-2 autoencoder's PSNR on the same test images {g('autoencoder_psnr'):.2f} dB")
         if "seeds" in ev:
             facts.append(f"mean ± std over seeds {ev['seeds']}")
         log = e["outputs"].get("residual/train_log.json")
