@@ -293,8 +293,11 @@ def test_7_ctrl_c_of_a_real_run(sample_root, tmp_path):
     out = tmp_path / "run"
     args = small_config(sample_root, out, epochs=50, batch_size=64)
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    # a shell's background job inherits SIGINT ignored (and Python then never raises KeyboardInterrupt):
+    # give the child the default disposition, as a terminal's Ctrl-C meets it
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
