@@ -542,7 +542,7 @@ def stylise(cfg, args, argv, device):
     for i, p in enumerate(paths):
         stem = f"{i:02d}_{os.path.splitext(os.path.basename(p))[0]}"
         full = (wikiart.to_float(wikiart.decode_image(p, args.max_side, "keep")[None], device)
-                if args.max_side else None)
+                if args.max_side and len(targets) == 1 else None)  # a strip of every style is at the model's size
         tiles, outputs = [images[i]], []
         for label, w in targets:  # strength a: (1 - a) own style + a target, as embedding weights
             weights = ((1 - a) * F.one_hot(own[i], C).float() + a * w)[None].to(device)
