@@ -16,10 +16,12 @@ import pickle
 import platform
 import random
 import shlex
+import signal
 import sys
 import tempfile
-import warnings
+import threading
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -368,14 +370,34 @@ class Progress:
         if best:
             self.best_score = score
         if is_main():
-            ckpt = checkpoint()
-            if best:
-                atomic_save(ckpt, os.path.join(self.out_dir, "best.pt"))
-            atomic_save(ckpt, os.path.join(self.out_dir, "last.pt"))
-            self.saved_epoch = row["epoch"]
-            write_history(self.history, self.out_dir)
-            plot_curves(self.history, self.curves, os.path.join(self.out_dir, "curves.png"), self.title)
+            with ctrl_c_held():  # the epoch's files are written whole, whenever Ctrl-C comes
+                ckpt = checkpoint()
+                if best:
+                    atomic_save(ckpt, os.path.join(self.out_dir, "best.pt"))
+                atomic_save(ckpt, os.path.join(self.out_dir, "last.pt"))
+                self.saved_epoch = row["epoch"]
+                write_history(self.history, self.out_dir)
+                plot_curves(self.history, self.curves, os.path.join(self.out_dir, "curves.png"), self.title)
         return best
+
+
+@contextlib.contextmanager
+def ctrl_c_held():
+    """Hold a Ctrl-C (SIGINT) that comes inside the block and raise it as KeyboardInterrupt when the
+    block ends. Raised mid-block it could cut an import short (matplotlib's first import turns it into
+    a RuntimeError) or leave best.pt newer than last.pt."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # signals go to the main thread; an ignored or custom SIGINT stays as it is
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

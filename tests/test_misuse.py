@@ -286,6 +286,19 @@ def test_7_ctrl_c_says_what_was_saved_and_how_to_continue(sample_root, tmp_path,
     assert [h["epoch"] for h in json.loads((out / "train_log.json").read_text())] == [1, 2, 3]
 
 
+def test_7_ctrl_c_while_an_epoch_is_written_waits_for_the_files(tmp_path):
+    """A Ctrl-C that comes while best.pt/last.pt/curves are written is raised once they are all written."""
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with runs.ctrl_c_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the signal is delivered here, and held
+            runs.atomic_write_text("whole", str(tmp_path / "f.txt"))
+            done.append(True)
+    assert done and (tmp_path / "f.txt").read_text() == "whole"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.slow
 def test_7_ctrl_c_of_a_real_run(sample_root, tmp_path):
     """SIGINT to `python train.py` once epoch 1 is in last.pt: exit status 130, no traceback, the
