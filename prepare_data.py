@@ -34,7 +34,6 @@ import zipfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 

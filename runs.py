@@ -25,6 +25,7 @@ import warnings
 import zipfile
 
 import numpy as np
+import threadpoolctl
 import torch
 from tqdm import tqdm
 
@@ -102,6 +103,9 @@ def start(cfg):
     _time_cap = (time.time(), minutes) if minutes else None
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
+        # scikit-learn's OpenMP (t-SNE, KMeans) and numpy's BLAS too: spare threads spinning on a core
+        # another job holds slow a run down several times
+        threadpoolctl.threadpool_limits(cfg["threads"])
     seed_everything(cfg["seed"])
     rank, world, local_rank, device = setup_distributed(cfg["device"])
     if device.type == "cuda":

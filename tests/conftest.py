@@ -21,6 +21,10 @@ import sample_data  # noqa: E402
 
 WIKIART16 = os.path.join(ROOT, "..", "shared", "data", "wikiart16")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: N workers share the cores, one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"  # (and so do the scripts they start)
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def keep_torch_threads():
