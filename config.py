@@ -237,6 +237,17 @@ def _unknown(key, where):
     return ConfigError(f"{where}unknown config key '{key}'.{hint} Keys of {what}: {', '.join(names)}")
 
 
+def choose(name, options, what):
+    """The option that `name` means (case, '-' and ' ' vs '_' ignored), or a UserError with a guess."""
+    norm = lambda v: v.lower().replace("-", "_").replace(" ", "_")
+    match = [o for o in options if norm(o) == norm(name)]
+    if match:
+        return match[0]
+    guess = difflib.get_close_matches(name, options, 1, 0.5)
+    raise UserError(f"unknown {what} '{name}'" + (f"; did you mean '{guess[0]}'?" if guess else "")
+                    + f" The model's {what}s: {', '.join(options)}")
+
+
 def check_value(key, value, where=""):
     """The value with the default's type (an int is accepted for a float), inside its allowed range."""
     spec = _spec(key)

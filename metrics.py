@@ -190,6 +190,18 @@ def ssim(a_u8, b_u8, window=11, sigma=1.5, batch_size=256):
     return torch.cat(out).float()
 
 
+@torch.no_grad()
+def own_style_psnr(reconstruct, images_u8, labels, device, batch_size=128):
+    """PSNR (dB, of the mean MSE on [0, 1], as autoencoder.py reports it) of every image rendered by
+    reconstruct(x, y) (x in [-1, 1], y its style: the generator in the image's own style) against itself."""
+    se = 0.0
+    for i in range(0, len(images_u8), batch_size):
+        x = (_u8_to_float(images_u8[i:i + batch_size]) * 2 - 1).to(device)
+        y = torch.as_tensor(labels[i:i + batch_size], device=device)
+        se += (((reconstruct(x, y).clamp(-1, 1) - x) / 2) ** 2).mean((1, 2, 3)).sum().item()
+    return psnr(se / max(len(images_u8), 1))
+
+
 # ---- Part 3 artefacts: periodic patterns (a 2x2 / 4x4 mesh) and border strips, relative to real paintings
 
 def _u8_to_float(images_u8):

@@ -51,7 +51,6 @@ out_dir/stylised/ (or out_dir/<--out NAME>/) with stylised.json (checkpoint, set
 own styles, skipped files). An unreadable file is named and skipped; none readable: exit status 2.
 """
 import copy
-import difflib
 import os
 import sys
 import time
@@ -67,6 +66,7 @@ import metrics
 import plots
 import runs
 import sample_data
+import tables
 import wikiart
 
 # what a trained model depends on: a saved model is reused by --evaluate only if these are unchanged
@@ -375,36 +375,6 @@ def train_or_load_judge(cfg, split, device):
     return judge.eval()
 
 
-@torch.no_grad()
-def own_style_psnr(reconstruct, test, device, batch_size=128):
-    """PSNR (dB, of the mean MSE on [0, 1], as autoencoder.py reports it) of every test image rendered
-    by reconstruct(x, y) (the generator in the image's own style) against itself."""
-    se, n = 0.0, 0
-    for x, y in wikiart.iterate_batches(test.images, test.labels, np.arange(len(test)), batch_size, device):
-        se += (((reconstruct(x, y).clamp(-1, 1) - x) / 2) ** 2).mean((1, 2, 3)).sum().item()
-        n += len(y)
-    return metrics.psnr(se / max(n, 1))
-
-
-# the metrics of a method, in the printed table's order (percentages first)
-METRICS = {"robust_hit_rate": "robust hit", "raw_hit_rate": "raw hit", "robust_of_ceiling": "x ceiling",
-           "texture_gap_closed": "texture gap", "colour_gap_closed": "colour gap", "ssim": "SSIM",
-           "periodic_ratio": "periodic", "border_ratio": "border", "artefact_ratio": "artefact",
-           "own_style_psnr": "own PSNR"}
-
-
-def print_table(rows, stds=None):
-    """One line per method; with stds, 'mean±std' cells."""
-    print(f"{'method':10s} " + " ".join(f"{h:>13s}" for h in METRICS.values()))
-    for name, r in rows.items():
-        cells = []
-        for k in METRICS:
-            f = (lambda v: f"{100 * v:.1f}") if k.endswith(("_rate", "_closed")) else (lambda v: f"{v:.3f}")
-            v, sd = r.get(k), (stds or {}).get(name, {}).get(k)
-            cells.append("-" if v is None else f(v) + (f"±{f(sd)}" if stds is not None and sd is not None else ""))
-        print(f"{name:10s} " + " ".join(f"{c:>13s}" for c in cells))
-
-
 def evaluate(cfg, seed_models, split, test, device):
     """N test images x every other style, for each seed's models and the identity: hit rates (and their
     fraction of the judge's matched ceiling), gap closed, SSIM, artefact ratio, own-style PSNR.
@@ -437,7 +407,7 @@ def evaluate(cfg, seed_models, split, test, device):
     d_real = {k: dist(k, f(test_u8), lambda s: test_y == s) for k, f in describe.items()}
     d_in = {k: dist(k, f(inputs), lambda s: pt == s) for k, f in describe.items()}
     ae, _ = wikiart.load_autoencoder(st["autoencoder_path"], device) if os.path.exists(st["autoencoder_path"]) else (None, 0)
-    fixed["autoencoder_psnr"] = own_style_psnr(lambda x, y: ae((x + 1) / 2) * 2 - 1, test, device) if ae else None
+    fixed["autoencoder_psnr"] = metrics.own_style_psnr(lambda x, y: ae((x + 1) / 2) * 2 - 1, test_u8, test_y, device) if ae else None
     # ---- each seed's models, and the identity
     per_seed = []
     for seed, models in seed_models:
@@ -452,7 +422,7 @@ def evaluate(cfg, seed_models, split, test, device):
                 r[f"{k}_gap_closed"] = metrics.gap_closed(d_in[k], dist(k, f(outputs), lambda s: pt == s), d_real[k])
             r["ssim"] = float(metrics.ssim(outputs, inputs).mean())
             r |= {f"{k}_ratio": v for k, v in metrics.artefact_ratio(outputs, pt, test_u8, test_y).items()}
-            r["own_style_psnr"] = own_style_psnr(models[name], test, device) if name in models else None
+            r["own_style_psnr"] = metrics.own_style_psnr(models[name], test_u8, test_y, device) if name in models else None
             results[name] = r
         per_seed.append(results)
     names = [k for k, v in per_seed[0].items() if isinstance(v, dict)]
@@ -462,7 +432,7 @@ def evaluate(cfg, seed_models, split, test, device):
           f"{fixed['matched_ceiling_raw']:.1%}; autoencoder PSNR {fixed['autoencoder_psnr'] or float('nan'):.2f} dB")
     if len(per_seed) == 1:
         results = per_seed[0]
-        print_table({name: results[name] for name in names})
+        print(tables.style_transfer_methods({name: results[name] for name in names}))
     else:
         results = dict(fixed, seeds=[r["seed"] for r in per_seed], runs=per_seed)
         for name in names:
@@ -471,7 +441,7 @@ def evaluate(cfg, seed_models, split, test, device):
             results[name] = {"mean": {k: float(np.mean(v)) for k, v in vals.items()},
                              "std": {k: float(np.std(v, ddof=1)) for k, v in vals.items()}}
         print(f"mean ± std over seeds {results['seeds']}:")
-        print_table({n: results[n]["mean"] for n in names}, {n: results[n]["std"] for n in names})
+        print(tables.style_transfer_methods({n: results[n]["mean"] for n in names}, {n: results[n]["std"] for n in names}))
     runs.atomic_save(results, os.path.join(st["out_dir"], "evaluation.json"))
     print(f"wrote {os.path.join(st['out_dir'], 'evaluation.json')}")
     return results
@@ -489,14 +459,6 @@ def keep_colour(out, x):
     return (torch.einsum("ij,bjhw->bihw", torch.linalg.inv(yiq), mixed).clamp(0, 1) * 2 - 1)
 
 
-def style_index(name, classes):
-    if name not in classes:
-        close = difflib.get_close_matches(name, classes, 1, 0.5)
-        raise config.UserError(f"unknown style '{name}'" + (f"; did you mean '{close[0]}'?" if close else "")
-                               + f" The model's styles: {', '.join(classes)}")
-    return classes.index(name)
-
-
 def targets_of(args, classes):
     """[(label, weights over styles (C,))] from --style NAME|all or --mix NAME:w ..."""
     C = len(classes)
@@ -510,12 +472,12 @@ def targets_of(args, classes):
                 weight = None
             if weight is None:
                 raise config.UserError(f"--mix expects NAME:WEIGHT items (e.g. Cubism:0.7), got '{item}'")
-            w[style_index(name, classes)] += weight
+            w[classes.index(config.choose(name, classes, "style"))] += weight
         if (w < 0).any() or w.sum() <= 0:
             raise config.UserError("--mix weights must be >= 0 with a positive sum")
         return [("mix_" + "_".join(f"{classes[s]}{w[s] / w.sum():.2f}" for s in w.nonzero().flatten().tolist()),
                  w / w.sum())]
-    names = classes if args.style == "all" else [classes[style_index(args.style, classes)]]
+    names = classes if args.style == "all" else [config.choose(args.style, classes, "style")]
     return [(n, F.one_hot(torch.tensor(classes.index(n)), C).float()) for n in names]
 
 

@@ -1,6 +1,7 @@
 """Bonus B's model side (text_to_image.py is the script): load a Stable-Diffusion-style pipeline from
 the hub or a folder, build a small one of the same classes from the config (--init scratch), prompts
-from style names and WikiArt file names, LoRA adapters, and atomic saving of adapters and pipelines.
+from style names and WikiArt file names, LoRA adapters, atomic saving of adapters and pipelines, VAE
+latents and seeded generation.
 
 Every pipeline here is a diffusers StableDiffusionPipeline (UNet2DConditionModel, AutoencoderKL,
 CLIPTextModel, CLIPTokenizer, a noise scheduler), so training, generation and evaluation run the same
@@ -13,8 +14,11 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
+import wikiart
 from config import UserError
 
 def quiet_hf():
@@ -277,3 +281,44 @@ def load_lora(pipe, folder):
 
 def has_lora(pipe):
     return bool(getattr(pipe.unet, "peft_config", None))
+
+
+# ----------------------------------------------------------------------------------------------
+# Latents and generation
+
+def resolution(pipe):
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+@torch.no_grad()
+def encode_latents(pipe, batches, n, device):
+    """The VAE posterior (mean, std) of every image, float16 on the CPU; positions without a readable image
+    get std 0 and are dropped by the caller."""
+    vae, dtype = pipe.vae.eval(), pipe.vae.dtype
+    mean = std = None
+    kept = []
+    for pos, u8 in tqdm(batches, desc="VAE latents (once)", leave=False):
+        dist = vae.encode(wikiart.to_float(u8, device).to(dtype)).latent_dist
+        if mean is None:
+            mean = torch.zeros((n, *dist.mean.shape[1:]), dtype=torch.float16)
+            std = torch.zeros_like(mean)
+        mean[pos], std[pos] = dist.mean.half().cpu(), dist.std.half().cpu()
+        kept += pos.tolist()
+    return mean, std, np.array(sorted(kept))
+
+
+@torch.no_grad()
+def generate(pipe, lora, prompts, seeds, steps, guidance, batch_size, desc="generating"):
+    """uint8 (N, R, R, 3): image i from prompts[i] and its own generator seeded with seeds[i], so an
+    image does not depend on its batch, and the base and fine-tuned models start from the same noise."""
+    if has_lora(pipe):
+        pipe.enable_lora() if lora else pipe.disable_lora()
+    R, out = resolution(pipe), []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]
+        images = pipe(list(prompts[i:i + batch_size]), height=R, width=R, num_inference_steps=steps,
+                      guidance_scale=guidance, generator=gens, output_type="np").images
+        out.append(np.clip(np.round(images * 255), 0, 255).astype(np.uint8))
+    if has_lora(pipe):
+        pipe.enable_lora()
+    return np.concatenate(out)

@@ -136,6 +136,17 @@ def st_cell(key, value, std=None):
     return f(value) + (f" ± {f(std)}" if isinstance(std, (int, float)) else "")
 
 
+def style_transfer_methods(means, stds=None, code=False):
+    """One row per method (residual, naive, identity) of --evaluate's numbers; with stds, 'mean ± std'
+    cells. style_transfer.py prints it too."""
+    keys = [k for k in ST_COLUMNS if any(k in m for m in means.values())]
+    keys += sorted({k for m in means.values() for k, v in m.items() if k not in ST_COLUMNS
+                    and isinstance(v, (int, float))})
+    rows = [[f"`{m}`" if code else m, *(st_cell(k, means[m].get(k), ((stds or {}).get(m) or {}).get(k))
+                                        for k in keys)] for m in means]
+    return md_table(["method", *(ST_COLUMNS.get(k, k) for k in keys)], rows)
+
+
 def style_transfer_table(entries):
     parts = []
     for name, e in entries:
@@ -143,10 +154,6 @@ def style_transfer_table(entries):
         methods = {k: v for k, v in ev.items() if isinstance(v, dict)}  # residual, naive, identity
         means = {k: v["mean"] if isinstance(v.get("mean"), dict) else v for k, v in methods.items()}
         stds = {k: v.get("std") if isinstance(v.get("mean"), dict) else {} for k, v in methods.items()}
-        keys = [k for k in ST_COLUMNS if any(k in m for m in means.values())]
-        keys += sorted({k for m in means.values() for k, v in m.items() if k not in ST_COLUMNS
-                        and isinstance(v, (int, float))})
-        rows = [[f"`{m}`", *(st_cell(k, means[m].get(k), (stds[m] or {}).get(k)) for k in keys)] for m in means]
         g = lambda k: ev.get(k) if isinstance(ev.get(k), (int, float)) else None
         facts = [f"{g('n_outputs')} outputs ({g('n_images')} test images x every other style)",
                  f"chance {pct(g('chance'))}%",
@@ -164,7 +171,7 @@ def style_transfer_table(entries):
             facts.append(f"residual epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
                          f"{setting(e, 'style_transfer.steps_per_epoch')} steps each")
         parts.append(f"`{name}` ({setting(e, 'image_size')} px): " + "; ".join(facts) + ".\n\n"
-                     + md_table(["method", *(ST_COLUMNS.get(k, k) for k in keys)], rows))
+                     + style_transfer_methods(means, stds, code=True))
     return "\n\n".join(parts)
 
 

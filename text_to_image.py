@@ -68,10 +68,6 @@ def signature(cfg, resumable=False):
             "text_to_image": {k: v for k, v in t.items() if k not in skip}}
 
 
-def resolution(pipe):
-    return pipe.unet.config.sample_size * pipe.vae_scale_factor
-
-
 def load_base(t, source, device):
     """The pretrained pipeline, at text_to_image.resolution if set (else its own)."""
     pipe = t2i.load_pipeline(source, device, t2i.pipeline_dtype(device, t["dtype"]))
@@ -118,30 +114,13 @@ def report_skipped(skipped):
         print(f"warning: {len(skipped)} unreadable image(s) skipped:\n  " + "\n  ".join(skipped[:20]), file=sys.stderr)
 
 
-@torch.no_grad()
-def encode_latents(pipe, batches, n, device):
-    """The VAE posterior (mean, std) of every image, float16 on the CPU; positions without a readable image
-    get std 0 and are dropped by the caller."""
-    vae, dtype = pipe.vae.eval(), pipe.vae.dtype
-    mean = std = None
-    kept = []
-    for pos, u8 in tqdm(batches, desc="VAE latents (once)", leave=False):
-        dist = vae.encode(wikiart.to_float(u8, device).to(dtype)).latent_dist
-        if mean is None:
-            mean = torch.zeros((n, *dist.mean.shape[1:]), dtype=torch.float16)
-            std = torch.zeros_like(mean)
-        mean[pos], std[pos] = dist.mean.half().cpu(), dist.std.half().cpu()
-        kept += pos.tolist()
-    return mean, std, np.array(sorted(kept))
-
-
 def training_latents(cfg, pipe, device, vae_key, decoded=None):
     """{"mean", "std", "ids", "labels", "classes", "prompts", "train_idx", "val_idx"} for train_dir,
     cached in out_dir/latents.pt under (files, resolution, VAE) so a rerun or --resume skips the VAE.
     decoded: (positions, uint8 images) already in memory (the scratch path), else the files are read."""
     t = cfg["text_to_image"]
     classes, paths, labels, prompts = training_items(cfg)
-    R = resolution(pipe)
+    R = t2i.resolution(pipe)
     key = {"paths": paths, "resolution": R, "vae": vae_key}
     path = os.path.join(t["out_dir"], "latents.pt")
     try:
@@ -155,7 +134,7 @@ def training_latents(cfg, pipe, device, vae_key, decoded=None):
         skipped = []
         batches = (((decoded[0][i:i + 64], decoded[1][i:i + 64]) for i in range(0, len(decoded[0]), 64))
                    if decoded else decode_batches(paths, R, 32, skipped))
-        mean, std, kept = encode_latents(pipe, batches, len(paths), device)
+        mean, std, kept = t2i.encode_latents(pipe, batches, len(paths), device)
         report_skipped(skipped)
         if mean is None:
             raise config.UserError(f"no readable images in {cfg['train_dir']}")
@@ -307,7 +286,7 @@ def train_diffusion(cfg, pipe, data, params, objects, device, resume, argv, save
             pipe.text_encoder.gradient_checkpointing_enable()
     accum, val_idx = t["grad_accum"], subset(data["val_idx"], t["val_images"], cfg["seed"])
     print(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters on {len(data['train_idx'])} images "
-          f"at {resolution(pipe)} px, batch {t['batch_size']} x {accum}, {amp}, device {device}")
+          f"at {t2i.resolution(pipe)} px, batch {t['batch_size']} x {accum}, {amp}, device {device}")
 
     def step(idx, g):
         opt.zero_grad(set_to_none=True)
@@ -452,33 +431,13 @@ def train_or_load(cfg, device, resume, reuse, argv):
 # ----------------------------------------------------------------------------------------------
 # Generation
 
-@torch.no_grad()
-def generate(pipe, lora, prompts, seeds, steps, guidance, batch_size, desc="generating"):
-    """uint8 (N, R, R, 3): image i from prompts[i] and its own generator seeded with seeds[i], so an
-    image does not depend on its batch, and the base and fine-tuned models start from the same noise."""
-    if t2i.has_lora(pipe):
-        pipe.enable_lora() if lora else pipe.disable_lora()
-    R, out = resolution(pipe), []
-    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]
-        images = pipe(list(prompts[i:i + batch_size]), height=R, width=R, num_inference_steps=steps,
-                      guidance_scale=guidance, generator=gens, output_type="np").images
-        out.append(np.clip(np.round(images * 255), 0, 255).astype(np.uint8))
-    if t2i.has_lora(pipe):
-        pipe.enable_lora()
-    return np.concatenate(out)
-
-
 def pick_rows(classes, style=None, prompt=None):
     """(labels, prompts-or-styles) of the grid rows: --prompt, --style NAME, or every style."""
     if prompt:
         return [prompt[:40]], None, [prompt]
     if style in (None, "all"):
         return list(classes), list(classes), None
-    wanted = style.lower().replace("-", "_").replace(" ", "_")
-    match = [c for c in classes if c.lower() == wanted]
-    if not match:
-        raise config.UserError(f"unknown style '{style}'; styles: {', '.join(classes)} (or all)")
+    match = [config.choose(style, classes, "style")]
     return match, match, None
 
 
@@ -487,7 +446,7 @@ def plot_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path,
     plt = plots.plt()
     panels = {}
     for name, (pipe, lora) in models.items():
-        flat = generate(pipe, lora, [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds],
+        flat = t2i.generate(pipe, lora, [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds],
                         steps, guidance, batch_size, desc=f"grid: {name}")
         panels[name] = flat.reshape(len(prompts), len(seeds), *flat.shape[1:])
         if images_dir:
@@ -533,7 +492,7 @@ def evaluate(cfg, models, classes, device):
     styles = np.repeat(np.arange(C), N)
     prompts = [t2i.make_prompt(classes[s], t["prompt_template"]) for s in styles]
     seeds = cfg["seed"] + np.tile(np.arange(N), C)
-    sets = {name: metrics.resize(generate(pipe, lora, prompts, seeds, t["steps"], t["guidance"], t["batch_size"],
+    sets = {name: metrics.resize(t2i.generate(pipe, lora, prompts, seeds, t["steps"], t["guidance"], t["batch_size"],
                                   desc=f"evaluate: {name}"), S) for name, (pipe, lora) in models.items()}
     test_u8, test_y = np.asarray(test.images), test.labels.numpy()
     sets["real"], labels = test_u8, {name: styles for name in models} | {"real": test_y}

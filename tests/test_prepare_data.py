@@ -171,8 +171,8 @@ def test_style_folders_any_depth_stratified_split(tmp_path):
     assert len(a["duplicates_removed"]) == 1
     assert any("Empty: style folder without images" in p for p in a["problems"])
     assert any("Dangling: style folder is a dangling symlink" in p for p in a["problems"])
-    b = prepare_data.main([str(src), str(tmp_path / "b"), "--size", "16", "--test-fraction", "0.3", "--seed", "1"])
-    c = prepare_data.main([str(src), str(tmp_path / "c"), "--size", "16", "--test-fraction", "0.3", "--seed", "2"])
+    for folder, seed in (("b", "1"), ("c", "2")):
+        prepare_data.main([str(src), str(tmp_path / folder), "--size", "16", "--test-fraction", "0.3", "--seed", seed])
     assert outputs(tmp_path / "a") == outputs(tmp_path / "b") != outputs(tmp_path / "c")  # the seed decides
     train = {f.split("/", 1)[1] for f in outputs(tmp_path / "a") if f.startswith("train")}
     test = {f.split("/", 1)[1] for f in outputs(tmp_path / "a") if f.startswith("test")}
