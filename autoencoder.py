@@ -226,15 +226,11 @@ def main(argv=None):
                 loss = F.mse_loss(out, x)
                 if ae["l1_weight"]:
                     loss = loss + ae["l1_weight"] * F.l1_loss(out, x)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                runs.optimizer_step(loss, optimizer, scheduler)
                 total, seen = total + loss.item() * len(x), seen + len(x)
                 bar.set_postfix(loss=f"{total / seen:.4f}")
 
-            total, seen = runs.all_reduce_sum([total, seen], device)  # over all processes
-            row = {"epoch": epoch + 1, "train_loss": total / seen, "lr": optimizer.param_groups[0]["lr"]}
+            row = runs.epoch_row(epoch, total, seen, optimizer, device)
             if len(val_idx):
                 runs.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
                 mse = run_encoder(model, data.images, runs.shard(val_idx, rank, world), device, desc="validating")[0]

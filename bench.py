@@ -191,9 +191,7 @@ def train_throughput(images, labels, device, steps, batch_size, resident, width=
         x = wikiart.augment(x.contiguous(memory_format=torch.channels_last), g)
         with runs.autocast(device, precision):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        runs.optimizer_step(loss, opt)
 
     it = batches()
     for _ in range(min(5, steps)):  # warm-up: cudnn autotuning, allocator

@@ -65,14 +65,17 @@ LAST_PT = {  # what --resume continues, for the scripts that have it
 # Recipes: commands as RESULTS.md shows them (run from the repository root). {data}, {prepare} and
 # {bench} come from the profile. `makes`: the files a finished recipe has; its .json ones are collected.
 
-def recipe(family, commands, makes, also=(), alone=False):
-    """also: JSON files collected if they are there; alone: a timing benchmark, run while no other recipe runs."""
-    return {"family": family, "commands": commands, "makes": makes, "also": list(also), "alone": alone}
+def recipe(family, commands, makes, also=(), alone=False, pictures=()):
+    """also: JSON files collected if they are there; alone: a timing benchmark, run while no other recipe runs;
+    pictures: PNGs copied next to results/<profile>.json (profiles with "pictures") for RESULTS.md to show."""
+    return {"family": family, "commands": commands, "makes": makes, "also": list(also), "alone": alone,
+            "pictures": list(pictures)}
 
 
 def classifier(name):
     return recipe("classifier", [f"train.py -c configs/{name}.json", f"test.py -c configs/{name}.json"],
-                  [f"out/{name}/test_metrics.json", f"out/{name}/train_log.json"])
+                  [f"out/{name}/test_metrics.json", f"out/{name}/train_log.json"],
+                  pictures=[f"out/{name}/confusion.png"])
 
 
 FEATURES = ("code", "stats", "code+stats")
@@ -83,17 +86,21 @@ def autoencoder(name, features=FEATURES):
                 for f in features]
     return recipe("autoencoder", [f"autoencoder.py -c configs/{name}.json", *clusters],
                   [f"out/{name}/metrics.json", f"out/{name}/train_log.json",
-                   *(f"out/{name}/cluster_{f}/metrics.json" for f in features)])
+                   *(f"out/{name}/cluster_{f}/metrics.json" for f in features)],
+                  pictures=[f"out/{name}/reconstructions.png", *(f"out/{name}/cluster_{f}/contingency.png"
+                                                                 for f in features[1:2])])
 
 
 def style_transfer(name, seeds=1):
     return recipe("style_transfer", [f"style_transfer.py --evaluate --seeds {seeds} -c configs/{name}.json"],
-                  [f"out/{name}/evaluation.json"], also=[f"out/{name}/residual/train_log.json"])
+                  [f"out/{name}/evaluation.json"], also=[f"out/{name}/residual/train_log.json"],
+                  pictures=[f"out/{name}/residual/grid.png", f"out/{name}/naive/grid.png"])
 
 
 def text_to_image(name):
     return recipe("text_to_image", [f"text_to_image.py --evaluate -c configs/{name}.json"],
-                  [f"out/{name}/evaluation.json"], also=[f"out/{name}/train_log.json", f"out/{name}/vae/train_log.json"])
+                  [f"out/{name}/evaluation.json"], also=[f"out/{name}/train_log.json", f"out/{name}/vae/train_log.json"],
+                  pictures=[f"out/{name}/grid.png"])
 
 
 def bench(name):
@@ -149,19 +156,20 @@ CPU = ["autoencoder_w16_128", "style_transfer_w16_128",  # longest first (two re
 PROFILES = {
     # configs: overlaid on every config-driven step (after its own -c); set: --set items for each of them;
     # data, prepare, bench: fill the recipes' {placeholders}; jobs: the default of --jobs;
-    # benchmark_alone: False lets the benchmark share the machine (smoke: its numbers mean nothing)
+    # benchmark_alone: False lets the benchmark share the machine (smoke: its numbers mean nothing);
+    # pictures: copy each recipe's key PNGs to results/<profile>/<recipe>/ (committed, shown in RESULTS.md)
     "smoke": {"recipes": ["sample", *CPU], "configs": ["configs/smoke.json"], "jobs": 2, "benchmark_alone": False,
               "set": ["train_dir=out/sample/train", "test_dir=out/sample/test", "threads=1"], "data": "out/sample",
               "prepare": "--size 48 --limit 40", "bench": "--size 48 --epochs 2", "about": "the built-in sample "
               "generator at 32 px (27 styles, ~430 training images), tiny models, one epoch: it checks the "
               "pipeline, the numbers mean nothing"},
-    "cpu": {"recipes": CPU, "jobs": 2, "data": W16, "prepare": "--size 416 --limit 3000",  # 1 thread per recipe
+    "cpu": {"recipes": CPU, "jobs": 2, "pictures": True, "data": W16, "prepare": "--size 416 --limit 3000",  # 1 thread per recipe
             "bench": "--size 416 --epochs 3", "about": "WikiArt-16, reduced runs for a 2-core CPU, and make demo"},
     "gpu": {"recipes": ["classifier_w16_128", "classifier_w16_128_base", "classifier_w16_128_bonusA",
                         "imbalance_w16_128", "autoencoder_w16_128_gpu", "style_transfer_w16_128_gpu", "bench_gpu"],
             "data": W16, "prepare": "--size 128 --limit 3000",
             "bench": "--size 128 --epochs 2 --gpu-size 128 --gpu-batch 256 --gpu-steps 50",
-            "budget_minutes": 9, "about": "WikiArt-16 at 128 px on one GPU, each recipe with a time cap"},
+            "budget_minutes": 9, "pictures": True, "about": "WikiArt-16 at 128 px on one GPU, each recipe with a time cap"},
 }
 SCALE_DOWN = {"configs": ["configs/scale_down.json"], "prepare": "--size 32 --limit 300",
               "bench": "--size 32 --epochs 2 --gpu-size 32 --gpu-batch 32 --gpu-steps 1 --device cpu --precision bf16"}
@@ -349,6 +357,7 @@ def collect(name, prof, root):
             if isinstance(data, dict):
                 data.pop("confusion_matrix", None)  # the PNG shows it; keeps results/*.json small
             outputs[os.path.relpath(m, folder)] = data
+    pictures = [p for p in (in_repo(move(m, root)) for m in RECIPES[name]["pictures"]) if os.path.exists(p)]
     main_step = max(steps, key=lambda s: s.get("wall_s", 0))
     alone = not prof.get("configs")  # the commands as RESULTS.md shows them are what ran (out/ moved)
     return {"family": RECIPES[name]["family"],
@@ -356,7 +365,7 @@ def collect(name, prof, root):
             "commit": ", ".join(sorted({s["commit"] for s in steps})), "date": steps[-1]["finished"],
             "env": main_step["env"], "wall_s": sum(s.get("wall_s", 0) for s in steps),
             "steps": [{k: s[k] for k in ("command", "wall_s", "finished", "config")} for s in steps],
-            "outputs": outputs}
+            "outputs": outputs, "pictures": {os.path.relpath(p, folder).replace(os.sep, "_"): p for p in pictures}}
 
 
 def needs(name, steps, root):
@@ -370,7 +379,16 @@ def publish(prof, profile, root, results, results_path, markdown):
     here keeps its earlier entry) and rebuild the markdown's tables; the new results."""
     recipes = {}
     for n in prof["recipes"]:
-        entry = collect(n, prof, root) or results["recipes"].get(n)
+        entry = collect(n, prof, root)
+        if entry is not None and prof.get("pictures"):  # copied (and named) next to results/<profile>.json
+            folder = os.path.join(os.path.dirname(results_path), profile, n)
+            for name, src in entry["pictures"].items():
+                with open(src, "rb") as f, runs.atomic_file(os.path.join(folder, name)) as out:
+                    out.write(f.read())
+            entry["pictures"] = sorted(os.path.relpath(os.path.join(folder, p), HERE) for p in entry["pictures"])
+        else:
+            entry = entry and dict(entry, pictures=[])
+        entry = entry or results["recipes"].get(n)
         if entry is not None and RECIPES[n]["family"] is not None:
             recipes[n] = entry
     results = {"profile": profile, "about": prof["about"], "recipes": recipes}

@@ -142,6 +142,21 @@ def autocast(device, precision="auto"):
     return torch.autocast(kind, enabled=False)
 
 
+def optimizer_step(loss, optimizer, scheduler=None):
+    """Backward pass and one update (old gradients dropped as None, not zeroed), then the schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
+def epoch_row(epoch, loss_sum, count, optimizer, device):
+    """The log row of a finished epoch: its mean training loss over all processes, and the learning rate."""
+    loss_sum, count = all_reduce_sum([loss_sum, count], device)
+    return {"epoch": epoch + 1, "train_loss": loss_sum / count, "lr": optimizer.param_groups[0]["lr"]}
+
+
 def restart_time_cap():
     """Start the time cap's clock again: a command that trains several runs in turn (style_transfer.py
     --seeds N) gives each its max_minutes."""

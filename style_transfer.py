@@ -163,9 +163,7 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     rf_real, rf_fake, cls_real = rf_both[:n], rf_both[n:], cls_both[:n]
     d_adv = F.softplus(-rf_real).mean() + F.softplus(rf_fake).mean()
     d_cls = F.cross_entropy(cls_real, t)
-    opt_d.zero_grad(set_to_none=True)
-    (d_adv + st["w_cls"] * d_cls).backward()
-    opt_d.step()
+    runs.optimizer_step(d_adv + st["w_cls"] * d_cls, opt_d)
     # generator: look real, be classified as the target, match its statistics, keep content
     rf, cls, maps = D(fake)
     losses = {"g_adv": F.softplus(-rf).mean(), "g_cls": F.cross_entropy(cls, t),
@@ -182,9 +180,7 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
         grams = metrics.texture_grams(fake, refs.texture_net)
         losses["g_texture"] = wikiart.texture_moment_loss(grams, refs.texture, t, refs.moments)
     loss = sum(st["w_" + k[2:]] * v for k, v in losses.items())
-    opt_g.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_g.step()
+    runs.optimizer_step(loss, opt_g)
     return {k: v.item() for k, v in losses.items()} | {
         "d_adv": d_adv.item(), "d_cls": d_cls.item(), "d_real_acc": (cls_real.argmax(1) == t).float().mean().item()}
 
@@ -193,9 +189,7 @@ def train_step_naive(model, opt, x, y, g, C):
     t = torch.randint(C, y.shape, generator=g).to(y.device)
     out = model(x, t)
     content, style = F.mse_loss(out, x), F.mse_loss(out, model.style_image(t))
-    opt.zero_grad(set_to_none=True)
-    (content + style).backward()
-    opt.step()
+    runs.optimizer_step(content + style, opt)
     return {"mse_content": content.item(), "mse_style": style.item()}
 
 
@@ -364,10 +358,7 @@ def train_or_load_judge(cfg, split, device):
             x = wikiart.to_float(np.where(use_robust, robust[idx], data.images[idx]), device)
             x = wikiart.augment(x, g, 0.5)
             loss = F.cross_entropy(judge(x), data.labels[idx].to(device), label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            runs.optimizer_step(loss, opt, sched)
     labels = data.labels[split.val_idx].numpy()
     acc = (wikiart.predict(judge, robust, split.val_idx, 256, device).argmax(1).numpy() == labels).mean()
     print(f"judge: ResNet width {st['judge_width']}, {epochs} epochs; validation accuracy (robust) {acc:.3f}")

@@ -170,8 +170,10 @@ def style_transfer_table(entries):
         if log is not None:
             facts.append(f"residual epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
                          f"{setting(e, 'style_transfer.steps_per_epoch')} steps each")
+        grids = [f"![{name}: test images (rows) in every style (columns)]({p})" for p in e.get("pictures", [])
+                 if p.endswith("residual_grid.png")]  # the picture is the result: shown, not only linked
         parts.append(f"`{name}` ({setting(e, 'image_size')} px): " + "; ".join(facts) + ".\n\n"
-                     + style_transfer_methods(means, stds, code=True))
+                     + style_transfer_methods(means, stds, code=True) + "".join(f"\n\n{g}" for g in grids))
     return "\n\n".join(parts)
 
 
@@ -269,7 +271,9 @@ def footer(entries, profile):
     for name, e in entries:
         commands = " (" + ", then ".join(f"`{c}`" for c in e["commands"]) + ")" if e.get("commands") else ""
         lines.append(f"- `{name}`{commands}: {duration(e['wall_s'])}; {hardware(e['env'])}; torch "
-                     f"{e['env']['torch']}; commit {e['commit']}; {e['date']}.")
+                     f"{e['env']['torch']}; commit {e['commit']}; {e['date']}."
+                     + ("" if not e.get("pictures") else " Pictures: " + ", ".join(
+                         f"[{os.path.basename(p)}]({p})" for p in e["pictures"]) + "."))
     return "\n".join(lines)
 
 

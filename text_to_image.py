@@ -203,9 +203,7 @@ def train_vae(cfg, pipe, images, labels, device, resume, argv):
         post = vae.encode(x).latent_dist
         rec = (vae.decode(post.sample(generator=g)).sample - x).abs().mean()
         loss = rec + KL_WEIGHT * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        runs.optimizer_step(loss, opt)
         return {"loss": rec.item()}
 
     @torch.no_grad()

@@ -157,15 +157,11 @@ def main(argv=None):
                 with runs.autocast(device, cfg["precision"]):
                     logits = train_model(x)
                 loss = lam * loss_fn(logits, y, epoch) + (1 - lam) * loss_fn(logits, y2, epoch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                runs.optimizer_step(loss, optimizer, scheduler)
                 total, seen = total + loss.item() * len(y), seen + len(y)
                 bar.set_postfix(loss=f"{total / seen:.3f}")
 
-            total, seen = runs.all_reduce_sum([total, seen], device)  # over all processes
-            row = {"epoch": epoch + 1, "train_loss": total / seen, "lr": optimizer.param_groups[0]["lr"]}
+            row = runs.epoch_row(epoch, total, seen, optimizer, device)
             if len(val_idx):
                 logits = validation_logits(model, data, val_idx, rank, world, device, cfg["precision"])
                 y = data.labels[val_idx]

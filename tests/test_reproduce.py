@@ -106,6 +106,28 @@ def test_style_transfer_table_takes_whatever_metrics_evaluation_json_has():
     assert "new_metric" in text and "seeds [0, 1, 2]" in text
 
 
+def test_a_profile_with_pictures_copies_them_beside_its_json_and_the_table_shows_the_grid(tmp_path):
+    root, name = str(tmp_path / "out"), "style_transfer_w16_64"
+    folder = tmp_path / "out" / name
+    (folder / "residual").mkdir(parents=True)
+    (folder / "residual" / "grid.png").write_bytes(b"png bytes")
+    evaluation = {"n_outputs": 2, "residual": {"robust_hit_rate": 0.5}}
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    step = {"command": "python style_transfer.py", "status": "done", "wall_s": 3.0, "finished": "today",
+            "config": {}, "commit": "abc", "env": {"cpu": "x", "threads": 1, "torch": "t"}}
+    runs.atomic_save({"recipe": name, "steps": [step]}, str(folder / "reproduce.json"))
+    results_path = str(tmp_path / "results" / "cpu.json")
+    for pictures in (False, True):
+        prof = {"recipes": [name], "about": "test", "pictures": pictures}
+        results = reproduce.publish(prof, "cpu", root, {"recipes": {}}, results_path, None)
+    copied = tmp_path / "results" / "cpu" / name / "residual_grid.png"
+    assert copied.read_bytes() == b"png bytes"  # naive/grid.png was not made: not listed
+    assert results["recipes"][name]["pictures"] == [os.path.relpath(copied, ROOT)]
+    text = tables.build_table(name, results, "cpu")
+    assert f"![{name}: test images (rows) in every style (columns)]({os.path.relpath(copied, ROOT)})" in text
+    assert f"Pictures: [residual_grid.png]({os.path.relpath(copied, ROOT)})" in text
+
+
 # ---- skipping and resuming
 
 def test_an_interrupted_step_resumes_from_its_own_checkpoint_only(tmp_path, capsys):
