@@ -39,6 +39,7 @@ import sys
 import time
 
 import torch
+from PIL import Image
 
 import config
 import runs
@@ -67,7 +68,7 @@ LAST_PT = {  # what --resume continues, for the scripts that have it
 
 def recipe(family, commands, makes, also=(), alone=False, pictures=()):
     """also: JSON files collected if they are there; alone: a timing benchmark, run while no other recipe runs;
-    pictures: PNGs copied next to results/<profile>.json (profiles with "pictures") for RESULTS.md to show."""
+    pictures: PNGs copied (as JPEGs) next to results/<profile>.json (profiles with "pictures") for RESULTS.md."""
     return {"family": family, "commands": commands, "makes": makes, "also": list(also), "alone": alone,
             "pictures": list(pictures)}
 
@@ -157,7 +158,7 @@ PROFILES = {
     # configs: overlaid on every config-driven step (after its own -c); set: --set items for each of them;
     # data, prepare, bench: fill the recipes' {placeholders}; jobs: the default of --jobs;
     # benchmark_alone: False lets the benchmark share the machine (smoke: its numbers mean nothing);
-    # pictures: copy each recipe's key PNGs to results/<profile>/<recipe>/ (committed, shown in RESULTS.md)
+    # pictures: copy each recipe's key PNGs to results/<profile>/<recipe>/ as JPEGs (committed, shown in RESULTS.md)
     "smoke": {"recipes": ["sample", *CPU], "configs": ["configs/smoke.json"], "jobs": 2, "benchmark_alone": False,
               "set": ["train_dir=out/sample/train", "test_dir=out/sample/test", "threads=1"], "data": "out/sample",
               "prepare": "--size 48 --limit 40", "bench": "--size 48 --epochs 2", "about": "the built-in sample "
@@ -374,6 +375,18 @@ def needs(name, steps, root):
     return {v[len(root) + 1:].split("/")[0] for v in values if isinstance(v, str) and v.startswith(root + "/")} - {name}
 
 
+def copy_picture(src, dst, side=2400):
+    """src as a JPEG (quality 85) at dst with .jpg, its longer side at most `side` px: a figure of many
+    128-px tiles keeps about its native resolution at a seventh of the PNG's bytes. The path written."""
+    dst = os.path.splitext(dst)[0] + ".jpg"
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        im.thumbnail((side, side), Image.LANCZOS)
+        with runs.atomic_file(dst) as f:
+            im.save(f, "JPEG", quality=85)
+    return dst
+
+
 def publish(prof, profile, root, results, results_path, markdown):
     """Collect every finished recipe of the profile into results/<profile>.json (a recipe not finished
     here keeps its earlier entry) and rebuild the markdown's tables; the new results."""
@@ -382,10 +395,8 @@ def publish(prof, profile, root, results, results_path, markdown):
         entry = collect(n, prof, root)
         if entry is not None and prof.get("pictures"):  # copied (and named) next to results/<profile>.json
             folder = os.path.join(os.path.dirname(results_path), profile, n)
-            for name, src in entry["pictures"].items():
-                with open(src, "rb") as f, runs.atomic_file(os.path.join(folder, name)) as out:
-                    out.write(f.read())
-            entry["pictures"] = sorted(os.path.relpath(os.path.join(folder, p), HERE) for p in entry["pictures"])
+            entry["pictures"] = sorted(os.path.relpath(copy_picture(src, os.path.join(folder, name)), HERE)
+                                       for name, src in entry["pictures"].items())
         else:
             entry = entry and dict(entry, pictures=[])
         entry = entry or results["recipes"].get(n)

@@ -171,7 +171,7 @@ def style_transfer_table(entries):
             facts.append(f"residual epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
                          f"{setting(e, 'style_transfer.steps_per_epoch')} steps each")
         grids = [f"![{name}: test images (rows) in every style (columns)]({p})" for p in e.get("pictures", [])
-                 if p.endswith("residual_grid.png")]  # the picture is the result: shown, not only linked
+                 if os.path.basename(p).startswith("residual_grid")]  # the picture is the result: shown, not only linked
         parts.append(f"`{name}` ({setting(e, 'image_size')} px): " + "; ".join(facts) + ".\n\n"
                      + style_transfer_methods(means, stds, code=True) + "".join(f"\n\n{g}" for g in grids))
     return "\n\n".join(parts)

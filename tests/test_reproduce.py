@@ -4,8 +4,10 @@ import os
 import re
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import config
 import reproduce
@@ -110,7 +112,7 @@ def test_a_profile_with_pictures_copies_them_beside_its_json_and_the_table_shows
     root, name = str(tmp_path / "out"), "style_transfer_w16_64"
     folder = tmp_path / "out" / name
     (folder / "residual").mkdir(parents=True)
-    (folder / "residual" / "grid.png").write_bytes(b"png bytes")
+    Image.new("RGB", (3000, 60), (200, 30, 40)).save(folder / "residual" / "grid.png")
     evaluation = {"n_outputs": 2, "residual": {"robust_hit_rate": 0.5}}
     (folder / "evaluation.json").write_text(json.dumps(evaluation))
     step = {"command": "python style_transfer.py", "status": "done", "wall_s": 3.0, "finished": "today",
@@ -120,12 +122,14 @@ def test_a_profile_with_pictures_copies_them_beside_its_json_and_the_table_shows
     for pictures in (False, True):
         prof = {"recipes": [name], "about": "test", "pictures": pictures}
         results = reproduce.publish(prof, "cpu", root, {"recipes": {}}, results_path, None)
-    copied = tmp_path / "results" / "cpu" / name / "residual_grid.png"
-    assert copied.read_bytes() == b"png bytes"  # naive/grid.png was not made: not listed
+    copied = tmp_path / "results" / "cpu" / name / "residual_grid.jpg"
+    with Image.open(copied) as im:  # a JPEG, its longer side capped, the colours kept
+        assert im.format == "JPEG" and im.size == (2400, 48)
+        assert np.abs(np.asarray(im, float).mean((0, 1)) - (200, 30, 40)).max() < 3
     assert results["recipes"][name]["pictures"] == [os.path.relpath(copied, ROOT)]
     text = tables.build_table(name, results, "cpu")
     assert f"![{name}: test images (rows) in every style (columns)]({os.path.relpath(copied, ROOT)})" in text
-    assert f"Pictures: [residual_grid.png]({os.path.relpath(copied, ROOT)})" in text
+    assert f"Pictures: [residual_grid.jpg]({os.path.relpath(copied, ROOT)})" in text  # naive's grid: not made
 
 
 # ---- skipping and resuming
