@@ -482,7 +482,8 @@ def main(argv=None):
                     elif ready(n):
                         makes = [in_repo(move(m, root)) for m in RECIPES[n]["makes"]]
                         folder = in_repo(os.path.join(root, n))
-                        os.makedirs(folder, exist_ok=True)
+                        if not args.dry_run:  # a dry run leaves nothing behind
+                            os.makedirs(folder, exist_ok=True)
                         running[pool.submit(run_recipe, n, plans[n], folder, makes, args.force, args.dry_run,
                                             quiet)] = n
                 if not running:

@@ -132,6 +132,13 @@ def test_a_profile_with_pictures_copies_them_beside_its_json_and_the_table_shows
     assert f"Pictures: [residual_grid.jpg]({os.path.relpath(copied, ROOT)})" in text  # naive's grid: not made
 
 
+def test_a_dry_run_prints_the_commands_and_leaves_nothing_behind(tmp_path, capsys):
+    reproduce.main(["cpu", "--dry-run", "--only", "classifier_w16_64", "--out", str(tmp_path / "out"),
+                    "--results", str(tmp_path / "results"), "--markdown", str(tmp_path / "RESULTS.md")])
+    assert "running: python train.py -c configs/classifier_w16_64.json" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == []
+
+
 # ---- skipping and resuming
 
 def test_an_interrupted_step_resumes_from_its_own_checkpoint_only(tmp_path, capsys):
