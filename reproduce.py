@@ -1,7 +1,7 @@
 """Regenerate every headline result with one command: run the recipes of a profile, collect their JSON
 into results/<profile>.json and rewrite the tables of RESULTS.md from it.
 
-    python reproduce.py smoke                        # every CPU recipe on a tiny generated sample (~2 min)
+    python reproduce.py smoke                        # every CPU recipe on a tiny generated sample (~1.5 min)
     python reproduce.py cpu                          # the reduced WikiArt-16 runs RESULTS.md shows (hours)
     python reproduce.py gpu                          # the GPU recipes on one GPU, time caps within 9 min
     python reproduce.py gpu --scale-down             # the GPU recipes on the CPU at toy sizes: a dry run
