@@ -158,19 +158,20 @@ PROFILES = {
     # configs: overlaid on every config-driven step (after its own -c); set: --set items for each of them;
     # data, prepare, bench: fill the recipes' {placeholders}; jobs: the default of --jobs;
     # benchmark_alone: False lets the benchmark share the machine (smoke: its numbers mean nothing);
-    # pictures: copy each recipe's key PNGs to results/<profile>/<recipe>/ as JPEGs (committed, shown in RESULTS.md)
+    # pictures: each recipe's key PNGs go to results/<profile>/<recipe>/ as JPEGs (committed, shown in RESULTS.md)
     "smoke": {"recipes": ["sample", *CPU], "configs": ["configs/smoke.json"], "jobs": 2, "benchmark_alone": False,
               "set": ["train_dir=out/sample/train", "test_dir=out/sample/test", "threads=1"], "data": "out/sample",
               "prepare": "--size 48 --limit 40", "bench": "--size 48 --epochs 2", "about": "the built-in sample "
               "generator at 32 px (27 styles, ~430 training images), tiny models, one epoch: it checks the "
               "pipeline, the numbers mean nothing"},
-    "cpu": {"recipes": CPU, "jobs": 2, "pictures": True, "data": W16, "prepare": "--size 416 --limit 3000",  # 1 thread per recipe
-            "bench": "--size 416 --epochs 3", "about": "WikiArt-16, reduced runs for a 2-core CPU, and make demo"},
+    "cpu": {"recipes": CPU, "jobs": 2, "pictures": True, "data": W16,  # 1 thread per recipe (st128: 2)
+            "prepare": "--size 416 --limit 3000", "bench": "--size 416 --epochs 3", "about": "WikiArt-16, reduced runs for a 2-core CPU, and make demo"},
     "gpu": {"recipes": ["classifier_w16_128", "classifier_w16_128_base", "classifier_w16_128_bonusA",
                         "imbalance_w16_128", "autoencoder_w16_128_gpu", "style_transfer_w16_128_gpu", "bench_gpu"],
             "data": W16, "prepare": "--size 128 --limit 3000",
             "bench": "--size 128 --epochs 2 --gpu-size 128 --gpu-batch 256 --gpu-steps 50",
-            "budget_minutes": 9, "pictures": True, "about": "WikiArt-16 at 128 px on one GPU, each recipe with a time cap"},
+            "budget_minutes": 9, "pictures": True,
+            "about": "WikiArt-16 at 128 px on one GPU, each recipe with a time cap"},
 }
 SCALE_DOWN = {"configs": ["configs/scale_down.json"], "prepare": "--size 32 --limit 300",
               "bench": "--size 32 --epochs 2 --gpu-size 32 --gpu-batch 32 --gpu-steps 1 --device cpu --precision bf16"}
@@ -393,12 +394,10 @@ def publish(prof, profile, root, results, results_path, markdown):
     recipes = {}
     for n in prof["recipes"]:
         entry = collect(n, prof, root)
-        if entry is not None and prof.get("pictures"):  # copied (and named) next to results/<profile>.json
+        if entry is not None:  # its pictures copied (and named) next to results/<profile>.json, if wanted
             folder = os.path.join(os.path.dirname(results_path), profile, n)
             entry["pictures"] = sorted(os.path.relpath(copy_picture(src, os.path.join(folder, name)), HERE)
-                                       for name, src in entry["pictures"].items())
-        else:
-            entry = entry and dict(entry, pictures=[])
+                                       for name, src in entry["pictures"].items()) if prof.get("pictures") else []
         entry = entry or results["recipes"].get(n)
         if entry is not None and RECIPES[n]["family"] is not None:
             recipes[n] = entry
