@@ -100,14 +100,6 @@ def plot_top_styles(pictures, names, tops, path, title=""):
     p.close(fig)
 
 
-def save_png(image_u8, path):
-    """A uint8 (H, W, 3) image as a PNG, written atomically (a temporary file renamed)."""
-    from PIL import Image
-    import runs
-    with runs.atomic_file(path) as f:
-        Image.fromarray(np.asarray(image_u8)).save(f, "PNG")
-
-
 def plot_strip(tiles, labels, path, title=""):
     """Images side by side in one row, each with its label above it (style_transfer.py --style all)."""
     p = plt()

@@ -235,6 +235,13 @@ def atomic_write_text(text, path):
         f.write(text)
 
 
+def save_png(image_u8, path):
+    """A uint8 (H, W, 3) image as a PNG, written atomically."""
+    from PIL import Image
+    with atomic_file(path) as f:
+        Image.fromarray(np.asarray(image_u8)).save(f, "PNG")
+
+
 def write_history(history, out_dir, name="train_log"):
     """Per-epoch log as JSON and CSV."""
     atomic_save(history, os.path.join(out_dir, name + ".json"))

@@ -505,12 +505,12 @@ def stylise(cfg, args, argv, device):
             if len(targets) > 1:
                 continue
             files = [f"{stem}_{label}_{S}px.png"]
-            plots.save_png(tiles[-1], os.path.join(results_dir, files[0]))
+            runs.save_png(tiles[-1], os.path.join(results_dir, files[0]))
             if full is not None:
                 big = G.render_full(x[i:i + 1], full, weights)
                 big = keep_colour(big, full) if args.keep_colour else big
                 files.append(f"{stem}_{label}.png")
-                plots.save_png(wikiart.to_uint8(big)[0], os.path.join(results_dir, files[-1]))
+                runs.save_png(wikiart.to_uint8(big)[0], os.path.join(results_dir, files[-1]))
             outputs += files
         if len(targets) > 1:
             outputs.append(f"{stem}_all_styles.png")

@@ -450,7 +450,7 @@ def plot_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path,
         if images_dir:
             for r, label in enumerate(labels):
                 for c, s in enumerate(seeds):
-                    plots.save_png(panels[name][r, c], os.path.join(images_dir, name, f"{label[:40].replace(' ', '_')}_seed{s}.png"))
+                    runs.save_png(panels[name][r, c], os.path.join(images_dir, name, f"{label[:40].replace(' ', '_')}_seed{s}.png"))
     R, pad = flat.shape[1], 2
     fig, axes = plt.subplots(1, len(panels), figsize=(2 + len(panels) * max(3, 0.9 * len(seeds)),
                                                       1.2 + 0.9 * len(prompts)), squeeze=False)

@@ -553,6 +553,22 @@ def test_every_script_runs_main_through_runs_cli():
         assert ast.unparse(block[0].body[0]) == expected, script
 
 
+def test_the_modules_import_one_another_without_cycles():
+    """Imports anywhere in a module (a lazy import inside a function counts too) form no cycle."""
+    modules = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}
+    imports = {}
+    for m in modules:
+        nodes = list(ast.walk(ast.parse(open(os.path.join(ROOT, m + ".py")).read())))
+        names = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in nodes if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        imports[m] = {name.split(".")[0] for name in names} & modules
+    assert "wikiart" in imports["train"] and "runs" in imports["wikiart"]  # the walk sees the imports
+
+    def reaches(start, goal, seen=()):
+        return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in imports[start])
+    assert [m for m in sorted(modules) if reaches(m, m)] == []
+
+
 @pytest.mark.slow  # a process of its own (torch imported again)
 def test_a_real_command_line_slip_is_one_line_and_status_2(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--set", "epoch=3"], cwd=tmp_path,
