@@ -244,7 +244,7 @@ def choose(name, options, what):
     if match:
         return match[0]
     guess = difflib.get_close_matches(name, options, 1, 0.5)
-    raise UserError(f"unknown {what} '{name}'" + (f"; did you mean '{guess[0]}'?" if guess else "")
+    raise UserError(f"unknown {what} '{name}'" + (f"; did you mean '{guess[0]}'?" if guess else ".")
                     + f" The model's {what}s: {', '.join(options)}")
 
 

@@ -398,7 +398,8 @@ def evaluate(cfg, seed_models, split, test, device):
     d_real = {k: dist(k, f(test_u8), lambda s: test_y == s) for k, f in describe.items()}
     d_in = {k: dist(k, f(inputs), lambda s: pt == s) for k, f in describe.items()}
     ae, _ = wikiart.load_autoencoder(st["autoencoder_path"], device) if os.path.exists(st["autoencoder_path"]) else (None, 0)
-    fixed["autoencoder_psnr"] = metrics.own_style_psnr(lambda x, y: ae((x + 1) / 2) * 2 - 1, test_u8, test_y, device) if ae else None
+    fixed["autoencoder_psnr"] = (metrics.own_style_psnr(lambda x, y: ae((x + 1) / 2) * 2 - 1, test_u8, test_y, device)
+                                 if ae else None)
     # ---- each seed's models, and the identity
     per_seed = []
     for seed, models in seed_models:
@@ -432,7 +433,8 @@ def evaluate(cfg, seed_models, split, test, device):
             results[name] = {"mean": {k: float(np.mean(v)) for k, v in vals.items()},
                              "std": {k: float(np.std(v, ddof=1)) for k, v in vals.items()}}
         print(f"mean ± std over seeds {results['seeds']}:")
-        print(tables.style_transfer_methods({n: results[n]["mean"] for n in names}, {n: results[n]["std"] for n in names}))
+        print(tables.style_transfer_methods({n: results[n]["mean"] for n in names},
+                                            {n: results[n]["std"] for n in names}))
     runs.atomic_save(results, os.path.join(st["out_dir"], "evaluation.json"))
     print(f"wrote {os.path.join(st['out_dir'], 'evaluation.json')}")
     return results
