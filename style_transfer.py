@@ -26,9 +26,10 @@ Modes (config "style_transfer.mode"):
 
 --evaluate trains (or reloads, if its config is unchanged) both modes and a separate style judge (a
 ResNet trained on the training images, half of them through the robust transform), then scores N test
-images x every other style: robust/raw hit rate (and as a fraction of the judge's matched ceiling: its
-per-style recall on real test images weighted like the outputs' targets), style gap closed (texture,
-colour), SSIM to the input, artefact ratio (2/4-px-period peaks and border strip relative to real
+images x every other style, for both modes and two baselines without training (identity, and
+colour_stats: each image's channel means and stds moved to its target style's average): robust/raw
+hit rate (and as a fraction of the judge's matched ceiling: its per-style recall on real test images
+weighted like the outputs' targets), style gap closed (texture, colour), SSIM to the input, artefact ratio (2/4-px-period peaks and border strip relative to real
 paintings of the target style; 1 = as real paintings), own-style PSNR on every test image (beside the
 Part-2 autoencoder's). --seeds N: generator seeds seed..seed+N-1 (seed in out_dir, the others in
 out_dir/seed<k>/), one judge; evaluation.json holds every seed's numbers and their mean and std.
@@ -293,6 +294,23 @@ def transfer(G, images_u8, styles, device, batch_size=128):
     return np.concatenate(outs) if outs else np.zeros((0, S, S, 3), np.uint8)
 
 
+def colour_statistics_transfer(inputs_u8, targets, train_u8, train_y, num_styles, chunk=512):
+    """The baseline without training (Reinhard et al. 2001, in RGB): each image's per-channel mean and
+    std moved to the average over its target style's training images. Colour only, no texture: the
+    evaluation shows what recolouring alone scores."""
+    def channel_stats(u8):  # (N, 3) means and stds, in chunks: a float copy of every training image is GBs
+        parts = [np.asarray(u8[i:i + chunk], np.float32).reshape(-1, u8.shape[1] * u8.shape[2], 3)
+                 for i in range(0, len(u8), chunk)]
+        return np.concatenate([a.mean(1) for a in parts]), np.concatenate([a.std(1) for a in parts])
+    mean, std = channel_stats(train_u8)
+    per_style = lambda v: np.stack([v[train_y == s].mean(0) if (train_y == s).any() else v.mean(0)
+                                    for s in range(num_styles)])[targets][:, None, None]
+    in_mean, in_std = channel_stats(inputs_u8)
+    scale = per_style(std) / np.maximum(in_std, 1.0)[:, None, None]  # a flat image is not blown up into noise
+    out = (np.asarray(inputs_u8, np.float32) - in_mean[:, None, None]) * scale + per_style(mean)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def pick_test_images(test, n, seed):
     """n test indices, seeded, taken round-robin over styles so every style appears."""
     rng = np.random.default_rng(seed)
@@ -367,7 +385,8 @@ def train_or_load_judge(cfg, split, device):
 
 
 def evaluate(cfg, seed_models, split, test, device):
-    """N test images x every other style, for each seed's models and the identity: hit rates (and their
+    """N test images x every other style, for each seed's models and two baselines (identity, and
+    colour_stats: each image's channel means and stds moved to the target style's): hit rates (and their
     fraction of the judge's matched ceiling), gap closed, SSIM, artefact ratio, own-style PSNR.
     seed_models: [(seed, {mode: model})]. Several seeds: evaluation.json holds each seed's numbers
     ("runs") and, per method, their "mean" and "std" (sample std)."""
@@ -400,11 +419,12 @@ def evaluate(cfg, seed_models, split, test, device):
     ae, _ = wikiart.load_autoencoder(st["autoencoder_path"], device) if os.path.exists(st["autoencoder_path"]) else (None, 0)
     fixed["autoencoder_psnr"] = (metrics.own_style_psnr(lambda x, y: ae((x + 1) / 2) * 2 - 1, test_u8, test_y, device)
                                  if ae else None)
-    # ---- each seed's models, and the identity
+    baselines = {"colour_stats": colour_statistics_transfer(inputs, pt, train_u8, train_y, C), "identity": inputs}
+    # ---- each seed's models, and the baselines
     per_seed = []
     for seed, models in seed_models:
         results = dict(fixed, seed=seed)
-        methods = {name: transfer(G, inputs, pt, device) for name, G in models.items()} | {"identity": inputs}
+        methods = {name: transfer(G, inputs, pt, device) for name, G in models.items()} | baselines
         for name, outputs in methods.items():
             r = {"robust_hit_rate": float((judge_of(metrics.robust_transform(outputs)) == pt).mean()),
                  "raw_hit_rate": float((judge_of(outputs) == pt).mean())}

@@ -137,8 +137,8 @@ def st_cell(key, value, std=None):
 
 
 def style_transfer_methods(means, stds=None, code=False):
-    """One row per method (residual, naive, identity) of --evaluate's numbers; with stds, 'mean ± std'
-    cells. style_transfer.py prints it too."""
+    """One row per method (residual, naive, colour_stats, identity) of --evaluate's numbers; with stds,
+    'mean ± std' cells. style_transfer.py prints it too."""
     keys = [k for k in ST_COLUMNS if any(k in m for m in means.values())]
     keys += sorted({k for m in means.values() for k, v in m.items() if k not in ST_COLUMNS
                     and isinstance(v, (int, float))})
@@ -151,7 +151,7 @@ def style_transfer_table(entries):
     parts = []
     for name, e in entries:
         ev = e["outputs"]["evaluation.json"]
-        methods = {k: v for k, v in ev.items() if isinstance(v, dict)}  # residual, naive, identity
+        methods = {k: v for k, v in ev.items() if isinstance(v, dict)}  # residual, naive, colour_stats, identity
         means = {k: v["mean"] if isinstance(v.get("mean"), dict) else v for k, v in methods.items()}
         stds = {k: v.get("std") if isinstance(v.get("mean"), dict) else {} for k, v in methods.items()}
         g = lambda k: ev.get(k) if isinstance(ev.get(k), (int, float)) else None
