@@ -294,14 +294,17 @@ def resize(images_u8, size):
     return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)) for a in images_u8])
 
 
-def nearest_distances(queries_u8, refs_u8, side=32, chunk=512):
-    """RMS pixel distance (0..1) of each query to its nearest reference, both box-shrunk to side x side."""
+def nearest_neighbours(queries_u8, refs_u8, side=32, chunk=512):
+    """(distances, indices): each query's RMS pixel distance (0..1) to its nearest reference and that
+    reference's index, both box-shrunk to side x side."""
     flat = lambda u8: torch.from_numpy(resize(np.asarray(u8), side) if u8.shape[1] != side else np.asarray(u8)).float().flatten(1) / 255
     refs = flat(refs_u8)
     r2 = (refs ** 2).sum(1)
-    out = []
+    dist, index = [], []
     for i in range(0, len(queries_u8), chunk):
         q = flat(queries_u8[i:i + chunk])
         d2 = (q ** 2).sum(1, keepdim=True) + r2[None] - 2 * q @ refs.T
-        out.append((d2.min(1).values.clamp(min=0) / refs.shape[1]).sqrt())
-    return torch.cat(out).numpy()
+        best = d2.min(1)
+        dist.append((best.values.clamp(min=0) / refs.shape[1]).sqrt())
+        index.append(best.indices)
+    return torch.cat(dist).numpy(), torch.cat(index).numpy()

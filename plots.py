@@ -179,6 +179,32 @@ def plot_style_embeddings(weights, initial, prototypes, classes, path, mode, ren
     p.close(fig)
 
 
+def plot_nearest(pairs, copy_line, path):
+    """For each model, its samples nearest to a training image (top) above that training image (bottom),
+    labelled with the prompted style and the distance: whether the closest ones are copies."""
+    plt_ = plt()
+    n = max(len(v) for v in pairs.values())
+    fig, axes = plt_.subplots(2 * len(pairs), n, figsize=(1.6 * n, 3.6 * len(pairs)), squeeze=False)
+    for r, (name, items) in enumerate(pairs.items()):
+        for c in range(n):
+            for k in (0, 1):
+                ax = axes[2 * r + k, c]
+                ax.axis("off")
+                if c < len(items):
+                    ax.imshow(items[c][k])
+                    if k == 0:
+                        ax.set_title(items[c][2], fontsize=7)
+        axes[2 * r, 0].text(-0.1, 0.5, name, transform=axes[2 * r, 0].transAxes, rotation=90, ha="right",
+                            va="center", fontsize=9)
+        axes[2 * r + 1, 0].text(-0.1, 0.5, "nearest\ntraining", transform=axes[2 * r + 1, 0].transAxes,
+                                rotation=90, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"samples nearest to a training image (RMS distance at 32 px; 1% of real test paintings are "
+                 f"closer than {copy_line:.3f})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt_.close(fig)
+
+
 def plot_t2i_evaluation(results, nn_train, path):
     """Bonus B's evaluation: judge hit rate and style specificity per style for each model, and the
     distances to the nearest training image."""

@@ -101,7 +101,7 @@ def style_transfer(name, seeds=1):
 def text_to_image(name):
     return recipe("text_to_image", [f"text_to_image.py --evaluate -c configs/{name}.json"],
                   [f"out/{name}/evaluation.json"], also=[f"out/{name}/train_log.json", f"out/{name}/vae/train_log.json"],
-                  pictures=[f"out/{name}/grid.png"])
+                  pictures=[f"out/{name}/grid.png", f"out/{name}/nearest.png"])
 
 
 def bench(name):

@@ -31,7 +31,8 @@ accumulation, mixed precision (dtype), gradient checkpointing; an optional EMA o
 --evaluate: eval_images per style from the base and the trained model, same seeds, scored with Part 3's
 robust style judge (hit rate of the prompted style, beside its recall on real test paintings) and the
 style specificity of colour/texture statistics; nearest-neighbour distances to the training set show
-whether samples are copies. Writes out_dir/{grid.png,evaluation.json,evaluation.png,train_log.*,curves.png}.
+whether samples are copies (nearest.png: each model's samples nearest to a training image, above it).
+Writes out_dir/{grid.png,evaluation.json,evaluation.png,nearest.png,train_log.*,curves.png}.
 """
 import contextlib
 import copy
@@ -509,7 +510,9 @@ def evaluate(cfg, models, classes, device):
     present = [s for s in range(C) if (test_y == s).any()]
     desc = {name: describe(u8) for name, u8 in sets.items()}
     real_gap = {k: {s: closer(desc["real"], test_y, s, sl) for s in present} for k, sl in kinds.items()}
-    nn_train = {name: metrics.nearest_distances(u8, train_u8) for name, u8 in sets.items()}
+    nearest = {name: metrics.nearest_neighbours(u8, train_u8) for name, u8 in sets.items()}
+    nn_train = {name: d for name, (d, _) in nearest.items()}
+    copy_line = np.percentile(nn_train["real"], 1)  # 1% of unseen real paintings are this close to a training image
     results = {"styles": list(classes), "chance": 1 / C, "images_per_style": N, "steps": t["steps"],
                "guidance": t["guidance"], "image_size": S, "models": {}}
     for name, u8 in sets.items():
@@ -525,10 +528,16 @@ def evaluate(cfg, models, classes, device):
             r[f"styles_specific_{k}"] = int(sum(v > 0 for v in spec.values()))
         d = nn_train[name]
         r["nn_train_distance"] = {"median": float(np.median(d)), "p5": float(np.percentile(d, 5)), "min": float(d.min())}
-        r["closer_than_test_p1"] = float((d < np.percentile(nn_train["real"], 1)).mean())
+        r["closer_than_test_p1"] = float((d < copy_line).mean())
+        close = np.flatnonzero(d < copy_line)  # what they are: a blank canvas is near a blank canvas, not a copy
+        r["close_samples"] = {"per_style": {classes[s]: int((y[close] == s).sum()) for s in np.unique(y[close])},
+                              "pixel_std": [round(float(u8[i].std()), 1) for i in close[np.argsort(d[close])]]}
         results["models"][name] = r
     runs.atomic_save(results, os.path.join(t["out_dir"], "evaluation.json"))
     plots.plot_t2i_evaluation(results, nn_train, os.path.join(t["out_dir"], "evaluation.png"))
+    pairs = {name: [(u8[i], train_u8[nearest[name][1][i]], f"{classes[labels[name][i]]}\n{nn_train[name][i]:.3f}")
+                    for i in np.argsort(nn_train[name])[:8]] for name, u8 in sets.items() if name != "real"}
+    plots.plot_nearest(pairs, copy_line, os.path.join(t["out_dir"], "nearest.png"))
     print(f"\n{N} images per style x {C} styles per model; chance {1 / C:.1%}; the 'real' row is the judge on "
           f"unseen test paintings (its recall per style, averaged: the matched ceiling)")
     print(f"{'model':11s} {'robust hit':>10s} {'raw hit':>8s} {'specific (tex+col)':>19s} {'texture':>8s} "
@@ -539,7 +548,7 @@ def evaluate(cfg, models, classes, device):
               f"{r['styles_specific_texture+colour']:>14d}/{n:<4d} {r['styles_specific_texture']:>5d}/{n:<2d} "
               f"{r['styles_specific_colour']:>4d}/{n:<2d} {r['nn_train_distance']['median']:12.3f} / "
               f"{r['nn_train_distance']['p5']:.3f}")
-    print(f"wrote {os.path.join(t['out_dir'], 'evaluation.json')}, evaluation.png")
+    print(f"wrote {os.path.join(t['out_dir'], 'evaluation.json')}, evaluation.png, nearest.png")
     return results
 
 

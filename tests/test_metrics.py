@@ -88,6 +88,16 @@ def test_gap_closed_is_nan_when_there_is_no_gap_to_close():
     assert math.isnan(metrics.gap_closed([1.0, 1.0], [0.0, 0.0], [1.5, 1.0]))  # real ones farther: no gap
 
 
+def test_nearest_neighbours_finds_the_copy_and_its_index():
+    rng = np.random.default_rng(0)
+    refs = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    queries = np.stack([refs[7], np.full((32, 32, 3), 128, np.uint8)])
+    d, i = metrics.nearest_neighbours(queries, refs, chunk=1)
+    assert d[0] == pytest.approx(0, abs=1e-6) and i[0] == 7
+    brute = np.sqrt(((refs.astype(float) / 255 - 128 / 255) ** 2).reshape(20, -1).mean(1))
+    assert i[1] == brute.argmin() and d[1] == pytest.approx(brute.min(), rel=1e-4)
+
+
 def test_classification_metrics_by_hand():
     m = metrics.classification_metrics([0, 0, 0, 1, 2], [0, 0, 1, 1, 1], ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(3 / 5)

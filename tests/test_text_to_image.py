@@ -198,13 +198,18 @@ def test_scratch_pipeline_end_to_end(sample_root, tmp_path):
         "text_to_image.vae_epochs": 1, "text_to_image.eval_images": 2, "text_to_image.ema_decay": 0.9,
         "style_transfer.judge_width": 8, "style_transfer.judge_epochs": 1})
     text_to_image.main(["--init", "scratch", "--evaluate"] + args)
-    for f in ("grid.png", "evaluation.json", "evaluation.png", "trained.json", "curves.png", "vae/curves.png",
+    for f in ("grid.png", "evaluation.json", "evaluation.png", "nearest.png", "trained.json", "curves.png", "vae/curves.png",
               "pipeline/model_index.json", "base/model_index.json"):
         assert (tmp_path / f).exists(), f
     r = json.loads((tmp_path / "evaluation.json").read_text())
     assert set(r["models"]) == {"base", "fine-tuned", "real"} and len(r["styles"]) == 4
     for m in r["models"].values():
         assert 0 <= m["robust_hit_rate"] <= 1 and m["nn_train_distance"]["median"] > 0
+        close = m["close_samples"]  # the samples under the copy line: counted per style, their contrast listed
+        assert sum(close["per_style"].values()) == len(close["pixel_std"])
+    for name in ("base", "fine-tuned"):  # 4 styles x 2 images
+        m = r["models"][name]
+        assert len(m["close_samples"]["pixel_std"]) == round(m["closer_than_test_p1"] * 8)
     real = r["models"]["real"]["specificity_texture+colour"].values()
     assert all(v == 1 or v != v for v in real)  # by definition (nan: a style whose test images are not closer)
     log = json.loads((tmp_path / "train_log.json").read_text())
