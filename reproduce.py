@@ -164,7 +164,7 @@ PROFILES = {
               "prepare": "--size 48 --limit 40", "bench": "--size 48 --epochs 2", "about": "the built-in sample "
               "generator at 32 px (27 styles, ~430 training images), tiny models, one epoch: it checks the "
               "pipeline, the numbers mean nothing"},
-    "cpu": {"recipes": CPU, "jobs": 2, "pictures": True, "data": W16,  # 1 thread per recipe (st128: 2)
+    "cpu": {"recipes": CPU, "jobs": 2, "pictures": True, "data": W16,  # 1 thread per recipe
             "prepare": "--size 416 --limit 3000", "bench": "--size 416 --epochs 3", "about": "WikiArt-16, reduced runs for a 2-core CPU, and make demo"},
     "gpu": {"recipes": ["classifier_w16_128", "classifier_w16_128_base", "classifier_w16_128_bonusA",
                         "imbalance_w16_128", "autoencoder_w16_128_gpu", "style_transfer_w16_128_gpu", "bench_gpu"],
@@ -227,6 +227,15 @@ def expand(name, command, prof, root, extra_set):
              if move(v, root) != v and k.rpartition(".")[0] in sections and k not in given]
     argv += ["--set", *sets, *moved]
     return script, argv, resolve(argv)
+
+
+def wide(plans, jobs, cores):
+    """The recipes whose steps ask for more threads than their share of the cores when `jobs` recipes run
+    at once: they run alone. (OpenMP threads that outnumber the cores spin against each other: a
+    2-thread step beside another recipe on 2 cores ran 3.5x slower than alone.)"""
+    share = max(1, cores // jobs)
+    return [n for n, steps in plans.items() if any(cfg is not None and (cfg["threads"] or cores) > share
+                                                   for _, _, cfg in steps)]
 
 
 def fingerprint(script, argv, cfg):
@@ -388,6 +397,25 @@ def copy_picture(src, dst, side=2400):
     return dst
 
 
+def with_recipe_changes(results, prof, root):
+    """results for the tables: an entry made by an earlier version of its recipe lists what changed
+    since (`recipe_changed`: resolved config keys, then -> now), so a table never passes an old run off
+    as its recipe's."""
+    recipes, defaults = {}, config.flatten(config.defaults())
+    for n, e in results["recipes"].items():
+        try:
+            now = [config_diff(cfg) for _, _, cfg in (expand(n, c, prof, root, []) for c in RECIPES[n]["commands"])]
+        except (KeyError, UserError):  # a recipe that no longer exists or no longer resolves
+            now = None
+        then = [s.get("config") for s in e.get("steps", [])]
+        value = lambda diff, k: diff.get(k, defaults.get(k))  # a key not in a diff has its default
+        changed = ["its commands"] if now is None or len(now) != len(then) else sorted(
+            {f"{k} {value(a, k)} -> {value(b, k)}" for a, b in zip(then, now) if a is not None and b is not None
+             for k in set(a) | set(b) if value(a, k) != value(b, k)})
+        recipes[n] = dict(e, recipe_changed=changed) if changed else e
+    return dict(results, recipes=recipes)
+
+
 def publish(prof, profile, root, results, results_path, markdown):
     """Collect every finished recipe of the profile into results/<profile>.json (a recipe not finished
     here keeps its earlier entry) and rebuild the markdown's tables; the new results."""
@@ -404,7 +432,7 @@ def publish(prof, profile, root, results, results_path, markdown):
     results = {"profile": profile, "about": prof["about"], "recipes": recipes}
     runs.atomic_save(results, results_path)
     if markdown:
-        tables.update_markdown(markdown, profile, results)
+        tables.update_markdown(markdown, profile, with_recipe_changes(results, prof, root))
     return results
 
 
@@ -416,9 +444,9 @@ def main(argv=None):
                     help="the profile's recipes at toy sizes on the CPU (bf16, batch 256, time caps kept): a dry run")
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="config overrides for every config-driven step, e.g. threads=1")
-    ap.add_argument("--jobs", type=int, help="recipes run at once (a recipe waits for those it reads from, a "
-                    "benchmark runs alone; with more than 1, output goes only to the logs); default: the profile's "
-                    "(smoke and cpu: 2, one thread each; gpu: 1)")
+    ap.add_argument("--jobs", type=int, help="recipes run at once (a recipe waits for those it reads from; a "
+                    "benchmark, or a recipe with more threads than its share of the cores, runs alone; with more "
+                    "than 1, output goes only to the logs); default: the profile's (smoke and cpu: 2; gpu: 1)")
     ap.add_argument("--force", action="store_true", help="run the recipes' commands again even if they finished "
                     "(compare_balance.py and style_transfer.py still reuse their finished parts: delete a folder to "
                     "start it from scratch)")
@@ -449,7 +477,8 @@ def main(argv=None):
         results = read_json(results_path)
         if results is None:
             raise UserError(f"no results at {results_path}: run the profile first")
-        print(f"{args.markdown}: rebuilt {', '.join(tables.update_markdown(markdown, profile, results)) or 'no table'}")
+        rebuilt = tables.update_markdown(markdown, profile, with_recipe_changes(results, prof, root))
+        print(f"{args.markdown}: rebuilt {', '.join(rebuilt) or 'no table'}")
         return
 
     # every command resolved first, so a bad recipe stops before anything runs
@@ -460,13 +489,19 @@ def main(argv=None):
         if later:
             raise UserError(f"recipe {n} reads the outputs of {', '.join(later)}, which come after it in {profile}")
 
+    cores = os.cpu_count() or 1
+    exclusive = set(wide({n: plans[n] for n in names}, jobs, cores)) if jobs > 1 else set()
+    if exclusive:
+        print(f"{', '.join(sorted(exclusive))}: more threads than {cores} cores / {jobs} recipes at once: run alone")
+    if prof.get("benchmark_alone", True):
+        exclusive |= {n for n in names if RECIPES[n]["alone"]}
     print(f"profile {profile}: {prof['about']}; recipes {', '.join(names)}; folders under {root}/")
     results = read_json(results_path) or {"profile": profile, "recipes": {}}
     statuses, running, t0 = {}, {}, time.time()
     quiet = args.quiet or jobs > 1
 
-    def ready(n):  # its inputs are there, a slot is free, and a benchmark shares the machine with no other recipe
-        alone = prof.get("benchmark_alone", True) and (RECIPES[n]["alone"] or any(RECIPES[r]["alone"] for r in running.values()))
+    def ready(n):  # its inputs are there, a slot is free, and a benchmark or a wide recipe has the machine to itself
+        alone = n in exclusive or any(r in exclusive for r in running.values())
         return len(running) < jobs and all(d in statuses for d in deps[n] if d in names) and not (alone and running)
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         try:
@@ -502,6 +537,7 @@ def main(argv=None):
         for k, v in e["outputs"].items():
             if k.endswith("evaluation.json") and isinstance(v, dict):
                 print(f"{n}/{k} holds: {', '.join(sorted(v))}")
+    results = with_recipe_changes(results, prof, root)
     made = tables.all_tables(results, profile)
     if args.scale_down:
         for name, table in made.items():

@@ -272,6 +272,8 @@ def footer(entries, profile):
         commands = " (" + ", then ".join(f"`{c}`" for c in e["commands"]) + ")" if e.get("commands") else ""
         lines.append(f"- `{name}`{commands}: {duration(e['wall_s'])}; {hardware(e['env'])}; torch "
                      f"{e['env']['torch']}; commit {e['commit']}; {e['date']}."
+                     + (f" **Made by an earlier version of its recipe** ({'; '.join(e['recipe_changed'])}): "
+                        f"rerun it for the current one." if e.get("recipe_changed") else "")
                      + ("" if not e.get("pictures") else " Pictures: " + ", ".join(
                          f"[{os.path.basename(p)}]({p})" for p in e["pictures"]) + "."))
     return "\n".join(lines)

@@ -49,6 +49,29 @@ def test_every_recipe_of_every_profile_resolves_and_writes_into_its_own_folder()
     assert families <= {f for _, fams in tables.TABLES.values() for f in fams}
 
 
+def test_a_recipe_with_more_threads_than_its_share_of_the_cores_runs_alone(tmp_path, monkeypatch):
+    prof = reproduce.settings("cpu")
+    plans = {n: [reproduce.expand(n, c, prof, "out/r", []) for c in reproduce.RECIPES[n]["commands"]]
+             for n in prof["recipes"]}
+    assert reproduce.wide(plans, 2, 2) == ["style_transfer_w16_128"]  # 2 threads; every other CPU recipe 1
+    assert reproduce.wide(plans, 1, 2) == [] and reproduce.wide(plans, 2, 4) == []
+    running, seen = set(), []
+
+    def fake_run(name, *args):  # records what runs beside each recipe
+        running.add(name)
+        seen.append(set(running))
+        time.sleep(0.05)
+        running.discard(name)
+        return "done"
+    monkeypatch.setattr(reproduce, "run_recipe", fake_run)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    reproduce.main(["cpu", "-q", "--only", "classifier_w16_64", "style_transfer_w16_128", "classifier_w16_64_base",
+                    "classifier_w16_64_bonusA", "--out", str(tmp_path / "out"), "--results", str(tmp_path),
+                    "--markdown", str(tmp_path / "R.md")])
+    assert {"classifier_w16_64", "classifier_w16_64_base"} in seen  # two at once...
+    assert all(s == {"style_transfer_w16_128"} for s in seen if "style_transfer_w16_128" in s)  # ...but not it
+
+
 def test_a_recipe_that_writes_outside_its_folder_is_refused():
     with pytest.raises(config.UserError, match="must write under out/other/"):
         reproduce.expand("other", "train.py -c configs/classifier_w16_64.json", reproduce.PROFILES["cpu"], "out/r", [])
@@ -106,6 +129,24 @@ def test_style_transfer_table_takes_whatever_metrics_evaluation_json_has():
     text = tables.style_transfer_table([("st", entry)])
     assert "| `residual` | 20.0 ± 1.0 | 1.130 | 7.000 |" in text and "| `identity` | 5.0 | – | – |" in text
     assert "new_metric" in text and "seeds [0, 1, 2]" in text
+
+
+def test_a_row_made_by_an_earlier_version_of_its_recipe_says_what_changed():
+    prof, root = reproduce.PROFILES["cpu"], "out/results/cpu"
+    current = {n: [reproduce.config_diff(cfg) for _, _, cfg in (reproduce.expand(n, c, prof, root, [])
+                                                                for c in reproduce.RECIPES[n]["commands"])]
+               for n in ("classifier_w16_64", "classifier_w16_64_base")}
+    entry = {"family": "classifier", "commit": "c", "date": "d", "wall_s": 1, "outputs": {},
+             "env": {"cpu": "x", "threads": 1, "torch": "t"}}
+    train, test = current["classifier_w16_64_base"]
+    results = {"recipes": {"classifier_w16_64": dict(entry, steps=[{"config": c} for c in current["classifier_w16_64"]]),
+                           "classifier_w16_64_base": dict(entry, steps=[{"config": dict(train, epochs=3)},
+                                                                        {"config": test}])}}
+    marked = reproduce.with_recipe_changes(results, prof, root)["recipes"]
+    assert "recipe_changed" not in marked["classifier_w16_64"]
+    assert marked["classifier_w16_64_base"]["recipe_changed"] == ["epochs 3 -> 12"]
+    text = tables.footer(list(marked.items()), "cpu")
+    assert text.count("earlier version of its recipe") == 1 and "(epochs 3 -> 12)" in text
 
 
 def test_a_profile_with_pictures_copies_them_beside_its_json_and_the_table_shows_the_grid(tmp_path):
