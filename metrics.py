@@ -140,6 +140,23 @@ def colour_histograms(images_u8, bins=8):
     return [torch.from_numpy(h / idx.shape[1])]
 
 
+def colour_statistics_transfer(inputs_u8, targets, train_u8, train_y, num_styles, chunk=512):
+    """The baseline without training (Reinhard et al. 2001, in RGB): each image's per-channel mean and
+    std moved to the average over its target style's training images. Colour only, no texture: the
+    evaluation shows what recolouring alone scores."""
+    def channel_stats(u8):  # (N, 3) means and stds, in chunks: a float copy of every training image is GBs
+        parts = [np.asarray(u8[i:i + chunk], np.float32).reshape(-1, u8.shape[1] * u8.shape[2], 3)
+                 for i in range(0, len(u8), chunk)]
+        return np.concatenate([a.mean(1) for a in parts]), np.concatenate([a.std(1) for a in parts])
+    mean, std = channel_stats(train_u8)
+    per_style = lambda v: np.stack([v[train_y == s].mean(0) if (train_y == s).any() else v.mean(0)
+                                    for s in range(num_styles)])[targets][:, None, None]
+    in_mean, in_std = channel_stats(inputs_u8)
+    scale = per_style(std) / np.maximum(in_std, 1.0)[:, None, None]  # a flat image is not blown up into noise
+    out = (np.asarray(inputs_u8, np.float32) - in_mean[:, None, None]) * scale + per_style(mean)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def style_references(descriptors, labels, num_styles):
     """Per layer: (means (S, D), spreads (S,)) of each style's real images; the spread is the RMS
     distance of the style's images to their mean (a style with one image borrows the average)."""

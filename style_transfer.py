@@ -29,8 +29,9 @@ ResNet trained on the training images, half of them through the robust transform
 images x every other style, for both modes and two baselines without training (identity, and
 colour_stats: each image's channel means and stds moved to its target style's average): robust/raw
 hit rate (and as a fraction of the judge's matched ceiling: its per-style recall on real test images
-weighted like the outputs' targets), style gap closed (texture, colour), SSIM to the input, artefact ratio (2/4-px-period peaks and border strip relative to real
-paintings of the target style; 1 = as real paintings), own-style PSNR on every test image (beside the
+weighted like the outputs' targets), style gap closed (texture, colour), SSIM to the input, artefact
+ratio (2/4-px-period peaks and border strip relative to real paintings of the target style; 1 = as
+real paintings), own-style PSNR on every test image (beside the
 Part-2 autoencoder's). --seeds N: generator seeds seed..seed+N-1 (seed in out_dir, the others in
 out_dir/seed<k>/), one judge; evaluation.json holds every seed's numbers and their mean and std.
 Writes to out_dir: <mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,embeddings.png},
@@ -294,23 +295,6 @@ def transfer(G, images_u8, styles, device, batch_size=128):
     return np.concatenate(outs) if outs else np.zeros((0, S, S, 3), np.uint8)
 
 
-def colour_statistics_transfer(inputs_u8, targets, train_u8, train_y, num_styles, chunk=512):
-    """The baseline without training (Reinhard et al. 2001, in RGB): each image's per-channel mean and
-    std moved to the average over its target style's training images. Colour only, no texture: the
-    evaluation shows what recolouring alone scores."""
-    def channel_stats(u8):  # (N, 3) means and stds, in chunks: a float copy of every training image is GBs
-        parts = [np.asarray(u8[i:i + chunk], np.float32).reshape(-1, u8.shape[1] * u8.shape[2], 3)
-                 for i in range(0, len(u8), chunk)]
-        return np.concatenate([a.mean(1) for a in parts]), np.concatenate([a.std(1) for a in parts])
-    mean, std = channel_stats(train_u8)
-    per_style = lambda v: np.stack([v[train_y == s].mean(0) if (train_y == s).any() else v.mean(0)
-                                    for s in range(num_styles)])[targets][:, None, None]
-    in_mean, in_std = channel_stats(inputs_u8)
-    scale = per_style(std) / np.maximum(in_std, 1.0)[:, None, None]  # a flat image is not blown up into noise
-    out = (np.asarray(inputs_u8, np.float32) - in_mean[:, None, None]) * scale + per_style(mean)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
 def pick_test_images(test, n, seed):
     """n test indices, seeded, taken round-robin over styles so every style appears."""
     rng = np.random.default_rng(seed)
@@ -419,7 +403,8 @@ def evaluate(cfg, seed_models, split, test, device):
     ae, _ = wikiart.load_autoencoder(st["autoencoder_path"], device) if os.path.exists(st["autoencoder_path"]) else (None, 0)
     fixed["autoencoder_psnr"] = (metrics.own_style_psnr(lambda x, y: ae((x + 1) / 2) * 2 - 1, test_u8, test_y, device)
                                  if ae else None)
-    baselines = {"colour_stats": colour_statistics_transfer(inputs, pt, train_u8, train_y, C), "identity": inputs}
+    baselines = {"colour_stats": metrics.colour_statistics_transfer(inputs, pt, train_u8, train_y, C),
+                 "identity": inputs}
     # ---- each seed's models, and the baselines
     per_seed = []
     for seed, models in seed_models:

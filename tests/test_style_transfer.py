@@ -128,7 +128,7 @@ def test_colour_stats_baseline_moves_each_image_to_its_target_styles_channel_sta
     train_u8, train_y = np.concatenate([dark, bright]), np.array([0] * 6 + [1] * 6)
     inputs = np.concatenate([bright[:2], dark[:2], np.full((1, 16, 16, 3), 90, np.uint8)])
     targets = np.array([0, 0, 1, 1, 1])
-    out = style_transfer.colour_statistics_transfer(inputs, targets, train_u8, train_y, num_styles=3, chunk=5)
+    out = metrics.colour_statistics_transfer(inputs, targets, train_u8, train_y, num_styles=3, chunk=5)
     assert out.shape == inputs.shape and out.dtype == np.uint8
     flat = lambda a: a.reshape(len(a), -1, 3).astype(float)
     for i, t in enumerate(targets[:4]):  # the target style's average channel mean and std, to rounding
@@ -136,11 +136,11 @@ def test_colour_stats_baseline_moves_each_image_to_its_target_styles_channel_sta
         assert np.allclose(flat(out[i:i + 1]).mean(1), style.mean(1).mean(0), atol=1.0)
         assert np.allclose(flat(out[i:i + 1]).std(1), style.std(1).mean(0), rtol=0.05)
     # an image moved to its own statistics is itself; a flat image stays flat (no noise from dividing by 0)
-    assert np.abs(style_transfer.colour_statistics_transfer(bright[:1], np.array([1]), bright[:1], np.array([1]), 2)
+    assert np.abs(metrics.colour_statistics_transfer(bright[:1], np.array([1]), bright[:1], np.array([1]), 2)
                   .astype(int) - bright[:1]).max() <= 1
     assert flat(out[4:]).std(1).max() == 0
     # a style without training images gets the average of all of them
-    none = style_transfer.colour_statistics_transfer(inputs[:1], np.array([2]), train_u8, train_y, 3)
+    none = metrics.colour_statistics_transfer(inputs[:1], np.array([2]), train_u8, train_y, 3)
     assert np.allclose(flat(none).mean(1), flat(train_u8).mean(1).mean(0), atol=1.0)
 
 
