@@ -529,7 +529,7 @@ def evaluate(cfg, models, classes, device):
         d = nn_train[name]
         r["nn_train_distance"] = {"median": float(np.median(d)), "p5": float(np.percentile(d, 5)), "min": float(d.min())}
         r["closer_than_test_p1"] = float((d < copy_line).mean())
-        close = np.flatnonzero(d < copy_line)  # what they are: a blank canvas is near a blank canvas, not a copy
+        close = np.flatnonzero(d < copy_line)  # what they are: a near-blank canvas is close to any blank one
         r["close_samples"] = {"per_style": {classes[s]: int((y[close] == s).sum()) for s in np.unique(y[close])},
                               "pixel_std": [round(float(u8[i].std()), 1) for i in close[np.argsort(d[close])]]}
         results["models"][name] = r
