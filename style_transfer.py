@@ -21,6 +21,10 @@ Modes (config "style_transfer.mode"):
          the colour histogram (after a Gaussian blur) of the target style for other-style outputs, and
          random-net texture statistics (each style's running mean over its outputs pulled to the style's
          mean); optional cycle.
+  relative  residual, also told the input's own style: it applies the change towards the target minus
+         the change towards the source, so the own style returns the image exactly (no reconstruction
+         term to hold the style back). --evaluate uses the test images' labels as sources, and scores
+         relative_predicted_source too: the source the discriminator predicts, as --image does.
   naive  the earlier attempt: a learned image-sized style image concatenated to the input channels,
          MSE to the content + MSE to the style image (its style images collapse to one grey-beige).
 
@@ -38,9 +42,10 @@ Writes to out_dir: <mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,embe
 judge.pt, evaluation.json.
 
 Your own images (--image PATH...: files, or the files directly inside a folder) with the trained
-out_dir/residual/model.pt: decoded like the training images (EXIF orientation and colour profile
-applied, squashed to the model's size) and rendered in --style NAME (or all: one strip per image with
-the input and every style; the default) or --mix NAME:w ... (a weighted mixture of style embeddings).
+out_dir/residual/model.pt (out_dir/relative/model.pt when mode is relative): decoded like the training
+images (EXIF orientation and colour profile applied, squashed to the model's size) and rendered in
+--style NAME (or all: one strip per image with the input and every style; the default) or --mix
+NAME:w ... (a weighted mixture of style embeddings).
 --strength A interpolates the embedding from the image's own style (A=0: its own-style reconstruction)
 to the target (A=1, the default); the own style is the one the jointly trained discriminator's style
 head predicts (printed and saved). --keep-colour keeps the input's colours and takes the style's
@@ -92,7 +97,7 @@ def train_signature(cfg, mode):
     # "generator": the layout of the networks; bumped when their layers change, so an older model.pt is retrained
     return {"data": [cfg["train_dir"], cfg["image_size"], cfg["seed"], cfg["val_fraction"]], "mode": mode,
             "generator": 3, "style_transfer": {k: st[k] for k in keys},
-            "autoencoder": [path, os.path.exists(path) and os.path.getmtime(path)] if mode == "residual" else None}
+            "autoencoder": [path, os.path.exists(path) and os.path.getmtime(path)] if mode != "naive" else None}
 
 
 def load_encoder(cfg, device):
@@ -123,7 +128,8 @@ def build(cfg, mode, C, init, device):
     torch.manual_seed(cfg["seed"])
     if mode == "naive":
         return wikiart.NaiveStyleNet(C, cfg["image_size"], init, st["naive_width"]).to(device), None
-    G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(init), st["width"], st["res_blocks"], st["style_dim"])
+    G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(init), st["width"], st["res_blocks"], st["style_dim"],
+                                       relative=mode == "relative")
     return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"], blur=st["d_blur"]).to(device)
 
 
@@ -152,13 +158,13 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     """One discriminator step and one generator step on a batch; returns the losses."""
     device = x.device
     t = torch.randint(split.C, y.shape, generator=g).to(device)  # uniform targets: rare styles as often
-    same = torch.rand(y.shape, generator=g).to(device) < st["same_style_fraction"]
+    same = torch.rand(y.shape, generator=g).to(device) < (0 if G.relative else st["same_style_fraction"])
     t = torch.where(same, y, t)
     # one random training image of each target style (a style without training images: any image)
     idx = [split.by_style[s][int(torch.randint(len(split.by_style[s]), (1,), generator=g))] if len(split.by_style[s])
            else split.train_idx[int(torch.randint(len(split.train_idx), (1,), generator=g))] for s in t.tolist()]
     real = wikiart.to_float(split.data.images[np.asarray(idx)], device)
-    fake = G(x, t)
+    fake = G(x, t, y)  # (y, the sources, is read by a relative generator only)
     # discriminator: real paintings of the target styles are real (and classified), fakes are fake
     rf_both, cls_both, maps_both = D(torch.cat([real, fake.detach()]))  # one pass for both halves
     n = len(real)
@@ -173,7 +179,7 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
               "g_rec": (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0,
               "g_structure": (coarse_structure(fake) - coarse_structure(x)).abs().mean()}
     if st["w_cycle"] > 0:
-        losses["g_cycle"] = (G(fake, y) - x).abs().mean()
+        losses["g_cycle"] = (G(fake, y, t) - x).abs().mean()
     other = ~same  # the own style is the reconstruction's business: absolute colour targets for the others only
     if st["w_colour"] > 0 and other.any():  # L1 between each output's colour histogram and its target style's mean
         hist = wikiart.soft_colour_histogram(fake[other], sigma=st["colour_sigma"])
@@ -203,23 +209,23 @@ def validate(G, D, split, seed, device):
     g = torch.Generator().manual_seed(seed)
     rec, hit, n = 0.0, 0, 0
     for x, y in wikiart.iterate_batches(split.data.images, split.data.labels, split.val_idx, 64, device):
-        rec += (G(x, y) - x).abs().mean().item() * len(y)
+        rec += (G(x, y, y) - x).abs().mean().item() * len(y)
         if D is not None:
             t = torch.randint(split.C, y.shape, generator=g).to(device)
-            hit += (D(G(x, t))[1].argmax(1) == t).sum().item()
+            hit += (D(G(x, t, y))[1].argmax(1) == t).sum().item()
         n += len(y)
     G.train()
     return {"val_rec_l1": rec / max(n, 1)} | ({"val_fake_style_acc": hit / max(n, 1)} if D is not None else {})
 
 
 def train(cfg, mode, split, device, resume, argv):
-    """Train one mode (or resume it); returns the trained model in eval mode."""
+    """Train one mode (or resume it); returns the trained generator and discriminator (or None), in eval mode."""
     st = cfg["style_transfer"]
     mdir = os.path.join(st["out_dir"], mode)
     G, D = build(cfg, mode, split.C, initial_values(cfg, mode, split, device), device)
-    epochs = st["epochs"] if mode == "residual" else st["naive_epochs"]
+    epochs = st["naive_epochs"] if mode == "naive" else st["epochs"]
     betas = (0.5, 0.999)  # the usual GAN setting: less momentum, steadier two-player updates
-    opt_g = torch.optim.Adam(G.parameters(), lr=st["lr"] if mode == "residual" else st["naive_lr"], betas=betas)
+    opt_g = torch.optim.Adam(G.parameters(), lr=st["naive_lr"] if mode == "naive" else st["lr"], betas=betas)
     objects, refs = {"model": G, "opt_g": opt_g}, None
     if D is not None:  # the style statistics the colour and texture terms pull towards, from training images
         texture_net = metrics.random_texture_net(cfg["seed"] + 1000).to(device)  # the evaluation's net has seed 0
@@ -254,8 +260,8 @@ def train(cfg, mode, split, device, resume, argv):
             for i in bar:
                 idx = np.sort(order[i * bs:(i + 1) * bs])
                 x, y = wikiart.to_float(split.data.images[idx], device), split.data.labels[idx].to(device)
-                logs = (train_step(G, D, opt_g, objects["opt_d"], x, y, g, split, refs, st) if mode == "residual"
-                        else train_step_naive(G, opt_g, x, y, g, split.C))
+                logs = (train_step_naive(G, opt_g, x, y, g, split.C) if mode == "naive"
+                        else train_step(G, D, opt_g, objects["opt_d"], x, y, g, split, refs, st))
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.set_postfix({k: f"{v:.3f}" for k, v in list(logs.items())[:3]})
@@ -270,7 +276,7 @@ def train(cfg, mode, split, device, resume, argv):
                       "mode": mode, "config": cfg, "signature": train_signature(cfg, mode),
                       "class_to_idx": split.data.class_to_idx, "history": progress.history},
                      os.path.join(mdir, "model.pt"))
-    return G.eval()
+    return G.eval(), D.eval() if D is not None else None
 
 
 def train_or_load(cfg, mode, split, device, reuse, resume, argv):
@@ -280,17 +286,23 @@ def train_or_load(cfg, mode, split, device, reuse, resume, argv):
         ckpt = runs.load_checkpoint(path, "a style_transfer.py model", needs=("model", "signature"))
         if ckpt["signature"] == train_signature(cfg, mode):
             print(f"{mode}: reusing {path} (same training settings)")
-            return load_model(path, device)[0]
+            return load_model(path, device)[:2]
     return train(cfg, mode, split, device, resume, argv)
 
 
+def predicted_source(G, D):
+    """G told the source style its discriminator's style head predicts (for images without a label)."""
+    return lambda x, styles, sources=None: G(x, styles, D(x)[1].argmax(1))
+
+
 @torch.no_grad()
-def transfer(G, images_u8, styles, device, batch_size=128):
-    """Outputs (uint8) of the generator for images_u8[i] rendered in styles[i]."""
+def transfer(G, images_u8, styles, sources, device, batch_size=128):
+    """Outputs (uint8) of the generator for images_u8[i] (of style sources[i]) rendered in styles[i]."""
     outs = []
     for i in range(0, len(styles), batch_size):
         x = wikiart.to_float(images_u8[i:i + batch_size], device)
-        outs.append(wikiart.to_uint8(G(x, torch.as_tensor(styles[i:i + batch_size], device=device))))
+        t, s = (torch.as_tensor(v[i:i + batch_size], device=device) for v in (styles, sources))
+        outs.append(wikiart.to_uint8(G(x, t, s)))
     S = images_u8.shape[1]
     return np.concatenate(outs) if outs else np.zeros((0, S, S, 3), np.uint8)
 
@@ -311,7 +323,8 @@ def plot_grid(G, mode, test, rows, path, seed, device):
     """Test images (rows) x target styles (columns); the source column first; red frame = own style."""
     idx = pick_test_images(test, rows, seed)
     src = np.asarray(test.images[idx])
-    columns = [transfer(G, src, np.full(len(idx), s), device) for s in range(len(test.classes))]
+    src_y = test.labels[idx].numpy()
+    columns = [transfer(G, src, np.full(len(idx), s), src_y, device) for s in range(len(test.classes))]
     plots.plot_transfer_grid(src, columns, test.labels[idx].tolist(), test.classes, path,
                              f"{mode}: test image (left, true style at the row start) rendered in each style; "
                              "red frame = its own style")
@@ -327,7 +340,8 @@ def plot_embeddings(G, mode, classes, S, path, device):
         protos = wikiart.to_uint8(G.style_image(torch.arange(C, device=device)))
     else:
         weights, initial = G.embedder.embedding.weight.detach().cpu(), G.embedder.initial.cpu()
-        protos = wikiart.to_uint8(G(torch.zeros(C, 3, S, S, device=device), torch.arange(C, device=device)))
+        neutral = torch.full((C, C), 1 / C, device=device)  # relative: grey taken as the average of all styles
+        protos = wikiart.to_uint8(G(torch.zeros(C, 3, S, S, device=device), torch.arange(C, device=device), neutral))
     plots.plot_style_embeddings(weights, initial, protos, classes, path, mode,
                                 "its learned style image" if mode == "naive" else "generator output for a flat grey input")
 
@@ -409,7 +423,7 @@ def evaluate(cfg, seed_models, split, test, device):
     per_seed = []
     for seed, models in seed_models:
         results = dict(fixed, seed=seed)
-        methods = {name: transfer(G, inputs, pt, device) for name, G in models.items()} | baselines
+        methods = {name: transfer(G, inputs, pt, src_y[pi], device) for name, G in models.items()} | baselines
         for name, outputs in methods.items():
             r = {"robust_hit_rate": float((judge_of(metrics.robust_transform(outputs)) == pt).mean()),
                  "raw_hit_rate": float((judge_of(outputs) == pt).mean())}
@@ -419,7 +433,8 @@ def evaluate(cfg, seed_models, split, test, device):
                 r[f"{k}_gap_closed"] = metrics.gap_closed(d_in[k], dist(k, f(outputs), lambda s: pt == s), d_real[k])
             r["ssim"] = float(metrics.ssim(outputs, inputs).mean())
             r |= {f"{k}_ratio": v for k, v in metrics.artefact_ratio(outputs, pt, test_u8, test_y).items()}
-            r["own_style_psnr"] = metrics.own_style_psnr(models[name], test_u8, test_y, device) if name in models else None
+            r["own_style_psnr"] = (metrics.own_style_psnr(lambda x, y: models[name](x, y, y), test_u8, test_y, device)
+                                   if name in models else None)
             results[name] = r
         per_seed.append(results)
     names = [k for k, v in per_seed[0].items() if isinstance(v, dict)]
@@ -481,8 +496,9 @@ def targets_of(args, classes):
 
 @torch.no_grad()
 def stylise(cfg, args, argv, device):
-    """Render --image files in a style with out_dir/residual/model.pt (see the module docstring)."""
-    path = os.path.join(cfg["style_transfer"]["out_dir"], "residual", "model.pt")
+    """Render --image files in a style with out_dir/<residual or relative>/model.pt (see the module docstring)."""
+    mode = "relative" if cfg["style_transfer"]["mode"] == "relative" else "residual"
+    path = os.path.join(cfg["style_transfer"]["out_dir"], mode, "model.pt")
     if not os.path.exists(path):
         raise config.UserError(f"no trained style-transfer model at {path}: train one first: "
                                + runs.config_command("style_transfer.py", argv))
@@ -505,8 +521,9 @@ def stylise(cfg, args, argv, device):
                 if args.max_side and len(targets) == 1 else None)  # a strip of every style is at the model's size
         tiles, outputs = [images[i]], []
         for label, w in targets:  # strength a: (1 - a) own style + a target, as embedding weights
-            weights = ((1 - a) * F.one_hot(own[i], C).float() + a * w)[None].to(device)
-            small = G(x[i:i + 1], weights)
+            source = F.one_hot(own[i], C).float()[None].to(device)
+            weights = (1 - a) * source + a * w[None].to(device)
+            small = G(x[i:i + 1], weights, source)
             small = keep_colour(small, x[i:i + 1]) if args.keep_colour else small
             tiles.append(wikiart.to_uint8(small)[0])
             if len(targets) > 1:
@@ -514,7 +531,7 @@ def stylise(cfg, args, argv, device):
             files = [f"{stem}_{label}_{S}px.png"]
             runs.save_png(tiles[-1], os.path.join(results_dir, files[0]))
             if full is not None:
-                big = G.render_full(x[i:i + 1], full, weights)
+                big = G.render_full(x[i:i + 1], full, weights, source)
                 big = keep_colour(big, full) if args.keep_colour else big
                 files.append(f"{stem}_{label}.png")
                 runs.save_png(wikiart.to_uint8(big)[0], os.path.join(results_dir, files[-1]))
@@ -562,7 +579,7 @@ def main(argv=None):
 
     modes = [st["mode"]] + (["naive"] if args.evaluate and st["eval_naive"] and st["mode"] != "naive" else [])
     ae_path = st["autoencoder_path"]
-    if "residual" in modes and not os.path.exists(ae_path):
+    if set(modes) - {"naive"} and not os.path.exists(ae_path):
         raise config.UserError(
             f"no autoencoder checkpoint at {ae_path}: style transfer initialises its style embeddings from the "
             "Part-2 encoder; train it first: "
@@ -587,16 +604,18 @@ def main(argv=None):
         if k:
             run_cfg["style_transfer"]["out_dir"] = os.path.join(st["out_dir"], f"seed{run_cfg['seed']}")
             runs.restart_time_cap()
-        models = {}
+        models, discriminators = {}, {}
         for mode in modes:  # --resume continues each mode that has a last.pt (--evaluate: one interrupted)
             t_start = time.time()
-            models[mode] = train_or_load(run_cfg, mode, split, device, reuse=args.evaluate, resume=args.resume,
-                                         argv=argv)
+            models[mode], discriminators[mode] = train_or_load(run_cfg, mode, split, device, reuse=args.evaluate,
+                                                               resume=args.resume, argv=argv)
             mdir = os.path.join(run_cfg["style_transfer"]["out_dir"], mode)
             plot_grid(models[mode], mode, test, st["grid_rows"], os.path.join(mdir, "grid.png"), cfg["seed"], device)
             plot_embeddings(models[mode], mode, split.classes, cfg["image_size"], os.path.join(mdir, "embeddings.png"),
                             device)
             print(f"{mode} (seed {run_cfg['seed']}): {mdir}/grid.png, embeddings.png ({time.time() - t_start:.0f} s)")
+        if args.evaluate and "relative" in models:  # what an image without a label gets: scored too
+            models["relative_predicted_source"] = predicted_source(models["relative"], discriminators["relative"])
         seed_models.append((run_cfg["seed"], models))
     if args.evaluate:
         evaluate(cfg, seed_models, split, test, device)

@@ -132,6 +132,8 @@ ST_COLUMNS = {  # evaluation.json key: column title; keys not listed here still 
 def st_cell(key, value, std=None):
     if not isinstance(value, (int, float)):
         return "–"
+    if key == "own_style_psnr" and value >= 119.9:  # metrics.psnr's cap: zero error, the image given back exactly
+        return "exact"
     f = (lambda v: f"{100 * v:.1f}") if key.endswith(("_rate", "_closed")) else (lambda v: f"{v:.3f}")
     return f(value) + (f" ± {f(std)}" if isinstance(std, (int, float)) else "")
 
@@ -166,12 +168,13 @@ def style_transfer_table(entries):
             facts.append(f"the Part-2 autoencoder's PSNR on the same test images {g('autoencoder_psnr'):.2f} dB")
         if "seeds" in ev:
             facts.append(f"mean ± std over seeds {ev['seeds']}")
-        log = e["outputs"].get("residual/train_log.json")
+        mode = "relative" if "relative" in methods else "residual"
+        log = e["outputs"].get(f"{mode}/train_log.json")
         if log is not None:
-            facts.append(f"residual epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
+            facts.append(f"{mode} epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
                          f"{setting(e, 'style_transfer.steps_per_epoch')} steps each")
         grids = [f"![{name}: test images (rows) in every style (columns)]({p})" for p in e.get("pictures", [])
-                 if os.path.basename(p).startswith("residual_grid")]  # the picture is the result: shown, not only linked
+                 if os.path.basename(p).startswith(f"{mode}_grid")]  # the picture is the result: shown, not only linked
         parts.append(f"`{name}` ({setting(e, 'image_size')} px): " + "; ".join(facts) + ".\n\n"
                      + style_transfer_methods(means, stds, code=True) + "".join(f"\n\n{g}" for g in grids))
     return "\n\n".join(parts)

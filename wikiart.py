@@ -913,11 +913,14 @@ class ResidualStyleGenerator(nn.Module):
     is modulated by the style through AdaIN. Both heads start at zero: an untrained generator returns
     its input exactly. The style vector s is an MLP of the style embedding and the input's per-channel
     mean and std (what is to be recoloured). The coarse maps (`coarse`) can be upsampled to any size:
-    render_full() applies them to the full-resolution image."""
+    render_full() applies them to the full-resolution image.
+    relative=True: the generator is also told the input's own style (`sources`) and applies the change
+    towards the target minus the change towards the source, so the own style returns the image exactly
+    and no loss has to hold own-style outputs back."""
 
-    def __init__(self, embedder, width=32, res_blocks=2, style_dim=64):
+    def __init__(self, embedder, width=32, res_blocks=2, style_dim=64, relative=False):
         super().__init__()
-        self.embedder, w = embedder, width
+        self.embedder, self.relative, w = embedder, relative, width
         self.mapping = nn.Sequential(nn.Linear(embedder.dim + 6, style_dim), nn.ReLU(),
                                      nn.Linear(style_dim, style_dim), nn.ReLU())
         conv = lambda cin, cout: nn.Conv2d(cin, cout, 3, 1, 1, padding_mode="reflect")
@@ -937,21 +940,33 @@ class ResidualStyleGenerator(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
-    def coarse(self, x, styles):
-        """(colour-change coefficients (B, 12, H/8, W/8), detail residual (B, 3, H, W))."""
-        stats = torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
-        s = self.mapping(torch.cat([self.embedder(styles), stats], 1))
+    def coarse(self, x, styles, sources=None):
+        """(colour-change coefficients (B, 12, H/8, W/8), detail residual (B, 3, H, W)). styles, sources:
+        indices (B,) or weights (B, num_styles); sources are needed (and only read) when relative."""
+        e = self.embedder(styles)
+        if self.relative:  # both changes in one pass: the encoder once, the style-driven part on 2B
+            if sources is None:
+                raise ValueError("a relative generator needs the inputs' own styles (sources)")
+            e = torch.cat([e, self.embedder(sources)])
+        n = len(e) // len(x)
+        stats = torch.cat([x.mean((2, 3)), x.std((2, 3))], 1).repeat(n, 1)
+        s = self.mapping(torch.cat([e, stats], 1))
         skips, h = [], x
         for stage in self.enc:
             h = stage(h)
-            skips.append(h)
+            skips.append(h.repeat(n, 1, 1, 1))
+        h = skips[-1]
         for block in self.blocks:
             h = block(h, s)
         coeffs = self.to_coeffs(h)
         for conv, norm, skip in zip(self.dec, self.dec_norm, reversed(skips[:-1])):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = F.leaky_relu(norm(conv(torch.cat([h, skip], 1)), s), 0.2)
-        return coeffs, self.to_detail(h)
+        detail = self.to_detail(h)
+        if self.relative:  # towards the target minus towards the source: zero when they are the same style
+            (c_t, c_s), (d_t, d_s) = coeffs.chunk(2), detail.chunk(2)
+            coeffs, detail = c_t - c_s, d_t - d_s
+        return coeffs, detail
 
     @staticmethod
     def apply(x, coeffs, detail):
@@ -962,12 +977,12 @@ class ResidualStyleGenerator(nn.Module):
             detail = F.interpolate(detail, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return (x + (a[:, :, :3] * x[:, None]).sum(2) + a[:, :, 3] + detail).clamp(-1, 1)  # (I + dA) x + db + r
 
-    def forward(self, x, styles):
-        return self.apply(x, *self.coarse(x, styles))
+    def forward(self, x, styles, sources=None):
+        return self.apply(x, *self.coarse(x, styles, sources))
 
-    def render_full(self, x_small, x_full, styles):
+    def render_full(self, x_small, x_full, styles, sources=None):
         """The style of G(x_small) applied to x_full (the same image at its own size and aspect)."""
-        return self.apply(x_full, *self.coarse(x_small, styles))
+        return self.apply(x_full, *self.coarse(x_small, styles, sources))
 
 
 class StyleDiscriminator(nn.Module):
@@ -1020,7 +1035,7 @@ class NaiveStyleNet(nn.Module):
         v = styles.to(w.dtype) @ w if styles.is_floating_point() else self.style_images(styles)  # weights: a mix
         return v.view(-1, 3, self.image_size, self.image_size)
 
-    def forward(self, x, styles):
+    def forward(self, x, styles, sources=None):  # sources: unused (the residual generator's signature)
         return self.net(torch.cat([x, self.style_image(styles)], 1))
 
 

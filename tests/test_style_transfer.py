@@ -12,6 +12,7 @@ from PIL import Image
 
 import metrics
 import style_transfer
+import tables
 import wikiart
 from conftest import run_main
 
@@ -49,6 +50,26 @@ def test_untrained_generator_returns_its_input_and_trained_heads_follow_the_styl
     assert torch.allclose(G.render_full(x, x, torch.tensor([1, 1, 1])), a, atol=1e-6)
     big = torch.nn.functional.interpolate(x, size=(80, 48), mode="bilinear", align_corners=False)
     assert G.render_full(x, big, torch.tensor([1, 1, 1])).shape == (3, 3, 80, 48)
+
+
+@torch.no_grad()
+def test_relative_generator_returns_the_image_exactly_in_its_own_style_however_trained():
+    torch.manual_seed(0)
+    G = wake(wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(torch.randn(5, 10)), width=16, res_blocks=1,
+                                            style_dim=16, relative=True)).eval()
+    torch.nn.init.normal_(G.to_coeffs.bias, std=0.05)  # a bias too: it must cancel, not be zero
+    x = torch.rand(4, 3, 32, 32) * 1.8 - 0.9
+    own, other = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 4, 0, 1])
+    assert torch.equal(G(x, own, own), x), "target = source: exactly the input"
+    assert (G(x, other, own) - x).abs().mean() > 1e-3, "another target changes it"
+    # and with weights (--strength 0: the mixture is all source), at another size too
+    w = torch.nn.functional.one_hot(own, 5).float()
+    assert torch.equal(G(x, w, w), x) and torch.equal(G.render_full(x, x * 0.5, w, own), x * 0.5)
+    with pytest.raises(ValueError, match="sources"):
+        G(x, other)
+    # the plain residual generator ignores sources: same output with or without them
+    plain = wake(tiny_generator())
+    assert torch.equal(plain(x[:3], other[:3]), plain(x[:3], other[:3], own[:3]))
 
 
 def test_blur_has_no_response_at_the_two_pixel_period():
@@ -160,6 +181,32 @@ def test_seeds_train_one_generator_each_and_report_mean_and_std(style_transfer_r
         assert ev["residual"]["mean"][key] == pytest.approx(np.mean(values))
         assert ev["residual"]["std"][key] == pytest.approx(np.std(values, ddof=1))
     assert ev["runs"][0]["residual"] != ev["runs"][1]["residual"], "two seeds, two generators"
+
+
+@pytest.mark.slow  # trains a tiny relative generator
+def test_relative_mode_returns_the_own_style_exactly_and_is_scored_with_a_predicted_source_too(style_transfer_run,
+                                                                                               sample_root, tmp_path):
+    out = tmp_path / "st"
+    shutil.copytree(style_transfer_run.out, out)  # its judge.pt is reused: the judge keys are unchanged
+    args = [a.replace(f"style_transfer.out_dir={style_transfer_run.out}", f"style_transfer.out_dir={out}")
+            for a in style_transfer_run.args] + ["style_transfer.mode=relative", "style_transfer.eval_naive=false",
+                                                 "style_transfer.epochs=1", "style_transfer.steps_per_epoch=10"]
+    run_main("style_transfer.py", *args)
+    ev = json.load(open(out / "evaluation.json"))
+    assert ev["relative"]["own_style_psnr"] >= 100, "told the source, the own style is the identity"
+    assert ev["relative"]["ssim"] < 1 and 0 <= ev["relative_predicted_source"]["robust_hit_rate"] <= 1
+    assert ev["relative_predicted_source"]["own_style_psnr"] < ev["relative"]["own_style_psnr"]
+    row = tables.style_transfer_methods({"relative": ev["relative"]}).splitlines()[-1]
+    assert row.endswith("| exact |"), row
+    # --image: strength 0 gives the image back exactly (the source is the discriminator's prediction)
+    folder = os.path.join(sample_root, "test", sorted(os.listdir(os.path.join(sample_root, "test")))[2])
+    run_main("style_transfer.py", "--image", folder, "--style", "Cubism", "--strength", "0", "--max-side", "0",
+             "--out", "zero", *[a for a in args if a != "--evaluate"])
+    report = json.load(open(out / "zero" / "stylised.json"))
+    assert report["checkpoint"].endswith(os.path.join("relative", "model.pt"))
+    for item in report["images"]:
+        original = wikiart.load_image_inputs([item["path"]], 32)[0][0]
+        assert np.array_equal(np.asarray(Image.open(out / "zero" / item["outputs"][0])), original)
 
 
 def use_args(run):
