@@ -954,7 +954,7 @@ class ResidualStyleGenerator(nn.Module):
         skips, h = [], x
         for stage in self.enc:
             h = stage(h)
-            skips.append(h.repeat(n, 1, 1, 1))
+            skips.append(h.repeat(n, 1, 1, 1) if n > 1 else h)  # relative: the same maps for both halves
         h = skips[-1]
         for block in self.blocks:
             h = block(h, s)
