@@ -96,7 +96,7 @@ def train_signature(cfg, mode):
     path = st["autoencoder_path"]
     # "generator": the layout of the networks; bumped when their layers change, so an older model.pt is retrained
     return {"data": [cfg["train_dir"], cfg["image_size"], cfg["seed"], cfg["val_fraction"]], "mode": mode,
-            "generator": 3, "style_transfer": {k: st[k] for k in keys},
+            "generator": 4, "style_transfer": {k: st[k] for k in keys},
             "autoencoder": [path, os.path.exists(path) and os.path.getmtime(path)] if mode != "naive" else None}
 
 
@@ -164,7 +164,11 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     idx = [split.by_style[s][int(torch.randint(len(split.by_style[s]), (1,), generator=g))] if len(split.by_style[s])
            else split.train_idx[int(torch.randint(len(split.train_idx), (1,), generator=g))] for s in t.tolist()]
     real = wikiart.to_float(split.data.images[np.asarray(idx)], device)
-    fake = G(x, t, y)  # (y, the sources, is read by a relative generator only)
+    if G.relative:  # anchor: the image rendered in its own style by the change towards the source alone is the image
+        (c_t, d_t), (c_s, d_s) = G.coarse(x, t, y, halves=True)
+        fake, anchored = G.apply(x, c_t - c_s, d_t - d_s), G.apply(x, c_s, d_s)
+    else:
+        fake = G(x, t)
     # discriminator: real paintings of the target styles are real (and classified), fakes are fake
     rf_both, cls_both, maps_both = D(torch.cat([real, fake.detach()]))  # one pass for both halves
     n = len(real)
@@ -176,7 +180,8 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     rf, cls, maps = D(fake)
     losses = {"g_adv": F.softplus(-rf).mean(), "g_cls": F.cross_entropy(cls, t),
               "g_stats": wikiart.feature_stats_loss(maps, [m[:n].detach() for m in maps_both]),
-              "g_rec": (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0,
+              "g_rec": ((anchored - x).abs().mean() if G.relative else
+                        (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0),
               "g_structure": (coarse_structure(fake) - coarse_structure(x)).abs().mean()}
     if st["w_cycle"] > 0:
         losses["g_cycle"] = (G(fake, y, t) - x).abs().mean()

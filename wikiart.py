@@ -916,7 +916,8 @@ class ResidualStyleGenerator(nn.Module):
     render_full() applies them to the full-resolution image.
     relative=True: the generator is also told the input's own style (`sources`) and applies the change
     towards the target minus the change towards the source, so the own style returns the image exactly
-    and no loss has to hold own-style outputs back."""
+    and no loss has to hold own-style outputs back. Training anchors the change towards the source at
+    zero (coarse(halves=True)), or the two halves grow large together and their difference streaks."""
 
     def __init__(self, embedder, width=32, res_blocks=2, style_dim=64, relative=False):
         super().__init__()
@@ -940,9 +941,10 @@ class ResidualStyleGenerator(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
-    def coarse(self, x, styles, sources=None):
+    def coarse(self, x, styles, sources=None, halves=False):
         """(colour-change coefficients (B, 12, H/8, W/8), detail residual (B, 3, H, W)). styles, sources:
-        indices (B,) or weights (B, num_styles); sources are needed (and only read) when relative."""
+        indices (B,) or weights (B, num_styles); sources are needed (and only read) when relative.
+        halves=True (relative): ((coeffs, detail) towards the target, (coeffs, detail) towards the source)."""
         e = self.embedder(styles)
         if self.relative:  # both changes in one pass: the encoder once, the style-driven part on 2B
             if sources is None:
@@ -965,6 +967,8 @@ class ResidualStyleGenerator(nn.Module):
         detail = self.to_detail(h)
         if self.relative:  # towards the target minus towards the source: zero when they are the same style
             (c_t, c_s), (d_t, d_s) = coeffs.chunk(2), detail.chunk(2)
+            if halves:
+                return (c_t, d_t), (c_s, d_s)
             coeffs, detail = c_t - c_s, d_t - d_s
         return coeffs, detail
 
