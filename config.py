@@ -91,9 +91,8 @@ SCHEMA = {
         "tsne_points": (2000, "images in the t-SNE subsample", ">0"),
     },
     "style_transfer": {  # Part 3: style_transfer.py
-        "mode": ("residual", "what a plain run trains: residual (working), relative (residual, also told the "
-                 "input's own style: the own style returns the image exactly) or naive (the earlier approach)",
-                 ("residual", "relative", "naive")),
+        "mode": ("residual", "what a plain run trains: residual (working) or naive (the earlier approach)",
+                 ("residual", "naive")),
         "out_dir": ("out/style_transfer", "models, figures, judge.pt, evaluation.json, stylised images"),
         "autoencoder_path": ("out/autoencoder/best.pt", "Part-2 checkpoint: its per-style mean codes initialise "
                              "the style embeddings (the generator itself has no encoder)"),
@@ -109,8 +108,7 @@ SCHEMA = {
         "batch_size": (16, "images per step", ">0"),
         "lr": (0.0005, "generator Adam learning rate", ">0"),
         "d_lr": (0.0005, "discriminator Adam learning rate", ">0"),
-        "same_style_fraction": (0.25, "fraction of training targets equal to the source style (relative: 0, "
-                                "its own style is exact)", "0..1"),
+        "same_style_fraction": (0.25, "fraction of training targets equal to the source style", "0..1"),
         "w_adv": (1.0, "loss weight: adversarial", ">=0"),
         "w_cls": (3.0, "loss weight: style classification of the outputs (and of real paintings for D)", ">=0"),
         "w_stats": (10.0, "loss weight: discriminator feature statistics vs a real painting of the target style",

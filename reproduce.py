@@ -92,11 +92,10 @@ def autoencoder(name, features=FEATURES):
                                                                  for f in features[1:2])])
 
 
-def style_transfer(name, seeds=1, mode="residual"):
-    grids = [mode, "naive"] if mode == "residual" else [mode]  # residual recipes train naive beside it
+def style_transfer(name, seeds=1):
     return recipe("style_transfer", [f"style_transfer.py --evaluate --seeds {seeds} -c configs/{name}.json"],
-                  [f"out/{name}/evaluation.json"], also=[f"out/{name}/{mode}/train_log.json"],
-                  pictures=[f"out/{name}/{m}/grid.png" for m in grids])
+                  [f"out/{name}/evaluation.json"], also=[f"out/{name}/residual/train_log.json"],
+                  pictures=[f"out/{name}/{f}.png" for f in ("residual/grid", "residual/grid_told_source", "naive/grid")])
 
 
 def text_to_image(name):
@@ -135,7 +134,7 @@ RECIPES = {
     "autoencoder_w16_128": autoencoder("autoencoder_w16_128"),
     "autoencoder_w16_64": autoencoder("autoencoder_w16_64", features=()),
     "style_transfer_w16_64": style_transfer("style_transfer_w16_64", seeds=3),
-    "style_transfer_w16_64_relative": style_transfer("style_transfer_w16_64_relative", seeds=3, mode="relative"),
+    "style_transfer_w16_64_colour16": style_transfer("style_transfer_w16_64_colour16", seeds=3),
     "style_transfer_w16_128": style_transfer("style_transfer_w16_128", seeds=3),
     "bench_416": bench("bench_416"),
     "text_to_image_scratch_w16": text_to_image("text_to_image_scratch_w16"),
@@ -155,7 +154,7 @@ RECIPES = {
 CPU = ["autoencoder_w16_128", "style_transfer_w16_128",  # longest first (two recipes run at once): the
        "text_to_image_scratch_w16", "imbalance_w16_64",   # last to start are short, so both slots end together
        "classifier_w16_64", "classifier_w16_64_base", "classifier_w16_64_bonusA", "imbalance_w16_64_seeds",
-       "text_to_image_sample", "autoencoder_w16_64", "style_transfer_w16_64", "style_transfer_w16_64_relative",
+       "text_to_image_sample", "autoencoder_w16_64", "style_transfer_w16_64", "style_transfer_w16_64_colour16",
        "demo_sample", "bench_416"]
 PROFILES = {
     # configs: overlaid on every config-driven step (after its own -c); set: --set items for each of them;

@@ -9,6 +9,7 @@
     python style_transfer.py --image photo.jpg --style Cubism        # your own images, with the trained model
     python style_transfer.py --image photos/ --style all             # one strip per image: every style
     python style_transfer.py --image photo.jpg --mix Cubism:0.7 Ukiyo_e:0.3 --strength 0.5 --keep-colour
+    python style_transfer.py --image monet.jpg --source Impressionism --style Cubism   # own style known
 
 Modes (config "style_transfer.mode"):
   residual  an image-to-image generator built so that the own style is (nearly) the identity
@@ -20,11 +21,9 @@ Modes (config "style_transfer.mode"):
          of the target style, reconstruction when the target is the source style, coarse layout kept,
          the colour histogram (after a Gaussian blur) of the target style for other-style outputs, and
          random-net texture statistics (each style's running mean over its outputs pulled to the style's
-         mean); optional cycle.
-  relative  residual, also told the input's own style: it applies the change towards the target minus
-         the change towards the source, so the own style returns the image exactly (no reconstruction
-         term to hold the style back). --evaluate uses the test images' labels as sources, and scores
-         relative_predicted_source too: the source the discriminator predicts, as --image does.
+         mean); optional cycle. Told the input's own style (the test labels in --evaluate's
+         residual_told_source row, --source for your images), the generator subtracts the change it
+         would make towards that style: the own style returns the image exactly.
   naive  the earlier attempt: a learned image-sized style image concatenated to the input channels,
          MSE to the content + MSE to the style image (its style images collapse to one grey-beige).
 
@@ -35,19 +34,19 @@ colour_stats: each image's channel means and stds moved to its target style's av
 hit rate (and as a fraction of the judge's matched ceiling: its per-style recall on real test images
 weighted like the outputs' targets), style gap closed (texture, colour), SSIM to the input, artefact
 ratio (2/4-px-period peaks and border strip relative to real paintings of the target style; 1 = as
-real paintings), own-style PSNR on every test image (beside the Part-2 autoencoder's). --seeds N:
-generator seeds seed..seed+N-1 (seed in out_dir, the others in out_dir/seed<k>/), one judge;
-evaluation.json holds every seed's numbers and their mean and std.
-Writes to out_dir: <mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,embeddings.png},
-judge.pt, evaluation.json.
+real paintings), own-style PSNR on every test image (beside the Part-2 autoencoder's; "exact" when the
+image comes back unchanged). --seeds N: generator seeds seed..seed+N-1 (seed in out_dir, the others in
+out_dir/seed<k>/), one judge; evaluation.json holds every seed's numbers and their mean and std.
+Writes to out_dir: <mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,embeddings.png}
+(residual: grid_told_source.png too), judge.pt, evaluation.json.
 
 Your own images (--image PATH...: files, or the files directly inside a folder) with the trained
-out_dir/residual/model.pt (out_dir/relative/model.pt when mode is relative): decoded like the training
-images (EXIF orientation and colour profile applied, squashed to the model's size) and rendered in
---style NAME (or all: one strip per image with the input and every style; the default) or --mix
-NAME:w ... (a weighted mixture of style embeddings).
+out_dir/residual/model.pt: decoded like the training images (EXIF orientation and colour profile
+applied, squashed to the model's size) and rendered in --style NAME (or all: one strip per image with
+the input and every style; the default) or --mix NAME:w ... (a weighted mixture of style embeddings).
 --strength A interpolates the embedding from the image's own style (A=0: its own-style reconstruction)
-to the target (A=1, the default); the own style is the one the jointly trained discriminator's style
+to the target (A=1, the default); the own style is --source NAME if given (then the change towards it
+is subtracted: A=0 returns the image exactly), else the one the jointly trained discriminator's style
 head predicts (printed and saved). --keep-colour keeps the input's colours and takes the style's
 luminance (Gatys et al. 2016, luminance-only transfer). One style (or mix): each output is saved at the
 model's size and (unless --max-side 0) at the input's own aspect ratio and resolution, its longer side
@@ -77,6 +76,7 @@ import tables
 import wikiart
 
 # what a trained model depends on: a saved model is reused by --evaluate only if these are unchanged
+TOLD = "_told_source"  # an evaluated method name ending so: the generator is told the test images' true styles
 NOT_TRAINING_KEYS = ("mode", "out_dir", "eval_images", "grid_rows", "judge_width", "judge_epochs", "judge_lr",
                      "eval_naive")
 
@@ -128,8 +128,7 @@ def build(cfg, mode, C, init, device):
     torch.manual_seed(cfg["seed"])
     if mode == "naive":
         return wikiart.NaiveStyleNet(C, cfg["image_size"], init, st["naive_width"]).to(device), None
-    G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(init), st["width"], st["res_blocks"], st["style_dim"],
-                                       relative=mode == "relative")
+    G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(init), st["width"], st["res_blocks"], st["style_dim"])
     return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"], blur=st["d_blur"]).to(device)
 
 
@@ -158,17 +157,13 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     """One discriminator step and one generator step on a batch; returns the losses."""
     device = x.device
     t = torch.randint(split.C, y.shape, generator=g).to(device)  # uniform targets: rare styles as often
-    same = torch.rand(y.shape, generator=g).to(device) < (0 if G.relative else st["same_style_fraction"])
+    same = torch.rand(y.shape, generator=g).to(device) < st["same_style_fraction"]
     t = torch.where(same, y, t)
     # one random training image of each target style (a style without training images: any image)
     idx = [split.by_style[s][int(torch.randint(len(split.by_style[s]), (1,), generator=g))] if len(split.by_style[s])
            else split.train_idx[int(torch.randint(len(split.train_idx), (1,), generator=g))] for s in t.tolist()]
     real = wikiart.to_float(split.data.images[np.asarray(idx)], device)
-    if G.relative:  # anchor: the image rendered in its own style by the change towards the source alone is the image
-        (c_t, d_t), (c_s, d_s) = G.coarse(x, t, y, halves=True)
-        fake, anchored = G.apply(x, c_t - c_s, d_t - d_s), G.apply(x, c_s, d_s)
-    else:
-        fake = G(x, t)
+    fake = G(x, t)  # trained without the source: told it (evaluation, --source), the shared part cancels
     # discriminator: real paintings of the target styles are real (and classified), fakes are fake
     rf_both, cls_both, maps_both = D(torch.cat([real, fake.detach()]))  # one pass for both halves
     n = len(real)
@@ -180,11 +175,10 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     rf, cls, maps = D(fake)
     losses = {"g_adv": F.softplus(-rf).mean(), "g_cls": F.cross_entropy(cls, t),
               "g_stats": wikiart.feature_stats_loss(maps, [m[:n].detach() for m in maps_both]),
-              "g_rec": ((anchored - x).abs().mean() if G.relative else
-                        (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0),
+              "g_rec": (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0,
               "g_structure": (coarse_structure(fake) - coarse_structure(x)).abs().mean()}
     if st["w_cycle"] > 0:
-        losses["g_cycle"] = (G(fake, y, t) - x).abs().mean()
+        losses["g_cycle"] = (G(fake, y) - x).abs().mean()
     other = ~same  # the own style is the reconstruction's business: absolute colour targets for the others only
     if st["w_colour"] > 0 and other.any():  # L1 between each output's colour histogram and its target style's mean
         hist = wikiart.soft_colour_histogram(fake[other], sigma=st["colour_sigma"])
@@ -214,17 +208,17 @@ def validate(G, D, split, seed, device):
     g = torch.Generator().manual_seed(seed)
     rec, hit, n = 0.0, 0, 0
     for x, y in wikiart.iterate_batches(split.data.images, split.data.labels, split.val_idx, 64, device):
-        rec += (G(x, y, y) - x).abs().mean().item() * len(y)
+        rec += (G(x, y) - x).abs().mean().item() * len(y)
         if D is not None:
             t = torch.randint(split.C, y.shape, generator=g).to(device)
-            hit += (D(G(x, t, y))[1].argmax(1) == t).sum().item()
+            hit += (D(G(x, t))[1].argmax(1) == t).sum().item()
         n += len(y)
     G.train()
     return {"val_rec_l1": rec / max(n, 1)} | ({"val_fake_style_acc": hit / max(n, 1)} if D is not None else {})
 
 
 def train(cfg, mode, split, device, resume, argv):
-    """Train one mode (or resume it); returns the trained generator and discriminator (or None), in eval mode."""
+    """Train one mode (or resume it); returns the trained model in eval mode."""
     st = cfg["style_transfer"]
     mdir = os.path.join(st["out_dir"], mode)
     G, D = build(cfg, mode, split.C, initial_values(cfg, mode, split, device), device)
@@ -281,7 +275,7 @@ def train(cfg, mode, split, device, resume, argv):
                       "mode": mode, "config": cfg, "signature": train_signature(cfg, mode),
                       "class_to_idx": split.data.class_to_idx, "history": progress.history},
                      os.path.join(mdir, "model.pt"))
-    return G.eval(), D.eval() if D is not None else None
+    return G.eval()
 
 
 def train_or_load(cfg, mode, split, device, reuse, resume, argv):
@@ -291,22 +285,19 @@ def train_or_load(cfg, mode, split, device, reuse, resume, argv):
         ckpt = runs.load_checkpoint(path, "a style_transfer.py model", needs=("model", "signature"))
         if ckpt["signature"] == train_signature(cfg, mode):
             print(f"{mode}: reusing {path} (same training settings)")
-            return load_model(path, device)[:2]
+            return load_model(path, device)[0]
     return train(cfg, mode, split, device, resume, argv)
-
-
-def predicted_source(G, D):
-    """G told the source style its discriminator's style head predicts (for images without a label)."""
-    return lambda x, styles, sources=None: G(x, styles, D(x)[1].argmax(1))
 
 
 @torch.no_grad()
 def transfer(G, images_u8, styles, sources, device, batch_size=128):
-    """Outputs (uint8) of the generator for images_u8[i] (of style sources[i]) rendered in styles[i]."""
+    """Outputs (uint8) of the generator for images_u8[i] rendered in styles[i]; sources: None, or the
+    images' own styles (the generator is told them: the change towards the source is subtracted)."""
     outs = []
     for i in range(0, len(styles), batch_size):
         x = wikiart.to_float(images_u8[i:i + batch_size], device)
-        t, s = (torch.as_tensor(v[i:i + batch_size], device=device) for v in (styles, sources))
+        t = torch.as_tensor(styles[i:i + batch_size], device=device)
+        s = None if sources is None else torch.as_tensor(sources[i:i + batch_size], device=device)
         outs.append(wikiart.to_uint8(G(x, t, s)))
     S = images_u8.shape[1]
     return np.concatenate(outs) if outs else np.zeros((0, S, S, 3), np.uint8)
@@ -324,15 +315,16 @@ def pick_test_images(test, n, seed):
     return np.array(picked)
 
 
-def plot_grid(G, mode, test, rows, path, seed, device):
-    """Test images (rows) x target styles (columns); the source column first; red frame = own style."""
+def plot_grid(G, mode, test, rows, path, seed, device, told_source=False):
+    """Test images (rows) x target styles (columns); the source column first; red frame = own style.
+    told_source: the generator is told each image's true style (its change towards it is subtracted)."""
     idx = pick_test_images(test, rows, seed)
     src = np.asarray(test.images[idx])
-    src_y = test.labels[idx].numpy()
+    src_y = test.labels[idx].numpy() if told_source else None
     columns = [transfer(G, src, np.full(len(idx), s), src_y, device) for s in range(len(test.classes))]
     plots.plot_transfer_grid(src, columns, test.labels[idx].tolist(), test.classes, path,
-                             f"{mode}: test image (left, true style at the row start) rendered in each style; "
-                             "red frame = its own style")
+                             f"{mode}{', told the source style' if told_source else ''}: test image (left, true "
+                             "style at the row start) rendered in each style; red frame = its own style")
 
 
 @torch.no_grad()
@@ -345,8 +337,7 @@ def plot_embeddings(G, mode, classes, S, path, device):
         protos = wikiart.to_uint8(G.style_image(torch.arange(C, device=device)))
     else:
         weights, initial = G.embedder.embedding.weight.detach().cpu(), G.embedder.initial.cpu()
-        neutral = torch.full((C, C), 1 / C, device=device)  # relative: grey taken as the average of all styles
-        protos = wikiart.to_uint8(G(torch.zeros(C, 3, S, S, device=device), torch.arange(C, device=device), neutral))
+        protos = wikiart.to_uint8(G(torch.zeros(C, 3, S, S, device=device), torch.arange(C, device=device)))
     plots.plot_style_embeddings(weights, initial, protos, classes, path, mode,
                                 "its learned style image" if mode == "naive" else "generator output for a flat grey input")
 
@@ -428,7 +419,8 @@ def evaluate(cfg, seed_models, split, test, device):
     per_seed = []
     for seed, models in seed_models:
         results = dict(fixed, seed=seed)
-        methods = {name: transfer(G, inputs, pt, src_y[pi], device) for name, G in models.items()} | baselines
+        told = lambda name: src_y[pi] if name.endswith(TOLD) else None  # the test labels as the sources
+        methods = {name: transfer(G, inputs, pt, told(name), device) for name, G in models.items()} | baselines
         for name, outputs in methods.items():
             r = {"robust_hit_rate": float((judge_of(metrics.robust_transform(outputs)) == pt).mean()),
                  "raw_hit_rate": float((judge_of(outputs) == pt).mean())}
@@ -438,8 +430,8 @@ def evaluate(cfg, seed_models, split, test, device):
                 r[f"{k}_gap_closed"] = metrics.gap_closed(d_in[k], dist(k, f(outputs), lambda s: pt == s), d_real[k])
             r["ssim"] = float(metrics.ssim(outputs, inputs).mean())
             r |= {f"{k}_ratio": v for k, v in metrics.artefact_ratio(outputs, pt, test_u8, test_y).items()}
-            r["own_style_psnr"] = (metrics.own_style_psnr(lambda x, y: models[name](x, y, y), test_u8, test_y, device)
-                                   if name in models else None)
+            own = lambda x, y: models[name](x, y, y if name.endswith(TOLD) else None)
+            r["own_style_psnr"] = metrics.own_style_psnr(own, test_u8, test_y, device) if name in models else None
             results[name] = r
         per_seed.append(results)
     names = [k for k, v in per_seed[0].items() if isinstance(v, dict)]
@@ -501,9 +493,8 @@ def targets_of(args, classes):
 
 @torch.no_grad()
 def stylise(cfg, args, argv, device):
-    """Render --image files in a style with out_dir/<residual or relative>/model.pt (see the module docstring)."""
-    mode = "relative" if cfg["style_transfer"]["mode"] == "relative" else "residual"
-    path = os.path.join(cfg["style_transfer"]["out_dir"], mode, "model.pt")
+    """Render --image files in a style with out_dir/residual/model.pt (see the module docstring)."""
+    path = os.path.join(cfg["style_transfer"]["out_dir"], "residual", "model.pt")
     if not os.path.exists(path):
         raise config.UserError(f"no trained style-transfer model at {path}: train one first: "
                                + runs.config_command("style_transfer.py", argv))
@@ -519,7 +510,9 @@ def stylise(cfg, args, argv, device):
     x = wikiart.to_float(images, device)
     probs = torch.softmax(D(x)[1], 1).cpu()  # the own style: the jointly trained discriminator's style head
     own = probs.argmax(1)
-    report, a = [], args.strength
+    if args.source:  # told the inputs' own style: it is the starting point, and its change is subtracted
+        own = torch.full_like(own, classes.index(config.choose(args.source, classes, "style")))
+    report, a, how = [], args.strength, "given" if args.source else "predicted"
     for i, p in enumerate(paths):
         stem = f"{i:02d}_{os.path.splitext(os.path.basename(p))[0]}"
         full = (wikiart.to_float(wikiart.decode_image(p, args.max_side, "keep")[None], device)
@@ -528,6 +521,7 @@ def stylise(cfg, args, argv, device):
         for label, w in targets:  # strength a: (1 - a) own style + a target, as embedding weights
             source = F.one_hot(own[i], C).float()[None].to(device)
             weights = (1 - a) * source + a * w[None].to(device)
+            source = source if args.source else None
             small = G(x[i:i + 1], weights, source)
             small = keep_colour(small, x[i:i + 1]) if args.keep_colour else small
             tiles.append(wikiart.to_uint8(small)[0])
@@ -544,15 +538,15 @@ def stylise(cfg, args, argv, device):
         if len(targets) > 1:
             outputs.append(f"{stem}_all_styles.png")
             plots.plot_strip(tiles, ["input"] + [t[0] for t in targets], os.path.join(results_dir, outputs[-1]),
-                             f"{os.path.basename(p)} (own style, predicted: {classes[own[i]]} "
+                             f"{os.path.basename(p)} (own style, {how}: {classes[own[i]]} "
                              f"{probs[i, own[i]]:.0%}); strength {a:g}" + (", colours kept" if args.keep_colour else ""))
-        report.append({"path": p, "own_style_predicted": classes[own[i]], "own_probability": float(probs[i, own[i]]),
-                       "outputs": outputs})
-        print(f"{p}: own style (predicted) {classes[own[i]]} {probs[i, own[i]]:.0%} -> "
+        report.append({"path": p, "own_style": classes[own[i]], "own_style_given": bool(args.source),
+                       "own_probability": float(probs[i, own[i]]), "outputs": outputs})
+        print(f"{p}: own style ({how}) {classes[own[i]]} {probs[i, own[i]]:.0%} -> "
               f"{targets[0][0] if len(targets) == 1 else 'every style'}: {', '.join(outputs)}")
     runs.atomic_save({"checkpoint": path, "command": runs.command_line("style_transfer.py", argv),
                       "image_size": S, "style": args.style if not args.mix else None, "mix": args.mix,
-                      "targets": {label: w.tolist() for label, w in targets}, "strength": a,
+                      "targets": {label: w.tolist() for label, w in targets}, "strength": a, "source": args.source,
                       "keep_colour": args.keep_colour, "max_side": args.max_side, "n_images": len(report),
                       "skipped": skipped, "images": report}, os.path.join(results_dir, "stylised.json"))
     runs.save_run_config(cfg, results_dir, "style_transfer.py", argv)
@@ -570,6 +564,7 @@ def main(argv=None):
     use.add_argument("--style", default="all", metavar="NAME", help="target style, or all (default: a strip of all)")
     use.add_argument("--mix", nargs="+", metavar="NAME:W", help="a weighted mixture of styles instead of --style")
     use.add_argument("--strength", type=float, default=1.0, help="0: own-style reconstruction ... 1: the target")
+    use.add_argument("--source", metavar="NAME", help="the inputs' own style, if known (else the discriminator's guess)")
     use.add_argument("--keep-colour", action="store_true", help="keep the input's colours (luminance-only transfer)")
     use.add_argument("--max-side", type=int, default=512, metavar="SIDE",
                      help="also save at the input's own aspect and resolution, longer side at most SIDE (0: off)")
@@ -609,18 +604,21 @@ def main(argv=None):
         if k:
             run_cfg["style_transfer"]["out_dir"] = os.path.join(st["out_dir"], f"seed{run_cfg['seed']}")
             runs.restart_time_cap()
-        models, discriminators = {}, {}
+        models = {}
         for mode in modes:  # --resume continues each mode that has a last.pt (--evaluate: one interrupted)
             t_start = time.time()
-            models[mode], discriminators[mode] = train_or_load(run_cfg, mode, split, device, reuse=args.evaluate,
-                                                               resume=args.resume, argv=argv)
+            models[mode] = train_or_load(run_cfg, mode, split, device, reuse=args.evaluate, resume=args.resume,
+                                         argv=argv)
             mdir = os.path.join(run_cfg["style_transfer"]["out_dir"], mode)
             plot_grid(models[mode], mode, test, st["grid_rows"], os.path.join(mdir, "grid.png"), cfg["seed"], device)
+            if mode == "residual":  # the same generator told each test image's true style (as --source does)
+                plot_grid(models[mode], mode, test, st["grid_rows"], os.path.join(mdir, "grid_told_source.png"),
+                          cfg["seed"], device, told_source=True)
             plot_embeddings(models[mode], mode, split.classes, cfg["image_size"], os.path.join(mdir, "embeddings.png"),
                             device)
             print(f"{mode} (seed {run_cfg['seed']}): {mdir}/grid.png, embeddings.png ({time.time() - t_start:.0f} s)")
-        if args.evaluate and "relative" in models:  # what an image without a label gets: scored too
-            models["relative_predicted_source"] = predicted_source(models["relative"], discriminators["relative"])
+        if args.evaluate and "residual" in models:
+            models["residual" + TOLD] = models["residual"]
         seed_models.append((run_cfg["seed"], models))
     if args.evaluate:
         evaluate(cfg, seed_models, split, test, device)

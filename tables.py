@@ -168,13 +168,12 @@ def style_transfer_table(entries):
             facts.append(f"the Part-2 autoencoder's PSNR on the same test images {g('autoencoder_psnr'):.2f} dB")
         if "seeds" in ev:
             facts.append(f"mean ± std over seeds {ev['seeds']}")
-        mode = "relative" if "relative" in methods else "residual"
-        log = e["outputs"].get(f"{mode}/train_log.json")
+        log = e["outputs"].get("residual/train_log.json")
         if log is not None:
-            facts.append(f"{mode} epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
+            facts.append(f"residual epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
                          f"{setting(e, 'style_transfer.steps_per_epoch')} steps each")
         grids = [f"![{name}: test images (rows) in every style (columns)]({p})" for p in e.get("pictures", [])
-                 if os.path.basename(p).startswith(f"{mode}_grid")]  # the picture is the result: shown, not only linked
+                 if os.path.basename(p).startswith("residual_grid")]  # the picture is the result: shown, not only linked
         parts.append(f"`{name}` ({setting(e, 'image_size')} px): " + "; ".join(facts) + ".\n\n"
                      + style_transfer_methods(means, stds, code=True) + "".join(f"\n\n{g}" for g in grids))
     return "\n\n".join(parts)

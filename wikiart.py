@@ -914,14 +914,13 @@ class ResidualStyleGenerator(nn.Module):
     its input exactly. The style vector s is an MLP of the style embedding and the input's per-channel
     mean and std (what is to be recoloured). The coarse maps (`coarse`) can be upsampled to any size:
     render_full() applies them to the full-resolution image.
-    relative=True: the generator is also told the input's own style (`sources`) and applies the change
-    towards the target minus the change towards the source, so the own style returns the image exactly
-    and no loss has to hold own-style outputs back. Training anchors the change towards the source at
-    zero (coarse(halves=True)), or the two halves grow large together and their difference streaks."""
+    Told the input's own style too (`sources`), it applies the change towards the target minus the
+    change towards the source: the own style then returns the image exactly, and what every target
+    shares (a general sharpening, say) cancels."""
 
-    def __init__(self, embedder, width=32, res_blocks=2, style_dim=64, relative=False):
+    def __init__(self, embedder, width=32, res_blocks=2, style_dim=64):
         super().__init__()
-        self.embedder, self.relative, w = embedder, relative, width
+        self.embedder, w = embedder, width
         self.mapping = nn.Sequential(nn.Linear(embedder.dim + 6, style_dim), nn.ReLU(),
                                      nn.Linear(style_dim, style_dim), nn.ReLU())
         conv = lambda cin, cout: nn.Conv2d(cin, cout, 3, 1, 1, padding_mode="reflect")
@@ -941,14 +940,12 @@ class ResidualStyleGenerator(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
-    def coarse(self, x, styles, sources=None, halves=False):
+    def coarse(self, x, styles, sources=None):
         """(colour-change coefficients (B, 12, H/8, W/8), detail residual (B, 3, H, W)). styles, sources:
-        indices (B,) or weights (B, num_styles); sources are needed (and only read) when relative.
-        halves=True (relative): ((coeffs, detail) towards the target, (coeffs, detail) towards the source)."""
+        indices (B,) or weights (B, num_styles); with sources, the change towards styles minus the
+        change towards sources."""
         e = self.embedder(styles)
-        if self.relative:  # both changes in one pass: the encoder once, the style-driven part on 2B
-            if sources is None:
-                raise ValueError("a relative generator needs the inputs' own styles (sources)")
+        if sources is not None:  # both changes in one pass: the encoder once, the style-driven part on 2B
             e = torch.cat([e, self.embedder(sources)])
         n = len(e) // len(x)
         stats = torch.cat([x.mean((2, 3)), x.std((2, 3))], 1).repeat(n, 1)
@@ -956,7 +953,7 @@ class ResidualStyleGenerator(nn.Module):
         skips, h = [], x
         for stage in self.enc:
             h = stage(h)
-            skips.append(h.repeat(n, 1, 1, 1) if n > 1 else h)  # relative: the same maps for both halves
+            skips.append(h.repeat(n, 1, 1, 1) if n > 1 else h)  # with sources: the same maps for both halves
         h = skips[-1]
         for block in self.blocks:
             h = block(h, s)
@@ -965,10 +962,8 @@ class ResidualStyleGenerator(nn.Module):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = F.leaky_relu(norm(conv(torch.cat([h, skip], 1)), s), 0.2)
         detail = self.to_detail(h)
-        if self.relative:  # towards the target minus towards the source: zero when they are the same style
+        if sources is not None:  # towards the target minus towards the source: zero when they are the same style
             (c_t, c_s), (d_t, d_s) = coeffs.chunk(2), detail.chunk(2)
-            if halves:
-                return (c_t, d_t), (c_s, d_s)
             coeffs, detail = c_t - c_s, d_t - d_s
         return coeffs, detail
 
