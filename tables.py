@@ -172,7 +172,8 @@ def style_transfer_table(entries):
         if log is not None:
             facts.append(f"residual epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
                          f"{setting(e, 'style_transfer.steps_per_epoch')} steps each")
-        grids = [f"![{name}: test images (rows) in every style (columns)]({p})" for p in e.get("pictures", [])
+        grids = [f"![{name}: test images (rows) in every style (columns)"
+                 f"{', told their own style' if 'told_source' in p else ''}]({p})" for p in e.get("pictures", [])
                  if os.path.basename(p).startswith("residual_grid")]  # the picture is the result: shown, not only linked
         parts.append(f"`{name}` ({setting(e, 'image_size')} px): " + "; ".join(facts) + ".\n\n"
                      + style_transfer_methods(means, stds, code=True) + "".join(f"\n\n{g}" for g in grids))

@@ -492,7 +492,7 @@ def test_cluster_py_bad_options_unreadable_and_too_few_codes(sample_root, tmp_pa
 
 def test_style_transfer_py_bad_mode_and_nothing_to_resume(tmp_path, user_dir):
     p = run_main("style_transfer.py", "--set", "style_transfer.mode=fancy", check=False)
-    assert_user_error(p, "style_transfer.py", "must be one of residual, relative, naive")
+    assert_user_error(p, "style_transfer.py", "must be one of residual, naive")
     p = run_main("style_transfer.py", "--resume", "--set", "style_transfer.mode=naive",
                  f"style_transfer.out_dir={tmp_path / 'st'}", check=False)
     assert_user_error(p, "style_transfer.py", f"--resume: nothing to resume: no {tmp_path}/st/naive/last.pt")

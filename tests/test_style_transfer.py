@@ -4,7 +4,6 @@ your own images go through style_transfer.py --image (--style, --mix, --strength
 import json
 import os
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -54,47 +53,22 @@ def test_untrained_generator_returns_its_input_and_trained_heads_follow_the_styl
 
 
 @torch.no_grad()
-def test_relative_generator_returns_the_image_exactly_in_its_own_style_however_trained():
-    torch.manual_seed(0)
-    G = wake(wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(torch.randn(5, 10)), width=16, res_blocks=1,
-                                            style_dim=16, relative=True)).eval()
+def test_told_the_source_style_the_generator_returns_the_image_exactly_in_its_own_style():
+    G = wake(tiny_generator())
     torch.nn.init.normal_(G.to_coeffs.bias, std=0.05)  # a bias too: it must cancel, not be zero
     x = torch.rand(4, 3, 32, 32) * 1.8 - 0.9
     own, other = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 4, 0, 1])
-    assert torch.equal(G(x, own, own), x), "target = source: exactly the input"
-    assert (G(x, other, own) - x).abs().mean() > 1e-3, "another target changes it"
-    # and with weights (--strength 0: the mixture is all source), at another size too
+    assert not torch.equal(G(x, own), x), "not told the source, the own style is only nearly the identity"
+    assert torch.equal(G(x, own, own), x), "told it: exactly the input"
+    told, plain = G(x, other, own), G(x, other)
+    assert (told - x).abs().mean() > 1e-3, "another target changes it"
+    assert (told - plain).abs().mean() > 1e-4, "minus the change towards the source"
+    # with weights (--strength 0: the mixture is all source), and at another size
     w = torch.nn.functional.one_hot(own, 5).float()
     assert torch.equal(G(x, w, w), x) and torch.equal(G.render_full(x, x * 0.5, w, own), x * 0.5)
-    with pytest.raises(ValueError, match="sources"):
-        G(x, other)
-    # the plain residual generator ignores sources: same output with or without them
-    plain = wake(tiny_generator())
-    assert torch.equal(plain(x[:3], other[:3]), plain(x[:3], other[:3], own[:3]))
-
-
-def test_relative_training_anchors_the_change_towards_the_source_at_zero():
-    """Without the anchor both halves may grow large and cancel only for the own style (streaks)."""
-    torch.manual_seed(0)
-    G = wake(wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(torch.randn(5, 10)), width=16, res_blocks=1,
-                                            style_dim=16, relative=True))
-    images = smooth_images(20)
-    x, y, t = wikiart.to_float(images[:8], torch.device("cpu")), torch.arange(8) % 5, (torch.arange(8) + 2) % 5
-    (c_t, d_t), (c_s, d_s) = G.coarse(x, t, y, halves=True)
-    assert torch.equal(G.apply(x, c_t - c_s, d_t - d_s), G(x, t, y)), "the halves make the output"
-    source_alone = lambda: (G.apply(x, *G.coarse(x, t, y, halves=True)[1]) - x).abs().mean().item()
-    before = source_alone()
-    split = SimpleNamespace(C=5, by_style=[np.arange(s, 20, 5) for s in range(5)], train_idx=np.arange(20),
-                            data=SimpleNamespace(images=images))
-    D = wikiart.StyleDiscriminator(5, width=8)
-    st = {"same_style_fraction": 0.25, "w_cycle": 0, "w_colour": 0, "w_texture": 0, "w_adv": 0, "w_cls": 0,
-          "w_stats": 0, "w_structure": 0, "w_rec": 1}
-    opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
-    g = torch.Generator().manual_seed(0)
-    logs = [style_transfer.train_step(G, D, opt_g, opt_d, x, y, g, split, None, st) for _ in range(15)]
-    assert logs[0]["g_rec"] == pytest.approx(before, rel=1e-4), "g_rec is the source half's own-style error"
-    assert source_alone() < 0.5 * before
-    assert torch.equal(G(x, y, y), x)
+    # the change is the change towards the target minus the change towards the source
+    (c_t, d_t), (c_s, d_s), (c, d) = G.coarse(x, other), G.coarse(x, own), G.coarse(x, other, own)
+    assert torch.allclose(c, c_t - c_s, atol=1e-6) and torch.allclose(d, d_t - d_s, atol=1e-6)
 
 
 def test_blur_has_no_response_at_the_two_pixel_period():
@@ -208,30 +182,28 @@ def test_seeds_train_one_generator_each_and_report_mean_and_std(style_transfer_r
     assert ev["runs"][0]["residual"] != ev["runs"][1]["residual"], "two seeds, two generators"
 
 
-@pytest.mark.slow  # trains a tiny relative generator
-def test_relative_mode_returns_the_own_style_exactly_and_is_scored_with_a_predicted_source_too(style_transfer_run,
-                                                                                               sample_root, tmp_path):
-    out = tmp_path / "st"
-    shutil.copytree(style_transfer_run.out, out)  # its judge.pt is reused: the judge keys are unchanged
-    args = [a.replace(f"style_transfer.out_dir={style_transfer_run.out}", f"style_transfer.out_dir={out}")
-            for a in style_transfer_run.args] + ["style_transfer.mode=relative", "style_transfer.eval_naive=false",
-                                                 "style_transfer.epochs=1", "style_transfer.steps_per_epoch=10"]
-    run_main("style_transfer.py", *args)
-    ev = json.load(open(out / "evaluation.json"))
-    assert ev["relative"]["own_style_psnr"] >= 100, "told the source, the own style is the identity"
-    assert ev["relative"]["ssim"] < 1 and 0 <= ev["relative_predicted_source"]["robust_hit_rate"] <= 1
-    assert ev["relative_predicted_source"]["own_style_psnr"] < ev["relative"]["own_style_psnr"]
-    row = tables.style_transfer_methods({"relative": ev["relative"]}).splitlines()[-1]
+@pytest.mark.slow  # the session's style-transfer run
+def test_told_the_source_the_own_style_is_exact_in_evaluation_grid_and_for_your_images(style_transfer_run,
+                                                                                       sample_root):
+    ev = json.load(open(style_transfer_run.out / "evaluation.json"))
+    told, plain = ev["residual_told_source"], ev["residual"]
+    assert told["own_style_psnr"] >= 100 > plain["own_style_psnr"], "told the source, the own style is the image"
+    assert told["ssim"] < 1 and told["ssim"] != plain["ssim"], "the same generator, other outputs"
+    row = tables.style_transfer_methods({"residual_told_source": told}).splitlines()[-1]
     assert row.endswith("| exact |"), row
-    # --image: strength 0 gives the image back exactly (the source is the discriminator's prediction)
-    folder = os.path.join(sample_root, "test", sorted(os.listdir(os.path.join(sample_root, "test")))[2])
-    run_main("style_transfer.py", "--image", folder, "--style", "Cubism", "--strength", "0", "--max-side", "0",
-             "--out", "zero", *[a for a in args if a != "--evaluate"])
-    report = json.load(open(out / "zero" / "stylised.json"))
-    assert report["checkpoint"].endswith(os.path.join("relative", "model.pt"))
+    assert (style_transfer_run.out / "residual" / "grid_told_source.png").exists()
+    # --image --source: strength 0 gives the images back exactly
+    classes = sorted(os.listdir(os.path.join(sample_root, "train")))
+    folder = os.path.join(sample_root, "test", classes[2])
+    p = run_main("style_transfer.py", "--image", folder, "--style", "Cubism", "--strength", "0", "--max-side", "0",
+                 "--source", classes[2].lower(), "--out", "zero_told", *use_args(style_transfer_run))
+    report = json.load(open(style_transfer_run.out / "zero_told" / "stylised.json"))
+    assert report["source"] == classes[2].lower() and f"own style (given) {classes[2]}" in p.stdout
     for item in report["images"]:
+        assert item["own_style"] == classes[2] and item["own_style_given"]
         original = wikiart.load_image_inputs([item["path"]], 32)[0][0]
-        assert np.array_equal(np.asarray(Image.open(out / "zero" / item["outputs"][0])), original)
+        assert np.array_equal(np.asarray(Image.open(style_transfer_run.out / "zero_told" / item["outputs"][0])),
+                              original)
 
 
 def use_args(run):
@@ -252,7 +224,8 @@ def test_stylise_every_style_one_style_at_the_input_aspect_and_a_mix(style_trans
     p = run_main("style_transfer.py", "--image", str(photo), str(tmp_path / "broken.jpg"), "--out", "all", *args)
     report = json.load(open(out / "all" / "stylised.json"))
     assert report["n_images"] == 1 and len(report["skipped"]) == 1 and "broken.jpg" in report["skipped"][0]
-    assert report["images"][0]["own_style_predicted"] in classes and "own style (predicted)" in p.stdout
+    assert report["images"][0]["own_style"] in classes and "own style (predicted)" in p.stdout
+    assert not report["images"][0]["own_style_given"]
     strip = np.asarray(Image.open(out / "all" / report["images"][0]["outputs"][0]))
     assert strip.shape[1] > strip.shape[0] * 4 and strip.std() > 10
     # one style: the model's size, and the input's own aspect with the longer side at most --max-side
@@ -290,6 +263,8 @@ def test_stylise_misuse_is_one_line(style_transfer_run, sample_root, tmp_path):
     p = run_main("style_transfer.py", "--image", photo, "--style", "Cubsm", *args, check=False)
     assert p.returncode == 2 and "unknown style 'Cubsm'; did you mean 'Cubism'?" in p.stderr
     assert "Traceback" not in p.stderr
+    p = run_main("style_transfer.py", "--image", photo, "--source", "Impresionism", *args, check=False)
+    assert p.returncode == 2 and "did you mean 'Impressionism'?" in p.stderr
     p = run_main("style_transfer.py", "--image", photo, "--strength", "1.5", *args, check=False)
     assert p.returncode == 2 and "--strength must be in [0, 1]" in p.stderr
     p = run_main("style_transfer.py", "--image", photo, "--mix", "Cubism", *args, check=False)
