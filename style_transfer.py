@@ -504,14 +504,15 @@ def stylise(cfg, args, argv, device):
     classes = sorted(ckpt["class_to_idx"], key=ckpt["class_to_idx"].get)
     S, C = ckpt["config"]["image_size"], len(classes)
     targets = targets_of(args, classes)
+    given = classes.index(config.choose(args.source, classes, "style")) if args.source else None
     images, paths, skipped = wikiart.load_image_inputs(args.image, S)
     results_dir = os.path.join(os.path.dirname(os.path.dirname(path)), args.out or "stylised")
     os.makedirs(results_dir, exist_ok=True)
     x = wikiart.to_float(images, device)
     probs = torch.softmax(D(x)[1], 1).cpu()  # the own style: the jointly trained discriminator's style head
     own = probs.argmax(1)
-    if args.source:  # told the inputs' own style: it is the starting point, and its change is subtracted
-        own = torch.full_like(own, classes.index(config.choose(args.source, classes, "style")))
+    if given is not None:  # told the inputs' own style: it is the starting point, and its change is subtracted
+        own = torch.full_like(own, given)
     report, a, how = [], args.strength, "given" if args.source else "predicted"
     for i, p in enumerate(paths):
         stem = f"{i:02d}_{os.path.splitext(os.path.basename(p))[0]}"
