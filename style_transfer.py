@@ -96,7 +96,7 @@ def train_signature(cfg, mode):
     path = st["autoencoder_path"]
     # "generator": the layout of the networks; bumped when their layers change, so an older model.pt is retrained
     return {"data": [cfg["train_dir"], cfg["image_size"], cfg["seed"], cfg["val_fraction"]], "mode": mode,
-            "generator": 4, "style_transfer": {k: st[k] for k in keys},
+            "generator": 3, "style_transfer": {k: st[k] for k in keys},
             "autoencoder": [path, os.path.exists(path) and os.path.getmtime(path)] if mode != "naive" else None}
 
 
@@ -513,7 +513,7 @@ def stylise(cfg, args, argv, device):
     own = probs.argmax(1)
     if given is not None:  # told the inputs' own style: it is the starting point, and its change is subtracted
         own = torch.full_like(own, given)
-    report, a, how = [], args.strength, "given" if args.source else "predicted"
+    report, a, how = [], args.strength, "predicted" if given is None else "given"
     for i, p in enumerate(paths):
         stem = f"{i:02d}_{os.path.splitext(os.path.basename(p))[0]}"
         full = (wikiart.to_float(wikiart.decode_image(p, args.max_side, "keep")[None], device)
@@ -522,7 +522,7 @@ def stylise(cfg, args, argv, device):
         for label, w in targets:  # strength a: (1 - a) own style + a target, as embedding weights
             source = F.one_hot(own[i], C).float()[None].to(device)
             weights = (1 - a) * source + a * w[None].to(device)
-            source = source if args.source else None
+            source = None if given is None else source
             small = G(x[i:i + 1], weights, source)
             small = keep_colour(small, x[i:i + 1]) if args.keep_colour else small
             tiles.append(wikiart.to_uint8(small)[0])
@@ -541,7 +541,7 @@ def stylise(cfg, args, argv, device):
             plots.plot_strip(tiles, ["input"] + [t[0] for t in targets], os.path.join(results_dir, outputs[-1]),
                              f"{os.path.basename(p)} (own style, {how}: {classes[own[i]]} "
                              f"{probs[i, own[i]]:.0%}); strength {a:g}" + (", colours kept" if args.keep_colour else ""))
-        report.append({"path": p, "own_style": classes[own[i]], "own_style_given": bool(args.source),
+        report.append({"path": p, "own_style": classes[own[i]], "own_style_given": given is not None,
                        "own_probability": float(probs[i, own[i]]), "outputs": outputs})
         print(f"{p}: own style ({how}) {classes[own[i]]} {probs[i, own[i]]:.0%} -> "
               f"{targets[0][0] if len(targets) == 1 else 'every style'}: {', '.join(outputs)}")
