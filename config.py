@@ -103,6 +103,8 @@ SCHEMA = {
         "d_width": (16, "discriminator base width", ">0"),
         "d_blur": (True, "anti-aliased discriminator: [1,2,1] blur before each stride (false: plain stride-2 "
                    "convs, which send back a 2-pixel-period gradient: the old mesh)"),
+        "d_warmup_steps": (0, "steps (of 64 real paintings) that train the discriminator's style head alone "
+                           "before the generator starts", ">=0"),
         "epochs": (4, "residual training epochs", ">0"),
         "steps_per_epoch": (60, "random batches per epoch (0: one pass over the training split)", ">=0"),
         "batch_size": (16, "images per step", ">0"),

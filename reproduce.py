@@ -136,6 +136,8 @@ RECIPES = {
     "style_transfer_w16_64": style_transfer("style_transfer_w16_64", seeds=3),
     "style_transfer_w16_64_colour16": style_transfer("style_transfer_w16_64_colour16", seeds=3),
     "style_transfer_w16_128": style_transfer("style_transfer_w16_128", seeds=3),
+    "style_transfer_w16_64_strong": style_transfer("style_transfer_w16_64_strong", seeds=3),
+    "style_transfer_w16_128_strong": style_transfer("style_transfer_w16_128_strong", seeds=3),
     "bench_416": bench("bench_416"),
     "text_to_image_scratch_w16": text_to_image("text_to_image_scratch_w16"),
     "text_to_image_sample": text_to_image("text_to_image_sample"),
@@ -151,11 +153,11 @@ RECIPES = {
     "bench_gpu": bench("bench_gpu"),
 }
 
-CPU = ["autoencoder_w16_128", "style_transfer_w16_128",  # longest first (two recipes run at once): the
+CPU = ["autoencoder_w16_128", "style_transfer_w16_128", "style_transfer_w16_128_strong",  # longest first (two recipes run at once): the
        "text_to_image_scratch_w16", "imbalance_w16_64",   # last to start are short, so both slots end together
        "classifier_w16_64", "classifier_w16_64_base", "classifier_w16_64_bonusA", "imbalance_w16_64_seeds",
        "text_to_image_sample", "autoencoder_w16_64", "style_transfer_w16_64", "style_transfer_w16_64_colour16",
-       "demo_sample", "bench_416"]
+       "style_transfer_w16_64_strong", "demo_sample", "bench_416"]
 PROFILES = {
     # configs: overlaid on every config-driven step (after its own -c); set: --set items for each of them;
     # data, prepare, bench: fill the recipes' {placeholders}; jobs: the default of --jobs;

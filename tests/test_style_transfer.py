@@ -12,6 +12,7 @@ from PIL import Image
 
 import metrics
 import style_transfer
+import config
 import tables
 import wikiart
 from conftest import run_main
@@ -109,6 +110,24 @@ def test_matched_ceiling_weights_per_style_recall_like_the_targets():
     assert metrics.matched_ceiling(predictions, labels, [2, 3], 4) == 0  # style 3 has no real image: 0
     # the plain accuracy (0.6) is not the ceiling of a run whose targets are mostly style 1
     assert (predictions == labels).mean() == pytest.approx(0.6)
+
+
+def test_discriminator_warm_up_teaches_its_style_head_before_the_generator_starts(sample_root):
+    cfg = config.defaults()
+    cfg.update(train_dir=f"{sample_root}/train", image_size=32, cache_dir="")
+    split = style_transfer.Split(wikiart.load_split(cfg, "train"), cfg)
+    idx = np.sort(split.train_idx)
+    x, y = wikiart.to_float(split.data.images[idx], torch.device("cpu")), split.data.labels[idx]
+    torch.manual_seed(0)
+    D = wikiart.StyleDiscriminator(split.C, 8)
+    accuracy = lambda: (D(x)[1].argmax(1) == y).float().mean().item()
+    with torch.no_grad():
+        before = accuracy()
+    opt = torch.optim.Adam(D.parameters(), lr=0.002, betas=(0.5, 0.999))
+    style_transfer.warm_up_classifier(D, opt, split, 40, 0, torch.device("cpu"))
+    with torch.no_grad():
+        after = accuracy()
+    assert before < 0.15 and after > 0.3  # 27 styles: chance is 3.7%
 
 
 def test_running_moments_and_texture_term_vanish_when_outputs_average_the_style():
