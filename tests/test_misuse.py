@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -288,15 +289,20 @@ def test_7_ctrl_c_says_what_was_saved_and_how_to_continue(sample_root, tmp_path,
 
 def test_7_ctrl_c_while_an_epoch_is_written_waits_for_the_files(tmp_path):
     """A Ctrl-C that comes while best.pt/last.pt/curves are written is raised once they are all written."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever the runner set
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with runs.ctrl_c_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # the signal is delivered here, and held
-            runs.atomic_write_text("whole", str(tmp_path / "f.txt"))
-            done.append(True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with runs.ctrl_c_held():
+                signal.raise_signal(signal.SIGINT)  # delivered now, in this thread (os.kill may land later)
+                runs.atomic_write_text("whole", str(tmp_path / "f.txt"))
+                done.append(True)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert done and (tmp_path / "f.txt").read_text() == "whole"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.slow
