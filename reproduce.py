@@ -153,8 +153,9 @@ RECIPES = {
     "bench_gpu": bench("bench_gpu"),
 }
 
-CPU = ["autoencoder_w16_128", "style_transfer_w16_128", "style_transfer_w16_128_strong",  # longest first (two recipes run at once): the
-       "text_to_image_scratch_w16", "imbalance_w16_64",   # last to start are short, so both slots end together
+# longest first (two recipes run at once): the last to start are short, so both slots end together
+CPU = ["autoencoder_w16_128", "style_transfer_w16_128", "style_transfer_w16_128_strong",
+       "text_to_image_scratch_w16", "imbalance_w16_64",
        "classifier_w16_64", "classifier_w16_64_base", "classifier_w16_64_bonusA", "imbalance_w16_64_seeds",
        "text_to_image_sample", "autoencoder_w16_64", "style_transfer_w16_64", "style_transfer_w16_64_colour16",
        "style_transfer_w16_64_strong", "demo_sample", "bench_416"]
