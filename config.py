@@ -111,6 +111,9 @@ SCHEMA = {
         "lr": (0.0005, "generator Adam learning rate", ">0"),
         "d_lr": (0.0005, "discriminator Adam learning rate", ">0"),
         "same_style_fraction": (0.25, "fraction of training targets equal to the source style", "0..1"),
+        "source_known_fraction": (0.0, "0: the generator never sees the source style (told it later, the change "
+                                  "towards it is subtracted); >0: the source is a generator input, known in this "
+                                  "fraction of training samples (the rest: unknown, as for a photo)", "0..1"),
         "w_adv": (1.0, "loss weight: adversarial", ">=0"),
         "w_cls": (3.0, "loss weight: style classification of the outputs (and of real paintings for D)", ">=0"),
         "w_stats": (10.0, "loss weight: discriminator feature statistics vs a real painting of the target style",

@@ -23,7 +23,11 @@ Modes (config "style_transfer.mode"):
          random-net texture statistics (each style's running mean over its outputs pulled to the style's
          mean); optional cycle. Told the input's own style (the test labels in --evaluate's
          residual_told_source row, --source for your images), the generator subtracts the change it
-         would make towards that style: the own style returns the image exactly.
+         would make towards that style: the own style returns the image exactly. With
+         source_known_fraction > 0 the source is instead a generator input, known in that fraction of
+         training samples (there the own style is trained by the reconstruction alone, and the style
+         terms judge only the other targets): the change towards the target stays whole, the own
+         style is learned (not exact), and an untold input is treated as a photo of unknown style.
   naive  the earlier attempt: a learned image-sized style image concatenated to the input channels,
          MSE to the content + MSE to the style image (its style images collapse to one grey-beige).
 
@@ -45,8 +49,8 @@ out_dir/residual/model.pt: decoded like the training images (EXIF orientation an
 applied, squashed to the model's size) and rendered in --style NAME (or all: one strip per image with
 the input and every style; the default) or --mix NAME:w ... (a weighted mixture of style embeddings).
 --strength A interpolates the embedding from the image's own style (A=0: its own-style reconstruction)
-to the target (A=1, the default); the own style is --source NAME if given (then the change towards it
-is subtracted: A=0 returns the image exactly), else the one the jointly trained discriminator's style
+to the target (A=1, the default); the own style is --source NAME if given (then the generator is told
+it: A=0 returns the image exactly, or as learned with source_known_fraction > 0), else the one the jointly trained discriminator's style
 head predicts (printed and saved). --keep-colour keeps the input's colours and takes the style's
 luminance (Gatys et al. 2016, luminance-only transfer). One style (or mix): each output is saved at the
 model's size and (unless --max-side 0) at the input's own aspect ratio and resolution, its longer side
@@ -128,7 +132,8 @@ def build(cfg, mode, C, init, device):
     torch.manual_seed(cfg["seed"])
     if mode == "naive":
         return wikiart.NaiveStyleNet(C, cfg["image_size"], init, st["naive_width"]).to(device), None
-    G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(init), st["width"], st["res_blocks"], st["style_dim"])
+    G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(init), st["width"], st["res_blocks"], st["style_dim"],
+                                       source_input=st["source_known_fraction"] > 0)
     return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"], blur=st["d_blur"]).to(device)
 
 
@@ -163,7 +168,12 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     idx = [split.by_style[s][int(torch.randint(len(split.by_style[s]), (1,), generator=g))] if len(split.by_style[s])
            else split.train_idx[int(torch.randint(len(split.train_idx), (1,), generator=g))] for s in t.tolist()]
     real = wikiart.to_float(split.data.images[np.asarray(idx)], device)
-    fake = G(x, t)  # trained without the source: told it (evaluation, --source), the shared part cancels
+    known = torch.zeros_like(same)  # told the source: then its own style is the reconstruction's business alone
+    if st["source_known_fraction"] > 0:
+        known = torch.rand(y.shape, generator=g).to(device) < st["source_known_fraction"]
+        fake = G(x, t, F.one_hot(y, split.C).float() * known[:, None])  # a row of zeros: unknown
+    else:  # trained without the source: told it later (evaluation, --source), the shared part cancels
+        fake = G(x, t)
     # discriminator: real paintings of the target styles are real (and classified), fakes are fake
     rf_both, cls_both, maps_both = D(torch.cat([real, fake.detach()]))  # one pass for both halves
     n = len(real)
@@ -173,19 +183,23 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     runs.optimizer_step(d_adv + st["w_cls"] * d_cls, opt_d)
     # generator: look real, be classified as the target, match its statistics, keep content
     rf, cls, maps = D(fake)
-    losses = {"g_adv": F.softplus(-rf).mean(), "g_cls": F.cross_entropy(cls, t),
-              "g_stats": wikiart.feature_stats_loss(maps, [m[:n].detach() for m in maps_both]),
+    styled = ~(same & known)  # the outputs the style terms judge: all, unless told it is their own style
+    styled = styled if styled.any() else ~styled
+    losses = {"g_adv": F.softplus(-rf).mean(), "g_cls": F.cross_entropy(cls[styled], t[styled]),
+              "g_stats": wikiart.feature_stats_loss([m[styled] for m in maps],
+                                                    [m[:n][styled].detach() for m in maps_both]),
               "g_rec": (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0,
               "g_structure": (coarse_structure(fake) - coarse_structure(x)).abs().mean()}
     if st["w_cycle"] > 0:
-        losses["g_cycle"] = (G(fake, y) - x).abs().mean()
+        back_from = F.one_hot(t, split.C).float() * known[:, None] if G.source_input else None
+        losses["g_cycle"] = (G(fake, y, back_from) - x).abs().mean()
     other = ~same  # the own style is the reconstruction's business: absolute colour targets for the others only
     if st["w_colour"] > 0 and other.any():  # L1 between each output's colour histogram and its target style's mean
         hist = wikiart.soft_colour_histogram(fake[other], sigma=st["colour_sigma"])
         losses["g_colour"] = (hist - refs.colour[t[other]]).abs().sum(1).mean()
     if st["w_texture"] > 0:
-        grams = metrics.texture_grams(fake, refs.texture_net)
-        losses["g_texture"] = wikiart.texture_moment_loss(grams, refs.texture, t, refs.moments)
+        grams = metrics.texture_grams(fake[styled], refs.texture_net)
+        losses["g_texture"] = wikiart.texture_moment_loss(grams, refs.texture, t[styled], refs.moments)
     loss = sum(st["w_" + k[2:]] * v for k, v in losses.items())
     runs.optimizer_step(loss, opt_g)
     return {k: v.item() for k, v in losses.items()} | {
@@ -312,7 +326,7 @@ def train_or_load(cfg, mode, split, device, reuse, resume, argv):
 @torch.no_grad()
 def transfer(G, images_u8, styles, sources, device, batch_size=128):
     """Outputs (uint8) of the generator for images_u8[i] rendered in styles[i]; sources: None, or the
-    images' own styles (the generator is told them: the change towards the source is subtracted)."""
+    images' own styles (the generator is told them: see the module docstring)."""
     outs = []
     for i in range(0, len(styles), batch_size):
         x = wikiart.to_float(images_u8[i:i + batch_size], device)
@@ -337,7 +351,7 @@ def pick_test_images(test, n, seed):
 
 def plot_grid(G, mode, test, rows, path, seed, device, told_source=False):
     """Test images (rows) x target styles (columns); the source column first; red frame = own style.
-    told_source: the generator is told each image's true style (its change towards it is subtracted)."""
+    told_source: the generator is told each image's true style (as --source does)."""
     idx = pick_test_images(test, rows, seed)
     src = np.asarray(test.images[idx])
     src_y = test.labels[idx].numpy() if told_source else None
@@ -531,7 +545,7 @@ def stylise(cfg, args, argv, device):
     x = wikiart.to_float(images, device)
     probs = torch.softmax(D(x)[1], 1).cpu()  # the own style: the jointly trained discriminator's style head
     own = probs.argmax(1)
-    if given is not None:  # told the inputs' own style: it is the starting point, and its change is subtracted
+    if given is not None:  # told the inputs' own style: it is the starting point, and the generator is told it
         own = torch.full_like(own, given)
     report, a, how = [], args.strength, "predicted" if given is None else "given"
     for i, p in enumerate(paths):

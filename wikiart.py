@@ -914,14 +914,18 @@ class ResidualStyleGenerator(nn.Module):
     its input exactly. The style vector s is an MLP of the style embedding and the input's per-channel
     mean and std (what is to be recoloured). The coarse maps (`coarse`) can be upsampled to any size:
     render_full() applies them to the full-resolution image.
-    Told the input's own style too (`sources`), it applies the change towards the target minus the
-    change towards the source: the own style then returns the image exactly, and what every target
-    shares (a general sharpening, say) cancels."""
+    Told the input's own style too (`sources`, indices or weights), either
+      source_input=False: it applies the change towards the target minus the change towards the
+        source: the own style then returns the image exactly, and what every target shares cancels; or
+      source_input=True: the source is an input of the style MLP (the target embedding's offset from
+        it, and whether it is known: a row of zero weights, or sources=None, is "unknown"), so the
+        change towards the target is kept whole and "no change for the own style" is learned."""
 
-    def __init__(self, embedder, width=32, res_blocks=2, style_dim=64):
+    def __init__(self, embedder, width=32, res_blocks=2, style_dim=64, source_input=False):
         super().__init__()
-        self.embedder, w = embedder, width
-        self.mapping = nn.Sequential(nn.Linear(embedder.dim + 6, style_dim), nn.ReLU(),
+        self.embedder, w, self.source_input = embedder, width, source_input
+        told_dim = embedder.dim + 1 if source_input else 0
+        self.mapping = nn.Sequential(nn.Linear(embedder.dim + told_dim + 6, style_dim), nn.ReLU(),
                                      nn.Linear(style_dim, style_dim), nn.ReLU())
         conv = lambda cin, cout: nn.Conv2d(cin, cout, 3, 1, 1, padding_mode="reflect")
         down = lambda cin, cout: nn.Sequential(Blur(cin), nn.Conv2d(cin, cout, 3, 2, 1, padding_mode="reflect"),
@@ -945,7 +949,10 @@ class ResidualStyleGenerator(nn.Module):
         indices (B,) or weights (B, num_styles); with sources, the change towards styles minus the
         change towards sources."""
         e = self.embedder(styles)
-        if sources is not None:  # both changes in one pass: the encoder once, the style-driven part on 2B
+        if self.source_input:
+            e = torch.cat([e, *self.offset_from(e, sources)], 1)
+            sources = None  # an input, not subtracted
+        elif sources is not None:  # both changes in one pass: the encoder once, the style-driven part on 2B
             e = torch.cat([e, self.embedder(sources)])
         n = len(e) // len(x)
         stats = torch.cat([x.mean((2, 3)), x.std((2, 3))], 1).repeat(n, 1)
@@ -966,6 +973,15 @@ class ResidualStyleGenerator(nn.Module):
             (c_t, c_s), (d_t, d_s) = coeffs.chunk(2), detail.chunk(2)
             coeffs, detail = c_t - c_s, d_t - d_s
         return coeffs, detail
+
+    def offset_from(self, e, sources):
+        """(the target embedding minus the source's, 1 where the source is known), both 0 where not."""
+        if sources is None:
+            return torch.zeros_like(e), e.new_zeros(len(e), 1)
+        w = sources.to(e.dtype) if sources.is_floating_point() else \
+            F.one_hot(sources, self.embedder.embedding.num_embeddings).to(e.dtype)
+        known = w.sum(1, keepdim=True).clamp(max=1)
+        return known * (e - self.embedder(w)), known
 
     @staticmethod
     def apply(x, coeffs, detail):

@@ -72,6 +72,35 @@ def test_told_the_source_style_the_generator_returns_the_image_exactly_in_its_ow
     assert torch.allclose(c, c_t - c_s, atol=1e-6) and torch.allclose(d, d_t - d_s, atol=1e-6)
 
 
+def test_told_the_source_as_an_input_the_change_is_kept_whole_and_the_identity_is_learned():
+    G = tiny_generator()
+    G = wikiart.ResidualStyleGenerator(G.embedder, width=16, res_blocks=1, style_dim=16, source_input=True)
+    x = torch.rand(4, 3, 16, 16) * 1.6 - 0.8
+    own, other = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 4, 0, 1])
+    with torch.no_grad():
+        assert torch.equal(G(x, other, own), x) and torch.equal(G(x, other), x), "untrained: the identity"
+        wake(G)
+        told, plain = G(x, other, own), G(x, other)
+        assert (told - plain).abs().mean() > 1e-4, "the source is an input"
+        assert torch.equal(plain, G(x, other, torch.zeros(4, 5))), "a row of zero weights: the source is unknown"
+        (c_t, _), (c_s, _), (c, _) = G.coarse(x, other), G.coarse(x, own), G.coarse(x, other, own)
+        assert not torch.allclose(c, c_t - c_s, atol=1e-3), "not the subtraction"
+    # "no change for the own style" is learnable: the target's colour shift told the source, the image
+    # itself when the target is the source
+    shift = torch.tensor([[0.3, -0.3, 0.0], [0.0, 0.3, -0.3], [-0.3, 0.0, 0.3], [0.2, 0.2, -0.2], [-0.2, -0.2, 0.2]])
+    goal = lambda t: (x + shift[t][:, :, None, None]).clamp(-1, 1)
+    opt = torch.optim.Adam(G.parameters(), lr=3e-3)
+    before = (G(x, own, own) - x).abs().mean().item()
+    for step in range(200):
+        loss = (G(x, own, own) - x).abs().mean() + (G(x, other, own) - goal(other)).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert (G(x, own, own) - x).abs().mean() < min(0.06, before / 8), "the own style gives the image back"
+        assert (G(x, other, own) - goal(other)).abs().mean() < 0.06, "another target gets its whole change"
+
+
 def test_blur_has_no_response_at_the_two_pixel_period():
     checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(8, 8)[None, None].expand(1, 3, 16, 16)
     assert wikiart.Blur(3)(checker)[..., 2:-2, 2:-2].abs().max() < 1e-6
@@ -223,6 +252,28 @@ def test_told_the_source_the_own_style_is_exact_in_evaluation_grid_and_for_your_
         original = wikiart.load_image_inputs([item["path"]], 32)[0][0]
         assert np.array_equal(np.asarray(Image.open(style_transfer_run.out / "zero_told" / item["outputs"][0])),
                               original)
+
+
+@pytest.mark.slow  # the session's style-transfer run
+def test_a_generator_trained_with_the_source_as_an_input_is_scored_and_used_told_and_untold(style_transfer_run,
+                                                                                            tmp_path, sample_root):
+    out = tmp_path / "st"
+    shutil.copytree(style_transfer_run.out, out)
+    args = [a.replace(f"style_transfer.out_dir={style_transfer_run.out}", f"style_transfer.out_dir={out}")
+            for a in style_transfer_run.args] + ["style_transfer.epochs=1", "style_transfer.steps_per_epoch=6",
+                                                 "style_transfer.eval_naive=false", "style_transfer.source_known_fraction=0.5"]
+    p = run_main("style_transfer.py", *args)
+    assert "residual: reusing" not in p.stdout, "a new training setting: the generator is retrained"
+    G, _, ckpt = style_transfer.load_model(str(out / "residual" / "model.pt"), torch.device("cpu"))
+    assert G.source_input and ckpt["config"]["style_transfer"]["source_known_fraction"] == 0.5
+    told = json.load(open(out / "evaluation.json"))["residual_told_source"]
+    assert 5 < told["own_style_psnr"] < 100, "told the source, the own style is learned, not exact by construction"
+    classes = sorted(os.listdir(os.path.join(sample_root, "train")))
+    folder = os.path.join(sample_root, "test", classes[2])
+    use = [a for a in args if a != "--evaluate"]
+    for extra in ([], ["--source", classes[2]]):
+        p = run_main("style_transfer.py", "--image", folder, "--style", classes[4], "--max-side", "0", *extra, *use)
+        assert ("own style (given)" in p.stdout) == bool(extra) and "stylised" in p.stdout
 
 
 def use_args(run):
