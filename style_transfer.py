@@ -50,12 +50,12 @@ applied, squashed to the model's size) and rendered in --style NAME (or all: one
 the input and every style; the default) or --mix NAME:w ... (a weighted mixture of style embeddings).
 --strength A interpolates the embedding from the image's own style (A=0: its own-style reconstruction)
 to the target (A=1, the default); the own style is --source NAME if given (then the generator is told
-it: A=0 returns the image exactly, or as learned with source_known_fraction > 0), else the one the jointly trained discriminator's style
-head predicts (printed and saved). --keep-colour keeps the input's colours and takes the style's
-luminance (Gatys et al. 2016, luminance-only transfer). One style (or mix): each output is saved at the
-model's size and (unless --max-side 0) at the input's own aspect ratio and resolution, its longer side
-capped at --max-side (default 512): the colour change and detail predicted at the model's size are
-applied to the input at that size.
+it: A=0 returns the image exactly, or as learned with source_known_fraction > 0), else the one the
+jointly trained discriminator's style head predicts (printed and saved). --keep-colour keeps the
+input's colours and takes the style's luminance (Gatys et al. 2016, luminance-only transfer). One
+style (or mix): each output is saved at the model's size and (unless --max-side 0) at the input's own
+aspect ratio and resolution, its longer side capped at --max-side (default 512): the colour change and
+detail predicted at the model's size are applied to the input at that size.
 --style all: one labelled strip per image at the model's size. Results go to
 out_dir/stylised/ (or out_dir/<--out NAME>/) with stylised.json (checkpoint, settings, inputs, predicted
 own styles, skipped files). An unreadable file is named and skipped; none readable: exit status 2.

@@ -261,7 +261,8 @@ def test_a_generator_trained_with_the_source_as_an_input_is_scored_and_used_told
     shutil.copytree(style_transfer_run.out, out)
     args = [a.replace(f"style_transfer.out_dir={style_transfer_run.out}", f"style_transfer.out_dir={out}")
             for a in style_transfer_run.args] + ["style_transfer.epochs=1", "style_transfer.steps_per_epoch=6",
-                                                 "style_transfer.eval_naive=false", "style_transfer.source_known_fraction=0.5"]
+                                                 "style_transfer.eval_naive=false",
+                                                 "style_transfer.source_known_fraction=0.5"]
     p = run_main("style_transfer.py", *args)
     assert "residual: reusing" not in p.stdout, "a new training setting: the generator is retrained"
     G, _, ckpt = style_transfer.load_model(str(out / "residual" / "model.pt"), torch.device("cpu"))
