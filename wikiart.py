@@ -947,7 +947,7 @@ class ResidualStyleGenerator(nn.Module):
     def coarse(self, x, styles, sources=None):
         """(colour-change coefficients (B, 12, H/8, W/8), detail residual (B, 3, H, W)). styles, sources:
         indices (B,) or weights (B, num_styles); with sources, the change towards styles minus the
-        change towards sources."""
+        change towards sources (source_input: sources are an input of the style MLP instead)."""
         e = self.embedder(styles)
         if self.source_input:
             e = torch.cat([e, *self.offset_from(e, sources)], 1)
