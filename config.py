@@ -100,6 +100,8 @@ SCHEMA = {
         "width": (32, "generator channels at 1/4 of the side (1/4 of it at full size, twice it at 1/8)", ">0"),
         "res_blocks": (2, "AdaIN residual blocks at 1/8 of the side", ">=0"),
         "style_dim": (64, "width of the style MLP", ">0"),
+        "colour_cells": (0, "the colour change is averaged to this x this cells (0: one cell per 8x8 pixels; "
+                         "1: one colour transform per image)", ">=0"),
         "d_width": (16, "discriminator base width", ">0"),
         "d_blur": (True, "anti-aliased discriminator: [1,2,1] blur before each stride (false: plain stride-2 "
                    "convs, which send back a 2-pixel-period gradient: the old mesh)"),

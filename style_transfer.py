@@ -25,9 +25,9 @@ Modes (config "style_transfer.mode"):
          residual_told_source row, --source for your images), the generator subtracts the change it
          would make towards that style: the own style returns the image exactly. With
          source_known_fraction > 0 the source is instead a generator input, known in that fraction of
-         training samples (there the own style is trained by the reconstruction alone, and the style
-         terms judge only the other targets): the change towards the target stays whole, the own
-         style is learned (not exact), and an untold input is treated as a photo of unknown style.
+         training samples: the change towards the target stays whole (not minus what all targets
+         share), faded by a gate of the target's offset from the source to exactly none for the own
+         style; an untold input is treated as a photo of unknown style.
   naive  the earlier attempt: a learned image-sized style image concatenated to the input channels,
          MSE to the content + MSE to the style image (its style images collapse to one grey-beige).
 
@@ -38,7 +38,7 @@ colour_stats: each image's channel means and stds moved to its target style's av
 hit rate (and as a fraction of the judge's matched ceiling: its per-style recall on real test images
 weighted like the outputs' targets), style gap closed (texture, colour), SSIM to the input, artefact
 ratio (2/4-px-period peaks and border strip relative to real paintings of the target style; 1 = as
-real paintings), own-style PSNR on every test image (beside the Part-2 autoencoder's; "exact" when the
+real paintings), blotch ratio (power at 8-32-px periods, likewise), own-style PSNR on every test image (beside the Part-2 autoencoder's; "exact" when the
 image comes back unchanged). --seeds N: generator seeds seed..seed+N-1 (seed in out_dir, the others in
 out_dir/seed<k>/), one judge; evaluation.json holds every seed's numbers and their mean and std.
 Writes to out_dir: <mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,embeddings.png}
@@ -50,12 +50,12 @@ applied, squashed to the model's size) and rendered in --style NAME (or all: one
 the input and every style; the default) or --mix NAME:w ... (a weighted mixture of style embeddings).
 --strength A interpolates the embedding from the image's own style (A=0: its own-style reconstruction)
 to the target (A=1, the default); the own style is --source NAME if given (then the generator is told
-it: A=0 returns the image exactly, or as learned with source_known_fraction > 0), else the one the
-jointly trained discriminator's style head predicts (printed and saved). --keep-colour keeps the
-input's colours and takes the style's luminance (Gatys et al. 2016, luminance-only transfer). One
-style (or mix): each output is saved at the model's size and (unless --max-side 0) at the input's own
-aspect ratio and resolution, its longer side capped at --max-side (default 512): the colour change and
-detail predicted at the model's size are applied to the input at that size.
+it: A=0 returns the image exactly), else the one the jointly trained discriminator's style head
+predicts (printed and saved). --keep-colour keeps the input's colours and takes the style's
+luminance (Gatys et al. 2016, luminance-only transfer). One style (or mix): each output is saved
+at the model's size and (unless --max-side 0) at the input's own aspect ratio and resolution, its
+longer side capped at --max-side (default 512): the colour change and detail predicted at the
+model's size are applied to the input at that size.
 --style all: one labelled strip per image at the model's size. Results go to
 out_dir/stylised/ (or out_dir/<--out NAME>/) with stylised.json (checkpoint, settings, inputs, predicted
 own styles, skipped files). An unreadable file is named and skipped; none readable: exit status 2.
@@ -99,8 +99,9 @@ def train_signature(cfg, mode):
     keys = [k for k in st if k not in NOT_TRAINING_KEYS and (k.startswith("naive_") == (mode == "naive"))]
     path = st["autoencoder_path"]
     # "generator": the layout of the networks; bumped when their layers change, so an older model.pt is retrained
+    # (4: the source-input generator's change gated to zero for the own style)
     return {"data": [cfg["train_dir"], cfg["image_size"], cfg["seed"], cfg["val_fraction"]], "mode": mode,
-            "generator": 3, "style_transfer": {k: st[k] for k in keys},
+            "generator": 4 if st["source_known_fraction"] > 0 else 3, "style_transfer": {k: st[k] for k in keys},
             "autoencoder": [path, os.path.exists(path) and os.path.getmtime(path)] if mode != "naive" else None}
 
 
@@ -133,7 +134,8 @@ def build(cfg, mode, C, init, device):
     if mode == "naive":
         return wikiart.NaiveStyleNet(C, cfg["image_size"], init, st["naive_width"]).to(device), None
     G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(init), st["width"], st["res_blocks"], st["style_dim"],
-                                       source_input=st["source_known_fraction"] > 0)
+                                       source_input=st.get("source_known_fraction", 0) > 0,
+                                       colour_cells=st.get("colour_cells", 0))  # .get: models saved before these keys
     return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"], blur=st["d_blur"]).to(device)
 
 

@@ -126,7 +126,7 @@ ST_COLUMNS = {  # evaluation.json key: column title; keys not listed here still 
     "raw_of_ceiling": "raw / ceiling",
     "texture_gap_closed": "texture gap closed %", "colour_gap_closed": "colour gap closed %",
     "ssim": "SSIM to input", "artefact_ratio": "artefact ratio", "periodic_ratio": "periodic ratio",
-    "border_ratio": "border ratio", "own_style_psnr": "own-style PSNR dB"}
+    "border_ratio": "border ratio", "blotch_ratio": "blotch ratio", "own_style_psnr": "own-style PSNR dB"}
 
 
 def st_cell(key, value, std=None):

@@ -908,7 +908,8 @@ class ResidualStyleGenerator(nn.Module):
     """Image + style -> the image in that style, built so that "change nothing" is easy:
         out = x + A(x, s) [x; 1] + r(x, s)
     A: a 3x4 affine colour change per pixel, predicted on a grid at 1/8 of the side and upsampled
-    bilinearly (smooth by construction: it recolours, it cannot draw a mesh); r: a detail residual from
+    bilinearly (smooth by construction: it recolours, it cannot draw a mesh; colour_cells n > 0 averages
+    it to n x n cells first, 1 = one transform per image); r: a detail residual from
     a small U-Net (blur-pooled encoder, bilinear upsampling, skips down to full resolution) whose decoder
     is modulated by the style through AdaIN. Both heads start at zero: an untrained generator returns
     its input exactly. The style vector s is an MLP of the style embedding and the input's per-channel
@@ -919,11 +920,12 @@ class ResidualStyleGenerator(nn.Module):
         source: the own style then returns the image exactly, and what every target shares cancels; or
       source_input=True: the source is an input of the style MLP (the target embedding's offset from
         it, and whether it is known: a row of zero weights, or sources=None, is "unknown"), so the
-        change towards the target is kept whole and "no change for the own style" is learned."""
+        change towards the target is kept whole; it is scaled by a gate of the offset that is 0 for
+        the own style (the image exactly) and ~1 for any other."""
 
-    def __init__(self, embedder, width=32, res_blocks=2, style_dim=64, source_input=False):
+    def __init__(self, embedder, width=32, res_blocks=2, style_dim=64, source_input=False, colour_cells=0):
         super().__init__()
-        self.embedder, w, self.source_input = embedder, width, source_input
+        self.embedder, w, self.source_input, self.colour_cells = embedder, width, source_input, colour_cells
         told_dim = embedder.dim + 1 if source_input else 0
         self.mapping = nn.Sequential(nn.Linear(embedder.dim + told_dim + 6, style_dim), nn.ReLU(),
                                      nn.Linear(style_dim, style_dim), nn.ReLU())
@@ -948,9 +950,14 @@ class ResidualStyleGenerator(nn.Module):
         """(colour-change coefficients (B, 12, H/8, W/8), detail residual (B, 3, H, W)). styles, sources:
         indices (B,) or weights (B, num_styles); with sources, the change towards styles minus the
         change towards sources (source_input: sources are an input of the style MLP instead)."""
-        e = self.embedder(styles)
+        e, gate = self.embedder(styles), None
         if self.source_input:
-            e = torch.cat([e, *self.offset_from(e, sources)], 1)
+            offset, known = self.offset_from(e, sources)
+            e = torch.cat([e, offset, known], 1)
+            # the change fades out as the target nears a known source: 0 for the own style (the image comes
+            # back exactly), ~1 for any other (standardised embeddings differ by ~1.4 per dimension)
+            d2 = offset.pow(2).mean(1)
+            gate = torch.where(known[:, 0] > 0, d2 / (d2 + 0.01), torch.ones_like(d2))[:, None, None, None]
             sources = None  # an input, not subtracted
         elif sources is not None:  # both changes in one pass: the encoder once, the style-driven part on 2B
             e = torch.cat([e, self.embedder(sources)])
@@ -965,6 +972,8 @@ class ResidualStyleGenerator(nn.Module):
         for block in self.blocks:
             h = block(h, s)
         coeffs = self.to_coeffs(h)
+        if self.colour_cells:  # coarser colour cells: the colour change cannot draw a plaid of blotches
+            coeffs = F.adaptive_avg_pool2d(coeffs, self.colour_cells)
         for conv, norm, skip in zip(self.dec, self.dec_norm, reversed(skips[:-1])):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = F.leaky_relu(norm(conv(torch.cat([h, skip], 1)), s), 0.2)
@@ -972,6 +981,8 @@ class ResidualStyleGenerator(nn.Module):
         if sources is not None:  # towards the target minus towards the source: zero when they are the same style
             (c_t, c_s), (d_t, d_s) = coeffs.chunk(2), detail.chunk(2)
             coeffs, detail = c_t - c_s, d_t - d_s
+        if gate is not None:
+            coeffs, detail = coeffs * gate, detail * gate
         return coeffs, detail
 
     def offset_from(self, e, sources):
