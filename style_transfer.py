@@ -38,8 +38,8 @@ colour_stats: each image's channel means and stds moved to its target style's av
 hit rate (and as a fraction of the judge's matched ceiling: its per-style recall on real test images
 weighted like the outputs' targets), style gap closed (texture, colour), SSIM to the input, artefact
 ratio (2/4-px-period peaks and border strip relative to real paintings of the target style; 1 = as
-real paintings), blotch ratio (power at 8-32-px periods, likewise), own-style PSNR on every test image (beside the Part-2 autoencoder's; "exact" when the
-image comes back unchanged). --seeds N: generator seeds seed..seed+N-1 (seed in out_dir, the others in
+real paintings), blotch ratio (power at 8-32-px periods, likewise), own-style PSNR on every test image
+(beside the Part-2 autoencoder's; "exact" when the image comes back unchanged). --seeds N: generator seeds seed..seed+N-1 (seed in out_dir, the others in
 out_dir/seed<k>/), one judge; evaluation.json holds every seed's numbers and their mean and std.
 Writes to out_dir: <mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,embeddings.png}
 (residual: grid_told_source.png too), judge.pt, evaluation.json.
@@ -170,7 +170,7 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     idx = [split.by_style[s][int(torch.randint(len(split.by_style[s]), (1,), generator=g))] if len(split.by_style[s])
            else split.train_idx[int(torch.randint(len(split.train_idx), (1,), generator=g))] for s in t.tolist()]
     real = wikiart.to_float(split.data.images[np.asarray(idx)], device)
-    known = torch.zeros_like(same)  # told the source: then its own style is the reconstruction's business alone
+    known = torch.zeros_like(same)  # told the source, a target equal to it returns the image exactly (the gate)
     if st["source_known_fraction"] > 0:
         known = torch.rand(y.shape, generator=g).to(device) < st["source_known_fraction"]
         fake = G(x, t, F.one_hot(y, split.C).float() * known[:, None])  # a row of zeros: unknown
