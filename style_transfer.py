@@ -39,8 +39,9 @@ hit rate (and as a fraction of the judge's matched ceiling: its per-style recall
 weighted like the outputs' targets), style gap closed (texture, colour), SSIM to the input, artefact
 ratio (2/4-px-period peaks and border strip relative to real paintings of the target style; 1 = as
 real paintings), blotch ratio (power at 8-32-px periods, likewise), own-style PSNR on every test image
-(beside the Part-2 autoencoder's; "exact" when the image comes back unchanged). --seeds N: generator seeds seed..seed+N-1 (seed in out_dir, the others in
-out_dir/seed<k>/), one judge; evaluation.json holds every seed's numbers and their mean and std.
+(beside the Part-2 autoencoder's; "exact" when the image comes back unchanged). --seeds N: generator
+seeds seed..seed+N-1 (seed in out_dir, the others in out_dir/seed<k>/), one judge; evaluation.json
+holds every seed's numbers and their mean and std.
 Writes to out_dir: <mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,embeddings.png}
 (residual: grid_told_source.png too), judge.pt, evaluation.json.
 
