@@ -102,6 +102,9 @@ SCHEMA = {
         "style_dim": (64, "width of the style MLP", ">0"),
         "colour_cells": (0, "the colour change is averaged to this x this cells (0: one cell per 8x8 pixels; "
                          "1: one colour transform per image)", ">=0"),
+        "luminance_detail": (False, "the detail residual changes luminance only (one channel, added to R, G and "
+                             "B alike): every change of hue goes through the smooth colour transform, so the "
+                             "detail cannot draw rainbow fringes"),
         "d_width": (16, "discriminator base width", ">0"),
         "d_blur": (True, "anti-aliased discriminator: [1,2,1] blur before each stride (false: plain stride-2 "
                    "convs, which send back a 2-pixel-period gradient: the old mesh)"),

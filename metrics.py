@@ -337,3 +337,161 @@ def nearest_neighbours(queries_u8, refs_u8, side=32, chunk=512):
         dist.append((best.values.clamp(min=0) / refs.shape[1]).sqrt())
         index.append(best.indices)
     return torch.cat(dist).numpy(), torch.cat(index).numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Realism (Part 3 and Bonus B): can generated images be told from real paintings of their styles?
+# Three measures the generators are not trained on: a two-sample test by a fresh CNN, a Fréchet
+# distance in a style judge's features, and the CIELAB colour moments of each image.
+
+class TwoSampleNet(nn.Module):
+    """The two-sample test's small CNN: stride-2 convs (the first sees full resolution, so pixel-level
+    artefacts count), mean- and max-pooled, one logit for "generated"."""
+
+    def __init__(self, widths=(16, 32, 64, 64)):
+        super().__init__()
+        layers, c = [], 3
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, 2, 1), nn.LeakyReLU(0.2)]
+            c = w
+        self.trunk, self.head = nn.Sequential(*layers), nn.Linear(2 * c, 1)
+
+    def forward(self, x):
+        f = self.trunk(x)
+        return self.head(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)).squeeze(1)
+
+
+def real_sample(styles, real_u8, real_styles, seed):
+    """As many real images of each style as `styles` holds (drawn with replacement only where a style has
+    too few), seeded: the real side of the two-sample test and of the Fréchet 100% point. (images, styles)"""
+    rng, styles, real_styles = np.random.default_rng(seed), np.asarray(styles), np.asarray(real_styles)
+    picked = []
+    for s in np.unique(styles):
+        pool, n = np.flatnonzero(real_styles == s), int((styles == s).sum())
+        if len(pool):
+            picked.append(rng.choice(pool, n, replace=n > len(pool)))
+    idx = np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+    return np.asarray(real_u8)[idx], real_styles[idx]
+
+
+def two_sample_accuracy(fake_u8, fake_groups, real_u8, seed=0, epochs=6, batch_size=64, lr=2e-3):
+    """Held-out accuracy of a fresh small CNN that tells fake_u8 from real_u8 (0.5: it cannot tell them
+    apart; 1.0: every image is called right). Two folds: the fakes split by `fake_groups` (their source
+    image: no source on both sides, so memorising an input does not help), the reals at random; trained
+    on one fold (flips as augmentation), tested on the other, and back; the mean of the two accuracies."""
+    fake_u8, real_u8 = np.asarray(fake_u8), np.asarray(real_u8)
+    rng = np.random.default_rng(seed)
+    groups = np.unique(fake_groups)
+    fold_of_group = dict(zip(groups, rng.permutation(len(groups)) % 2))
+    fold = np.concatenate([[fold_of_group[g] for g in np.asarray(fake_groups)], rng.permutation(len(real_u8)) % 2])
+    images, is_fake = np.concatenate([fake_u8, real_u8]), np.r_[np.ones(len(fake_u8)), np.zeros(len(real_u8))]
+    x_all = _u8_to_float(images) * 2 - 1
+    y_all = torch.from_numpy(is_fake).float()
+    accs = []
+    for k in (0, 1):
+        train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        with torch.random.fork_rng():  # seeded, without moving the caller's random state
+            torch.manual_seed(seed + k)
+            net = TwoSampleNet()
+        opt = torch.optim.Adam(net.parameters(), lr)
+        g = torch.Generator().manual_seed(seed + 10 + k)
+        for _ in range(epochs):
+            order = train[torch.randperm(len(train), generator=g).numpy()]
+            for i in range(0, len(order), batch_size):
+                b = order[i:i + batch_size]
+                x = x_all[b]
+                x = torch.where(torch.rand(len(b), 1, 1, 1, generator=g) < 0.5, x.flip(3), x)
+                loss = F.binary_cross_entropy_with_logits(net(x), y_all[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            pred = torch.cat([net(x_all[test[i:i + 256]]) > 0 for i in range(0, len(test), 256)])
+        accs.append(float((pred.float() == y_all[test]).float().mean()))
+    return float(np.mean(accs))
+
+
+def frechet_distance(a, b):
+    """Fréchet distance between Gaussians fitted to the rows of a and b (n, d) (as FID computes it)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ma, mb = a.mean(0), b.mean(0)
+    ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    # trace of sqrt(ca cb) from the eigenvalues of sqrt(ca) cb sqrt(ca), which is symmetric PSD
+    w, v = np.linalg.eigh(ca)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ cb @ root), 0, None)).sum()
+    return float(((ma - mb) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * cross)
+
+
+def frechet_gap_closed(inputs, outputs, styles, reference, reference_styles, real, real_styles):
+    """How far outputs (n, d) moved from their inputs towards the reference images of their target
+    styles, in the Fréchet distance per target style summed over styles: 0 = the inputs, 1 = `real`
+    (another sample of real paintings of the same styles, as many per style as outputs). Features are
+    any (n, d) descriptors (judge features reduced by PCA, Lab moments...)."""
+    styles, reference_styles, real_styles = map(np.asarray, (styles, reference_styles, real_styles))
+    used = [s for s in np.unique(styles) if (reference_styles == s).sum() > 1 and (styles == s).sum() > 1
+            and (real_styles == s).sum() > 1]
+    d = lambda x, x_styles: sum(frechet_distance(x[x_styles == s], reference[reference_styles == s]) for s in used)
+    d_in = d(inputs, styles)
+    return gap_closed([d_in], [d(outputs, styles)], [d(real, real_styles)])
+
+
+def pca_projection(features, dim=16):
+    """(mean, (d, dim) components) of the rows of `features`: the top `dim` principal directions."""
+    features = np.asarray(features, np.float64)
+    mean = features.mean(0)
+    _, _, vt = np.linalg.svd(features - mean, full_matrices=False)
+    return mean, vt[:dim].T
+
+
+def srgb_to_lab(images_u8):
+    """CIELAB (D65) of sRGB uint8 images (..., 3) -> float (..., 3): L in [0, 100], a and b about ±100."""
+    c = np.asarray(images_u8, np.float64) / 255
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = lin @ np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
+                          [0.0193339, 0.1191920, 0.9503041]]).T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def lab_moments(images_u8, chunk=256):
+    """(N, 6): each image's mean of L, a, b and their standard deviations over its pixels."""
+    out = []
+    for i in range(0, len(images_u8), chunk):
+        lab = srgb_to_lab(images_u8[i:i + chunk]).reshape(min(chunk, len(images_u8) - i), -1, 3)
+        out.append(np.concatenate([lab.mean(1), lab.std(1)], 1))
+    return np.concatenate(out) if out else np.zeros((0, 6))
+
+
+class RealismReference:
+    """The real paintings the realism measures compare generated images with, prepared once:
+    `features(u8) -> (n, d)` (a style judge's penultimate features), real test paintings (the reference
+    the Fréchet distances are taken to; PCA to pca_dim fitted on them, so that ~60 images per style
+    suffice) and real training paintings (the real side of the two-sample test, and the 100% point)."""
+
+    def __init__(self, features, test_u8, test_styles, train_u8, train_styles, seed=0, pca_dim=16):
+        self.features, self.seed = features, seed
+        self.train_u8, self.train_styles = np.asarray(train_u8), np.asarray(train_styles)
+        self.test_styles = np.asarray(test_styles)
+        test_features = features(test_u8)
+        self.mean, self.components = pca_projection(test_features, pca_dim)
+        self.test = {"judge": self.project(test_features), "lab": lab_moments(test_u8)}
+
+    def project(self, features):
+        return (np.asarray(features, np.float64) - self.mean) @ self.components
+
+    def describe(self, images_u8):
+        return {"judge": self.project(self.features(images_u8)), "lab": lab_moments(images_u8)}
+
+    def measure(self, inputs_u8, outputs_u8, groups, styles):
+        """{"two_sample_accuracy": a fresh CNN tells the outputs from as many real training paintings of
+        the same styles (0.5 = it cannot), "realism_gap_closed": the Fréchet distance to real test
+        paintings of the target style in the judge's features, 0 = the inputs, 1 = other real paintings
+        of the style, "lab_gap_closed": the same with each image's Lab mean/std moments}. groups: each
+        output's source image (the two-sample test's folds split by it); styles: their target styles."""
+        real_u8, real_styles = real_sample(styles, self.train_u8, self.train_styles, self.seed)
+        d_in, d_out, d_real = self.describe(inputs_u8), self.describe(outputs_u8), self.describe(real_u8)
+        gap = lambda k: frechet_gap_closed(d_in[k], d_out[k], styles, self.test[k], self.test_styles, d_real[k],
+                                           real_styles)
+        return {"two_sample_accuracy": two_sample_accuracy(outputs_u8, groups, real_u8, self.seed),
+                "realism_gap_closed": gap("judge"), "lab_gap_closed": gap("lab")}

@@ -142,6 +142,27 @@ def plot_transfer_grid(sources, columns, source_styles, classes, path, title):
     p.close(fig)
 
 
+def plot_strength_curve(curves, path, title=""):
+    """Hit and realism against --strength: curves = {method: {strength: {measure: value}}}."""
+    p = plt()
+    measures = [("robust_of_ceiling", "robust hit / ceiling"), ("raw_of_ceiling", "raw hit / ceiling"),
+                ("two_sample_accuracy", "two-sample accuracy (0.5 = real)"),
+                ("realism_gap_closed", "realism gap closed"), ("lab_gap_closed", "Lab gap closed")]
+    fig, ax = p.subplots(figsize=(6.5, 4))
+    for (key, label), colour in zip(measures, ("C0", "C1", "C3", "C2", "C4")):
+        for (method, curve), style in zip(curves.items(), ("-", "--", ":")):
+            a = sorted(curve)
+            ax.plot(a, [curve[x].get(key, float("nan")) for x in a], style, marker="o", color=colour,
+                    label=f"{label}" + (f" ({method})" if len(curves) > 1 else ""))
+    ax.set_xlabel("strength (0: the input, 1: the target style)")
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    p.close(fig)
+
+
 def plot_style_embeddings(weights, initial, prototypes, classes, path, mode, rendered_as):
     """Style embeddings (C, D): a 2D PCA (arrows from their initial values, if given) beside each one
     rendered as an image (prototypes, uint8 (C, S, S, 3))."""

@@ -82,6 +82,7 @@ import wikiart
 
 # what a trained model depends on: a saved model is reused by --evaluate only if these are unchanged
 TOLD = "_told_source"  # an evaluated method name ending so: the generator is told the test images' true styles
+STRENGTHS = (0.25, 0.5, 0.75, 1.0)  # --evaluate's strength curve, told the source
 NOT_TRAINING_KEYS = ("mode", "out_dir", "eval_images", "grid_rows", "judge_width", "judge_epochs", "judge_lr",
                      "eval_naive")
 
@@ -136,7 +137,8 @@ def build(cfg, mode, C, init, device):
         return wikiart.NaiveStyleNet(C, cfg["image_size"], init, st["naive_width"]).to(device), None
     G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(init), st["width"], st["res_blocks"], st["style_dim"],
                                        source_input=st.get("source_known_fraction", 0) > 0,
-                                       colour_cells=st.get("colour_cells", 0))  # .get: models saved before these keys
+                                       colour_cells=st.get("colour_cells", 0),  # .get: models saved before these keys
+                                       luminance_detail=st.get("luminance_detail", False))
     return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"], blur=st["d_blur"]).to(device)
 
 
@@ -328,8 +330,8 @@ def train_or_load(cfg, mode, split, device, reuse, resume, argv):
 
 @torch.no_grad()
 def transfer(G, images_u8, styles, sources, device, batch_size=128):
-    """Outputs (uint8) of the generator for images_u8[i] rendered in styles[i]; sources: None, or the
-    images' own styles (the generator is told them: see the module docstring)."""
+    """Outputs (uint8) of the generator for images_u8[i] rendered in styles[i] (an index, or a row of
+    weights over the styles); sources: None, or the images' own styles (the generator is told them)."""
     outs = []
     for i in range(0, len(styles), batch_size):
         x = wikiart.to_float(images_u8[i:i + batch_size], device)
@@ -447,29 +449,42 @@ def evaluate(cfg, seed_models, split, test, device):
     dist = lambda k, desc, sel: [metrics.style_distance([l[sel(s)] for l in desc], refs[k], s) for s in styles]
     d_real = {k: dist(k, f(test_u8), lambda s: test_y == s) for k, f in describe.items()}
     d_in = {k: dist(k, f(inputs), lambda s: pt == s) for k, f in describe.items()}
+    features = torch.nn.Sequential(judge.stem, judge.layers, judge.head)  # the judge's penultimate features
+    reality = metrics.RealismReference(
+        lambda u8: wikiart.predict(features, u8, np.arange(len(u8)), 256, device, desc="judge features").numpy(),
+        test_u8, test_y, train_u8, train_y, seed=cfg["seed"])
     ae, _ = wikiart.load_autoencoder(st["autoencoder_path"], device) if os.path.exists(st["autoencoder_path"]) else (None, 0)
     fixed["autoencoder_psnr"] = (metrics.own_style_psnr(lambda x, y: ae((x + 1) / 2) * 2 - 1, test_u8, test_y, device)
                                  if ae else None)
     baselines = {"colour_stats": metrics.colour_statistics_transfer(inputs, pt, train_u8, train_y, C),
                  "identity": inputs}
-    # ---- each seed's models, and the baselines
+
+    def score(outputs):
+        """Every measure of the outputs (inputs[k] rendered in style pt[k]) that needs no generator."""
+        r = {"robust_hit_rate": float((judge_of(metrics.robust_transform(outputs)) == pt).mean()),
+             "raw_hit_rate": float((judge_of(outputs) == pt).mean())}
+        r["robust_of_ceiling"] = r["robust_hit_rate"] / max(fixed["matched_ceiling_robust"], 1e-9)
+        r["raw_of_ceiling"] = r["raw_hit_rate"] / max(fixed["matched_ceiling_raw"], 1e-9)
+        for k, f in describe.items():
+            r[f"{k}_gap_closed"] = metrics.gap_closed(d_in[k], dist(k, f(outputs), lambda s: pt == s), d_real[k])
+        r |= reality.measure(inputs, outputs, pi, pt)
+        r["ssim"] = float(metrics.ssim(outputs, inputs).mean())
+        return r | {f"{k}_ratio": v for k, v in metrics.artefact_ratio(outputs, pt, test_u8, test_y).items()}
+
+    # ---- each seed's models, and the baselines; told the source, also the strength curve
     per_seed = []
     for seed, models in seed_models:
         results = dict(fixed, seed=seed)
         told = lambda name: src_y[pi] if name.endswith(TOLD) else None  # the test labels as the sources
         methods = {name: transfer(G, inputs, pt, told(name), device) for name, G in models.items()} | baselines
-        for name, outputs in methods.items():
-            r = {"robust_hit_rate": float((judge_of(metrics.robust_transform(outputs)) == pt).mean()),
-                 "raw_hit_rate": float((judge_of(outputs) == pt).mean())}
-            r["robust_of_ceiling"] = r["robust_hit_rate"] / max(fixed["matched_ceiling_robust"], 1e-9)
-            r["raw_of_ceiling"] = r["raw_hit_rate"] / max(fixed["matched_ceiling_raw"], 1e-9)
-            for k, f in describe.items():
-                r[f"{k}_gap_closed"] = metrics.gap_closed(d_in[k], dist(k, f(outputs), lambda s: pt == s), d_real[k])
-            r["ssim"] = float(metrics.ssim(outputs, inputs).mean())
-            r |= {f"{k}_ratio": v for k, v in metrics.artefact_ratio(outputs, pt, test_u8, test_y).items()}
+        for name, outputs in tqdm(methods.items(), desc="scoring", leave=False):
+            results[name] = score(outputs)
             own = lambda x, y: models[name](x, y, y if name.endswith(TOLD) else None)
-            r["own_style_psnr"] = metrics.own_style_psnr(own, test_u8, test_y, device) if name in models else None
-            results[name] = r
+            results[name]["own_style_psnr"] = metrics.own_style_psnr(own, test_u8, test_y, device) if name in models else None
+            for a in STRENGTHS[:-1] if name.endswith(TOLD) else ():  # (1 - a) own style + a target, as --strength
+                weights = (1 - a) * np.eye(C)[src_y[pi]] + a * np.eye(C)[pt]
+                results[f"{name}@{a:g}"] = score(transfer(models[name], inputs, weights.astype(np.float32),
+                                                          told(name), device))
         per_seed.append(results)
     names = [k for k, v in per_seed[0].items() if isinstance(v, dict)]
     print(f"\n{len(idx)} test images x {C - 1} other styles = {len(pairs)} outputs; chance {1 / C:.1%}; judge on real "
@@ -490,7 +505,13 @@ def evaluate(cfg, seed_models, split, test, device):
         print(tables.style_transfer_methods({n: results[n]["mean"] for n in names},
                                             {n: results[n]["std"] for n in names}))
     runs.atomic_save(results, os.path.join(st["out_dir"], "evaluation.json"))
-    print(f"wrote {os.path.join(st['out_dir'], 'evaluation.json')}")
+    mean = lambda name: results[name]["mean"] if "mean" in results[name] else results[name]
+    curves = {name: {a: mean(f"{name}@{a:g}" if a < 1 else name) for a in STRENGTHS} for name in names
+              if name.endswith(TOLD) and "@" not in name}
+    if curves:
+        plots.plot_strength_curve(curves, os.path.join(st["out_dir"], "strength_curve.png"),
+                                  "told the source: what each step towards the style costs")
+    print(f"wrote {os.path.join(st['out_dir'], 'evaluation.json')}" + (", strength_curve.png" if curves else ""))
     return results
 
 

@@ -123,7 +123,8 @@ def autoencoder_table(entries):
 
 ST_COLUMNS = {  # evaluation.json key: column title; keys not listed here still get a column (defensive)
     "robust_hit_rate": "robust hit %", "raw_hit_rate": "raw hit %", "robust_of_ceiling": "robust / ceiling",
-    "raw_of_ceiling": "raw / ceiling",
+    "raw_of_ceiling": "raw / ceiling", "two_sample_accuracy": "two-sample acc. %",
+    "realism_gap_closed": "realism gap closed %", "lab_gap_closed": "Lab gap closed %",
     "texture_gap_closed": "texture gap closed %", "colour_gap_closed": "colour gap closed %",
     "ssim": "SSIM to input", "artefact_ratio": "artefact ratio", "periodic_ratio": "periodic ratio",
     "border_ratio": "border ratio", "blotch_ratio": "blotch ratio", "own_style_psnr": "own-style PSNR dB"}
@@ -134,7 +135,7 @@ def st_cell(key, value, std=None):
         return "–"
     if key == "own_style_psnr" and value >= 119.9:  # metrics.psnr's cap: zero error, the image given back exactly
         return "exact"
-    f = (lambda v: f"{100 * v:.1f}") if key.endswith(("_rate", "_closed")) else (lambda v: f"{v:.3f}")
+    f = (lambda v: f"{100 * v:.1f}") if key.endswith(("_rate", "_closed", "_accuracy")) else (lambda v: f"{v:.3f}")
     return f(value) + (f" ± {f(std)}" if isinstance(std, (int, float)) else "")
 
 

@@ -909,7 +909,8 @@ class ResidualStyleGenerator(nn.Module):
         out = x + A(x, s) [x; 1] + r(x, s)
     A: a 3x4 affine colour change per pixel, predicted on a grid at 1/8 of the side and upsampled
     bilinearly (smooth by construction: it recolours, it cannot draw a mesh; colour_cells n > 0 averages
-    it to n x n cells first, 1 = one transform per image); r: a detail residual from
+    it to n x n cells first, 1 = one transform per image); r: a detail residual (luminance_detail: one
+    channel added to R, G and B alike, so every hue change is the smooth transform's) from
     a small U-Net (blur-pooled encoder, bilinear upsampling, skips down to full resolution) whose decoder
     is modulated by the style through AdaIN. Both heads start at zero: an untrained generator returns
     its input exactly. The style vector s is an MLP of the style embedding and the input's per-channel
@@ -923,7 +924,8 @@ class ResidualStyleGenerator(nn.Module):
         change towards the target is kept whole; it is scaled by a gate of the offset that is 0 for
         the own style (the image exactly) and ~1 for any other."""
 
-    def __init__(self, embedder, width=32, res_blocks=2, style_dim=64, source_input=False, colour_cells=0):
+    def __init__(self, embedder, width=32, res_blocks=2, style_dim=64, source_input=False, colour_cells=0,
+                 luminance_detail=False):
         super().__init__()
         self.embedder, w, self.source_input, self.colour_cells = embedder, width, source_input, colour_cells
         told_dim = embedder.dim + 1 if source_input else 0
@@ -941,7 +943,7 @@ class ResidualStyleGenerator(nn.Module):
         chans = [(c[3] + c[2], c[2]), (c[2] + c[1], c[1]), (c[1] + c[0], c[0])]
         self.dec = nn.ModuleList(conv(cin, cout) for cin, cout in chans)
         self.dec_norm = nn.ModuleList(AdaIN(cout, style_dim) for _, cout in chans)
-        self.to_detail = nn.Conv2d(c[0], 3, 1)
+        self.to_detail = nn.Conv2d(c[0], 1 if luminance_detail else 3, 1)  # 1: broadcast to R, G, B (no hue)
         for head in (self.to_coeffs, self.to_detail):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)

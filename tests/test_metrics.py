@@ -119,3 +119,89 @@ def test_macro_f1_and_balanced_accuracy_follow_scikit_learn():
     assert m["macro_f1"] < truth_only - 0.1
     with pytest.warns(UserWarning):  # scikit-learn warns about the predicted-only class
         assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+
+
+# ---- realism (Part 3 and Bonus B): the two-sample test, the Fréchet gap, the Lab moments
+
+def sample_paintings(n, seed0, styles=("Impressionism", "Pop_Art", "Baroque", "Ukiyo_e"), size=32):
+    """n synthetic paintings of the built-in sample (cycling over `styles`) and their style indices."""
+    import sample_data
+    u8 = np.stack([np.asarray(sample_data.render_sample_image(styles[i % len(styles)], seed0 + i, size))
+                   for i in range(n)])
+    return u8, np.arange(n) % len(styles)
+
+
+def rainbow_edges(images_u8, width=3):
+    """A planted artefact: saturated rainbow bands along the top and bottom edges."""
+    out = images_u8.copy()
+    hue = np.arange(out.shape[2]) * 255 // out.shape[2]
+    band = np.stack([hue, 255 - hue, (hue * 3) % 256], -1).astype(np.uint8)[None, None]
+    out[:, :width], out[:, -width:] = band, band
+    return out
+
+
+def test_two_sample_test_cannot_tell_real_from_real_and_catches_a_planted_artefact():
+    a, _ = sample_paintings(240, 0)
+    b, _ = sample_paintings(240, 10_000)
+    groups = np.arange(len(a)) // 3  # three outputs per "source image", as several styles per input
+    assert abs(metrics.two_sample_accuracy(a, groups, b, seed=0) - 0.5) < 0.1
+    assert metrics.two_sample_accuracy(rainbow_edges(a), groups, b, seed=0) > 0.95
+
+
+def test_two_sample_test_is_seeded():
+    a, _ = sample_paintings(64, 0)
+    b, _ = sample_paintings(64, 500)
+    groups = np.arange(64)
+    assert metrics.two_sample_accuracy(a, groups, b, seed=3) == metrics.two_sample_accuracy(a, groups, b, seed=3)
+
+
+def test_frechet_gap_is_zero_for_the_inputs_and_about_one_for_other_real_paintings():
+    rng = np.random.default_rng(0)
+    styles = np.repeat(np.arange(4), 60)
+    centres = rng.normal(0, 3, (4, 5))
+    draw = lambda s: centres[s] + rng.normal(0, 1, (len(s), 5))  # "real paintings of style s"
+    reference, real = draw(styles), draw(styles)
+    inputs = draw((styles + 1) % 4)  # images of other styles, aimed at `styles`
+    closed = lambda outputs: metrics.frechet_gap_closed(inputs, outputs, styles, reference, styles, real, styles)
+    assert closed(inputs) == 0
+    assert abs(closed(draw(styles)) - 1) < 0.1  # a fresh real sample: the 100% point, within sampling noise
+    assert 0.3 < closed((inputs + draw(styles)) / 2 * np.sqrt(2)) < 0.9  # half way in the mean: partly closed
+
+
+def test_frechet_distance_of_gaussians_by_hand():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 1, (20000, 2))
+    b = a * 2 + np.array([3.0, 0.0])  # means 3 apart; covariance 4I against I: trace 1+1 + 4+4 - 2*(2+2)
+    assert metrics.frechet_distance(a, b) == pytest.approx(9 + 2, rel=0.03)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+
+
+def test_lab_moments_of_known_colours_by_hand():
+    red = np.zeros((1, 4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    assert metrics.lab_moments(red)[0] == pytest.approx([53.24, 80.09, 67.20, 0, 0, 0], abs=0.05)
+    # half white (L 100), half black (L 0): mean L 50, std 50, no colour
+    half = np.zeros((1, 4, 4, 3), np.uint8)
+    half[:, :2] = 255
+    assert metrics.lab_moments(half)[0] == pytest.approx([50, 0, 0, 50, 0, 0], abs=0.01)
+    # a shift of grey towards blue moves b (yellow-blue) down and leaves the spread at zero
+    grey, bluer = np.full((1, 2, 2, 3), 128, np.uint8), np.full((1, 2, 2, 3), [118, 128, 148], np.uint8)
+    m_grey, m_blue = metrics.lab_moments(grey)[0], metrics.lab_moments(bluer)[0]
+    assert m_grey[1:3] == pytest.approx([0, 0], abs=0.01) and m_blue[2] < -10 and abs(m_blue[0] - m_grey[0]) < 2
+    assert m_blue[3:] == pytest.approx([0, 0, 0], abs=1e-9)
+
+
+def test_lab_gap_closed_follows_a_colour_shift_towards_the_style():
+    """Outputs moved part of the way to the target style's colours close that share of the Lab gap."""
+    styles = np.repeat(np.arange(2), 40)
+    rng = np.random.default_rng(2)
+    base = rng.integers(60, 120, (80, 8, 8, 3)).astype(np.uint8)
+    tint = np.array([[60, 0, -40], [-40, 30, 60]])[styles][:, None, None]  # each style's own cast
+    style_look = lambda: np.clip(rng.integers(60, 120, (80, 8, 8, 3)) + tint, 0, 255).astype(np.uint8)
+    reference, real = metrics.lab_moments(style_look()), metrics.lab_moments(style_look())
+    closed = lambda out: metrics.frechet_gap_closed(metrics.lab_moments(base), metrics.lab_moments(out), styles,
+                                                     reference, styles, real, styles)
+    assert closed(base) == 0
+    assert closed(np.clip(base + tint, 0, 255).astype(np.uint8)) > 0.9
+    half = closed(np.clip(base + tint // 2, 0, 255).astype(np.uint8))
+    assert 0.4 < half < 0.9  # a squared distance: half the shift closes three quarters, less the noise

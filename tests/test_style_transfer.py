@@ -15,7 +15,7 @@ import style_transfer
 import config
 import tables
 import wikiart
-from conftest import run_main
+from conftest import assert_real_picture, run_main
 
 
 def tiny_generator(num_styles=5, dim=10):
@@ -54,6 +54,22 @@ def test_untrained_generator_returns_its_input_and_trained_heads_follow_the_styl
 
 
 @torch.no_grad()
+@torch.no_grad()
+def test_luminance_detail_changes_no_hue_only_the_colour_transform_does():
+    torch.manual_seed(0)
+    G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(torch.randn(5, 10)), width=16, res_blocks=1,
+                                       style_dim=16, luminance_detail=True).eval()
+    torch.nn.init.normal_(G.to_detail.weight, std=0.05)  # the detail head woken, the colour head still zero
+    x = torch.rand(4, 3, 32, 32) * 0.5 - 0.25  # away from the clamp
+    change = G(x, torch.arange(4)) - x
+    assert change.abs().max() > 1e-3, "the detail draws something"
+    assert torch.allclose(change[:, 0], change[:, 1]) and torch.allclose(change[:, 1], change[:, 2]), \
+        "the same change on R, G and B: lighter or darker, never another hue"
+    torch.nn.init.normal_(G.to_coeffs.weight, std=0.05)
+    change = G(x, torch.arange(4)) - x
+    assert not torch.allclose(change[:, 0], change[:, 2]), "hue changes come from the colour transform"
+
+
 def test_colour_cells_coarsen_the_colour_change_only():
     fine = wake(tiny_generator())
     coarse = wikiart.ResidualStyleGenerator(fine.embedder, width=16, res_blocks=1, style_dim=16, colour_cells=1)
@@ -250,6 +266,23 @@ def test_seeds_train_one_generator_each_and_report_mean_and_std(style_transfer_r
         assert ev["residual"]["mean"][key] == pytest.approx(np.mean(values))
         assert ev["residual"]["std"][key] == pytest.approx(np.std(values, ddof=1))
     assert ev["runs"][0]["residual"] != ev["runs"][1]["residual"], "two seeds, two generators"
+
+
+@pytest.mark.slow  # the session's style-transfer run
+def test_evaluation_measures_realism_for_every_row_and_the_strength_curve(style_transfer_run):
+    ev = json.load(open(style_transfer_run.out / "evaluation.json"))
+    told = "residual_told_source"
+    rows = ["residual", "naive", told, "colour_stats", "identity"] + [f"{told}@{a}" for a in (0.25, 0.5, 0.75)]
+    for row in rows:
+        for key in ("two_sample_accuracy", "realism_gap_closed", "lab_gap_closed", "robust_hit_rate", "ssim"):
+            assert isinstance(ev[row][key], float), (row, key)
+        assert 0 <= ev[row]["two_sample_accuracy"] <= 1
+    assert ev["identity"]["realism_gap_closed"] == 0 and ev["identity"]["lab_gap_closed"] == 0
+    # each step of strength changes the image more: SSIM to the input falls along the curve
+    ssims = [ev[f"{told}@{a}"]["ssim"] for a in (0.25, 0.5, 0.75)] + [ev[told]["ssim"]]
+    assert ssims == sorted(ssims, reverse=True) and ssims[0] > ssims[-1], ssims
+    assert_real_picture(style_transfer_run.out / "strength_curve.png")
+    assert "two-sample acc. %" in style_transfer_run.stdout and f"| {told}@0.5 |" in style_transfer_run.stdout
 
 
 @pytest.mark.slow  # the session's style-transfer run
