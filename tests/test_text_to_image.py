@@ -129,6 +129,41 @@ def test_lora_steps_lower_the_loss_and_change_only_the_adapters(pretrained_dir):
     assert any(not torch.equal(p, dict(pipe.unet.named_parameters())[n]) for n, p in lora_before.items())
 
 
+def test_text_encoder_adapters_train_save_and_reload_with_diffusers(pretrained_dir, tmp_path, monkeypatch):
+    """Issue 32: lora_text_encoder puts adapters on the text encoder through peft itself (transformers'
+    add_adapter wants peft >= 0.22), saved under text_encoder. keys that load_lora_weights reads back."""
+    from diffusers import DDPMScheduler
+    from safetensors.torch import load_file
+    pipe = t2i.load_pipeline(pretrained_dir, CPU)
+    t = config.defaults()["text_to_image"] | {"lora_rank": 4, "lora_alpha": 4, "lora_text_encoder": True}
+    params = t2i.add_lora(pipe, t)
+    text = {n: p for n, p in pipe.text_encoder.named_parameters() if p.requires_grad}
+    assert text and all("lora_" in n for n in text) and len(params) > len(text)  # the UNet's too
+    before = {n: p.detach().clone() for n, p in text.items()}
+    ids = pipe.tokenizer(["a pop art painting"] * 2, padding="max_length", max_length=48, return_tensors="pt").input_ids
+    data = {"mean": torch.randn(2, 4, 8, 8).half(), "std": torch.zeros(2, 4, 8, 8).half(), "ids": ids,
+            "empty_ids": ids[:1]}
+    sched, opt = DDPMScheduler.from_config(pipe.scheduler.config), torch.optim.AdamW(params, lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        text_to_image.diffusion_loss(pipe, sched, data, np.arange(2), torch.Generator().manual_seed(0), 0.0, 5.0,
+                                     torch.float32).backward()
+        opt.step()
+    assert any(not torch.equal(p, before[n]) for n, p in text.items()), "the text encoder's adapters did not train"
+    assert set(t2i.LoraState(pipe.text_encoder).state_dict()) == {n.replace(".default", "") for n in text}  # last.pt
+    path = t2i.save_lora(pipe, str(tmp_path / "lora"))
+    keys = set(load_file(path))
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    prompts, seeds = ["a pop art painting", "a cubism painting"], [3, 4]
+    tuned, base = (t2i.generate(pipe, lora, prompts, seeds, 3, 4.0, 2) for lora in (True, False))
+    assert not np.array_equal(tuned, base)
+    fresh = t2i.load_lora(t2i.load_pipeline(pretrained_dir, CPU), str(tmp_path / "lora"))
+    assert np.array_equal(t2i.generate(fresh, True, prompts, seeds, 3, 4.0, 2), tuned)
+    monkeypatch.setattr(t2i, "TEXT_ENCODER_TARGETS", ["no_such_proj"])  # the error names the key that asked
+    with pytest.raises(config.UserError, match=r"^lora_text_encoder: .*no_such_proj"):
+        t2i.add_lora(t2i.load_pipeline(pretrained_dir, CPU), t)
+
+
 def test_saved_adapters_reload_to_identical_images(finetuned, pretrained_dir):
     cfg, models, out = finetuned
     pipe, _ = models["fine-tuned"]
