@@ -259,10 +259,16 @@ def diffusion_loss(pipe, noise_sched, data, idx, g, caption_dropout, snr_gamma, 
     kind = noise_sched.config.prediction_type
     target = {"epsilon": noise, "sample": z0}.get(kind) if kind != "v_prediction" else noise_sched.get_velocity(z0, noise, ts)
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
-    if snr_gamma:  # Hang et al. 2023: high-SNR (nearly clean) steps stop dominating the gradient
-        snr = compute_snr(noise_sched, ts).clamp(min=1e-8)
-        loss = loss * snr.clamp(max=snr_gamma) / (snr + 1 if kind == "v_prediction" else snr)
+    if snr_gamma:
+        loss = loss * min_snr_weight(compute_snr(noise_sched, ts).clamp(min=1e-8), snr_gamma, kind)
     return loss.mean()
+
+
+def min_snr_weight(snr, gamma, kind):
+    """Hang et al. 2023's loss weight, so that high-SNR (nearly clean) steps stop dominating the gradient:
+    min(snr, gamma) on the error of the clean sample (prediction_type "sample"); the noise and velocity
+    errors are that error times snr and snr + 1, so their weights are divided by those."""
+    return snr.clamp(max=gamma) / {"sample": 1, "epsilon": snr, "v_prediction": snr + 1}[kind]
 
 
 def train_diffusion(cfg, pipe, data, params, objects, device, resume, argv, save=None):

@@ -164,6 +164,14 @@ def test_text_encoder_adapters_train_save_and_reload_with_diffusers(pretrained_d
         t2i.add_lora(t2i.load_pipeline(pretrained_dir, CPU), t)
 
 
+def test_min_snr_weight_of_each_prediction_type():
+    """Issue 32: min(snr, 5) for x0 ("sample"), min(snr, 5) / snr for epsilon, min(snr, 5) / (snr + 1) for v."""
+    snr = torch.tensor([0.5, 5.0, 20.0])
+    hand = {"sample": [0.5, 5.0, 5.0], "epsilon": [1.0, 1.0, 0.25], "v_prediction": [0.5 / 1.5, 5.0 / 6.0, 5.0 / 21.0]}
+    for kind, weights in hand.items():
+        assert torch.allclose(text_to_image.min_snr_weight(snr, 5.0, kind), torch.tensor(weights)), kind
+
+
 def test_saved_adapters_reload_to_identical_images(finetuned, pretrained_dir):
     cfg, models, out = finetuned
     pipe, _ = models["fine-tuned"]
