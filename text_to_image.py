@@ -30,8 +30,9 @@ whatever the pipeline's scheduler says) with min-SNR weighting; class-balanced s
 accumulation, mixed precision (dtype), gradient checkpointing; an optional EMA of the weights.
 --evaluate: eval_images per style from the base and the trained model, same seeds, scored with Part 3's
 robust style judge (hit rate of the prompted style, beside its recall on real test paintings) and the
-style specificity of colour/texture statistics; nearest-neighbour distances to the training set show
-whether samples are copies (nearest.png: each model's samples nearest to a training image, above it).
+style specificity of colour/texture statistics; nearest-neighbour distances to the training set (centre
+crops, as trained on) show whether samples are copies (nearest.png: each model's samples nearest to a
+training image, above it).
 Writes out_dir/{grid.png,evaluation.json,evaluation.png,nearest.png,train_log.*,curves.png}.
 """
 import contextlib
@@ -480,6 +481,27 @@ def plot_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path,
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 
+def as_trained(paths, R, S):
+    """uint8 (N, S, S, 3): the readable images of `paths` as diffusion training saw them (centre crops at
+    the model's resolution R), resized to S like the generated samples."""
+    skipped = []
+    images = np.concatenate([metrics.resize(u8, S) for _, u8 in decode_batches(paths, R, 64, skipped)])
+    report_skipped(skipped)
+    return images
+
+
+def nearest_training(sets, train_paths, test_paths, R, S):
+    """({name: (distances, indices)}: each image's nearest training image, the copy line, the training
+    images compared). Training and unseen test paintings ("real") are prepared as training saw them
+    (as_trained), so a sample that copies a training image is at distance 0 whatever the paintings'
+    aspect ratio (squashed instead, most copied crops of 4:3 paintings lay above the copy line).
+    The copy line: 1% of the unseen test paintings are closer than this to a training image."""
+    train = as_trained(train_paths, R, S)
+    nearest = {name: metrics.nearest_neighbours(u8, train)
+               for name, u8 in (sets | {"real": as_trained(test_paths, R, S)}).items()}
+    return nearest, float(np.percentile(nearest["real"][0], 1)), train
+
+
 def evaluate(cfg, models, classes, device):
     """eval_images per style from each model, same seeds; the table base vs fine-tuned vs real."""
     t = cfg["text_to_image"]
@@ -516,9 +538,9 @@ def evaluate(cfg, models, classes, device):
     present = [s for s in range(C) if (test_y == s).any()]
     desc = {name: describe(u8) for name, u8 in sets.items()}
     real_gap = {k: {s: closer(desc["real"], test_y, s, sl) for s in present} for k, sl in kinds.items()}
-    nearest = {name: metrics.nearest_neighbours(u8, train_u8) for name, u8 in sets.items()}
+    nearest, copy_line, train_seen = nearest_training(sets, [data.paths[i] for i in split.train_idx], test.paths,
+                                                      t2i.resolution(next(iter(models.values()))[0]), S)
     nn_train = {name: d for name, (d, _) in nearest.items()}
-    copy_line = np.percentile(nn_train["real"], 1)  # 1% of unseen real paintings are this close to a training image
     results = {"styles": list(classes), "chance": 1 / C, "images_per_style": N, "steps": t["steps"],
                "guidance": t["guidance"], "image_size": S, "models": {}}
     for name, u8 in sets.items():
@@ -541,7 +563,7 @@ def evaluate(cfg, models, classes, device):
         results["models"][name] = r
     runs.atomic_save(results, os.path.join(t["out_dir"], "evaluation.json"))
     plots.plot_t2i_evaluation(results, nn_train, os.path.join(t["out_dir"], "evaluation.png"))
-    pairs = {name: [(u8[i], train_u8[nearest[name][1][i]], f"{classes[labels[name][i]]}\n{nn_train[name][i]:.3f}")
+    pairs = {name: [(u8[i], train_seen[nearest[name][1][i]], f"{classes[labels[name][i]]}\n{nn_train[name][i]:.3f}")
                     for i in np.argsort(nn_train[name])[:8]] for name, u8 in sets.items() if name != "real"}
     plots.plot_nearest(pairs, copy_line, os.path.join(t["out_dir"], "nearest.png"))
     print(f"\n{N} images per style x {C} styles per model; chance {1 / C:.1%}; the 'real' row is the judge on "

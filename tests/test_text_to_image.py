@@ -6,10 +6,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import config
+import metrics
 import t2i_models as t2i
 import text_to_image
+import wikiart
 from conftest import run_script
 
 CPU = torch.device("cpu")
@@ -170,6 +173,26 @@ def test_min_snr_weight_of_each_prediction_type():
     hand = {"sample": [0.5, 5.0, 5.0], "epsilon": [1.0, 1.0, 0.25], "v_prediction": [0.5 / 1.5, 5.0 / 6.0, 5.0 / 21.0]}
     for kind, weights in hand.items():
         assert torch.allclose(text_to_image.min_snr_weight(snr, 5.0, kind), torch.tensor(weights)), kind
+
+
+def test_the_copy_line_catches_a_copied_crop_of_a_non_square_painting(tmp_path):
+    """Issue 32: diffusion trains on centre crops, so the nearest-neighbour check compares samples with
+    training crops; with the paintings squashed (as before), a copy of a 4:3 painting's crop is far above."""
+    rng = np.random.default_rng(0)
+    paintings = rng.integers(0, 256, (20, 1, 16, 3)).repeat(48, 1).repeat(4, 2)  # 48 x 64: vertical bands
+    noisy = np.clip(paintings + rng.normal(0, 6, paintings.shape), 0, 255)  # unseen, close to the training set
+    paths = {}
+    for split, images in (("train", paintings), ("test", noisy)):
+        paths[split] = [str(tmp_path / f"{split}{i}.png") for i in range(len(images))]
+        for path, a in zip(paths[split], images):
+            Image.fromarray(a.astype(np.uint8)).save(path)
+    copy = np.array(wikiart.decode_image(paths["train"][7], 32, fit="crop"))  # a sample that reproduces a training crop
+    nearest, line, _ = text_to_image.nearest_training({"fine-tuned": copy[None]}, paths["train"], paths["test"], 32, 32)
+    (d,), (i,) = nearest["fine-tuned"]
+    assert i == 7 and d < line, (d, line)
+    squashed = {k: np.stack([wikiart.decode_image(p, 32) for p in v]) for k, v in paths.items()}
+    old_line = np.percentile(metrics.nearest_neighbours(squashed["test"], squashed["train"])[0], 1)
+    assert metrics.nearest_neighbours(copy[None], squashed["train"])[0][0] > 3 * old_line
 
 
 def test_saved_adapters_reload_to_identical_images(finetuned, pretrained_dir):
