@@ -37,6 +37,7 @@ Writes out_dir/{grid.png,evaluation.json,evaluation.png,nearest.png,train_log.*,
 """
 import contextlib
 import copy
+import hashlib
 import math
 import os
 import sys
@@ -334,15 +335,32 @@ def train_diffusion(cfg, pipe, data, params, objects, device, resume, argv, save
     pipe.unet.eval(), pipe.text_encoder.eval()
 
 
+def weights_fingerprint(out_dir, init):
+    """A hash of the trained weights' files (lora/; from scratch base/ and pipeline/), named in trained.json."""
+    h = hashlib.sha256()
+    for folder in ("base", "pipeline") if init == "scratch" else ("lora",):
+        for root, dirs, files in os.walk(os.path.join(out_dir, folder)):
+            dirs.sort()
+            for name in sorted(files):
+                with open(os.path.join(root, name), "rb") as f:
+                    h.update(os.path.relpath(f.name, out_dir).encode() + b"\0" + f.read())
+    return h.hexdigest()[:16]
+
+
 def write_trained(cfg, classes):
+    """trained.json, written last (atomically) once the weights are saved: what --evaluate and generation reuse."""
     t = cfg["text_to_image"]
     runs.atomic_save({"signature": signature(cfg), "init": t["init"], "pretrained": t["pretrained"],
-                      "classes": classes}, os.path.join(t["out_dir"], "trained.json"))
+                      "classes": classes, "weights": weights_fingerprint(t["out_dir"], t["init"])},
+                     os.path.join(t["out_dir"], "trained.json"))
 
 
 def read_trained(t):
+    """trained.json if the weights beside it are the ones it names, else None: a training since (adapters
+    saved every epoch, or a new base/ beside an old pipeline/) left weights that are not the trained model."""
     path = os.path.join(t["out_dir"], "trained.json")
-    return config.read_json(path) if os.path.exists(path) else None
+    info = config.read_json(path) if os.path.exists(path) else None
+    return info if info and info.get("weights") == weights_fingerprint(t["out_dir"], info.get("init")) else None
 
 
 def finetune_lora(cfg, device, resume, argv):
@@ -412,8 +430,9 @@ def load_trained(cfg, device):
     t = cfg["text_to_image"]
     info = read_trained(t)
     if info is None:
-        raise config.UserError(f"no trained model in {t['out_dir']} (no trained.json): train one first, e.g. "
-                               "python text_to_image.py --pretrained FOLDER, or --init scratch")
+        raise config.UserError(f"no trained model in {t['out_dir']} (no trained.json, or a training since did not "
+                               "finish): train one first, e.g. python text_to_image.py --pretrained FOLDER, or "
+                               "--init scratch")
     if info["init"] == "scratch":
         base = t2i.load_pipeline(os.path.join(t["out_dir"], "base"), device)
         tuned = t2i.load_pipeline(os.path.join(t["out_dir"], "pipeline"), device)
@@ -431,6 +450,8 @@ def train_or_load(cfg, device, resume, reuse, argv):
         print(f"reusing the trained model in {t['out_dir']} (same training settings)")
         return load_trained(cfg, device)
     runs.save_run_config(cfg, t["out_dir"], "text_to_image.py", argv)
+    with contextlib.suppress(FileNotFoundError):  # the weights change from here on: no model until it is written again
+        os.remove(os.path.join(t["out_dir"], "trained.json"))
     return (train_scratch if t["init"] == "scratch" else finetune_lora)(cfg, device, resume, argv)
 
 

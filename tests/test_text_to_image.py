@@ -62,15 +62,21 @@ def t2i_args(sample_root, out_dir, **extra):
     return ["--set"] + [f"{k}={v}" for k, v in keys.items()]
 
 
-@pytest.fixture(scope="module")
-def finetuned(pretrained_dir, sample_root, tmp_path_factory):
-    """LoRA fine-tuning through the script's own training code: (cfg, models, out_dir)."""
-    out = tmp_path_factory.mktemp("lora")
-    argv = ["--pretrained", pretrained_dir] + t2i_args(sample_root, out)
+def lora_config(pretrained_dir, sample_root, out_dir):
+    """(cfg, argv) of LoRA fine-tuning the tiny pipeline into out_dir, as the command line would give them."""
+    argv = ["--pretrained", pretrained_dir] + t2i_args(sample_root, out_dir)
     parser = config.config_parser("")
     parser.add_argument("--pretrained")
     _, cfg = config.parse_config(parser, argv)
     cfg["text_to_image"].update(pretrained=pretrained_dir, init="pretrained")
+    return cfg, argv
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained_dir, sample_root, tmp_path_factory):
+    """LoRA fine-tuning through the script's own training code: (cfg, models, out_dir)."""
+    out = tmp_path_factory.mktemp("lora")
+    cfg, argv = lora_config(pretrained_dir, sample_root, out)
     models, classes = text_to_image.train_or_load(cfg, CPU, resume=False, reuse=False, argv=argv)
     return cfg, models, out
 
@@ -211,6 +217,40 @@ def test_saved_adapters_reload_to_identical_images(finetuned, pretrained_dir):
     assert np.array_equal(t2i.generate(fresh, True, prompts, seeds, 3, 4.0, 2), tuned)
     assert not np.array_equal(tuned, base), "fine-tuning changed nothing"
     assert (out / "curves.png").exists() and (out / "train_log.json").exists()
+
+
+def test_evaluate_never_takes_the_adapters_of_an_unfinished_training(pretrained_dir, sample_root, tmp_path,
+                                                                     monkeypatch):
+    """Issue 32: adapters are saved every epoch, trained.json at the end. A retraining with the same settings
+    cut short after its first epoch removed trained.json when it started; and a trained.json put back does
+    not vouch for the adapters either: it names the weights it was written for (from scratch: base/ and
+    pipeline/ together, so a new base/ beside an old pipeline/ is no trained model either)."""
+    cfg, argv = lora_config(pretrained_dir, sample_root, tmp_path)
+    t = cfg["text_to_image"]
+    text_to_image.train_or_load(cfg, CPU, resume=False, reuse=True, argv=argv)
+    assert text_to_image.read_trained(t) is not None
+    written = (tmp_path / "trained.json").read_text()
+    save = t2i.save_lora
+
+    def cut_short(pipe, folder):  # Ctrl-C as soon as the first epoch's adapters are saved
+        save(pipe, folder)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(t2i, "save_lora", cut_short)
+    with pytest.raises(SystemExit):
+        text_to_image.train_or_load(cfg, CPU, resume=False, reuse=False, argv=argv)
+    assert not (tmp_path / "trained.json").exists()
+    (tmp_path / "trained.json").write_text(written)
+    assert text_to_image.read_trained(t) is None
+    with pytest.raises(config.UserError, match="no trained model"):
+        text_to_image.load_trained(cfg, CPU)
+    scratch = dict(cfg, text_to_image=dict(t, init="scratch"))
+    for folder in ("base", "pipeline"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "weights").write_text("old")
+    text_to_image.write_trained(scratch, ["A", "B"])
+    assert text_to_image.read_trained(t)["init"] == "scratch"
+    (tmp_path / "base" / "weights").write_text("new")
+    assert text_to_image.read_trained(t) is None
 
 
 def test_generation_is_seeded_and_independent_of_the_batch(finetuned):
