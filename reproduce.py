@@ -14,9 +14,10 @@ train.py -c configs/classifier_w16_64.json`, then `python test.py -c ...`), run 
 of this Python, each one's output teed to a numbered log in the recipe's folder. Every path under out/
 in a command or in its resolved config is moved under out/results/<profile>/, so the recipe X (whose
 config writes to out/X/) writes to out/results/<profile>/X/. A recipe whose steps all finished with the
-same arguments and resolved config is skipped; an interrupted step is continued (--resume for train.py,
-autoencoder.py and style_transfer.py; compare_balance.py and style_transfer.py --evaluate reuse what
-finished) and the steps after a step that ran run again. After each recipe, the JSON of every finished
+same arguments, resolved config and inputs (what they read from other recipes' folders, by the
+fingerprints of the steps that wrote it) is skipped; an interrupted step is continued (--resume for
+train.py, autoencoder.py and style_transfer.py; compare_balance.py and style_transfer.py --evaluate reuse
+what finished) and the steps after a step that ran run again. After each recipe, the JSON of every finished
 recipe goes to results/<profile>.json, and each table between `<!-- table:<profile>/<name> -->` and
 `<!-- /table -->` in RESULTS.md is rebuilt from it, with the commit, date, hardware, torch version and
 wall time of its recipes; nothing outside the markers changes. <name> is a table family (all recipes of
@@ -245,12 +246,43 @@ def wide(plans, jobs, cores):
                                                    for _, _, cfg in steps)]
 
 
-def fingerprint(script, argv, cfg):
-    """What decides whether a finished step is still valid: its arguments and the parts of its resolved
-    config it reads (a new key in another script's section does not rerun it)."""
+def fingerprint(script, argv, cfg, inputs=None):
+    """What decides whether a finished step is still valid: its arguments, the parts of its resolved
+    config it reads (a new key in another script's section does not rerun it) and `inputs`, the
+    fingerprints of the steps that wrote what it reads from other recipes (a retrained autoencoder
+    reruns the style transfer built on it)."""
     if cfg is not None:
         cfg = {k: v for k, v in cfg.items() if not isinstance(v, dict) or k in READS.get(script, ())}
-    return hashlib.sha256(json.dumps([script, argv, cfg], sort_keys=True).encode()).hexdigest()[:16]
+    # a step that reads no other recipe keeps the fingerprint it had before inputs counted: it stays finished
+    return hashlib.sha256(json.dumps([script, argv, cfg] + ([inputs] if inputs else []),
+                                     sort_keys=True).encode()).hexdigest()[:16]
+
+
+def inputs_of(name, step, root):
+    """{path: recipe}: the paths in other recipes' folders that a step's arguments or resolved config name
+    (what it reads from them: a recipe writes only into its own folder)."""
+    _, argv, cfg = step
+    values = list(argv) + (list(config.flatten(cfg).values()) if cfg else [])
+    paths = {v: v[len(root) + 1:].split("/")[0] for v in values if isinstance(v, str) and v.startswith(root + "/")}
+    return {p: n for p, n in paths.items() if n != name}
+
+
+def writers(steps, path):
+    """The indices of the steps whose output folder holds `path` (all of them where none says)."""
+    inside = [i for i, (script, _, cfg) in enumerate(steps)
+              if cfg is not None and (path + "/").startswith(config.flatten(cfg)[OUT_KEY[script]] + "/")]
+    return inside or list(range(len(steps)))
+
+
+def fingerprints(plans, root):
+    """{recipe: its steps' fingerprints}, each with the fingerprints of the steps that write what it reads
+    from other recipes (which are themselves fingerprinted with their inputs first: plans in profile order)."""
+    prints = {}
+    for n, steps in plans.items():
+        prints[n] = [fingerprint(*step, {p: [prints[d][i] for i in writers(plans[d], p)]
+                                         for p, d in inputs_of(n, step, root).items() if d in prints})
+                     for step in steps]
+    return prints
 
 
 def step_environment(cfg):
@@ -306,12 +338,12 @@ def run_step(script, argv, log_path, quiet):
     return p.wait(), time.time() - t0
 
 
-def run_recipe(name, steps, folder, makes, force, dry_run, quiet):
-    """Run what is left of a recipe. Returns 'skipped', 'ran', 'resumed' or 'failed'."""
+def run_recipe(name, steps, prints, folder, makes, force, dry_run, quiet):
+    """Run what is left of a recipe (prints: its steps' fingerprints). Returns 'skipped', 'ran', 'resumed'
+    or 'failed'."""
     state_path = os.path.join(folder, "reproduce.json")
     state = read_json(state_path, {"recipe": name, "steps": []})
     old = state["steps"] + [None] * (len(steps) - len(state["steps"]))
-    prints = [fingerprint(*s) for s in steps]
     finished = [o is not None and o["fingerprint"] == f and o["status"] == "done" for o, f in zip(old, prints)]
     if all(finished) and all(os.path.exists(m) for m in makes) and not force:
         print(f"== {name}: finished with the same config, skipped")
@@ -388,8 +420,7 @@ def collect(name, prof, root):
 
 def needs(name, steps, root):
     """The recipes whose folders this recipe's steps read: they must finish first."""
-    values = [v for _, argv, cfg in steps for v in (config.flatten(cfg).values() if cfg else argv)]
-    return {v[len(root) + 1:].split("/")[0] for v in values if isinstance(v, str) and v.startswith(root + "/")} - {name}
+    return {d for step in steps for d in inputs_of(name, step, root).values()}
 
 
 def copy_picture(src, dst, side=2400):
@@ -495,6 +526,7 @@ def main(argv=None):
         later = [d for d in deps[n] if d in prof["recipes"] and prof["recipes"].index(d) > prof["recipes"].index(n)]
         if later:
             raise UserError(f"recipe {n} reads the outputs of {', '.join(later)}, which come after it in {profile}")
+    prints = fingerprints(plans, root)
 
     cores = os.cpu_count() or 1
     exclusive = set(wide({n: plans[n] for n in names}, jobs, cores)) if jobs > 1 else set()
@@ -525,8 +557,8 @@ def main(argv=None):
                         folder = in_repo(os.path.join(root, n))
                         if not args.dry_run:  # a dry run leaves nothing behind
                             os.makedirs(folder, exist_ok=True)
-                        running[pool.submit(run_recipe, n, plans[n], folder, makes, args.force, args.dry_run,
-                                            quiet)] = n
+                        running[pool.submit(run_recipe, n, plans[n], prints[n], folder, makes, args.force,
+                                            args.dry_run, quiet)] = n
                 if not running:
                     continue
                 finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)

@@ -215,16 +215,23 @@ def add_lora(pipe, t):
     """Freeze the pipeline and add trainable LoRA adapters (fp32) to the UNet's attention projections
     (t["lora_targets"]) and, if t["lora_text_encoder"], to the text encoder's. Returns the trainables."""
     from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)
-    modules = [pipe.unet] + ([pipe.text_encoder] if t["lora_text_encoder"] else [])
-    for m, targets in zip(modules, [t["lora_targets"], TEXT_ENCODER_TARGETS]):
-        try:
-            m.add_adapter(LoraConfig(r=t["lora_rank"], lora_alpha=t["lora_alpha"], target_modules=targets,
-                                     init_lora_weights="gaussian"))
-        except ValueError as e:  # peft: none of the target modules exist in the model
-            raise UserError(f"lora_targets {targets}: {str(e).splitlines()[0]}")
+    lora = lambda targets: LoraConfig(r=t["lora_rank"], lora_alpha=t["lora_alpha"], target_modules=targets,
+                                      init_lora_weights="gaussian")
+    try:
+        pipe.unet.add_adapter(lora(t["lora_targets"]))
+    except ValueError as e:  # peft: none of the target modules exist in the model
+        raise UserError(f"lora_targets {t['lora_targets']}: {str(e).splitlines()[0]}")
+    modules = [pipe.unet]
+    if t["lora_text_encoder"]:
+        try:  # peft itself: transformers' text_encoder.add_adapter wants a newer peft than the pinned one
+            inject_adapter_in_model(lora(TEXT_ENCODER_TARGETS), pipe.text_encoder)
+        except ValueError as e:
+            raise UserError(f"lora_text_encoder: no adapters on this text encoder's {TEXT_ENCODER_TARGETS}: "
+                            f"{str(e).splitlines()[0]}")
+        modules.append(pipe.text_encoder)
     cast_training_params(modules, torch.float32)  # adapters train in fp32 even on an fp16/bf16 base
     return [p for m in modules for p in m.parameters() if p.requires_grad]
 

@@ -30,12 +30,14 @@ whatever the pipeline's scheduler says) with min-SNR weighting; class-balanced s
 accumulation, mixed precision (dtype), gradient checkpointing; an optional EMA of the weights.
 --evaluate: eval_images per style from the base and the trained model, same seeds, scored with Part 3's
 robust style judge (hit rate of the prompted style, beside its recall on real test paintings) and the
-style specificity of colour/texture statistics; nearest-neighbour distances to the training set show
-whether samples are copies (nearest.png: each model's samples nearest to a training image, above it).
+style specificity of colour/texture statistics; nearest-neighbour distances to the training set (centre
+crops, as trained on) show whether samples are copies (nearest.png: each model's samples nearest to a
+training image, above it).
 Writes out_dir/{grid.png,evaluation.json,evaluation.png,nearest.png,train_log.*,curves.png}.
 """
 import contextlib
 import copy
+import hashlib
 import math
 import os
 import sys
@@ -259,10 +261,16 @@ def diffusion_loss(pipe, noise_sched, data, idx, g, caption_dropout, snr_gamma, 
     kind = noise_sched.config.prediction_type
     target = {"epsilon": noise, "sample": z0}.get(kind) if kind != "v_prediction" else noise_sched.get_velocity(z0, noise, ts)
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
-    if snr_gamma:  # Hang et al. 2023: high-SNR (nearly clean) steps stop dominating the gradient
-        snr = compute_snr(noise_sched, ts).clamp(min=1e-8)
-        loss = loss * snr.clamp(max=snr_gamma) / (snr + 1 if kind == "v_prediction" else snr)
+    if snr_gamma:
+        loss = loss * min_snr_weight(compute_snr(noise_sched, ts).clamp(min=1e-8), snr_gamma, kind)
     return loss.mean()
+
+
+def min_snr_weight(snr, gamma, kind):
+    """Hang et al. 2023's loss weight, so that high-SNR (nearly clean) steps stop dominating the gradient:
+    min(snr, gamma) on the error of the clean sample (prediction_type "sample"); the noise and velocity
+    errors are that error times snr and snr + 1, so their weights are divided by those."""
+    return snr.clamp(max=gamma) / {"sample": 1, "epsilon": snr, "v_prediction": snr + 1}[kind]
 
 
 def train_diffusion(cfg, pipe, data, params, objects, device, resume, argv, save=None):
@@ -327,15 +335,32 @@ def train_diffusion(cfg, pipe, data, params, objects, device, resume, argv, save
     pipe.unet.eval(), pipe.text_encoder.eval()
 
 
+def weights_fingerprint(out_dir, init):
+    """A hash of the trained weights' files (lora/; from scratch base/ and pipeline/), named in trained.json."""
+    h = hashlib.sha256()
+    for folder in ("base", "pipeline") if init == "scratch" else ("lora",):
+        for root, dirs, files in os.walk(os.path.join(out_dir, folder)):
+            dirs.sort()
+            for name in sorted(files):
+                with open(os.path.join(root, name), "rb") as f:
+                    h.update(os.path.relpath(f.name, out_dir).encode() + b"\0" + f.read())
+    return h.hexdigest()[:16]
+
+
 def write_trained(cfg, classes):
+    """trained.json, written last (atomically) once the weights are saved: what --evaluate and generation reuse."""
     t = cfg["text_to_image"]
     runs.atomic_save({"signature": signature(cfg), "init": t["init"], "pretrained": t["pretrained"],
-                      "classes": classes}, os.path.join(t["out_dir"], "trained.json"))
+                      "classes": classes, "weights": weights_fingerprint(t["out_dir"], t["init"])},
+                     os.path.join(t["out_dir"], "trained.json"))
 
 
 def read_trained(t):
+    """trained.json if the weights beside it are the ones it names, else None: a training since (adapters
+    saved every epoch, or a new base/ beside an old pipeline/) left weights that are not the trained model."""
     path = os.path.join(t["out_dir"], "trained.json")
-    return config.read_json(path) if os.path.exists(path) else None
+    info = config.read_json(path) if os.path.exists(path) else None
+    return info if info and info.get("weights") == weights_fingerprint(t["out_dir"], info.get("init")) else None
 
 
 def finetune_lora(cfg, device, resume, argv):
@@ -405,8 +430,9 @@ def load_trained(cfg, device):
     t = cfg["text_to_image"]
     info = read_trained(t)
     if info is None:
-        raise config.UserError(f"no trained model in {t['out_dir']} (no trained.json): train one first, e.g. "
-                               "python text_to_image.py --pretrained FOLDER, or --init scratch")
+        raise config.UserError(f"no trained model in {t['out_dir']} (no trained.json, or a training since did not "
+                               "finish): train one first, e.g. python text_to_image.py --pretrained FOLDER, or "
+                               "--init scratch")
     if info["init"] == "scratch":
         base = t2i.load_pipeline(os.path.join(t["out_dir"], "base"), device)
         tuned = t2i.load_pipeline(os.path.join(t["out_dir"], "pipeline"), device)
@@ -424,6 +450,8 @@ def train_or_load(cfg, device, resume, reuse, argv):
         print(f"reusing the trained model in {t['out_dir']} (same training settings)")
         return load_trained(cfg, device)
     runs.save_run_config(cfg, t["out_dir"], "text_to_image.py", argv)
+    with contextlib.suppress(FileNotFoundError):  # the weights change from here on: no model until it is written again
+        os.remove(os.path.join(t["out_dir"], "trained.json"))
     return (train_scratch if t["init"] == "scratch" else finetune_lora)(cfg, device, resume, argv)
 
 
@@ -474,6 +502,27 @@ def plot_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path,
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 
+def as_trained(paths, R, S):
+    """uint8 (N, S, S, 3): the readable images of `paths` as diffusion training saw them (centre crops at
+    the model's resolution R), resized to S like the generated samples."""
+    skipped = []
+    images = np.concatenate([metrics.resize(u8, S) for _, u8 in decode_batches(paths, R, 64, skipped)])
+    report_skipped(skipped)
+    return images
+
+
+def nearest_training(sets, train_paths, test_paths, R, S):
+    """({name: (distances, indices)}: each image's nearest training image, the copy line, the training
+    images compared). Training and unseen test paintings ("real") are prepared as training saw them
+    (as_trained), so a sample that copies a training image is at distance 0 whatever the paintings'
+    aspect ratio (squashed instead, most copied crops of 4:3 paintings lay above the copy line).
+    The copy line: 1% of the unseen test paintings are closer than this to a training image."""
+    train = as_trained(train_paths, R, S)
+    nearest = {name: metrics.nearest_neighbours(u8, train)
+               for name, u8 in (sets | {"real": as_trained(test_paths, R, S)}).items()}
+    return nearest, float(np.percentile(nearest["real"][0], 1)), train
+
+
 def evaluate(cfg, models, classes, device):
     """eval_images per style from each model, same seeds; the table base vs fine-tuned vs real."""
     t = cfg["text_to_image"]
@@ -510,9 +559,9 @@ def evaluate(cfg, models, classes, device):
     present = [s for s in range(C) if (test_y == s).any()]
     desc = {name: describe(u8) for name, u8 in sets.items()}
     real_gap = {k: {s: closer(desc["real"], test_y, s, sl) for s in present} for k, sl in kinds.items()}
-    nearest = {name: metrics.nearest_neighbours(u8, train_u8) for name, u8 in sets.items()}
+    nearest, copy_line, train_seen = nearest_training(sets, [data.paths[i] for i in split.train_idx], test.paths,
+                                                      t2i.resolution(next(iter(models.values()))[0]), S)
     nn_train = {name: d for name, (d, _) in nearest.items()}
-    copy_line = np.percentile(nn_train["real"], 1)  # 1% of unseen real paintings are this close to a training image
     results = {"styles": list(classes), "chance": 1 / C, "images_per_style": N, "steps": t["steps"],
                "guidance": t["guidance"], "image_size": S, "models": {}}
     for name, u8 in sets.items():
@@ -535,7 +584,7 @@ def evaluate(cfg, models, classes, device):
         results["models"][name] = r
     runs.atomic_save(results, os.path.join(t["out_dir"], "evaluation.json"))
     plots.plot_t2i_evaluation(results, nn_train, os.path.join(t["out_dir"], "evaluation.png"))
-    pairs = {name: [(u8[i], train_u8[nearest[name][1][i]], f"{classes[labels[name][i]]}\n{nn_train[name][i]:.3f}")
+    pairs = {name: [(u8[i], train_seen[nearest[name][1][i]], f"{classes[labels[name][i]]}\n{nn_train[name][i]:.3f}")
                     for i in np.argsort(nn_train[name])[:8]] for name, u8 in sets.items() if name != "real"}
     plots.plot_nearest(pairs, copy_line, os.path.join(t["out_dir"], "nearest.png"))
     print(f"\n{N} images per style x {C} styles per model; chance {1 / C:.1%}; the 'real' row is the judge on "

@@ -191,15 +191,43 @@ def test_an_interrupted_step_resumes_from_its_own_checkpoint_only(tmp_path, caps
     os.makedirs(folder)
     last = os.path.join(folder, "last.pt")
     open(last, "w").close()
-    started = {"fingerprint": reproduce.fingerprint(*steps[0]), "status": "started", "started_at": time.time() - 60}
+    prints = [reproduce.fingerprint(*s) for s in steps]
+    started = {"fingerprint": prints[0], "status": "started", "started_at": time.time() - 60}
     runs.atomic_save({"recipe": "classifier_w16_64", "steps": [started]}, os.path.join(folder, "reproduce.json"))
-    status = reproduce.run_recipe("classifier_w16_64", steps, folder, [], False, True, True)
+    status = reproduce.run_recipe("classifier_w16_64", steps, prints, folder, [], False, True, True)
     out = capsys.readouterr().out
     assert status == "resumed" or "resuming: python train.py" in out
     assert "--resume" in out.splitlines()[0] and "--resume" not in out.splitlines()[1]  # test.py runs plainly
     os.utime(last, (time.time() - 3600, time.time() - 3600))  # a checkpoint older than this attempt: not its own
-    reproduce.run_recipe("classifier_w16_64", steps, folder, [], False, True, True)
+    reproduce.run_recipe("classifier_w16_64", steps, prints, folder, [], False, True, True)
     assert "--resume" not in capsys.readouterr().out
+
+
+def test_a_recipe_whose_input_changed_runs_again(tmp_path, capsys):
+    """Issue 32: style_transfer_w16_64 reads autoencoder_w16_64's best.pt, so a changed autoencoder recipe
+    reruns it too (its own config is unchanged); a recipe's --pretrained folder counts as an input too."""
+    names, out = ["autoencoder_w16_64", "style_transfer_w16_64"], tmp_path / "out"
+    prof, root = reproduce.PROFILES["cpu"], str(out / "cpu")
+    plans = {n: [reproduce.expand(n, c, prof, root, []) for c in reproduce.RECIPES[n]["commands"]]
+             for n in prof["recipes"]}
+    prints = reproduce.fingerprints(plans, root)
+    for n in names:  # both finished with the recipes as they are
+        runs.atomic_save({"recipe": n, "steps": [{"fingerprint": f, "status": "done"} for f in prints[n]]},
+                         os.path.join(root, n, "reproduce.json"))
+        for m in reproduce.RECIPES[n]["makes"]:
+            runs.atomic_write_text("{}", reproduce.move(m, root))
+
+    def dry_run(*extra):
+        reproduce.main(["cpu", "--dry-run", "--only", *names, "--out", str(out), "--results", str(tmp_path),
+                        "--markdown", str(tmp_path / "R.md"), *extra])
+        return capsys.readouterr().out
+    assert dry_run().count("finished with the same config, skipped") == 2
+    changed = dry_run("--set", "autoencoder.epochs=99")  # a section style_transfer.py does not read
+    assert "running: python autoencoder.py" in changed and "running: python style_transfer.py" in changed
+    assert "skipped" not in changed
+    script, argv, cfg = plans["text_to_image_scratch_w16"][0]
+    step = (script, ["--pretrained", f"{root}/text_to_image_sample/pipeline", *argv], cfg)
+    assert "text_to_image_sample" in reproduce.needs("text_to_image_scratch_w16", [step], root)
 
 
 # ---- what the GPU recipes need, on the CPU

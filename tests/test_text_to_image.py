@@ -6,10 +6,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import config
+import metrics
 import t2i_models as t2i
 import text_to_image
+import wikiart
 from conftest import run_script
 
 CPU = torch.device("cpu")
@@ -59,15 +62,21 @@ def t2i_args(sample_root, out_dir, **extra):
     return ["--set"] + [f"{k}={v}" for k, v in keys.items()]
 
 
-@pytest.fixture(scope="module")
-def finetuned(pretrained_dir, sample_root, tmp_path_factory):
-    """LoRA fine-tuning through the script's own training code: (cfg, models, out_dir)."""
-    out = tmp_path_factory.mktemp("lora")
-    argv = ["--pretrained", pretrained_dir] + t2i_args(sample_root, out)
+def lora_config(pretrained_dir, sample_root, out_dir):
+    """(cfg, argv) of LoRA fine-tuning the tiny pipeline into out_dir, as the command line would give them."""
+    argv = ["--pretrained", pretrained_dir] + t2i_args(sample_root, out_dir)
     parser = config.config_parser("")
     parser.add_argument("--pretrained")
     _, cfg = config.parse_config(parser, argv)
     cfg["text_to_image"].update(pretrained=pretrained_dir, init="pretrained")
+    return cfg, argv
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained_dir, sample_root, tmp_path_factory):
+    """LoRA fine-tuning through the script's own training code: (cfg, models, out_dir)."""
+    out = tmp_path_factory.mktemp("lora")
+    cfg, argv = lora_config(pretrained_dir, sample_root, out)
     models, classes = text_to_image.train_or_load(cfg, CPU, resume=False, reuse=False, argv=argv)
     return cfg, models, out
 
@@ -129,6 +138,69 @@ def test_lora_steps_lower_the_loss_and_change_only_the_adapters(pretrained_dir):
     assert any(not torch.equal(p, dict(pipe.unet.named_parameters())[n]) for n, p in lora_before.items())
 
 
+def test_text_encoder_adapters_train_save_and_reload_with_diffusers(pretrained_dir, tmp_path, monkeypatch):
+    """Issue 32: lora_text_encoder puts adapters on the text encoder through peft itself (transformers'
+    add_adapter wants peft >= 0.22), saved under text_encoder. keys that load_lora_weights reads back."""
+    from diffusers import DDPMScheduler
+    from safetensors.torch import load_file
+    pipe = t2i.load_pipeline(pretrained_dir, CPU)
+    t = config.defaults()["text_to_image"] | {"lora_rank": 4, "lora_alpha": 4, "lora_text_encoder": True}
+    params = t2i.add_lora(pipe, t)
+    text = {n: p for n, p in pipe.text_encoder.named_parameters() if p.requires_grad}
+    assert text and all("lora_" in n for n in text) and len(params) > len(text)  # the UNet's too
+    before = {n: p.detach().clone() for n, p in text.items()}
+    ids = pipe.tokenizer(["a pop art painting"] * 2, padding="max_length", max_length=48, return_tensors="pt").input_ids
+    data = {"mean": torch.randn(2, 4, 8, 8).half(), "std": torch.zeros(2, 4, 8, 8).half(), "ids": ids,
+            "empty_ids": ids[:1]}
+    sched, opt = DDPMScheduler.from_config(pipe.scheduler.config), torch.optim.AdamW(params, lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        text_to_image.diffusion_loss(pipe, sched, data, np.arange(2), torch.Generator().manual_seed(0), 0.0, 5.0,
+                                     torch.float32).backward()
+        opt.step()
+    assert any(not torch.equal(p, before[n]) for n, p in text.items()), "the text encoder's adapters did not train"
+    assert set(t2i.LoraState(pipe.text_encoder).state_dict()) == {n.replace(".default", "") for n in text}  # last.pt
+    path = t2i.save_lora(pipe, str(tmp_path / "lora"))
+    keys = set(load_file(path))
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    prompts, seeds = ["a pop art painting", "a cubism painting"], [3, 4]
+    tuned, base = (t2i.generate(pipe, lora, prompts, seeds, 3, 4.0, 2) for lora in (True, False))
+    assert not np.array_equal(tuned, base)
+    fresh = t2i.load_lora(t2i.load_pipeline(pretrained_dir, CPU), str(tmp_path / "lora"))
+    assert np.array_equal(t2i.generate(fresh, True, prompts, seeds, 3, 4.0, 2), tuned)
+    monkeypatch.setattr(t2i, "TEXT_ENCODER_TARGETS", ["no_such_proj"])  # the error names the key that asked
+    with pytest.raises(config.UserError, match=r"^lora_text_encoder: .*no_such_proj"):
+        t2i.add_lora(t2i.load_pipeline(pretrained_dir, CPU), t)
+
+
+def test_min_snr_weight_of_each_prediction_type():
+    """Issue 32: min(snr, 5) for x0 ("sample"), min(snr, 5) / snr for epsilon, min(snr, 5) / (snr + 1) for v."""
+    snr = torch.tensor([0.5, 5.0, 20.0])
+    hand = {"sample": [0.5, 5.0, 5.0], "epsilon": [1.0, 1.0, 0.25], "v_prediction": [0.5 / 1.5, 5.0 / 6.0, 5.0 / 21.0]}
+    for kind, weights in hand.items():
+        assert torch.allclose(text_to_image.min_snr_weight(snr, 5.0, kind), torch.tensor(weights)), kind
+
+
+def test_the_copy_line_catches_a_copied_crop_of_a_non_square_painting(tmp_path):
+    """Issue 32: diffusion trains on centre crops, so the nearest-neighbour check compares samples with
+    training crops; with the paintings squashed (as before), a copy of a 4:3 painting's crop is far above."""
+    rng = np.random.default_rng(0)
+    paintings = rng.integers(0, 256, (20, 1, 16, 3)).repeat(48, 1).repeat(4, 2)  # 48 x 64: vertical bands
+    noisy = np.clip(paintings + rng.normal(0, 6, paintings.shape), 0, 255)  # unseen, close to the training set
+    paths = {}
+    for split, images in (("train", paintings), ("test", noisy)):
+        paths[split] = [str(tmp_path / f"{split}{i}.png") for i in range(len(images))]
+        for path, a in zip(paths[split], images):
+            Image.fromarray(a.astype(np.uint8)).save(path)
+    copy = np.array(wikiart.decode_image(paths["train"][7], 32, fit="crop"))  # a sample that reproduces a training crop
+    nearest, line, _ = text_to_image.nearest_training({"fine-tuned": copy[None]}, paths["train"], paths["test"], 32, 32)
+    (d,), (i,) = nearest["fine-tuned"]
+    assert i == 7 and d < line, (d, line)
+    squashed = {k: np.stack([wikiart.decode_image(p, 32) for p in v]) for k, v in paths.items()}
+    old_line = np.percentile(metrics.nearest_neighbours(squashed["test"], squashed["train"])[0], 1)
+    assert metrics.nearest_neighbours(copy[None], squashed["train"])[0][0] > 3 * old_line
+
+
 def test_saved_adapters_reload_to_identical_images(finetuned, pretrained_dir):
     cfg, models, out = finetuned
     pipe, _ = models["fine-tuned"]
@@ -145,6 +217,40 @@ def test_saved_adapters_reload_to_identical_images(finetuned, pretrained_dir):
     assert np.array_equal(t2i.generate(fresh, True, prompts, seeds, 3, 4.0, 2), tuned)
     assert not np.array_equal(tuned, base), "fine-tuning changed nothing"
     assert (out / "curves.png").exists() and (out / "train_log.json").exists()
+
+
+def test_evaluate_never_takes_the_adapters_of_an_unfinished_training(pretrained_dir, sample_root, tmp_path,
+                                                                     monkeypatch):
+    """Issue 32: adapters are saved every epoch, trained.json at the end. A retraining with the same settings
+    cut short after its first epoch removed trained.json when it started; and a trained.json put back does
+    not vouch for the adapters either: it names the weights it was written for (from scratch: base/ and
+    pipeline/ together, so a new base/ beside an old pipeline/ is no trained model either)."""
+    cfg, argv = lora_config(pretrained_dir, sample_root, tmp_path)
+    t = cfg["text_to_image"]
+    text_to_image.train_or_load(cfg, CPU, resume=False, reuse=True, argv=argv)
+    assert text_to_image.read_trained(t) is not None
+    written = (tmp_path / "trained.json").read_text()
+    save = t2i.save_lora
+
+    def cut_short(pipe, folder):  # Ctrl-C as soon as the first epoch's adapters are saved
+        save(pipe, folder)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(t2i, "save_lora", cut_short)
+    with pytest.raises(SystemExit):
+        text_to_image.train_or_load(cfg, CPU, resume=False, reuse=False, argv=argv)
+    assert not (tmp_path / "trained.json").exists()
+    (tmp_path / "trained.json").write_text(written)
+    assert text_to_image.read_trained(t) is None
+    with pytest.raises(config.UserError, match="no trained model"):
+        text_to_image.load_trained(cfg, CPU)
+    scratch = dict(cfg, text_to_image=dict(t, init="scratch"))
+    for folder in ("base", "pipeline"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "weights").write_text("old")
+    text_to_image.write_trained(scratch, ["A", "B"])
+    assert text_to_image.read_trained(t)["init"] == "scratch"
+    (tmp_path / "base" / "weights").write_text("new")
+    assert text_to_image.read_trained(t) is None
 
 
 def test_generation_is_seeded_and_independent_of_the_batch(finetuned):
