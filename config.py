@@ -108,6 +108,7 @@ SCHEMA = {
         "d_width": (16, "discriminator base width", ">0"),
         "d_blur": (True, "anti-aliased discriminator: [1,2,1] blur before each stride (false: plain stride-2 "
                    "convs, which send back a 2-pixel-period gradient: the old mesh)"),
+        "d_patch": (False, "the discriminator also judges real/fake per ~11-px patch (a head on its 1/4-size maps)"),
         "d_warmup_steps": (0, "steps (of 64 real paintings) that train the discriminator's style head alone "
                            "before the generator starts", ">=0"),
         "epochs": (4, "residual training epochs", ">0"),

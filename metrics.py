@@ -423,17 +423,22 @@ def frechet_distance(a, b):
     return float(((ma - mb) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * cross)
 
 
-def frechet_gap_closed(inputs, outputs, styles, reference, reference_styles, real, real_styles):
+def mean_distance(a, b):
+    """Euclidean distance between the mean rows of a and b (n, d)."""
+    return float(np.linalg.norm(np.asarray(a, np.float64).mean(0) - np.asarray(b, np.float64).mean(0)))
+
+
+def style_gap_closed(inputs, outputs, styles, reference, reference_styles, real, real_styles,
+                     distance=frechet_distance):
     """How far outputs (n, d) moved from their inputs towards the reference images of their target
-    styles, in the Fréchet distance per target style summed over styles: 0 = the inputs, 1 = `real`
-    (another sample of real paintings of the same styles, as many per style as outputs). Features are
-    any (n, d) descriptors (judge features reduced by PCA, Lab moments...)."""
+    styles: distance(X of style s, reference of style s) summed over the target styles, as gap_closed:
+    0 = the inputs, 1 = `real` (another sample of real paintings of those styles, as many per style as
+    outputs). Rows are any descriptors: judge features reduced by PCA, Lab moments..."""
     styles, reference_styles, real_styles = map(np.asarray, (styles, reference_styles, real_styles))
     used = [s for s in np.unique(styles) if (reference_styles == s).sum() > 1 and (styles == s).sum() > 1
             and (real_styles == s).sum() > 1]
-    d = lambda x, x_styles: sum(frechet_distance(x[x_styles == s], reference[reference_styles == s]) for s in used)
-    d_in = d(inputs, styles)
-    return gap_closed([d_in], [d(outputs, styles)], [d(real, real_styles)])
+    d = lambda x, x_styles: sum(distance(x[x_styles == s], reference[reference_styles == s]) for s in used)
+    return gap_closed([d(inputs, styles)], [d(outputs, styles)], [d(real, real_styles)])
 
 
 def pca_projection(features, dim=16):
@@ -487,11 +492,13 @@ class RealismReference:
         """{"two_sample_accuracy": a fresh CNN tells the outputs from as many real training paintings of
         the same styles (0.5 = it cannot), "realism_gap_closed": the Fréchet distance to real test
         paintings of the target style in the judge's features, 0 = the inputs, 1 = other real paintings
-        of the style, "lab_gap_closed": the same with each image's Lab mean/std moments}. groups: each
-        output's source image (the two-sample test's folds split by it); styles: their target styles."""
+        of the style, "lab_gap_closed": the same with the distance between the average Lab mean/std
+        moments (the colour of a style; the spread of the images is the Fréchet distance's business)}.
+        groups: each output's source image (the two-sample test's folds split by it); styles: their
+        target styles."""
         real_u8, real_styles = real_sample(styles, self.train_u8, self.train_styles, self.seed)
         d_in, d_out, d_real = self.describe(inputs_u8), self.describe(outputs_u8), self.describe(real_u8)
-        gap = lambda k: frechet_gap_closed(d_in[k], d_out[k], styles, self.test[k], self.test_styles, d_real[k],
-                                           real_styles)
+        gap = lambda k, distance: style_gap_closed(d_in[k], d_out[k], styles, self.test[k], self.test_styles,
+                                                   d_real[k], real_styles, distance)
         return {"two_sample_accuracy": two_sample_accuracy(outputs_u8, groups, real_u8, self.seed),
-                "realism_gap_closed": gap("judge"), "lab_gap_closed": gap("lab")}
+                "realism_gap_closed": gap("judge", frechet_distance), "lab_gap_closed": gap("lab", mean_distance)}

@@ -139,7 +139,8 @@ def build(cfg, mode, C, init, device):
                                        source_input=st.get("source_known_fraction", 0) > 0,
                                        colour_cells=st.get("colour_cells", 0),  # .get: models saved before these keys
                                        luminance_detail=st.get("luminance_detail", False))
-    return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"], blur=st["d_blur"]).to(device)
+    return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"], blur=st["d_blur"],
+                                                                  patch=st.get("d_patch", False)).to(device)
 
 
 def load_model(path, device):

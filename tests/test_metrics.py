@@ -162,7 +162,7 @@ def test_frechet_gap_is_zero_for_the_inputs_and_about_one_for_other_real_paintin
     draw = lambda s: centres[s] + rng.normal(0, 1, (len(s), 5))  # "real paintings of style s"
     reference, real = draw(styles), draw(styles)
     inputs = draw((styles + 1) % 4)  # images of other styles, aimed at `styles`
-    closed = lambda outputs: metrics.frechet_gap_closed(inputs, outputs, styles, reference, styles, real, styles)
+    closed = lambda outputs: metrics.style_gap_closed(inputs, outputs, styles, reference, styles, real, styles)
     assert closed(inputs) == 0
     assert abs(closed(draw(styles)) - 1) < 0.1  # a fresh real sample: the 100% point, within sampling noise
     assert 0.3 < closed((inputs + draw(styles)) / 2 * np.sqrt(2)) < 0.9  # half way in the mean: partly closed
@@ -199,9 +199,9 @@ def test_lab_gap_closed_follows_a_colour_shift_towards_the_style():
     tint = np.array([[60, 0, -40], [-40, 30, 60]])[styles][:, None, None]  # each style's own cast
     style_look = lambda: np.clip(rng.integers(60, 120, (80, 8, 8, 3)) + tint, 0, 255).astype(np.uint8)
     reference, real = metrics.lab_moments(style_look()), metrics.lab_moments(style_look())
-    closed = lambda out: metrics.frechet_gap_closed(metrics.lab_moments(base), metrics.lab_moments(out), styles,
-                                                     reference, styles, real, styles)
+    closed = lambda out: metrics.style_gap_closed(metrics.lab_moments(base), metrics.lab_moments(out), styles,
+                                                   reference, styles, real, styles, metrics.mean_distance)
     assert closed(base) == 0
     assert closed(np.clip(base + tint, 0, 255).astype(np.uint8)) > 0.9
-    half = closed(np.clip(base + tint // 2, 0, 255).astype(np.uint8))
-    assert 0.4 < half < 0.9  # a squared distance: half the shift closes three quarters, less the noise
+    assert 0.35 < closed(np.clip(base + tint // 2, 0, 255).astype(np.uint8)) < 0.65  # half the shift: about half
+    assert closed(np.clip(base - tint // 2, 0, 255).astype(np.uint8)) < -0.3  # the other way: the gap grows
