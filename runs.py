@@ -3,7 +3,8 @@ resuming, the epoch skeleton of every training loop, and the torchrun helpers.
 
 A script's life: `args, cfg = config.parse_config(...)`, `rank, world, _, device = runs.start(cfg)`,
 a training loop built from `epoch_order` and `Progress.end_epoch`, and `runs.cli(main)` at the bottom,
-which turns a UserError into one line on stderr and exit status 2.
+which turns a UserError into one line on stderr and exit status 2, and Ctrl-C, SIGTERM and SIGUSR1
+into the saved epoch and the command that continues.
 """
 import builtins
 import contextlib
@@ -43,7 +44,8 @@ _entry = []  # (script, argv) of the command runs.cli is running: the command a 
 
 def cli(main):
     """Run main() as a command: a UserError is one line on stderr and exit status 2, no traceback
-    (real bugs still trace); the project's own warnings are one line each."""
+    (real bugs still trace); Ctrl-C, SIGTERM and SIGUSR1 end it with status 128 + the signal; the
+    project's own warnings are one line each."""
     script = os.path.basename(sys.argv[0])
     default_format = warnings.formatwarning
 
@@ -54,16 +56,64 @@ def cli(main):
     warnings.formatwarning = one_line
     _entry[:] = [(script, sys.argv[1:])]
     try:
-        main()
+        with stop_signals():
+            main()
     except UserError as e:
         print(f"{script}: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:  # outside a training loop (those say what was saved): nothing to resume
-        print(f"\n{script}: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # outside a training loop (those say what was saved): nothing to resume
+        why, status = stop_reason(e)
+        print(f"\n{script}: {why}", file=sys.stderr)
+        sys.exit(status)
     finally:
         warnings.formatwarning = default_format
         _entry.clear()
+
+
+# SIGTERM is what schedulers (SLURM) and `kill` send before killing a job, SIGUSR1 what clusters send
+# when its time is nearly up: both end a run as Ctrl-C does, with what was saved and the command that continues
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGUSR1, raised as a KeyboardInterrupt: every `except KeyboardInterrupt` (the training
+    loops' on_interrupt) handles them as it handles Ctrl-C."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    for s in STOP_SIGNALS:  # a second one (the scheduler's and torchrun's, or a parent's passing it on)
+        signal.signal(s, signal.SIG_IGN)  # must not cut the saving and the last words short
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM and SIGUSR1 raise Stopped inside the block (one ignored or handled already stays so)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals go to the main thread
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s, handler in previous.items():
+        if handler == signal.SIG_DFL:
+            signal.signal(s, _stop)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            if handler == signal.SIG_DFL:
+                signal.signal(s, handler)
+
+
+def stop_reason(e):
+    """(what ended the run, its exit status) for a KeyboardInterrupt: Ctrl-C is ("interrupted", 130),
+    a Stopped SIGTERM ("stopped by SIGTERM", 143): 128 + the signal's number, as a shell reports it."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    why = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    return why, 128 + signum
 
 
 def command_line(script, argv, add=()):
@@ -409,42 +459,47 @@ class Progress:
 
 @contextlib.contextmanager
 def ctrl_c_held():
-    """Hold a Ctrl-C (SIGINT) that comes inside the block and raise it as KeyboardInterrupt when the
+    """Hold a Ctrl-C (SIGINT), SIGTERM or SIGUSR1 that comes inside the block and raise it when the
     block ends. Raised mid-block it could cut an import short (matplotlib's first import turns it into
     a RuntimeError) or leave best.pt newer than last.pt."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield  # signals go to the main thread; an ignored or custom SIGINT stays as it is
+    raising = {signal.SIGINT: signal.default_int_handler} | {s: _stop for s in STOP_SIGNALS}
+    held = [s for s, handler in raising.items() if signal.getsignal(s) is handler]
+    if threading.current_thread() is not threading.main_thread() or not held:
+        yield  # signals go to the main thread; an ignored or custom handler stays as it is
         return
     caught = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    for s in held:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s in held:
+            signal.signal(s, raising[s])
     if caught:
-        raise KeyboardInterrupt
+        raising[caught[0]](caught[0], None)  # raises KeyboardInterrupt, or Stopped
 
 
 @contextlib.contextmanager
 def on_interrupt(progress, script, argv):
-    """Ctrl-C inside the block: say which epoch was saved and the exact command that continues (the
-    command being run, when this loop runs inside another script such as compare_balance.py)."""
+    """Ctrl-C (or SIGTERM, SIGUSR1) inside the block: say which epoch was saved and the exact command
+    that continues (the command being run, when this loop runs inside another script such as
+    compare_balance.py); exit status 128 + the signal."""
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        why, status = stop_reason(e)
         if not is_main():
-            raise SystemExit(130)
+            raise SystemExit(status)
         last = os.path.join(progress.out_dir, "last.pt")
         outer = _entry[0] if _entry and _entry[0][0] != script else None
         again = command_line(*outer) if outer else command_line(script, argv, ["--resume"])
         if progress.saved_epoch:
-            print(f"\ninterrupted: epoch {progress.saved_epoch} is the last finished one, saved in {last}; "
+            print(f"\n{why}: epoch {progress.saved_epoch} is the last finished one, saved in {last}; "
                   f"continue with: {again}", file=sys.stderr)
         else:
-            print("\ninterrupted before the first epoch finished: nothing was saved to resume from"
+            print(f"\n{why} before the first epoch finished: nothing was saved to resume from"
                   + (f"; run it again with: {again}" if outer else ""), file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(status)
 
 
 # ----------------------------------------------------------------------------------------------

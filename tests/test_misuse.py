@@ -1,6 +1,7 @@
 """Issue 13: misuse gets one clear line on stderr and exit status 2, never a traceback, and leaves the
-disk as it was. One test per item of the issue (items 1-11), then the other scripts' slips. The table
-of what each case prints is docs/misuse.md; keep the two in step.
+disk as it was. One test per item of the issue (items 1-11), then issue 31's (SIGTERM and SIGUSR1 with
+item 7), then the other scripts' slips. The table of what each case prints is docs/misuse.md; keep
+the two in step.
 
 The scripts run in-process through runs.cli, exactly as `python script ...` runs them (run_main);
 a subprocess only where the process itself matters (the exit status of a real run, Ctrl-C)."""
@@ -287,28 +288,35 @@ def test_7_ctrl_c_says_what_was_saved_and_how_to_continue(sample_root, tmp_path,
     assert [h["epoch"] for h in json.loads((out / "train_log.json").read_text())] == [1, 2, 3]
 
 
-def test_7_ctrl_c_while_an_epoch_is_written_waits_for_the_files(tmp_path):
-    """A Ctrl-C that comes while best.pt/last.pt/curves are written is raised once they are all written."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=["SIGINT", "SIGTERM", "SIGUSR1"])
+def test_7_ctrl_c_while_an_epoch_is_written_waits_for_the_files(sig, tmp_path):
+    """A Ctrl-C (or SIGTERM, SIGUSR1: issue 31) that comes while best.pt/last.pt/curves are written is
+    raised once they are all written, with its exit status."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach the main thread only")
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever the runner set
     done = []
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with runs.stop_signals(), pytest.raises(KeyboardInterrupt) as e:  # stop_signals: as runs.cli runs main
             with runs.ctrl_c_held():
-                signal.raise_signal(signal.SIGINT)  # delivered now, in this thread (os.kill may land later)
+                signal.raise_signal(sig)  # delivered now, in this thread (os.kill may land later)
                 runs.atomic_write_text("whole", str(tmp_path / "f.txt"))
                 done.append(True)
+        assert runs.stop_reason(e.value)[1] == 128 + sig
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # runs.cli leaves the process as it found it
     finally:
         signal.signal(signal.SIGINT, previous)
     assert done and (tmp_path / "f.txt").read_text() == "whole"
 
 
 @pytest.mark.slow
-def test_7_ctrl_c_of_a_real_run(sample_root, tmp_path):
-    """SIGINT to `python train.py` once epoch 1 is in last.pt: exit status 130, no traceback, the
-    epoch and the command that continues; that command resumes after epoch 1."""
+@pytest.mark.parametrize("sig, says", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_7_ctrl_c_of_a_real_run(sig, says, sample_root, tmp_path):
+    """SIGINT (SIGTERM: `kill`, a scheduler) to `python train.py` once epoch 1 is in last.pt: exit
+    status 130 (143), no traceback, the epoch and the command that continues; that command resumes
+    after epoch 1."""
     out = tmp_path / "run"
     args = small_config(sample_root, out, epochs=50, batch_size=64)
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
@@ -320,11 +328,11 @@ def test_7_ctrl_c_of_a_real_run(sample_root, tmp_path):
     deadline = time.time() + 300
     while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert proc.returncode == 128 + sig and "Traceback" not in stderr, stderr[-2000:]
     saved = torch.load(out / "last.pt", weights_only=False)["epoch"] + 1  # usually 1; later if the signal came late
-    assert f"interrupted: epoch {saved} is the last finished one, saved in {out}/last.pt" in stderr
+    assert f"{says}: epoch {saved} is the last finished one, saved in {out}/last.pt" in stderr
     script, again = continue_command(stderr)
     assert (script, again) == ("train.py", [*args, "--resume"])
     p = run_main(script, *again[:-1], "stop_after=1", "--resume")  # that command, for one more epoch
@@ -342,6 +350,54 @@ def test_7_ctrl_c_inside_compare_balance_gives_the_command_that_continues(sample
     assert continue_command(p.stderr) == ("compare_balance.py", args)  # re-running it continues
     p = run_main("compare_balance.py", *args)
     assert "after epoch 1" in p.stdout and (tmp_path / "cmp" / "balance_comparison.md").exists()
+
+
+def test_7_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(sample_root, tiny_classifier, tmp_path,
+                                                                     monkeypatch):
+    """Issue 31: SIGTERM (`kill`, a scheduler's "stop now"), sent from another thread in the third step
+    of epoch 2, ends the run as Ctrl-C does: status 143, the saved epoch and the command that continues.
+    That command ends bit-identical to the same epochs run straight through."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    out = tmp_path / "run"
+    args = small_config(sample_root, out, **tiny_classifier.keys)
+    optimizer_step, steps = runs.optimizer_step, []
+
+    def step_then_sigterm(*a, **kw):
+        optimizer_step(*a, **kw)
+        steps.append((out / "last.pt").exists())
+        if sum(steps) == 3:  # the third step after epoch 1 was saved
+            kill = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+            kill.start()
+            kill.join()
+    with monkeypatch.context() as m:
+        m.setattr(runs, "optimizer_step", step_then_sigterm)
+        p = run_main("train.py", *args, check=False)
+    assert p.returncode == 143 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert f"stopped by SIGTERM: epoch 1 is the last finished one, saved in {out}/last.pt" in p.stderr
+    assert sum(steps) == 3  # stopped at once, mid-epoch
+    script, again = continue_command(p.stderr)
+    assert (script, again) == ("train.py", [*args, "--resume"])
+    p = run_main(script, *again)
+    assert "after epoch 1" in p.stdout
+    a = torch.load(tiny_classifier.out / "last.pt", weights_only=False)  # the same epochs straight through
+    b = torch.load(out / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == tiny_classifier.keys["epochs"] - 1
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [round(h["train_loss"], 6) for h in a["history"]] == [round(h["train_loss"], 6) for h in b["history"]]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_7_sigterm_or_sigusr1_before_the_first_epoch_finished(sig, sample_root, tmp_path, monkeypatch):
+    """SIGUSR1 (a cluster's "time is nearly up") too: status 128 + the signal, what was saved (nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    monkeypatch.setattr(wikiart, "augment", lambda *a, **kw: signal.raise_signal(sig))  # in the first step
+    p = run_main("train.py", *small_config(sample_root, tmp_path / "run"), check=False)
+    assert p.returncode == 128 + sig and "Traceback" not in p.stderr
+    name = signal.Signals(sig).name
+    assert f"stopped by {name} before the first epoch finished: nothing was saved" in p.stderr
 
 
 def test_8_next_step_commands_repeat_the_users_config(sample_root, tmp_path, user_dir):
