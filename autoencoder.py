@@ -116,7 +116,8 @@ def plot_reconstructions(model, images_u8, titles, path, title):
             axes[r][j].axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with runs.atomic_file(path) as f:
+        fig.savefig(f, dpi=110)
     p.close(fig)
 
 

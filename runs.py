@@ -3,12 +3,14 @@ resuming, the epoch skeleton of every training loop, and the torchrun helpers.
 
 A script's life: `args, cfg = config.parse_config(...)`, `rank, world, _, device = runs.start(cfg)`,
 a training loop built from `epoch_order` and `Progress.end_epoch`, and `runs.cli(main)` at the bottom,
-which turns a UserError into one line on stderr and exit status 2, and Ctrl-C, SIGTERM and SIGUSR1
-into the saved epoch and the command that continues.
+which turns a UserError (and a write that failed for want of space or permission) into one line on
+stderr and exit status 2, and Ctrl-C, SIGTERM and SIGUSR1 into the saved epoch and the command that
+continues.
 """
 import builtins
 import contextlib
 import csv
+import errno
 import functools
 import io
 import json
@@ -17,6 +19,7 @@ import pickle
 import platform
 import random
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -44,8 +47,9 @@ _entry = []  # (script, argv) of the command runs.cli is running: the command a 
 
 def cli(main):
     """Run main() as a command: a UserError is one line on stderr and exit status 2, no traceback
-    (real bugs still trace); Ctrl-C, SIGTERM and SIGUSR1 end it with status 128 + the signal; the
-    project's own warnings are one line each."""
+    (real bugs still trace), and so is a write that fails for want of space or permission; Ctrl-C,
+    SIGTERM and SIGUSR1 end it with status 128 + the signal; the project's own warnings are one line
+    each."""
     script = os.path.basename(sys.argv[0])
     default_format = warnings.formatwarning
 
@@ -65,6 +69,12 @@ def cli(main):
         why, status = stop_reason(e)
         print(f"\n{script}: {why}", file=sys.stderr)
         sys.exit(status)
+    except Exception as e:  # a write the atomic writers did not see (a folder, a library's file): one line too
+        error = write_error(e)
+        if error is None:
+            raise
+        print(f"{script}: error: {error.filename or 'a write failed'}: {os.strerror(error.errno)}", file=sys.stderr)
+        sys.exit(2)
     finally:
         warnings.formatwarning = default_format
         _entry.clear()
@@ -251,38 +261,106 @@ def environment(device=None):
 # ----------------------------------------------------------------------------------------------
 # Files: written to a unique temp file in the same folder, then renamed (never half a file)
 
+# why a write fails on a shared machine, not in the code: no space, quota, read-only, permission
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
-@contextlib.contextmanager
-def atomic_file(path, mode="wb"):
-    """Open a unique temp file beside `path`; on success it replaces `path` in one rename. Several
-    writers of the same path never share a temp file: the last rename wins, each file whole."""
+
+def write_atomically(path, write, mode="wb"):
+    """write(f) into a unique temp file beside `path`, which then replaces `path` in one rename. Several
+    writers of the same path never share a temp file: the last rename wins, each file whole. A write
+    that fails for want of space or permission is a UserError naming the file, the reason and, when
+    space ran out, how much the write needed; `path` keeps its previous version."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
-            yield f
+            write(f)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
+    except Exception as e:  # torch.save reports the OSError as a RuntimeError ("unexpected pos"): look behind it
+        error = write_error(e)
+        if error is None:
+            raise
+        raise cannot_write(path, error, _size_of(write) if error.errno in (errno.ENOSPC, errno.EDQUOT) else None)
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
 
 
+def write_error(e):
+    """The OSError of a failed write (WRITE_ERRORS) that raised `e` or lies behind it, else None."""
+    seen = []
+    while e is not None and e not in seen:
+        if isinstance(e, OSError) and e.errno in WRITE_ERRORS:
+            return e
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def cannot_write(path, error, needed=None):
+    """The UserError for a write of `path` that failed with `error`: the reason and, for a full disk
+    or quota, how much the write needed (and how much the disk has free)."""
+    def mb(n):
+        return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
+    detail = ""
+    if needed is not None and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = os.path.dirname(os.path.abspath(path))
+        while not os.path.isdir(folder):
+            folder = os.path.dirname(folder)
+        free = f"; {mb(shutil.disk_usage(folder).free)} free there" if error.errno == errno.ENOSPC else ""
+        detail = f" (the write needed {mb(needed)}{free})"
+    kept = f"; the previous {os.path.basename(path)} is unchanged" if os.path.exists(path) else ""
+    return UserError(f"cannot write {path}: {os.strerror(error.errno)}{detail}{kept}")
+
+
+class _Counter:
+    """A file that only counts the bytes written to it."""
+    size = 0
+
+    def write(self, data):
+        n = len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes
+        self.size += n
+        return n
+
+    def flush(self):
+        pass
+
+
+def _size_of(write):
+    """How many bytes write(f) writes (run again into a counter: the disk filled before it finished)."""
+    counter = _Counter()
+    try:
+        write(counter)
+    except Exception:  # a writer that needs a real file: the size stays unknown
+        return None
+    return counter.size
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode="wb"):
+    """An in-memory file that replaces `path` (write_atomically) when the block ends without an error:
+    never half a file, and a failed write knows how much it needed."""
+    buffer = io.BytesIO() if "b" in mode else io.StringIO(newline="")
+    yield buffer
+    data = buffer.getvalue()
+    write_atomically(path, lambda f: f.write(data), mode)
+
+
 def atomic_save(obj, path):
-    """JSON for a .json path, else torch.save."""
+    """JSON for a .json path, else torch.save (streamed to the file: a checkpoint is not held twice)."""
     if path.endswith(".json"):
         atomic_write_text(json.dumps(obj, indent=2), path)
     else:
-        with atomic_file(path) as f:
-            torch.save(obj, f)
+        write_atomically(path, functools.partial(torch.save, obj))
 
 
 def atomic_write_text(text, path):
-    with atomic_file(path, "w") as f:
-        f.write(text)
+    write_atomically(path, lambda f: f.write(text), "w")
 
 
 def save_png(image_u8, path):
@@ -453,7 +531,8 @@ class Progress:
                 atomic_save(ckpt, os.path.join(self.out_dir, "last.pt"))
                 self.saved_epoch = row["epoch"]
                 write_history(self.history, self.out_dir)
-                plot_curves(self.history, self.curves, os.path.join(self.out_dir, "curves.png"), self.title)
+                with atomic_file(os.path.join(self.out_dir, "curves.png")) as f:
+                    plot_curves(self.history, self.curves, f, self.title)
         return best
 
 

@@ -359,9 +359,10 @@ def plot_grid(G, mode, test, rows, path, seed, device, told_source=False):
     src = np.asarray(test.images[idx])
     src_y = test.labels[idx].numpy() if told_source else None
     columns = [transfer(G, src, np.full(len(idx), s), src_y, device) for s in range(len(test.classes))]
-    plots.plot_transfer_grid(src, columns, test.labels[idx].tolist(), test.classes, path,
-                             f"{mode}{', told the source style' if told_source else ''}: test image (left, true "
-                             "style at the row start) rendered in each style; red frame = its own style")
+    with runs.atomic_file(path) as f:
+        plots.plot_transfer_grid(src, columns, test.labels[idx].tolist(), test.classes, f,
+                                 f"{mode}{', told the source style' if told_source else ''}: test image (left, true "
+                                 "style at the row start) rendered in each style; red frame = its own style")
 
 
 @torch.no_grad()
@@ -375,8 +376,9 @@ def plot_embeddings(G, mode, classes, S, path, device):
     else:
         weights, initial = G.embedder.embedding.weight.detach().cpu(), G.embedder.initial.cpu()
         protos = wikiart.to_uint8(G(torch.zeros(C, 3, S, S, device=device), torch.arange(C, device=device)))
-    plots.plot_style_embeddings(weights, initial, protos, classes, path, mode,
-                                "its learned style image" if mode == "naive" else "generator output for a flat grey input")
+    with runs.atomic_file(path) as f:
+        plots.plot_style_embeddings(weights, initial, protos, classes, f, mode, "its learned style image"
+                                    if mode == "naive" else "generator output for a flat grey input")
 
 
 def train_or_load_judge(cfg, split, device):
@@ -575,9 +577,10 @@ def stylise(cfg, args, argv, device):
             outputs += files
         if len(targets) > 1:
             outputs.append(f"{stem}_all_styles.png")
-            plots.plot_strip(tiles, ["input"] + [t[0] for t in targets], os.path.join(results_dir, outputs[-1]),
-                             f"{os.path.basename(p)} (own style, {how}: {classes[own[i]]} "
-                             f"{probs[i, own[i]]:.0%}); strength {a:g}" + (", colours kept" if args.keep_colour else ""))
+            with runs.atomic_file(os.path.join(results_dir, outputs[-1])) as f:
+                plots.plot_strip(tiles, ["input"] + [t[0] for t in targets], f,
+                                 f"{os.path.basename(p)} (own style, {how}: {classes[own[i]]} {probs[i, own[i]]:.0%}); "
+                                 f"strength {a:g}" + (", colours kept" if args.keep_colour else ""))
         report.append({"path": p, "own_style": classes[own[i]], "own_style_given": given is not None,
                        "own_probability": float(probs[i, own[i]]), "outputs": outputs})
         print(f"{p}: own style ({how}) {classes[own[i]]} {probs[i, own[i]]:.0%} -> "

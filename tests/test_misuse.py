@@ -1,13 +1,15 @@
 """Issue 13: misuse gets one clear line on stderr and exit status 2, never a traceback, and leaves the
 disk as it was. One test per item of the issue (items 1-11), then issue 31's (SIGTERM and SIGUSR1 with
-item 7), then the other scripts' slips. The table of what each case prints is docs/misuse.md; keep
-the two in step.
+item 7; a full disk or read-only folder, 12), then the other scripts' slips. The table of what each
+case prints is docs/misuse.md; keep the two in step.
 
 The scripts run in-process through runs.cli, exactly as `python script ...` runs them (run_main);
 a subprocess only where the process itself matters (the exit status of a real run, Ctrl-C)."""
 import ast
+import errno
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -492,6 +494,110 @@ def test_11_help_shows_the_docstring_as_written(script):
     if script in CONFIG_SCRIPTS:
         p = run_main(script, "--help-config", check=False)
         assert p.returncode == 0 and "autoencoder.out_dir" in p.stdout and "[style_transfer]" in p.stdout
+
+
+# ---- issue 31: a full disk or a read-only folder (item 12)
+
+
+class FullDisk:
+    """The temp file of runs.write_atomically on a disk with `free` bytes left: a write beyond them
+    fails as a full disk's (or quota's) does."""
+
+    def __init__(self, f, free, code):
+        self.f, self.free, self.code = f, free, code
+
+    def write(self, data):
+        n = len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes
+        if n > self.free:
+            raise OSError(self.code, os.strerror(self.code))
+        self.free -= n
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def disk_full(monkeypatch, free=1000, code=errno.ENOSPC):
+    """Every file runs.write_atomically opens from now on fails: after `free` bytes for a full disk or
+    quota, at once for a read-only folder or a missing permission."""
+    fdopen = os.fdopen
+
+    def opened(fd, *args, **kwargs):
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return FullDisk(fdopen(fd, *args, **kwargs), free, code)
+        os.close(fd)
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(os, "fdopen", opened)
+
+
+def test_12_a_full_disk_mid_training_keeps_last_pt_and_says_what_the_write_needed(sample_root, tmp_path,
+                                                                                 monkeypatch):
+    """Issue 31: the disk fills after epoch 1: one line naming the file, the reason and the size the
+    write needed, exit status 2; last.pt (and best.pt) of epoch 1 stay whole and loadable, no temp file."""
+    out = tmp_path / "run"
+    end_epoch = runs.Progress.end_epoch
+
+    def then_disk_full(self, row, score, checkpoint):
+        best = end_epoch(self, row, score, checkpoint)
+        disk_full(monkeypatch)
+        return best
+    with monkeypatch.context() as m:
+        m.setattr(runs.Progress, "end_epoch", then_disk_full)
+        p = run_main("train.py", *small_config(sample_root, out, epochs=3), check=False)
+    line = assert_user_error(p, "train.py", f"cannot write {out}/", ".pt: No space left on device (the write needed ",
+                             "free there); the previous ")
+    number, unit = re.search(r"needed ([\d.]+) (MB|bytes)", line).groups()
+    assert abs(float(number) * (1e6 if unit == "MB" else 1) / os.path.getsize(out / "last.pt") - 1) < 0.05
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(out / "best.pt", weights_only=False)["epoch"] == 0
+    assert sorted(os.listdir(out)) == ["best.pt", "curves.png", "last.pt", "train_config.json", "train_log.csv",
+                                       "train_log.json"]  # no temp file
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM],
+                         ids=lambda code: errno.errorcode[code])
+@pytest.mark.parametrize("name", ["last.pt", "metrics.json", "grid.png", "predictions.csv"])
+def test_12_every_kind_of_output_fails_in_one_line_and_keeps_its_previous_version(name, code, tmp_path,
+                                                                                  monkeypatch):
+    path = str(tmp_path / name)
+
+    def write_csv():
+        with runs.atomic_file(path, "w") as f:
+            f.write("path,style_1\r\na.jpg,Baroque\r\n")
+    write = {"last.pt": lambda: runs.atomic_save({"model": torch.zeros(100)}, path),
+             "metrics.json": lambda: runs.atomic_save({"accuracy": 0.5}, path),
+             "grid.png": lambda: runs.save_png(np.zeros((8, 8, 3), np.uint8), path),
+             "predictions.csv": write_csv}[name]
+    write()
+    before = open(path, "rb").read()
+    with monkeypatch.context() as m:
+        disk_full(m, free=10, code=code)
+        with pytest.raises(config.UserError) as e:
+            write()
+    needed = f" (the write needed {len(before)} bytes" if code in (errno.ENOSPC, errno.EDQUOT) else ""
+    assert str(e.value).startswith(f"cannot write {path}: {os.strerror(code)}{needed}"), str(e.value)
+    assert str(e.value).endswith(f"; the previous {name} is unchanged") and "\n" not in str(e.value)
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == [name]  # no temp file left
+
+
+def test_12_a_read_only_out_dir_is_one_line(sample_root, tmp_path, monkeypatch):
+    """out_dir cannot be made: one line, whichever write meets it first (outside the atomic writers:
+    runs.cli says it)."""
+    makedirs = os.makedirs
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return makedirs(path, *args, **kwargs)
+    monkeypatch.setattr(os, "makedirs", read_only)
+    p = run_main("train.py", *small_config(sample_root, tmp_path / "ro" / "run"), check=False)
+    assert_user_error(p, "train.py", f"{tmp_path}/ro/run", ": Read-only file system")
 
 
 # ---- the other scripts' slips (and the existing checks of train.py's)
