@@ -172,6 +172,7 @@ def main(argv=None):
         return reconstruct_images(args.image, cfg, device, args, argv)
     ae = cfg["autoencoder"]
     out_dir = ae["out_dir"]
+    runs.lock_out_dir(out_dir)  # a second run into out_dir stops here (--image above reads only)
 
     # ---- data: labels are only used to stratify the validation split and to label the saved codes
     with runs.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache

@@ -72,6 +72,7 @@ def main(argv=None):
                              f"{', '.join(wikiart.BALANCE_OPTIONS)}, each optionally +posthoc")
     args, cfg = config.parse_config(parser, argv)
     base_out = cfg["out_dir"] if "out_dir" in config.explicit_keys(args) else "out/balance"
+    runs.lock_out_dir(base_out)  # a second comparison into it stops here (each train.py run locks its own)
     passthrough = [a for p in args.config for a in ("-c", p)] + ["--set", *args.set]
 
     rows, tests = [], {}

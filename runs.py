@@ -2,11 +2,12 @@
 resuming, the epoch skeleton of every training loop, and the torchrun helpers.
 
 A script's life: `args, cfg = config.parse_config(...)`, `rank, world, _, device = runs.start(cfg)`,
-a training loop built from `epoch_order` and `Progress.end_epoch`, and `runs.cli(main)` at the bottom,
-which turns a UserError (and a write that failed for want of space or permission) into one line on
-stderr and exit status 2, and Ctrl-C, SIGTERM and SIGUSR1 into the saved epoch and the command that
-continues.
+`runs.lock_out_dir(out_dir)` when it trains (one run per out_dir), a training loop built from
+`epoch_order` and `Progress.end_epoch`, and `runs.cli(main)` at the bottom, which turns a UserError
+(and a write that failed for want of space or permission) into one line on stderr and exit status 2,
+and Ctrl-C, SIGTERM and SIGUSR1 into the saved epoch and the command that continues.
 """
+import atexit
 import builtins
 import contextlib
 import csv
@@ -21,6 +22,7 @@ import random
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -49,7 +51,7 @@ def cli(main):
     """Run main() as a command: a UserError is one line on stderr and exit status 2, no traceback
     (real bugs still trace), and so is a write that fails for want of space or permission; Ctrl-C,
     SIGTERM and SIGUSR1 end it with status 128 + the signal; the project's own warnings are one line
-    each."""
+    each; the out_dir locks it took are removed."""
     script = os.path.basename(sys.argv[0])
     default_format = warnings.formatwarning
 
@@ -76,6 +78,7 @@ def cli(main):
         print(f"{script}: error: {error.filename or 'a write failed'}: {os.strerror(error.errno)}", file=sys.stderr)
         sys.exit(2)
     finally:
+        release_locks()
         warnings.formatwarning = default_format
         _entry.clear()
 
@@ -579,6 +582,86 @@ def on_interrupt(progress, script, argv):
             print(f"\n{why} before the first epoch finished: nothing was saved to resume from"
                   + (f"; run it again with: {again}" if outer else ""), file=sys.stderr)
         raise SystemExit(status)
+
+
+# ----------------------------------------------------------------------------------------------
+# One run per out_dir: a lock file holds the running process's PID and host
+
+LOCK = "run.lock"
+_locks = []  # (lock file, the folders taking it made) of this process: removed when it ends
+
+
+def lock_out_dir(out_dir):
+    """Take <out_dir>/run.lock for this run until it ends (runs.cli, or at exit). A second run into
+    the same out_dir stops here, before any work, with one line naming the running PID; a lock left
+    by a process of this machine that is no longer running (killed) is taken over with a note.
+    Read-only uses (test.py, --image) take none. Under torchrun rank 0 takes it."""
+    shown, me = os.path.join(out_dir, LOCK), (os.getpid(), socket.gethostname())
+    path = os.path.abspath(shown)
+    if not is_main() or any(p == path for p, _ in _locks):
+        return
+    made, folder = [], os.path.dirname(path)
+    while not os.path.isdir(folder):  # the folders this makes: removed again if the run writes nothing
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            pid, host = lock_holder(path)
+            if pid is None and not os.path.exists(path):  # released meanwhile
+                continue
+            if pid is None or host != me[1] or _running(pid):
+                who = (f"process {pid} on {'this machine' if host == me[1] else host}" if pid else "a process")
+                gone = "" if host == me[1] else "; if that run has ended, delete the lock file"
+                raise UserError(f"{out_dir} is in use by another run ({who}, lock file {shown}): wait for it "
+                                f"to end, or use another out_dir{gone}")
+            print(f"note: {shown} was left by process {pid}, which is no longer running (killed?); taking it over",
+                  file=sys.stderr)
+            # (two runs taking over one stale lock in the same instant are not told apart)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{me[0]} {me[1]}\n")
+    _locks.append((path, made))
+
+
+def lock_holder(path):
+    """(pid, host) of a lock file; (None, None) if it is gone or holds something else."""
+    try:
+        with open(path) as f:
+            pid, host = f.read().split()
+        return (int(pid), host) if int(pid) > 0 else (None, None)
+    except (OSError, ValueError):
+        return None, None
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+@atexit.register
+def release_locks():
+    """Remove this process's lock files, and the folders lock_out_dir made if they stayed empty."""
+    me = (os.getpid(), socket.gethostname())
+    while _locks:
+        path, made = _locks.pop()
+        if lock_holder(path) == me:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except OSError:  # something was written there
+                break
 
 
 # ----------------------------------------------------------------------------------------------

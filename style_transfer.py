@@ -617,6 +617,7 @@ def main(argv=None):
         return stylise(cfg, args, argv, device)
     if args.seeds < 1:
         raise config.UserError(f"--seeds must be >= 1, got {args.seeds}")
+    runs.lock_out_dir(st["out_dir"])  # a second run into out_dir stops here (--image above reads only)
 
     modes = [st["mode"]] + (["naive"] if args.evaluate and st["eval_naive"] and st["mode"] != "naive" else [])
     ae_path = st["autoencoder_path"]

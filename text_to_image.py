@@ -584,9 +584,11 @@ def main(argv=None):
     guidance = t["guidance"] if args.guidance is None else args.guidance
     seeds = (cfg["seed"] if args.seed is None else args.seed) + np.arange(args.n or t["grid_seeds"])
     _, _, _, device = runs.start(cfg)
+    generate_only = bool(args.prompt or args.style) and not args.evaluate
+    if not generate_only:
+        runs.lock_out_dir(t["out_dir"])  # a second run into out_dir stops here (generating only reads)
     sample_data.ensure_sample(cfg)
 
-    generate_only = bool(args.prompt or args.style) and not args.evaluate
     info = read_trained(t) if generate_only else None
     classes = info["classes"] if info else sorted(wikiart.scan_folder(cfg["train_dir"])[0])
     labels, styles, prompts = pick_rows(classes, args.style, args.prompt)  # an unknown style fails here, early

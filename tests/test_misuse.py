@@ -1,10 +1,11 @@
 """Issue 13: misuse gets one clear line on stderr and exit status 2, never a traceback, and leaves the
 disk as it was. One test per item of the issue (items 1-11), then issue 31's (SIGTERM and SIGUSR1 with
-item 7; a full disk or read-only folder, 12), then the other scripts' slips. The table of what each
-case prints is docs/misuse.md; keep the two in step.
+item 7; a full disk or read-only folder, 12; two runs into one out_dir, 13), then the other scripts'
+slips. The table of what each case prints is docs/misuse.md; keep the two in step.
 
 The scripts run in-process through runs.cli, exactly as `python script ...` runs them (run_main);
-a subprocess only where the process itself matters (the exit status of a real run, Ctrl-C)."""
+a subprocess only where the process itself matters (the exit status of a real run, Ctrl-C, a second
+run into a locked out_dir)."""
 import ast
 import errno
 import json
@@ -13,6 +14,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +27,7 @@ import torch
 import config
 import runs
 import wikiart
-from conftest import ROOT, ae_args, run_main, small_config
+from conftest import ROOT, ae_args, run_main, run_script, small_config
 
 SCRIPTS = ["train.py", "test.py", "autoencoder.py", "cluster.py", "style_transfer.py", "compare_balance.py",
            "bench.py", "prepare_data.py", "sample_data.py"]
@@ -335,6 +337,7 @@ def test_7_ctrl_c_of_a_real_run(sig, says, sample_root, tmp_path):
     assert proc.returncode == 128 + sig and "Traceback" not in stderr, stderr[-2000:]
     saved = torch.load(out / "last.pt", weights_only=False)["epoch"] + 1  # usually 1; later if the signal came late
     assert f"{says}: epoch {saved} is the last finished one, saved in {out}/last.pt" in stderr
+    assert not (out / runs.LOCK).exists()
     script, again = continue_command(stderr)
     assert (script, again) == ("train.py", [*args, "--resume"])
     p = run_main(script, *again[:-1], "stop_after=1", "--resume")  # that command, for one more epoch
@@ -357,8 +360,8 @@ def test_7_ctrl_c_inside_compare_balance_gives_the_command_that_continues(sample
 def test_7_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(sample_root, tiny_classifier, tmp_path,
                                                                      monkeypatch):
     """Issue 31: SIGTERM (`kill`, a scheduler's "stop now"), sent from another thread in the third step
-    of epoch 2, ends the run as Ctrl-C does: status 143, the saved epoch and the command that continues.
-    That command ends bit-identical to the same epochs run straight through."""
+    of epoch 2, ends the run as Ctrl-C does: status 143, the saved epoch and the command that continues,
+    the lock gone. That command ends bit-identical to the same epochs run straight through."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach the main thread only")
     out = tmp_path / "run"
@@ -377,7 +380,7 @@ def test_7_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(sample_root
         p = run_main("train.py", *args, check=False)
     assert p.returncode == 143 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert f"stopped by SIGTERM: epoch 1 is the last finished one, saved in {out}/last.pt" in p.stderr
-    assert sum(steps) == 3  # stopped at once, mid-epoch
+    assert sum(steps) == 3 and not (out / runs.LOCK).exists()  # stopped at once, mid-epoch
     script, again = continue_command(p.stderr)
     assert (script, again) == ("train.py", [*args, "--resume"])
     p = run_main(script, *again)
@@ -496,7 +499,7 @@ def test_11_help_shows_the_docstring_as_written(script):
         assert p.returncode == 0 and "autoencoder.out_dir" in p.stdout and "[style_transfer]" in p.stdout
 
 
-# ---- issue 31: a full disk or a read-only folder (item 12)
+# ---- issue 31: a full disk or a read-only folder (item 12), two runs into one out_dir (item 13)
 
 
 class FullDisk:
@@ -557,7 +560,7 @@ def test_12_a_full_disk_mid_training_keeps_last_pt_and_says_what_the_write_neede
     assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 0
     assert torch.load(out / "best.pt", weights_only=False)["epoch"] == 0
     assert sorted(os.listdir(out)) == ["best.pt", "curves.png", "last.pt", "train_config.json", "train_log.csv",
-                                       "train_log.json"]  # no temp file
+                                       "train_log.json"]  # no temp file, no lock
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM],
@@ -598,6 +601,42 @@ def test_12_a_read_only_out_dir_is_one_line(sample_root, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "makedirs", read_only)
     p = run_main("train.py", *small_config(sample_root, tmp_path / "ro" / "run"), check=False)
     assert_user_error(p, "train.py", f"{tmp_path}/ro/run", ": Read-only file system")
+
+
+def test_13_a_second_run_into_a_locked_out_dir_stops_at_once(sample_root, tmp_path):
+    """Issue 31: while one run (this process) holds out_dir, `python train.py` into it stops before any
+    work with one line naming the running PID and the out_dir; the first run's lock goes when it ends."""
+    out = tmp_path / "run"
+    runs.lock_out_dir(str(out))
+    try:
+        assert os.listdir(out) == [runs.LOCK]
+        p = run_script("train.py", *small_config(sample_root, out, epochs=1), cwd=tmp_path, check=False)
+        assert os.listdir(out) == [runs.LOCK]  # the second run wrote nothing
+    finally:
+        runs.release_locks()
+    assert_user_error(p, "train.py", f"{out} is in use by another run (process {os.getpid()} on this machine, "
+                                     f"lock file {out}/{runs.LOCK}): wait for it to end, or use another out_dir")
+    assert p.stdout == ""  # before the data was read
+    assert not out.exists()  # the lock made the folder and nothing else was written: it goes too
+
+
+def test_13_a_stale_lock_is_taken_over_and_read_only_uses_take_none(sample_root, tmp_path):
+    """A lock left by a process that is no longer running (killed) is taken over with a note; test.py
+    only reads a locked out_dir; a lock of a live process of another machine cannot be checked: it stops."""
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / runs.LOCK).write_text(f"{dead.pid} {socket.gethostname()}\n")
+    p = run_main("train.py", *small_config(sample_root, out, epochs=1, threads=1))
+    assert f"note: {out}/{runs.LOCK} was left by process {dead.pid}, which is no longer running" in p.stderr
+    assert (out / "last.pt").exists() and not (out / runs.LOCK).exists()
+    (out / runs.LOCK).write_text(f"{os.getppid()} {socket.gethostname()}\n")  # a live run
+    run_main("test.py", "--set", f"out_dir={out}")
+    (out / runs.LOCK).write_text(f"{dead.pid} gpu-node-7\n")
+    p = run_main("train.py", *small_config(sample_root, out, epochs=1, threads=1), check=False)
+    assert_user_error(p, "train.py", f"(process {dead.pid} on gpu-node-7, lock file",
+                      "if that run has ended, delete the lock file")
 
 
 # ---- the other scripts' slips (and the existing checks of train.py's)
