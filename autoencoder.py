@@ -116,7 +116,8 @@ def plot_reconstructions(model, images_u8, titles, path, title):
             axes[r][j].axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with runs.atomic_file(path) as f:
+        fig.savefig(f, dpi=110)
     p.close(fig)
 
 
@@ -171,6 +172,7 @@ def main(argv=None):
         return reconstruct_images(args.image, cfg, device, args, argv)
     ae = cfg["autoencoder"]
     out_dir = ae["out_dir"]
+    runs.lock_out_dir(out_dir)  # a second run into out_dir stops here (--image above reads only)
 
     # ---- data: labels are only used to stratify the validation split and to label the saved codes
     with runs.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache

@@ -240,7 +240,8 @@ def plot(results, path):
             ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
     fig.suptitle(f"{results['images']} images at {results['size']}px, {results['threads']} thread(s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with runs.atomic_file(path) as f:
+        fig.savefig(f, dpi=110)
     p.close(fig)
 
 

@@ -82,7 +82,8 @@ def plot_figures(results, views, labels, classes, cl, k, out_dir, seed):
                              f"{name}: {what}\nmarker = {cl['method']} cluster; NMI {results[name]['nmi']:.3f}")
         style_legend(fig)
         fig.tight_layout(rect=(0, 0, 0.8, 1))
-        fig.savefig(os.path.join(out_dir, fname), dpi=110)
+        with runs.atomic_file(os.path.join(out_dir, fname)) as f:
+            fig.savefig(f, dpi=110)
         p.close(fig)
 
     two_panel_scatter({n: v[1] for n, v in views.items()}, "pca.png", "first two principal components")
@@ -111,7 +112,8 @@ def plot_figures(results, views, labels, classes, cl, k, out_dir, seed):
         ax.set_ylabel(f"{cl['method']} cluster")
         ax.set_title(f"{name}: counts (shade = share of each style)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "contingency.png"), dpi=110)
+    with runs.atomic_file(os.path.join(out_dir, "contingency.png")) as f:
+        fig.savefig(f, dpi=110)
     p.close(fig)
 
     fig, axes = p.subplots(1, 2, figsize=(13, 5))
@@ -126,7 +128,8 @@ def plot_figures(results, views, labels, classes, cl, k, out_dir, seed):
         ax.set_title(f"{name}: 1D view (colour = true style)", fontsize=9)
     style_legend(fig)
     fig.tight_layout(rect=(0, 0, 0.8, 1))
-    fig.savefig(os.path.join(out_dir, "pc1_vs_cluster.png"), dpi=110)
+    with runs.atomic_file(os.path.join(out_dir, "pc1_vs_cluster.png")) as f:
+        fig.savefig(f, dpi=110)
     p.close(fig)
 
     keys = ["nmi", "ari", "purity", "hungarian_accuracy", "silhouette"]
@@ -138,7 +141,8 @@ def plot_figures(results, views, labels, classes, cl, k, out_dir, seed):
     ax.set_title(f"{cl['method']} (k={k}) on {len(labels)} {cl['split']} images: {cl['feature']} vs raw pixels")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "comparison.png"), dpi=110)
+    with runs.atomic_file(os.path.join(out_dir, "comparison.png")) as f:
+        fig.savefig(f, dpi=110)
     p.close(fig)
 
 

@@ -72,6 +72,7 @@ def main(argv=None):
                              f"{', '.join(wikiart.BALANCE_OPTIONS)}, each optionally +posthoc")
     args, cfg = config.parse_config(parser, argv)
     base_out = cfg["out_dir"] if "out_dir" in config.explicit_keys(args) else "out/balance"
+    runs.lock_out_dir(base_out)  # a second comparison into it stops here (each train.py run locks its own)
     passthrough = [a for p in args.config for a in ("-c", p)] + ["--set", *args.set]
 
     rows, tests = [], {}
@@ -128,12 +129,13 @@ def main(argv=None):
     ax.set_title(f"class-imbalance options on {cfg['test_dir']} ({cfg['mode']})")
     ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
-    fig.savefig(os.path.join(base_out, "balance_comparison.png"), dpi=110)
+    with runs.atomic_file(os.path.join(base_out, "balance_comparison.png")) as f:
+        fig.savefig(f, dpi=110)
     p.close(fig)
     # the per-style view: where each option's gains and losses fall, styles sorted by training count
-    plots.plot_per_class_recall(tests, next(iter(tests.values()))["label_counts"],
-                                os.path.join(base_out, "balance_per_style.png"),
-                                "recall per style (training count in brackets)")
+    with runs.atomic_file(os.path.join(base_out, "balance_per_style.png")) as f:
+        plots.plot_per_class_recall(tests, next(iter(tests.values()))["label_counts"], f,
+                                    "recall per style (training count in brackets)")
     print(f"wrote {base_out}/balance_comparison.md, .json, .png and balance_per_style.png")
 
 

@@ -1,5 +1,6 @@
 """Figures (matplotlib without a display): training curves, confusion matrices, per-style recall, style
-transfer grids and embeddings, strips of stylised images."""
+transfer grids and embeddings, strips of stylised images. Each is saved as a PNG to `path`: a file name,
+or the open file of runs.atomic_file, as the scripts pass it (a failed write keeps the previous figure)."""
 import numpy as np
 
 

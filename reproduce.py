@@ -48,6 +48,7 @@ import tables
 from config import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+_steps = set()  # the step processes running now: a SIGTERM to this process is passed on to them
 W16 = "../shared/data/wikiart16"
 CONFIG_SCRIPTS = ("train.py", "test.py", "compare_balance.py", "autoencoder.py", "cluster.py", "style_transfer.py",
                   "text_to_image.py")
@@ -325,6 +326,7 @@ def run_step(script, argv, log_path, quiet):
         log.write(f"\n=== {now()}: {shlex.join(cmd)}\n".encode())
         p = subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        _steps.add(p)
         try:
             for chunk in iter(lambda: p.stdout.read1(1 << 16), b""):
                 log.write(chunk)
@@ -335,6 +337,8 @@ def run_step(script, argv, log_path, quiet):
         except KeyboardInterrupt:  # the child got the Ctrl-C too: let it save what it has
             p.wait()
             raise
+        finally:
+            _steps.discard(p)
     return p.wait(), time.time() - t0
 
 
@@ -566,9 +570,12 @@ def main(argv=None):
                     statuses[running.pop(future)] = future.result()
                 if not args.dry_run:
                     results = publish(prof, profile, root, results, results_path, markdown)
-        except KeyboardInterrupt:
-            print("\ninterrupted: run the same command again to continue", file=sys.stderr)
-            raise SystemExit(130)
+        except KeyboardInterrupt as e:  # Ctrl-C reaches the steps too; a SIGTERM (`kill`) may have come here only
+            for p in list(_steps) if isinstance(e, runs.Stopped) else ():
+                p.send_signal(e.signum)  # each step saves its epoch and stops; the pool waits for them
+            why, status = runs.stop_reason(e)
+            print(f"\n{why}: run the same command again to continue", file=sys.stderr)
+            raise SystemExit(status)
     if args.dry_run:
         return
 

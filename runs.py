@@ -2,12 +2,16 @@
 resuming, the epoch skeleton of every training loop, and the torchrun helpers.
 
 A script's life: `args, cfg = config.parse_config(...)`, `rank, world, _, device = runs.start(cfg)`,
-a training loop built from `epoch_order` and `Progress.end_epoch`, and `runs.cli(main)` at the bottom,
-which turns a UserError into one line on stderr and exit status 2.
+`runs.lock_out_dir(out_dir)` when it trains (one run per out_dir), a training loop built from
+`epoch_order` and `Progress.end_epoch`, and `runs.cli(main)` at the bottom, which turns a UserError
+(and a write that failed for want of space or permission) into one line on stderr and exit status 2,
+and Ctrl-C, SIGTERM and SIGUSR1 into the saved epoch and the command that continues.
 """
+import atexit
 import builtins
 import contextlib
 import csv
+import errno
 import functools
 import io
 import json
@@ -16,7 +20,9 @@ import pickle
 import platform
 import random
 import shlex
+import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -43,7 +49,9 @@ _entry = []  # (script, argv) of the command runs.cli is running: the command a 
 
 def cli(main):
     """Run main() as a command: a UserError is one line on stderr and exit status 2, no traceback
-    (real bugs still trace); the project's own warnings are one line each."""
+    (real bugs still trace), and so is a write that fails for want of space or permission; Ctrl-C,
+    SIGTERM and SIGUSR1 end it with status 128 + the signal; the project's own warnings are one line
+    each; the out_dir locks it took are removed."""
     script = os.path.basename(sys.argv[0])
     default_format = warnings.formatwarning
 
@@ -54,16 +62,71 @@ def cli(main):
     warnings.formatwarning = one_line
     _entry[:] = [(script, sys.argv[1:])]
     try:
-        main()
+        with stop_signals():
+            main()
     except UserError as e:
         print(f"{script}: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:  # outside a training loop (those say what was saved): nothing to resume
-        print(f"\n{script}: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # outside a training loop (those say what was saved): nothing to resume
+        why, status = stop_reason(e)
+        print(f"\n{script}: {why}", file=sys.stderr)
+        sys.exit(status)
+    except Exception as e:  # a write the atomic writers did not see (a folder, a library's file): one line too
+        error = write_error(e)
+        if error is None:
+            raise
+        print(f"{script}: error: {error.filename or 'a write failed'}: {os.strerror(error.errno)}", file=sys.stderr)
+        sys.exit(2)
     finally:
+        release_locks()
         warnings.formatwarning = default_format
         _entry.clear()
+
+
+# SIGTERM is what schedulers (SLURM) and `kill` send before killing a job, SIGUSR1 what clusters send
+# when its time is nearly up: both end a run as Ctrl-C does, with what was saved and the command that continues
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGUSR1, raised as a KeyboardInterrupt: every `except KeyboardInterrupt` (the training
+    loops' on_interrupt) handles them as it handles Ctrl-C."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    for s in STOP_SIGNALS:  # a second one (the scheduler's and torchrun's, or a parent's passing it on)
+        signal.signal(s, signal.SIG_IGN)  # must not cut the saving and the last words short
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM and SIGUSR1 raise Stopped inside the block (one ignored or handled already stays so)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals go to the main thread
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s, handler in previous.items():
+        if handler == signal.SIG_DFL:
+            signal.signal(s, _stop)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            if handler == signal.SIG_DFL:
+                signal.signal(s, handler)
+
+
+def stop_reason(e):
+    """(what ended the run, its exit status) for a KeyboardInterrupt: Ctrl-C is ("interrupted", 130),
+    a Stopped SIGTERM ("stopped by SIGTERM", 143): 128 + the signal's number, as a shell reports it."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    why = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    return why, 128 + signum
 
 
 def command_line(script, argv, add=()):
@@ -201,38 +264,106 @@ def environment(device=None):
 # ----------------------------------------------------------------------------------------------
 # Files: written to a unique temp file in the same folder, then renamed (never half a file)
 
+# why a write fails on a shared machine, not in the code: no space, quota, read-only, permission
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
-@contextlib.contextmanager
-def atomic_file(path, mode="wb"):
-    """Open a unique temp file beside `path`; on success it replaces `path` in one rename. Several
-    writers of the same path never share a temp file: the last rename wins, each file whole."""
+
+def write_atomically(path, write, mode="wb"):
+    """write(f) into a unique temp file beside `path`, which then replaces `path` in one rename. Several
+    writers of the same path never share a temp file: the last rename wins, each file whole. A write
+    that fails for want of space or permission is a UserError naming the file, the reason and, when
+    space ran out, how much the write needed; `path` keeps its previous version."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
-            yield f
+            write(f)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
+    except Exception as e:  # torch.save reports the OSError as a RuntimeError ("unexpected pos"): look behind it
+        error = write_error(e)
+        if error is None:
+            raise
+        raise cannot_write(path, error, _size_of(write) if error.errno in (errno.ENOSPC, errno.EDQUOT) else None)
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
 
 
+def write_error(e):
+    """The OSError of a failed write (WRITE_ERRORS) that raised `e` or lies behind it, else None."""
+    seen = []
+    while e is not None and e not in seen:
+        if isinstance(e, OSError) and e.errno in WRITE_ERRORS:
+            return e
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def cannot_write(path, error, needed=None):
+    """The UserError for a write of `path` that failed with `error`: the reason and, for a full disk
+    or quota, how much the write needed (and how much the disk has free)."""
+    def mb(n):
+        return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
+    detail = ""
+    if needed is not None and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = os.path.dirname(os.path.abspath(path))
+        while not os.path.isdir(folder):
+            folder = os.path.dirname(folder)
+        free = f"; {mb(shutil.disk_usage(folder).free)} free there" if error.errno == errno.ENOSPC else ""
+        detail = f" (the write needed {mb(needed)}{free})"
+    kept = f"; the previous {os.path.basename(path)} is unchanged" if os.path.exists(path) else ""
+    return UserError(f"cannot write {path}: {os.strerror(error.errno)}{detail}{kept}")
+
+
+class _Counter:
+    """A file that only counts the bytes written to it."""
+    size = 0
+
+    def write(self, data):
+        n = len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes
+        self.size += n
+        return n
+
+    def flush(self):
+        pass
+
+
+def _size_of(write):
+    """How many bytes write(f) writes (run again into a counter: the disk filled before it finished)."""
+    counter = _Counter()
+    try:
+        write(counter)
+    except Exception:  # a writer that needs a real file: the size stays unknown
+        return None
+    return counter.size
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode="wb"):
+    """An in-memory file that replaces `path` (write_atomically) when the block ends without an error:
+    never half a file, and a failed write knows how much it needed."""
+    buffer = io.BytesIO() if "b" in mode else io.StringIO(newline="")
+    yield buffer
+    data = buffer.getvalue()
+    write_atomically(path, lambda f: f.write(data), mode)
+
+
 def atomic_save(obj, path):
-    """JSON for a .json path, else torch.save."""
+    """JSON for a .json path, else torch.save (streamed to the file: a checkpoint is not held twice)."""
     if path.endswith(".json"):
         atomic_write_text(json.dumps(obj, indent=2), path)
     else:
-        with atomic_file(path) as f:
-            torch.save(obj, f)
+        write_atomically(path, functools.partial(torch.save, obj))
 
 
 def atomic_write_text(text, path):
-    with atomic_file(path, "w") as f:
-        f.write(text)
+    write_atomically(path, lambda f: f.write(text), "w")
 
 
 def save_png(image_u8, path):
@@ -403,48 +534,134 @@ class Progress:
                 atomic_save(ckpt, os.path.join(self.out_dir, "last.pt"))
                 self.saved_epoch = row["epoch"]
                 write_history(self.history, self.out_dir)
-                plot_curves(self.history, self.curves, os.path.join(self.out_dir, "curves.png"), self.title)
+                with atomic_file(os.path.join(self.out_dir, "curves.png")) as f:
+                    plot_curves(self.history, self.curves, f, self.title)
         return best
 
 
 @contextlib.contextmanager
 def ctrl_c_held():
-    """Hold a Ctrl-C (SIGINT) that comes inside the block and raise it as KeyboardInterrupt when the
+    """Hold a Ctrl-C (SIGINT), SIGTERM or SIGUSR1 that comes inside the block and raise it when the
     block ends. Raised mid-block it could cut an import short (matplotlib's first import turns it into
     a RuntimeError) or leave best.pt newer than last.pt."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield  # signals go to the main thread; an ignored or custom SIGINT stays as it is
+    raising = {signal.SIGINT: signal.default_int_handler} | {s: _stop for s in STOP_SIGNALS}
+    held = [s for s, handler in raising.items() if signal.getsignal(s) is handler]
+    if threading.current_thread() is not threading.main_thread() or not held:
+        yield  # signals go to the main thread; an ignored or custom handler stays as it is
         return
     caught = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    for s in held:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s in held:
+            signal.signal(s, raising[s])
     if caught:
-        raise KeyboardInterrupt
+        raising[caught[0]](caught[0], None)  # raises KeyboardInterrupt, or Stopped
 
 
 @contextlib.contextmanager
 def on_interrupt(progress, script, argv):
-    """Ctrl-C inside the block: say which epoch was saved and the exact command that continues (the
-    command being run, when this loop runs inside another script such as compare_balance.py)."""
+    """Ctrl-C (or SIGTERM, SIGUSR1) inside the block: say which epoch was saved and the exact command
+    that continues (the command being run, when this loop runs inside another script such as
+    compare_balance.py); exit status 128 + the signal."""
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        why, status = stop_reason(e)
         if not is_main():
-            raise SystemExit(130)
+            raise SystemExit(status)
         last = os.path.join(progress.out_dir, "last.pt")
         outer = _entry[0] if _entry and _entry[0][0] != script else None
         again = command_line(*outer) if outer else command_line(script, argv, ["--resume"])
         if progress.saved_epoch:
-            print(f"\ninterrupted: epoch {progress.saved_epoch} is the last finished one, saved in {last}; "
+            print(f"\n{why}: epoch {progress.saved_epoch} is the last finished one, saved in {last}; "
                   f"continue with: {again}", file=sys.stderr)
         else:
-            print("\ninterrupted before the first epoch finished: nothing was saved to resume from"
+            print(f"\n{why} before the first epoch finished: nothing was saved to resume from"
                   + (f"; run it again with: {again}" if outer else ""), file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(status)
+
+
+# ----------------------------------------------------------------------------------------------
+# One run per out_dir: a lock file holds the running process's PID and host
+
+LOCK = "run.lock"
+_locks = []  # (lock file, the folders taking it made) of this process: removed when it ends
+
+
+def lock_out_dir(out_dir):
+    """Take <out_dir>/run.lock for this run until it ends (runs.cli, or at exit). A second run into
+    the same out_dir stops here, before any work, with one line naming the running PID; a lock left
+    by a process of this machine that is no longer running (killed) is taken over with a note.
+    Read-only uses (test.py, --image) take none. Under torchrun rank 0 takes it."""
+    shown, me = os.path.join(out_dir, LOCK), (os.getpid(), socket.gethostname())
+    path = os.path.abspath(shown)
+    if not is_main() or any(p == path for p, _ in _locks):
+        return
+    made, folder = [], os.path.dirname(path)
+    while not os.path.isdir(folder):  # the folders this makes: removed again if the run writes nothing
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            pid, host = lock_holder(path)
+            if pid is None and not os.path.exists(path):  # released meanwhile
+                continue
+            if pid is None or host != me[1] or _running(pid):
+                who = (f"process {pid} on {'this machine' if host == me[1] else host}" if pid else "a process")
+                gone = "" if host == me[1] else "; if that run has ended, delete the lock file"
+                raise UserError(f"{out_dir} is in use by another run ({who}, lock file {shown}): wait for it "
+                                f"to end, or use another out_dir{gone}")
+            print(f"note: {shown} was left by process {pid}, which is no longer running (killed?); taking it over",
+                  file=sys.stderr)
+            # (two runs taking over one stale lock in the same instant are not told apart)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{me[0]} {me[1]}\n")
+    _locks.append((path, made))
+
+
+def lock_holder(path):
+    """(pid, host) of a lock file; (None, None) if it is gone or holds something else."""
+    try:
+        with open(path) as f:
+            pid, host = f.read().split()
+        return (int(pid), host) if int(pid) > 0 else (None, None)
+    except (OSError, ValueError):
+        return None, None
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+@atexit.register
+def release_locks():
+    """Remove this process's lock files, and the folders lock_out_dir made if they stayed empty."""
+    me = (os.getpid(), socket.gethostname())
+    while _locks:
+        path, made = _locks.pop()
+        if lock_holder(path) == me:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except OSError:  # something was written there
+                break
 
 
 # ----------------------------------------------------------------------------------------------

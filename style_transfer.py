@@ -362,9 +362,10 @@ def plot_grid(G, mode, test, rows, path, seed, device, told_source=False):
     src = np.asarray(test.images[idx])
     src_y = test.labels[idx].numpy() if told_source else None
     columns = [transfer(G, src, np.full(len(idx), s), src_y, device) for s in range(len(test.classes))]
-    plots.plot_transfer_grid(src, columns, test.labels[idx].tolist(), test.classes, path,
-                             f"{mode}{', told the source style' if told_source else ''}: test image (left, true "
-                             "style at the row start) rendered in each style; red frame = its own style")
+    with runs.atomic_file(path) as f:
+        plots.plot_transfer_grid(src, columns, test.labels[idx].tolist(), test.classes, f,
+                                 f"{mode}{', told the source style' if told_source else ''}: test image (left, true "
+                                 "style at the row start) rendered in each style; red frame = its own style")
 
 
 @torch.no_grad()
@@ -378,8 +379,9 @@ def plot_embeddings(G, mode, classes, S, path, device):
     else:
         weights, initial = G.embedder.embedding.weight.detach().cpu(), G.embedder.initial.cpu()
         protos = wikiart.to_uint8(G(torch.zeros(C, 3, S, S, device=device), torch.arange(C, device=device)))
-    plots.plot_style_embeddings(weights, initial, protos, classes, path, mode,
-                                "its learned style image" if mode == "naive" else "generator output for a flat grey input")
+    with runs.atomic_file(path) as f:
+        plots.plot_style_embeddings(weights, initial, protos, classes, f, mode, "its learned style image"
+                                    if mode == "naive" else "generator output for a flat grey input")
 
 
 def train_or_load_judge(cfg, split, device):
@@ -510,8 +512,8 @@ def evaluate(cfg, seed_models, split, test, device):
     curves = {name: {a: mean(f"{name}@{a:g}" if a < 1 else name) for a in STRENGTHS} for name in names
               if name.endswith(TOLD) and "@" not in name}
     if curves:
-        plots.plot_strength_curve(curves, os.path.join(st["out_dir"], "strength_curve.png"),
-                                  "told the source: what each step towards the style costs")
+        with runs.atomic_file(os.path.join(st["out_dir"], "strength_curve.png")) as f:
+            plots.plot_strength_curve(curves, f, "told the source: what each step towards the style costs")
     print(f"wrote {os.path.join(st['out_dir'], 'evaluation.json')}" + (", strength_curve.png" if curves else ""))
     return results
 
@@ -597,9 +599,10 @@ def stylise(cfg, args, argv, device):
             outputs += files
         if len(targets) > 1:
             outputs.append(f"{stem}_all_styles.png")
-            plots.plot_strip(tiles, ["input"] + [t[0] for t in targets], os.path.join(results_dir, outputs[-1]),
-                             f"{os.path.basename(p)} (own style, {how}: {classes[own[i]]} "
-                             f"{probs[i, own[i]]:.0%}); strength {a:g}" + (", colours kept" if args.keep_colour else ""))
+            with runs.atomic_file(os.path.join(results_dir, outputs[-1])) as f:
+                plots.plot_strip(tiles, ["input"] + [t[0] for t in targets], f,
+                                 f"{os.path.basename(p)} (own style, {how}: {classes[own[i]]} {probs[i, own[i]]:.0%}); "
+                                 f"strength {a:g}" + (", colours kept" if args.keep_colour else ""))
         report.append({"path": p, "own_style": classes[own[i]], "own_style_given": given is not None,
                        "own_probability": float(probs[i, own[i]]), "outputs": outputs})
         print(f"{p}: own style ({how}) {classes[own[i]]} {probs[i, own[i]]:.0%} -> "
@@ -636,6 +639,7 @@ def main(argv=None):
         return stylise(cfg, args, argv, device)
     if args.seeds < 1:
         raise config.UserError(f"--seeds must be >= 1, got {args.seeds}")
+    runs.lock_out_dir(st["out_dir"])  # a second run into out_dir stops here (--image above reads only)
 
     modes = [st["mode"]] + (["naive"] if args.evaluate and st["eval_naive"] and st["mode"] != "naive" else [])
     ae_path = st["autoencoder_path"]

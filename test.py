@@ -87,10 +87,12 @@ def evaluate_folder(model, ckpt, run_cfg, path, results_dir, device, argv):
           f"(majority class {majority:.4f})")
     runs.atomic_save(m, os.path.join(results_dir, "test_metrics.json"))
     runs.save_run_config(run_cfg, results_dir, "test.py", argv)
-    plots.plot_confusion(m["confusion_matrix"], data.classes, os.path.join(results_dir, "confusion.png"),
-                         f"{run_cfg['mode']}: test confusion (rows normalised)")
-    plots.plot_per_class_recall(m, ckpt["label_counts"], os.path.join(results_dir, "per_class_recall.png"),
-                                f"{run_cfg['mode']} / balance={run_cfg['balance']}: test recall per style")
+    with runs.atomic_file(os.path.join(results_dir, "confusion.png")) as f:
+        plots.plot_confusion(m["confusion_matrix"], data.classes, f,
+                             f"{run_cfg['mode']}: test confusion (rows normalised)")
+    with runs.atomic_file(os.path.join(results_dir, "per_class_recall.png")) as f:
+        plots.plot_per_class_recall(m, ckpt["label_counts"], f,
+                                    f"{run_cfg['mode']} / balance={run_cfg['balance']}: test recall per style")
     print(f"wrote {results_dir}/test_metrics.json, confusion.png, per_class_recall.png")
 
 
@@ -126,9 +128,10 @@ def classify_images(model, ckpt, run_cfg, path, inputs, topk, results_dir, devic
     runs.save_run_config(run_cfg, results_dir, "test.py", argv)
     shown = rows[:plots.SHOW_IMAGES]  # drawn as the user sees them: upright, own aspect ratio
     pictures = [wikiart.decode_image(r["path"], 160, "letterbox") for r in shown]
-    plots.plot_top_styles(pictures, [os.path.basename(r["path"]) for r in shown], [r["top"] for r in shown],
-                          os.path.join(results_dir, "predictions.png"),
-                          f"{run_cfg['mode']} ({os.path.basename(path)}, {run_cfg['image_size']} px): top-{k} styles")
+    with runs.atomic_file(os.path.join(results_dir, "predictions.png")) as f:
+        plots.plot_top_styles(pictures, [os.path.basename(r["path"]) for r in shown], [r["top"] for r in shown], f,
+                              f"{run_cfg['mode']} ({os.path.basename(path)}, {run_cfg['image_size']} px): "
+                              f"top-{k} styles")
     print(f"{len(rows)} image(s) classified, {len(skipped)} skipped; wrote {results_dir}/predictions.csv, "
           f"predictions.json, predictions.png")
 

@@ -494,7 +494,8 @@ def plot_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path,
         ax.set_title(name, fontsize=10)
     fig.suptitle(f"same seeds in every panel; {steps} steps, guidance {guidance:g}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with runs.atomic_file(path) as f:
+        fig.savefig(f, dpi=110)
     plt.close(fig)
     return panels
 
@@ -583,10 +584,12 @@ def evaluate(cfg, models, classes, device):
                               "pixel_std": [round(float(u8[i].std()), 1) for i in close[np.argsort(d[close])]]}
         results["models"][name] = r
     runs.atomic_save(results, os.path.join(t["out_dir"], "evaluation.json"))
-    plots.plot_t2i_evaluation(results, nn_train, os.path.join(t["out_dir"], "evaluation.png"))
+    with runs.atomic_file(os.path.join(t["out_dir"], "evaluation.png")) as f:
+        plots.plot_t2i_evaluation(results, nn_train, f)
     pairs = {name: [(u8[i], train_seen[nearest[name][1][i]], f"{classes[labels[name][i]]}\n{nn_train[name][i]:.3f}")
                     for i in np.argsort(nn_train[name])[:8]] for name, u8 in sets.items() if name != "real"}
-    plots.plot_nearest(pairs, copy_line, os.path.join(t["out_dir"], "nearest.png"))
+    with runs.atomic_file(os.path.join(t["out_dir"], "nearest.png")) as f:
+        plots.plot_nearest(pairs, copy_line, f)
     print(f"\n{N} images per style x {C} styles per model; chance {1 / C:.1%}; the 'real' row is the judge on "
           f"unseen test paintings (its recall per style, averaged: the matched ceiling)")
     print(f"{'model':11s} {'robust hit':>10s} {'raw hit':>8s} {'specific (tex+col)':>19s} {'texture':>8s} "
@@ -630,9 +633,11 @@ def main(argv=None):
     guidance = t["guidance"] if args.guidance is None else args.guidance
     seeds = (cfg["seed"] if args.seed is None else args.seed) + np.arange(args.n or t["grid_seeds"])
     _, _, _, device = runs.start(cfg)
+    generate_only = bool(args.prompt or args.style) and not args.evaluate
+    if not generate_only:
+        runs.lock_out_dir(t["out_dir"])  # a second run into out_dir stops here (generating only reads)
     sample_data.ensure_sample(cfg)
 
-    generate_only = bool(args.prompt or args.style) and not args.evaluate
     info = read_trained(t) if generate_only else None
     classes = info["classes"] if info else sorted(wikiart.scan_folder(cfg["train_dir"])[0])
     labels, styles, prompts = pick_rows(classes, args.style, args.prompt)  # an unknown style fails here, early

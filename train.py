@@ -87,6 +87,7 @@ def main(argv=None):
     args, cfg = config.parse_config(parser, argv)
     rank, world, _, device = runs.start(cfg)  # (0, 1, 0, device) without torchrun
     out_dir = cfg["out_dir"]
+    runs.lock_out_dir(out_dir)  # a second run into out_dir stops here
 
     # ---- data: the style map is fixed by the training folder; validation is carved out of it
     with runs.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache

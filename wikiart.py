@@ -234,19 +234,19 @@ def load_images(items, size, cache_dir=None, desc="decoding"):
 
     shape = (len(items), size, size, 3)
     tmp = out = None
-    if cache_dir:  # rows are written with plain file writes: page cache, not this process's memory
-        os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp.npy")
-        os.close(fd)
-        header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        offset = header.offset
-        del header
-        out = open(tmp, "r+b")
-        out.seek(offset)
-    else:
-        images = np.empty(shape, np.uint8)
     kept, skipped = [], []
     try:
+        if cache_dir:  # rows are written with plain file writes: page cache, not this process's memory
+            os.makedirs(cache_dir, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp.npy")
+            os.close(fd)
+            header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            offset = header.offset
+            del header
+            out = open(tmp, "r+b")
+            out.seek(offset)
+        else:
+            images = np.empty(shape, np.uint8)
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             for item, (a, err) in tqdm(zip(items, pool.map(work, items)), total=len(items),
                                        desc=desc, unit="img", leave=False):
@@ -263,6 +263,11 @@ def load_images(items, size, cache_dir=None, desc="decoding"):
             os.replace(tmp, npy)
             runs.atomic_write_text(json.dumps({"kept": kept, "skipped": skipped}), meta)
             images = np.load(npy, mmap_mode="r")
+    except OSError as e:  # a full disk or a read-only cache_dir: one line (runs.cli), naming the cache
+        error = runs.write_error(e)
+        if not cache_dir or error is None:
+            raise
+        raise runs.cannot_write(npy, error, 128 + int(np.prod(shape)))  # the .npy header and every row
     finally:
         if out:
             out.close()

@@ -1,15 +1,20 @@
 """Issue 13: misuse gets one clear line on stderr and exit status 2, never a traceback, and leaves the
-disk as it was. One test per item of the issue (items 1-11), then the other scripts' slips. The table
-of what each case prints is docs/misuse.md; keep the two in step.
+disk as it was. One test per item of the issue (items 1-11), then issue 31's (SIGTERM and SIGUSR1 with
+item 7; a full disk or read-only folder, 12; two runs into one out_dir, 13), then the other scripts'
+slips. The table of what each case prints is docs/misuse.md; keep the two in step.
 
 The scripts run in-process through runs.cli, exactly as `python script ...` runs them (run_main);
-a subprocess only where the process itself matters (the exit status of a real run, Ctrl-C)."""
+a subprocess only where the process itself matters (the exit status of a real run, Ctrl-C, a second
+run into a locked out_dir)."""
 import ast
+import errno
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +27,7 @@ import torch
 import config
 import runs
 import wikiart
-from conftest import ROOT, ae_args, run_main, small_config
+from conftest import ROOT, ae_args, run_main, run_script, small_config
 
 SCRIPTS = ["train.py", "test.py", "autoencoder.py", "cluster.py", "style_transfer.py", "compare_balance.py",
            "bench.py", "prepare_data.py", "sample_data.py"]
@@ -287,28 +292,35 @@ def test_7_ctrl_c_says_what_was_saved_and_how_to_continue(sample_root, tmp_path,
     assert [h["epoch"] for h in json.loads((out / "train_log.json").read_text())] == [1, 2, 3]
 
 
-def test_7_ctrl_c_while_an_epoch_is_written_waits_for_the_files(tmp_path):
-    """A Ctrl-C that comes while best.pt/last.pt/curves are written is raised once they are all written."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=["SIGINT", "SIGTERM", "SIGUSR1"])
+def test_7_ctrl_c_while_an_epoch_is_written_waits_for_the_files(sig, tmp_path):
+    """A Ctrl-C (or SIGTERM, SIGUSR1: issue 31) that comes while best.pt/last.pt/curves are written is
+    raised once they are all written, with its exit status."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach the main thread only")
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever the runner set
     done = []
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with runs.stop_signals(), pytest.raises(KeyboardInterrupt) as e:  # stop_signals: as runs.cli runs main
             with runs.ctrl_c_held():
-                signal.raise_signal(signal.SIGINT)  # delivered now, in this thread (os.kill may land later)
+                signal.raise_signal(sig)  # delivered now, in this thread (os.kill may land later)
                 runs.atomic_write_text("whole", str(tmp_path / "f.txt"))
                 done.append(True)
+        assert runs.stop_reason(e.value)[1] == 128 + sig
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # runs.cli leaves the process as it found it
     finally:
         signal.signal(signal.SIGINT, previous)
     assert done and (tmp_path / "f.txt").read_text() == "whole"
 
 
 @pytest.mark.slow
-def test_7_ctrl_c_of_a_real_run(sample_root, tmp_path):
-    """SIGINT to `python train.py` once epoch 1 is in last.pt: exit status 130, no traceback, the
-    epoch and the command that continues; that command resumes after epoch 1."""
+@pytest.mark.parametrize("sig, says", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_7_ctrl_c_of_a_real_run(sig, says, sample_root, tmp_path):
+    """SIGINT (SIGTERM: `kill`, a scheduler) to `python train.py` once epoch 1 is in last.pt: exit
+    status 130 (143), no traceback, the epoch and the command that continues; that command resumes
+    after epoch 1."""
     out = tmp_path / "run"
     args = small_config(sample_root, out, epochs=50, batch_size=64)
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
@@ -320,11 +332,12 @@ def test_7_ctrl_c_of_a_real_run(sample_root, tmp_path):
     deadline = time.time() + 300
     while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert proc.returncode == 128 + sig and "Traceback" not in stderr, stderr[-2000:]
     saved = torch.load(out / "last.pt", weights_only=False)["epoch"] + 1  # usually 1; later if the signal came late
-    assert f"interrupted: epoch {saved} is the last finished one, saved in {out}/last.pt" in stderr
+    assert f"{says}: epoch {saved} is the last finished one, saved in {out}/last.pt" in stderr
+    assert not (out / runs.LOCK).exists()
     script, again = continue_command(stderr)
     assert (script, again) == ("train.py", [*args, "--resume"])
     p = run_main(script, *again[:-1], "stop_after=1", "--resume")  # that command, for one more epoch
@@ -342,6 +355,54 @@ def test_7_ctrl_c_inside_compare_balance_gives_the_command_that_continues(sample
     assert continue_command(p.stderr) == ("compare_balance.py", args)  # re-running it continues
     p = run_main("compare_balance.py", *args)
     assert "after epoch 1" in p.stdout and (tmp_path / "cmp" / "balance_comparison.md").exists()
+
+
+def test_7_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(sample_root, tiny_classifier, tmp_path,
+                                                                     monkeypatch):
+    """Issue 31: SIGTERM (`kill`, a scheduler's "stop now"), sent from another thread in the third step
+    of epoch 2, ends the run as Ctrl-C does: status 143, the saved epoch and the command that continues,
+    the lock gone. That command ends bit-identical to the same epochs run straight through."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    out = tmp_path / "run"
+    args = small_config(sample_root, out, **tiny_classifier.keys)
+    optimizer_step, steps = runs.optimizer_step, []
+
+    def step_then_sigterm(*a, **kw):
+        optimizer_step(*a, **kw)
+        steps.append((out / "last.pt").exists())
+        if sum(steps) == 3:  # the third step after epoch 1 was saved
+            kill = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+            kill.start()
+            kill.join()
+    with monkeypatch.context() as m:
+        m.setattr(runs, "optimizer_step", step_then_sigterm)
+        p = run_main("train.py", *args, check=False)
+    assert p.returncode == 143 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert f"stopped by SIGTERM: epoch 1 is the last finished one, saved in {out}/last.pt" in p.stderr
+    assert sum(steps) == 3 and not (out / runs.LOCK).exists()  # stopped at once, mid-epoch
+    script, again = continue_command(p.stderr)
+    assert (script, again) == ("train.py", [*args, "--resume"])
+    p = run_main(script, *again)
+    assert "after epoch 1" in p.stdout
+    a = torch.load(tiny_classifier.out / "last.pt", weights_only=False)  # the same epochs straight through
+    b = torch.load(out / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == tiny_classifier.keys["epochs"] - 1
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [round(h["train_loss"], 6) for h in a["history"]] == [round(h["train_loss"], 6) for h in b["history"]]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_7_sigterm_or_sigusr1_before_the_first_epoch_finished(sig, sample_root, tmp_path, monkeypatch):
+    """SIGUSR1 (a cluster's "time is nearly up") too: status 128 + the signal, what was saved (nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    monkeypatch.setattr(wikiart, "augment", lambda *a, **kw: signal.raise_signal(sig))  # in the first step
+    p = run_main("train.py", *small_config(sample_root, tmp_path / "run"), check=False)
+    assert p.returncode == 128 + sig and "Traceback" not in p.stderr
+    name = signal.Signals(sig).name
+    assert f"stopped by {name} before the first epoch finished: nothing was saved" in p.stderr
 
 
 def test_8_next_step_commands_repeat_the_users_config(sample_root, tmp_path, user_dir):
@@ -436,6 +497,146 @@ def test_11_help_shows_the_docstring_as_written(script):
     if script in CONFIG_SCRIPTS:
         p = run_main(script, "--help-config", check=False)
         assert p.returncode == 0 and "autoencoder.out_dir" in p.stdout and "[style_transfer]" in p.stdout
+
+
+# ---- issue 31: a full disk or a read-only folder (item 12), two runs into one out_dir (item 13)
+
+
+class FullDisk:
+    """The temp file of runs.write_atomically on a disk with `free` bytes left: a write beyond them
+    fails as a full disk's (or quota's) does."""
+
+    def __init__(self, f, free, code):
+        self.f, self.free, self.code = f, free, code
+
+    def write(self, data):
+        n = len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes
+        if n > self.free:
+            raise OSError(self.code, os.strerror(self.code))
+        self.free -= n
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def disk_full(monkeypatch, free=1000, code=errno.ENOSPC):
+    """Every file runs.write_atomically opens from now on fails: after `free` bytes for a full disk or
+    quota, at once for a read-only folder or a missing permission."""
+    fdopen = os.fdopen
+
+    def opened(fd, *args, **kwargs):
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return FullDisk(fdopen(fd, *args, **kwargs), free, code)
+        os.close(fd)
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(os, "fdopen", opened)
+
+
+def test_12_a_full_disk_mid_training_keeps_last_pt_and_says_what_the_write_needed(sample_root, tmp_path,
+                                                                                 monkeypatch):
+    """Issue 31: the disk fills after epoch 1: one line naming the file, the reason and the size the
+    write needed, exit status 2; last.pt (and best.pt) of epoch 1 stay whole and loadable, no temp file."""
+    out = tmp_path / "run"
+    end_epoch = runs.Progress.end_epoch
+
+    def then_disk_full(self, row, score, checkpoint):
+        best = end_epoch(self, row, score, checkpoint)
+        disk_full(monkeypatch)
+        return best
+    with monkeypatch.context() as m:
+        m.setattr(runs.Progress, "end_epoch", then_disk_full)
+        p = run_main("train.py", *small_config(sample_root, out, epochs=3), check=False)
+    line = assert_user_error(p, "train.py", f"cannot write {out}/", ".pt: No space left on device (the write needed ",
+                             "free there); the previous ")
+    number, unit = re.search(r"needed ([\d.]+) (MB|bytes)", line).groups()
+    assert abs(float(number) * (1e6 if unit == "MB" else 1) / os.path.getsize(out / "last.pt") - 1) < 0.05
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(out / "best.pt", weights_only=False)["epoch"] == 0
+    assert sorted(os.listdir(out)) == ["best.pt", "curves.png", "last.pt", "train_config.json", "train_log.csv",
+                                       "train_log.json"]  # no temp file, no lock
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM],
+                         ids=lambda code: errno.errorcode[code])
+@pytest.mark.parametrize("name", ["last.pt", "metrics.json", "grid.png", "predictions.csv"])
+def test_12_every_kind_of_output_fails_in_one_line_and_keeps_its_previous_version(name, code, tmp_path,
+                                                                                  monkeypatch):
+    path = str(tmp_path / name)
+
+    def write_csv():
+        with runs.atomic_file(path, "w") as f:
+            f.write("path,style_1\r\na.jpg,Baroque\r\n")
+    write = {"last.pt": lambda: runs.atomic_save({"model": torch.zeros(100)}, path),
+             "metrics.json": lambda: runs.atomic_save({"accuracy": 0.5}, path),
+             "grid.png": lambda: runs.save_png(np.zeros((8, 8, 3), np.uint8), path),
+             "predictions.csv": write_csv}[name]
+    write()
+    before = open(path, "rb").read()
+    with monkeypatch.context() as m:
+        disk_full(m, free=10, code=code)
+        with pytest.raises(config.UserError) as e:
+            write()
+    needed = f" (the write needed {len(before)} bytes" if code in (errno.ENOSPC, errno.EDQUOT) else ""
+    assert str(e.value).startswith(f"cannot write {path}: {os.strerror(code)}{needed}"), str(e.value)
+    assert str(e.value).endswith(f"; the previous {name} is unchanged") and "\n" not in str(e.value)
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == [name]  # no temp file left
+
+
+def test_12_a_read_only_out_dir_is_one_line(sample_root, tmp_path, monkeypatch):
+    """out_dir cannot be made: one line, whichever write meets it first (outside the atomic writers:
+    runs.cli says it)."""
+    makedirs = os.makedirs
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return makedirs(path, *args, **kwargs)
+    monkeypatch.setattr(os, "makedirs", read_only)
+    p = run_main("train.py", *small_config(sample_root, tmp_path / "ro" / "run"), check=False)
+    assert_user_error(p, "train.py", f"{tmp_path}/ro/run", ": Read-only file system")
+
+
+def test_13_a_second_run_into_a_locked_out_dir_stops_at_once(sample_root, tmp_path):
+    """Issue 31: while one run (this process) holds out_dir, `python train.py` into it stops before any
+    work with one line naming the running PID and the out_dir; the first run's lock goes when it ends."""
+    out = tmp_path / "run"
+    runs.lock_out_dir(str(out))
+    try:
+        assert os.listdir(out) == [runs.LOCK]
+        p = run_script("train.py", *small_config(sample_root, out, epochs=1), cwd=tmp_path, check=False)
+        assert os.listdir(out) == [runs.LOCK]  # the second run wrote nothing
+    finally:
+        runs.release_locks()
+    assert_user_error(p, "train.py", f"{out} is in use by another run (process {os.getpid()} on this machine, "
+                                     f"lock file {out}/{runs.LOCK}): wait for it to end, or use another out_dir")
+    assert p.stdout == ""  # before the data was read
+    assert not out.exists()  # the lock made the folder and nothing else was written: it goes too
+
+
+def test_13_a_stale_lock_is_taken_over_and_read_only_uses_take_none(sample_root, tmp_path):
+    """A lock left by a process that is no longer running (killed) is taken over with a note; test.py
+    only reads a locked out_dir; a lock of a live process of another machine cannot be checked: it stops."""
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / runs.LOCK).write_text(f"{dead.pid} {socket.gethostname()}\n")
+    p = run_main("train.py", *small_config(sample_root, out, epochs=1, threads=1))
+    assert f"note: {out}/{runs.LOCK} was left by process {dead.pid}, which is no longer running" in p.stderr
+    assert (out / "last.pt").exists() and not (out / runs.LOCK).exists()
+    (out / runs.LOCK).write_text(f"{os.getppid()} {socket.gethostname()}\n")  # a live run
+    run_main("test.py", "--set", f"out_dir={out}")
+    (out / runs.LOCK).write_text(f"{dead.pid} gpu-node-7\n")
+    p = run_main("train.py", *small_config(sample_root, out, epochs=1, threads=1), check=False)
+    assert_user_error(p, "train.py", f"(process {dead.pid} on gpu-node-7, lock file",
+                      "if that run has ended, delete the lock file")
 
 
 # ---- the other scripts' slips (and the existing checks of train.py's)
