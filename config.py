@@ -105,6 +105,9 @@ SCHEMA = {
         "luminance_detail": (False, "the detail residual changes luminance only (one channel, added to R, G and "
                              "B alike): every change of hue goes through the smooth colour transform, so the "
                              "detail cannot draw rainbow fringes"),
+        "colour_prior": (False, "the colour transform starts from moving the image's channel means and stds by "
+                         "the target style's average offset from the source style's (none for the own style); "
+                         "the network learns what to change beyond that"),
         "d_width": (16, "discriminator base width", ">0"),
         "d_blur": (True, "anti-aliased discriminator: [1,2,1] blur before each stride (false: plain stride-2 "
                    "convs, which send back a 2-pixel-period gradient: the old mesh)"),

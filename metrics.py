@@ -140,20 +140,30 @@ def colour_histograms(images_u8, bins=8):
     return [torch.from_numpy(h / idx.shape[1])]
 
 
+def channel_statistics(images_u8, chunk=512):
+    """(means (N, 3), stds (N, 3)) of each uint8 image's channels, in chunks (a float copy of every
+    training image is GBs)."""
+    parts = [np.asarray(images_u8[i:i + chunk], np.float32).reshape(-1, images_u8.shape[1] * images_u8.shape[2], 3)
+             for i in range(0, len(images_u8), chunk)]
+    return np.concatenate([a.mean(1) for a in parts]), np.concatenate([a.std(1) for a in parts])
+
+
+def style_channel_statistics(images_u8, labels, num_styles, chunk=512):
+    """(num_styles, 6): each style's average channel means and stds (uint8 units) over its images; a
+    style without images gets the average over all."""
+    mean, std = channel_statistics(images_u8, chunk)
+    both, labels = np.concatenate([mean, std], 1), np.asarray(labels)
+    return np.stack([both[labels == s].mean(0) if (labels == s).any() else both.mean(0) for s in range(num_styles)])
+
+
 def colour_statistics_transfer(inputs_u8, targets, train_u8, train_y, num_styles, chunk=512):
     """The baseline without training (Reinhard et al. 2001, in RGB): each image's per-channel mean and
     std moved to the average over its target style's training images. Colour only, no texture: the
     evaluation shows what recolouring alone scores."""
-    def channel_stats(u8):  # (N, 3) means and stds, in chunks: a float copy of every training image is GBs
-        parts = [np.asarray(u8[i:i + chunk], np.float32).reshape(-1, u8.shape[1] * u8.shape[2], 3)
-                 for i in range(0, len(u8), chunk)]
-        return np.concatenate([a.mean(1) for a in parts]), np.concatenate([a.std(1) for a in parts])
-    mean, std = channel_stats(train_u8)
-    per_style = lambda v: np.stack([v[train_y == s].mean(0) if (train_y == s).any() else v.mean(0)
-                                    for s in range(num_styles)])[targets][:, None, None]
-    in_mean, in_std = channel_stats(inputs_u8)
-    scale = per_style(std) / np.maximum(in_std, 1.0)[:, None, None]  # a flat image is not blown up into noise
-    out = (np.asarray(inputs_u8, np.float32) - in_mean[:, None, None]) * scale + per_style(mean)
+    style = style_channel_statistics(train_u8, train_y, num_styles, chunk)[targets][:, None, None]
+    in_mean, in_std = channel_statistics(inputs_u8, chunk)
+    scale = style[..., 3:] / np.maximum(in_std, 1.0)[:, None, None]  # a flat image is not blown up into noise
+    out = (np.asarray(inputs_u8, np.float32) - in_mean[:, None, None]) * scale + style[..., :3]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

@@ -128,17 +128,28 @@ def initial_values(cfg, mode, split, device):
                                        data.labels[split.train_idx], split.C, device, cfg["style_transfer"]["embed_pool"])
 
 
-def build(cfg, mode, C, init, device):
+def style_colour(split):
+    """(C, 6): each style's average channel means and stds over its training images, on [-1, 1]."""
+    stats = metrics.style_channel_statistics(split.data.images[split.train_idx],
+                                             split.data.labels[split.train_idx].numpy(), split.C)
+    return torch.from_numpy(stats).float() / 127.5 - torch.tensor([1.0] * 3 + [0.0] * 3)
+
+
+def build(cfg, mode, C, init, device, colour=None):
     """(generator, discriminator or None) for a mode, from its initial values (initial_values, or any
-    tensor of their shape when a checkpoint's weights are loaded next)."""
+    tensor of their shape when a checkpoint's weights are loaded next) and, with colour_prior, the
+    styles' colour statistics (style_colour; zeros when they are loaded next)."""
     st = cfg["style_transfer"]
     torch.manual_seed(cfg["seed"])
     if mode == "naive":
         return wikiart.NaiveStyleNet(C, cfg["image_size"], init, st["naive_width"]).to(device), None
+    if st.get("colour_prior"):  # .get: models saved before these keys
+        colour = torch.zeros(C, 6) if colour is None else colour
     G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(init), st["width"], st["res_blocks"], st["style_dim"],
                                        source_input=st.get("source_known_fraction", 0) > 0,
-                                       colour_cells=st.get("colour_cells", 0),  # .get: models saved before these keys
-                                       luminance_detail=st.get("luminance_detail", False))
+                                       colour_cells=st.get("colour_cells", 0),
+                                       luminance_detail=st.get("luminance_detail", False),
+                                       style_colour=colour if st.get("colour_prior") else None)
     return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"], blur=st["d_blur"],
                                                                   patch=st.get("d_patch", False)).to(device)
 
@@ -259,7 +270,7 @@ def train(cfg, mode, split, device, resume, argv):
     """Train one mode (or resume it); returns the trained model in eval mode."""
     st = cfg["style_transfer"]
     mdir = os.path.join(st["out_dir"], mode)
-    G, D = build(cfg, mode, split.C, initial_values(cfg, mode, split, device), device)
+    G, D = build(cfg, mode, split.C, initial_values(cfg, mode, split, device), device, style_colour(split))
     epochs = st["naive_epochs"] if mode == "naive" else st["epochs"]
     betas = (0.5, 0.999)  # the usual GAN setting: less momentum, steadier two-player updates
     opt_g = torch.optim.Adam(G.parameters(), lr=st["naive_lr"] if mode == "naive" else st["lr"], betas=betas)

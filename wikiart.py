@@ -930,9 +930,11 @@ class ResidualStyleGenerator(nn.Module):
         the own style (the image exactly) and ~1 for any other."""
 
     def __init__(self, embedder, width=32, res_blocks=2, style_dim=64, source_input=False, colour_cells=0,
-                 luminance_detail=False):
+                 luminance_detail=False, style_colour=None):
         super().__init__()
         self.embedder, w, self.source_input, self.colour_cells = embedder, width, source_input, colour_cells
+        # style_colour (num_styles, 6): each style's average channel means and stds on [-1, 1] (colour_prior)
+        self.register_buffer("style_colour", style_colour.clone() if style_colour is not None else None)
         told_dim = embedder.dim + 1 if source_input else 0
         self.mapping = nn.Sequential(nn.Linear(embedder.dim + told_dim + 6, style_dim), nn.ReLU(),
                                      nn.Linear(style_dim, style_dim), nn.ReLU())
@@ -957,6 +959,7 @@ class ResidualStyleGenerator(nn.Module):
         """(colour-change coefficients (B, 12, H/8, W/8), detail residual (B, 3, H, W)). styles, sources:
         indices (B,) or weights (B, num_styles); with sources, the change towards styles minus the
         change towards sources (source_input: sources are an input of the style MLP instead)."""
+        prior = self.colour_prior(x, styles, sources) if self.style_colour is not None else 0
         e, gate = self.embedder(styles), None
         if self.source_input:
             offset, known = self.offset_from(e, sources)
@@ -990,7 +993,23 @@ class ResidualStyleGenerator(nn.Module):
             coeffs, detail = c_t - c_s, d_t - d_s
         if gate is not None:
             coeffs, detail = coeffs * gate, detail * gate
-        return coeffs, detail
+        return coeffs + prior, detail
+
+    def colour_prior(self, x, styles, sources):
+        """(B, 12, 1, 1): the colour transform that moves each image's channel means and stds by the target
+        style's average offset from the source style's (Reinhard et al. 2001, relative to the source): none
+        for the own style, and the images of a style keep their own spread of colours. An unknown source
+        (None, or a row of zeros): the average over styles."""
+        C = len(self.style_colour)
+        as_weights = lambda s: s.to(x.dtype) if s.is_floating_point() else F.one_hot(s, C).to(x.dtype)
+        w_t = as_weights(styles)
+        w_s = torch.zeros_like(w_t) if sources is None else as_weights(sources)
+        w_s = torch.where(w_s.sum(1, keepdim=True) > 0, w_s, torch.full_like(w_s, 1 / C))
+        mu_t, sd_t = (w_t @ self.style_colour).split(3, 1)
+        mu_s, sd_s = (w_s @ self.style_colour).split(3, 1)
+        ratio = sd_t / sd_s.clamp(min=1e-3)
+        shift = (1 - ratio) * x.mean((2, 3)) + mu_t - mu_s  # out = ratio (x - mean x) + mean x + mu_t - mu_s
+        return torch.cat([torch.diag_embed(ratio - 1), shift[:, :, None]], 2).flatten(1)[:, :, None, None]
 
     def offset_from(self, e, sources):
         """(the target embedding minus the source's, 1 where the source is known), both 0 where not."""

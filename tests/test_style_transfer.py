@@ -70,6 +70,26 @@ def test_luminance_detail_changes_no_hue_only_the_colour_transform_does():
     assert not torch.allclose(change[:, 0], change[:, 2]), "hue changes come from the colour transform"
 
 
+@torch.no_grad()
+def test_colour_prior_moves_the_channel_statistics_by_the_styles_offset_and_leaves_the_own_style():
+    """Untrained (both heads zero), the colour prior alone: told the source, each image's channel means
+    move by the target style's average minus the source style's, its stds scale by their ratio; the own
+    style is the image exactly; untold, the offset is from the average over styles."""
+    torch.manual_seed(0)
+    C = 5
+    colour = torch.rand(C, 6) * 0.4 + torch.tensor([-0.2] * 3 + [0.2] * 3)  # means, stds on [-1, 1]
+    G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(torch.randn(C, 10)), width=16, res_blocks=1,
+                                       style_dim=16, source_input=True, style_colour=colour).eval()
+    x = torch.rand(C, 3, 16, 16) * 0.6 - 0.3  # away from the clamp
+    source, target = torch.arange(C), (torch.arange(C) + 1) % C
+    assert torch.equal(G(x, source, source), x)
+    out = G(x, target, source)
+    assert torch.allclose(out.mean((2, 3)) - x.mean((2, 3)), colour[target, :3] - colour[source, :3], atol=1e-5)
+    assert torch.allclose(out.std((2, 3)) / x.std((2, 3)), colour[target, 3:] / colour[source, 3:], atol=1e-4)
+    untold = G(x, target)
+    assert torch.allclose(untold.mean((2, 3)) - x.mean((2, 3)), colour[target, :3] - colour[:, :3].mean(0), atol=1e-5)
+
+
 def test_colour_cells_coarsen_the_colour_change_only():
     fine = wake(tiny_generator())
     coarse = wikiart.ResidualStyleGenerator(fine.embedder, width=16, res_blocks=1, style_dim=16, colour_cells=1)
