@@ -187,6 +187,8 @@ SCHEMA = {
         "vae_lr": (0.002, "scratch VAE: AdamW learning rate", ">0"),
         "vae_batch_size": (16, "scratch VAE: images per step", ">0"),
         "vae_crop": (0, "scratch VAE: random training crop side (0: whole images)", ">=0"),
+        "vae_chroma_weight": (4.0, "scratch VAE: weight of the chroma channels (I, Q of YIQ) in its L1 loss, luminance 1 "
+                              "(0: colour-blind)", ">=0"),
     },
 }
 

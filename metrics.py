@@ -92,6 +92,19 @@ def robust_transform(images_u8, blur=0.6, quality=75):
     return out
 
 
+YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def to_yiq(x):
+    """(N, 3, H, W) RGB -> YIQ: luminance Y and two opponent chroma channels I (orange-blue) and Q
+    (purple-green), linear, so it works on [0, 1] images and on their differences alike."""
+    return torch.einsum("ij,bjhw->bihw", YIQ.to(x), x)
+
+
+def from_yiq(x):
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(YIQ).to(x), x)
+
+
 def random_texture_net(seed=0, widths=(16, 32, 64)):
     """A fixed, untrained conv net with seeded weights (He-normal): texture statistics, no learning."""
     g = torch.Generator().manual_seed(seed)
@@ -461,6 +474,24 @@ def lab_moments(images_u8, chunk=256):
         lab = srgb_to_lab(images_u8[i:i + chunk]).reshape(min(chunk, len(images_u8) - i), -1, 3)
         out.append(np.concatenate([lab.mean(1), lab.std(1)], 1))
     return np.concatenate(out) if out else np.zeros((0, 6))
+
+
+def chroma(images_u8):
+    """Mean per-pixel chroma of uint8 images (N, H, W, 3): the std over R, G, B of each pixel, on [0, 1]
+    (0 for grey), averaged over pixels and images: a sepia or grey rendering has less of it."""
+    a = np.asarray(images_u8, np.float32) / 255
+    return float(a.std(-1).mean()) if a.size else float("nan")
+
+
+def reconstruction_measures(inputs_u8, outputs_u8):
+    """How well outputs (an autoencoder's reconstructions) keep their inputs, light and colour apart:
+    PSNR (dB, of the mean MSE on [0, 1]), chroma ratio (chroma of outputs / of inputs: 1 = as colourful,
+    < 1 = colour averaged away), Lab-moment error (mean |difference| of each image's Lab mean/std moments,
+    lab_moments: L, a, b means then stds, CIELAB units) and its share in a and b alone."""
+    x, y = (np.asarray(v, np.float64) / 255 for v in (inputs_u8, outputs_u8))
+    err = np.abs(lab_moments(inputs_u8) - lab_moments(outputs_u8))
+    return {"psnr": psnr(float(((x - y) ** 2).mean())), "chroma_ratio": chroma(outputs_u8) / max(chroma(inputs_u8), 1e-9),
+            "lab_moment_error": float(err.mean()), "lab_moment_error_ab": float(err[:, [1, 2, 4, 5]].mean())}
 
 
 class RealismReference:

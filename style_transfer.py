@@ -521,10 +521,9 @@ def evaluate(cfg, seed_models, split, test, device):
 def keep_colour(out, x):
     """Gatys et al. 2016, luminance-only transfer: the output's luminance (Y of YIQ) with the input's
     colour (I, Q), per pixel. [-1, 1] batches of one size."""
-    yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=x.device)
-    to = lambda img: torch.einsum("ij,bjhw->bihw", yiq, (img + 1) / 2)
+    to = lambda img: metrics.to_yiq((img + 1) / 2)
     mixed = torch.cat([to(out)[:, :1], to(x)[:, 1:]], 1)
-    return (torch.einsum("ij,bjhw->bihw", torch.linalg.inv(yiq), mixed).clamp(0, 1) * 2 - 1)
+    return metrics.from_yiq(mixed).clamp(0, 1) * 2 - 1
 
 
 def targets_of(args, classes):
