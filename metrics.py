@@ -514,15 +514,21 @@ class RealismReference:
     def describe(self, images_u8):
         return {"judge": self.project(self.features(images_u8)), "lab": lab_moments(images_u8)}
 
-    def measure(self, inputs_u8, outputs_u8, groups, styles):
+    def measure(self, inputs_u8, outputs_u8, groups, styles, per_style=False):
         """{"two_sample_accuracy": a fresh CNN tells the outputs from as many real training paintings of
         the same styles (0.5 = it cannot), "realism_gap_closed": the Fréchet distance to real test
         paintings of the target style in the judge's features, 0 = the inputs, 1 = other real paintings
         of the style, "lab_gap_closed": the same with each image's Lab mean/std moments}. groups: each
-        output's source image (the two-sample test's folds split by it); styles: their target styles."""
+        output's source image (the two-sample test's folds split by it); styles: their target styles.
+        per_style: also "lab_gap_closed_per_style" {style: the Lab gap closed of that style's outputs alone}."""
+        styles = np.asarray(styles)
         real_u8, real_styles = real_sample(styles, self.train_u8, self.train_styles, self.seed)
         d_in, d_out, d_real = self.describe(inputs_u8), self.describe(outputs_u8), self.describe(real_u8)
-        gap = lambda k: frechet_gap_closed(d_in[k], d_out[k], styles, self.test[k], self.test_styles, d_real[k],
-                                           real_styles)
-        return {"two_sample_accuracy": two_sample_accuracy(outputs_u8, groups, real_u8, self.seed),
-                "realism_gap_closed": gap("judge"), "lab_gap_closed": gap("lab")}
+
+        def gap(k, s=None):  # all target styles, or style s alone
+            m, mr = (slice(None), slice(None)) if s is None else (styles == s, real_styles == s)
+            return frechet_gap_closed(d_in[k][m], d_out[k][m], styles[m], self.test[k], self.test_styles,
+                                      d_real[k][mr], real_styles[mr])
+        r = {"two_sample_accuracy": two_sample_accuracy(outputs_u8, groups, real_u8, self.seed),
+             "realism_gap_closed": gap("judge"), "lab_gap_closed": gap("lab")}
+        return r | ({"lab_gap_closed_per_style": {int(s): gap("lab", s) for s in np.unique(styles)}} if per_style else {})

@@ -229,7 +229,7 @@ def plot_nearest(pairs, copy_line, path):
 def plot_reconstruction_pairs(inputs_u8, outputs_u8, labels, path, title):
     """Inputs (top row) above their reconstructions (bottom row), each column labelled."""
     p = plt()
-    fig, axes = p.subplots(2, len(inputs_u8), figsize=(1.1 * len(inputs_u8) + 0.6, 3.0), squeeze=False)
+    fig, axes = p.subplots(2, len(inputs_u8), figsize=(max(6.0, 1.1 * len(inputs_u8) + 0.6), 3.2), squeeze=False)
     for c, (a, b, label) in enumerate(zip(inputs_u8, outputs_u8, labels)):
         for r, img in enumerate((a, b)):
             axes[r, c].imshow(img, interpolation="nearest")

@@ -417,6 +417,14 @@ def train_or_load_judge(cfg, split, device):
     return judge.eval()
 
 
+def realism_reference(judge, test_u8, test_y, train_u8, train_y, seed, device):
+    """metrics.RealismReference in the judge's penultimate features (Part 3 and Bonus B alike)."""
+    features = torch.nn.Sequential(judge.stem, judge.layers, judge.head)
+    return metrics.RealismReference(
+        lambda u8: wikiart.predict(features, u8, np.arange(len(u8)), 256, device, desc="judge features").numpy(),
+        test_u8, test_y, train_u8, train_y, seed=seed)
+
+
 def evaluate(cfg, seed_models, split, test, device):
     """N test images x every other style, for each seed's models and two baselines (identity, and
     colour_stats: each image's channel means and stds moved to the target style's): hit rates (and their
@@ -449,10 +457,7 @@ def evaluate(cfg, seed_models, split, test, device):
     dist = lambda k, desc, sel: [metrics.style_distance([l[sel(s)] for l in desc], refs[k], s) for s in styles]
     d_real = {k: dist(k, f(test_u8), lambda s: test_y == s) for k, f in describe.items()}
     d_in = {k: dist(k, f(inputs), lambda s: pt == s) for k, f in describe.items()}
-    features = torch.nn.Sequential(judge.stem, judge.layers, judge.head)  # the judge's penultimate features
-    reality = metrics.RealismReference(
-        lambda u8: wikiart.predict(features, u8, np.arange(len(u8)), 256, device, desc="judge features").numpy(),
-        test_u8, test_y, train_u8, train_y, seed=cfg["seed"])
+    reality = realism_reference(judge, test_u8, test_y, train_u8, train_y, cfg["seed"], device)
     ae, _ = wikiart.load_autoencoder(st["autoencoder_path"], device) if os.path.exists(st["autoencoder_path"]) else (None, 0)
     fixed["autoencoder_psnr"] = (metrics.own_style_psnr(lambda x, y: ae((x + 1) / 2) * 2 - 1, test_u8, test_y, device)
                                  if ae else None)

@@ -317,15 +317,15 @@ def encode_latents(pipe, batches, n, device):
 @torch.no_grad()
 def generate(pipe, lora, prompts, seeds, steps, guidance, batch_size, desc="generating"):
     """uint8 (N, R, R, 3): image i from prompts[i] and its own generator seeded with seeds[i], so an
-    image does not depend on its batch, and the base and fine-tuned models start from the same noise."""
-    if has_lora(pipe):
-        pipe.enable_lora() if lora else pipe.disable_lora()
+    image does not depend on its batch, and the base and fine-tuned models start from the same noise.
+    lora: the LoRA scale (False/0: the base model, True/1: the adapters as trained, 0.5: half their update),
+    diffusers' cross_attention_kwargs scale, which scales the text encoder's adapters too."""
+    scale = float(lora) if has_lora(pipe) else 0.0
     R, out = resolution(pipe), []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]
         images = pipe(list(prompts[i:i + batch_size]), height=R, width=R, num_inference_steps=steps,
-                      guidance_scale=guidance, generator=gens, output_type="np").images
+                      guidance_scale=guidance, generator=gens, output_type="np",
+                      cross_attention_kwargs={"scale": scale} if has_lora(pipe) else None).images
         out.append(np.clip(np.round(images * 255), 0, 255).astype(np.uint8))
-    if has_lora(pipe):
-        pipe.enable_lora()
     return np.concatenate(out)

@@ -538,7 +538,7 @@ def evaluate_vae(vae, test_u8, test_y, classes, device, path):
     shown = [int(np.flatnonzero(test_y == s)[0]) for s in range(len(classes)) if (test_y == s).any()]
     r = metrics.reconstruction_measures(test_u8, rec)
     plots.plot_reconstruction_pairs(test_u8[shown], rec[shown], [classes[test_y[i]] for i in shown], path,
-                                    f"the VAE on unseen test paintings (top) and its reconstructions (bottom): "
+                                    f"the VAE on unseen test paintings (top) and its reconstructions (bottom):\n"
                                     f"{r['psnr']:.1f} dB, chroma {r['chroma_ratio']:.2f}x the inputs'")
     return r
 
@@ -556,7 +556,10 @@ def nearest_training(sets, train_paths, test_paths, R, S):
 
 
 def evaluate(cfg, models, classes, device):
-    """eval_images per style from each model, same seeds; the table base vs fine-tuned vs real."""
+    """eval_images per style from each model, same seeds: the table base vs fine-tuned vs real (and, for
+    LoRA, the adapters at half scale). Besides the judge and the style specificity, Part 3's realism
+    measures (metrics.RealismReference): the base's samples are the inputs, each model's the outputs, the
+    sample's seed its group; and the VAE on test paintings, since no sample has colours its VAE loses."""
     t = cfg["text_to_image"]
     S, C, N = cfg["image_size"], len(classes), t["eval_images"]
     data = wikiart.load_split(cfg, "train")
@@ -568,6 +571,9 @@ def evaluate(cfg, models, classes, device):
     judge_cfg["style_transfer"]["out_dir"] = t["out_dir"]  # this judge's judge.pt lives here
     judge = style_transfer.train_or_load_judge(judge_cfg, split, device)
     judge_of = lambda u8: wikiart.predict(judge, u8, np.arange(len(u8)), 256, device, desc="judging").argmax(1).numpy()
+    pipe, lora = models["fine-tuned"]
+    if lora:  # half the adapters' update: how much of the change the scale buys
+        models = models | {"fine-tuned@0.5": (pipe, 0.5)}
 
     styles = np.repeat(np.arange(C), N)
     prompts = [t2i.make_prompt(classes[s], t["prompt_template"]) for s in styles]
@@ -592,16 +598,22 @@ def evaluate(cfg, models, classes, device):
     desc = {name: describe(u8) for name, u8 in sets.items()}
     real_gap = {k: {s: closer(desc["real"], test_y, s, sl) for s in present} for k, sl in kinds.items()}
     nearest, copy_line, train_seen = nearest_training(sets, [data.paths[i] for i in split.train_idx], test.paths,
-                                                      t2i.resolution(next(iter(models.values()))[0]), S)
+                                                      t2i.resolution(pipe), S)
     nn_train = {name: d for name, (d, _) in nearest.items()}
+    reality = style_transfer.realism_reference(judge, test_u8, test_y, train_u8, train_y, cfg["seed"], device)
     results = {"styles": list(classes), "chance": 1 / C, "images_per_style": N, "steps": t["steps"],
-               "guidance": t["guidance"], "image_size": S, "models": {}}
+               "guidance": t["guidance"], "image_size": S, "training": trained_size(pipe, lora, t),
+               "vae": evaluate_vae(pipe.vae, test_u8, test_y, classes, device,
+                                   os.path.join(t["out_dir"], "vae_reconstructions.png")), "models": {}}
     for name, u8 in sets.items():
         y = labels[name]
         hits_r, hits = judge_of(metrics.robust_transform(u8)) == y, judge_of(u8) == y
+        per_style = lambda h: {classes[s]: float(h[y == s].mean()) for s in present}
         r = {"robust_hit_rate": float(np.mean([hits_r[y == s].mean() for s in present])),
              "raw_hit_rate": float(np.mean([hits[y == s].mean() for s in present])),
-             "robust_hit_per_style": {classes[s]: float(hits_r[y == s].mean()) for s in present}}
+             "robust_hit_per_style": per_style(hits_r), "raw_hit_per_style": per_style(hits)}
+        r |= {f"styles_above_chance_{k}": int(sum(v > 1 / C for v in r[f"{k}_hit_per_style"].values()))
+              for k in ("robust", "raw")}
         for k, sl in kinds.items():
             spec = {classes[s]: closer(desc[name], y, s, sl) / real_gap[k][s] if real_gap[k][s] > 0 else float("nan")
                     for s in present}
@@ -613,24 +625,57 @@ def evaluate(cfg, models, classes, device):
         close = np.flatnonzero(d < copy_line)  # what they are: a near-blank canvas is close to any blank one
         r["close_samples"] = {"per_style": {classes[s]: int((y[close] == s).sum()) for s in np.unique(y[close])},
                               "pixel_std": [round(float(u8[i].std()), 1) for i in close[np.argsort(d[close])]]}
+        if name != "real":  # realism against real paintings of the prompted styles; gaps closed from the base
+            m = reality.measure(sets["base"], u8, seeds, y, per_style=True)
+            m["lab_gap_closed_per_style"] = {classes[s]: v for s, v in m["lab_gap_closed_per_style"].items()}
+            r |= m
         results["models"][name] = r
+    for name, r in results["models"].items():  # the real paintings' hit rate is the judge's matched ceiling
+        for k in ("robust", "raw"):
+            r[f"{k}_of_ceiling"] = r[f"{k}_hit_rate"] / max(results["models"]["real"][f"{k}_hit_rate"], 1e-9)
     runs.atomic_save(results, os.path.join(t["out_dir"], "evaluation.json"))
     plots.plot_t2i_evaluation(results, nn_train, os.path.join(t["out_dir"], "evaluation.png"))
     pairs = {name: [(u8[i], train_seen[nearest[name][1][i]], f"{classes[labels[name][i]]}\n{nn_train[name][i]:.3f}")
                     for i in np.argsort(nn_train[name])[:8]] for name, u8 in sets.items() if name != "real"}
     plots.plot_nearest(pairs, copy_line, os.path.join(t["out_dir"], "nearest.png"))
-    print(f"\n{N} images per style x {C} styles per model; chance {1 / C:.1%}; the 'real' row is the judge on "
-          f"unseen test paintings (its recall per style, averaged: the matched ceiling)")
-    print(f"{'model':11s} {'robust hit':>10s} {'raw hit':>8s} {'specific (tex+col)':>19s} {'texture':>8s} "
-          f"{'colour':>7s} {'NN dist median / p5':>20s}")
-    for name, r in results["models"].items():
-        n = len(present)
-        print(f"{name:11s} {r['robust_hit_rate']:10.1%} {r['raw_hit_rate']:8.1%} "
-              f"{r['styles_specific_texture+colour']:>14d}/{n:<4d} {r['styles_specific_texture']:>5d}/{n:<2d} "
-              f"{r['styles_specific_colour']:>4d}/{n:<2d} {r['nn_train_distance']['median']:12.3f} / "
-              f"{r['nn_train_distance']['p5']:.3f}")
-    print(f"wrote {os.path.join(t['out_dir'], 'evaluation.json')}, evaluation.png, nearest.png")
+    print_evaluation(results, N, C, len(present))
+    print(f"wrote {os.path.join(t['out_dir'], 'evaluation.json')}, evaluation.png, nearest.png, vae_reconstructions.png")
     return results
+
+
+def trained_size(pipe, lora, t):
+    """What was trained: LoRA, the adapters (and their file); from scratch, the UNet and the text encoder
+    (the VAE before them); beside the UNet's size."""
+    count = lambda m, f=lambda n: True: sum(p.numel() for n, p in m.named_parameters() if f(n))
+    unet = count(pipe.unet, lambda n: "lora_" not in n)
+    if not lora:
+        return {"trainable_parameters": unet + count(pipe.text_encoder), "unet_parameters": unet}
+    path = os.path.join(t["out_dir"], "lora", "pytorch_lora_weights.safetensors")
+    adapters = sum(count(m, lambda n: "lora_" in n) for m in (pipe.unet, pipe.text_encoder))
+    return {"trainable_parameters": adapters, "unet_parameters": unet,
+            "adapter_file_bytes": os.path.getsize(path) if os.path.exists(path) else None}
+
+
+def print_evaluation(results, N, C, n):
+    v = results["vae"]
+    print(f"\nVAE on unseen test paintings: {v['psnr']:.2f} dB, chroma {v['chroma_ratio']:.2f}x the inputs', "
+          f"Lab-moment error {v['lab_moment_error']:.2f} (a, b alone {v['lab_moment_error_ab']:.2f})")
+    print(f"{N} images per style x {C} styles per model; chance {1 / C:.1%}; the 'real' row is the judge on "
+          f"unseen test paintings (its recall per style, averaged: the matched ceiling); two-sample: a fresh CNN "
+          f"tells the samples from real training paintings of their styles (50%: it cannot); Lab gap closed from the base")
+    print(f"{'model':15s} {'robust hit':>10s} {'raw hit':>8s} {'styles > chance (robust/raw)':>28s} {'two-sample':>10s} "
+          f"{'Lab closed':>10s} {'specific':>9s} {'NN dist median / p5':>20s}")
+    for name, r in results["models"].items():
+        two, lab = (f"{r[k]:{f}}" if k in r else "-" for k, f in (("two_sample_accuracy", "10.1%"), ("lab_gap_closed", "10.2f")))
+        print(f"{name:15s} {r['robust_hit_rate']:10.1%} {r['raw_hit_rate']:8.1%} {r['styles_above_chance_robust']:>15d} / "
+              f"{r['styles_above_chance_raw']:<2d} of {n:<3d} {two:>10s} {lab:>10s} {r['styles_specific_texture+colour']:>6d}"
+              f"/{n:<2d} {r['nn_train_distance']['median']:12.3f} / {r['nn_train_distance']['p5']:.3f}")
+    names = list(results["models"])
+    print("hit per style, robust / raw: " + " | ".join(names))
+    for style in results["styles"]:
+        if style in results["models"]["real"]["robust_hit_per_style"]:
+            print(f"  {style[:26]:26s} " + " | ".join(f"{results['models'][m]['robust_hit_per_style'][style]:4.0%} / "
+                                                  f"{results['models'][m]['raw_hit_per_style'][style]:4.0%}" for m in names))
 
 
 def main(argv=None):

@@ -216,6 +216,10 @@ def test_saved_adapters_reload_to_identical_images(finetuned, pretrained_dir):
     t2i.load_lora(fresh, str(out / "lora"))
     assert np.array_equal(t2i.generate(fresh, True, prompts, seeds, 3, 4.0, 2), tuned)
     assert not np.array_equal(tuned, base), "fine-tuning changed nothing"
+    # the LoRA scale (issue 34): 0 is the base exactly, with the adapters loaded; 0.5 lies between
+    assert np.array_equal(t2i.generate(fresh, 0.0, prompts, seeds, 3, 4.0, 2), base)
+    half = t2i.generate(fresh, 0.5, prompts, seeds, 3, 4.0, 2).astype(float)
+    assert 0 < np.abs(half - base).mean() < np.abs(tuned.astype(float) - base).mean()
     assert (out / "curves.png").exists() and (out / "train_log.json").exists()
 
 
@@ -305,7 +309,7 @@ def test_scratch_pipeline_end_to_end(sample_root, tmp_path):
         "style_transfer.judge_width": 8, "style_transfer.judge_epochs": 1})
     text_to_image.main(["--init", "scratch", "--evaluate"] + args)
     for f in ("grid.png", "evaluation.json", "evaluation.png", "nearest.png", "trained.json", "curves.png", "vae/curves.png",
-              "pipeline/model_index.json", "base/model_index.json"):
+              "pipeline/model_index.json", "base/model_index.json", "vae_reconstructions.png"):
         assert (tmp_path / f).exists(), f
     r = json.loads((tmp_path / "evaluation.json").read_text())
     assert set(r["models"]) == {"base", "fine-tuned", "real"} and len(r["styles"]) == 4
@@ -316,6 +320,17 @@ def test_scratch_pipeline_end_to_end(sample_root, tmp_path):
     for name in ("base", "fine-tuned"):  # 4 styles x 2 images
         m = r["models"][name]
         assert len(m["close_samples"]["pixel_std"]) == round(m["closer_than_test_p1"] * 8)
+    # issue 34: the VAE on test paintings, Part 3's realism measures from the base, raw hits beside robust ones
+    assert r["vae"]["psnr"] > 0 and r["vae"]["chroma_ratio"] > 0 and r["vae"]["lab_moment_error"] >= 0
+    assert r["training"]["trainable_parameters"] > r["training"]["unet_parameters"]  # UNet + text encoder
+    base, tuned = r["models"]["base"], r["models"]["fine-tuned"]
+    assert base["lab_gap_closed"] == 0 and base["realism_gap_closed"] == 0  # the base is the inputs
+    for m in (base, tuned):
+        assert 0 <= m["two_sample_accuracy"] <= 1 and set(m["lab_gap_closed_per_style"]) <= set(r["styles"])
+    for m in r["models"].values():
+        assert set(m["raw_hit_per_style"]) == set(m["robust_hit_per_style"]) == set(r["styles"])
+        assert m["styles_above_chance_raw"] == sum(v > r["chance"] for v in m["raw_hit_per_style"].values())
+        assert m["raw_of_ceiling"] == pytest.approx(m["raw_hit_rate"] / r["models"]["real"]["raw_hit_rate"])
     real = r["models"]["real"]["specificity_texture+colour"].values()
     assert all(v == 1 or v != v for v in real)  # by definition (nan: a style whose test images are not closer)
     log = json.loads((tmp_path / "train_log.json").read_text())
