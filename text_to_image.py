@@ -92,7 +92,8 @@ def training_items(cfg):
     classes = sorted(files_by_style)
     paths = [p for s in classes for p in files_by_style[s]]
     labels = np.array([i for i, s in enumerate(classes) for _ in files_by_style[s]])
-    prompts = [t2i.make_prompt(classes[y], t["prompt_template"], t["named_template"], p) for p, y in zip(paths, labels)]
+    prompts = [t["train_prompt"] or t2i.make_prompt(classes[y], t["prompt_template"], t["named_template"], p)
+               for p, y in zip(paths, labels)]
     return classes, paths, labels, prompts
 
 
@@ -289,7 +290,12 @@ def train_diffusion(cfg, pipe, data, params, objects, device, resume, argv, save
     t = cfg["text_to_image"]
     amp = t2i.pipeline_dtype(device, t["dtype"])
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)  # the pipeline's own noise schedule
-    opt = torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    # no weight decay on the word embeddings: AdamW would shrink every row, also those of words absent from
+    # the training prompts (a style-blind pretraining's style words), which must stay as they were
+    words = pipe.text_encoder.get_input_embeddings().weight
+    groups = [{"params": [p for p in params if p is not words]}, {"params": [p for p in params if p is words],
+                                                                  "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=t["lr"], weight_decay=t["weight_decay"])
     lr_sched = wikiart.make_scheduler(opt, t["warmup_steps"], 1, "constant")  # time-capped: EMA, not decay
     ema = EMAModel(params, decay=t["ema_decay"], use_ema_warmup=True, power=0.75) if t["ema_decay"] else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
