@@ -251,7 +251,8 @@ def text_to_image_table(entries):
         vae_epochs, vae_min, epochs, minutes = training_minutes(e)
         facts = [f"{ev.get('images_per_style')} images per style, {ev.get('steps')} sampling steps, guidance "
                  f"{ev.get('guidance')}", f"chance {pct(ev.get('chance'))}%",
-                 f"training: VAE {vae_epochs} epochs ({vae_min:.1f} min), diffusion {epochs} epochs ({minutes:.1f} min)"]
+                 "training: " + (f"VAE {vae_epochs} epochs ({vae_min:.1f} min), " if vae_epochs else "")
+                 + f"diffusion {epochs} epochs ({minutes:.1f} min)"]
         size = ev.get("training")
         if size:
             facts.append(f"{size['trainable_parameters'] / 1e6:.2f}M parameters trained, "

@@ -7,6 +7,8 @@
     python text_to_image.py --style all --save-images          # every style, also one PNG per image
     python text_to_image.py --prompt "a Pointillism painting of a harbour" --seed 3
     python text_to_image.py -c configs/text_to_image_scratch_w16.json --evaluate   # from scratch, WikiArt-16
+    python text_to_image.py -c configs/text_to_image_pretrain_w16.json   # a base pretrained here, no styles
+    python text_to_image.py -c configs/text_to_image_lora_w16.json --evaluate      # LoRA on it, style prompts
 
 Two ways to start (config "text_to_image.init"):
   pretrained  a Stable-Diffusion-style pipeline (hub id, or a folder written by save_pretrained) is
@@ -21,19 +23,29 @@ Two ways to start (config "text_to_image.init"):
               saved and evaluated by exactly the code of the pretrained path (and usable as --pretrained
               itself), with a KL-regularised latent scaled to unit variance as in Stable Diffusion, and it
               does not depend on a Part-2 run at the same image size. Its 8x downsampling (8x8 latents at
-              64 px) keeps the UNet cheap enough to train on two CPU cores.
+              64 px) keeps the UNet cheap enough to train on two CPU cores. Its loss is L1 in YIQ with
+              the chroma channels weighted up (vae_chroma_weight): with plain L1 it learns light long
+              before colour, and the diffusion model then paints sepia whatever the style.
+              With train_prompt (e.g. "a painting") every training image gets that one prompt: a base
+              pretrained without the styles, whose tokenizer still holds the style words (untrained; no
+              weight decay on word embeddings), for `--pretrained OUT_DIR/pipeline` to LoRA-fine-tune
+              with the style prompts (configs/text_to_image_pretrain_w16.json, then _lora_w16.json).
 
 Training: prompts from the style name (prompt_template; with named_template, artist and title come from
 WikiArt file names like claude-monet_water-lilies-1917.jpg); images centre-cropped to the model's
 resolution; VAE latents computed once (out_dir/latents.pt); noise-prediction loss (or v-prediction,
 whatever the pipeline's scheduler says) with min-SNR weighting; class-balanced sampling; gradient
 accumulation, mixed precision (dtype), gradient checkpointing; an optional EMA of the weights.
---evaluate: eval_images per style from the base and the trained model, same seeds, scored with Part 3's
-robust style judge (hit rate of the prompted style, beside its recall on real test paintings) and the
-style specificity of colour/texture statistics; nearest-neighbour distances to the training set (centre
-crops, as trained on) show whether samples are copies (nearest.png: each model's samples nearest to a
-training image, above it).
-Writes out_dir/{grid.png,evaluation.json,evaluation.png,nearest.png,train_log.*,curves.png}.
+--evaluate: eval_images per style from the base and the trained model (LoRA: also at scale 0.5), same
+seeds, scored with Part 3's style judge (robust and raw hit rate of the prompted style, per style and
+overall, beside its recall on real test paintings; styles above chance), the style specificity of
+colour/texture statistics, and Part 3's realism measures (metrics.RealismReference: a fresh CNN's
+two-sample test against real training paintings of the prompted styles, Fréchet gaps in the judge's
+features and in Lab moments closed from the base's samples, per style for Lab); the VAE on unseen test
+paintings (PSNR, chroma ratio, Lab-moment error; vae_reconstructions.png); nearest-neighbour distances
+to the training set (centre crops, as trained on) show whether samples are copies (nearest.png: each
+model's samples nearest to a training image, above it).
+Writes out_dir/{grid.png,evaluation.json,evaluation.png,nearest.png,vae_reconstructions.png,train_log.*,curves.png}.
 """
 import contextlib
 import copy
