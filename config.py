@@ -156,6 +156,8 @@ SCHEMA = {
         "prompt_template": ("a {style} painting", "prompt of a style; {style} becomes e.g. Post Impressionism"),
         "named_template": ("{title}, a {style} painting by {artist}",
                            "prompt when the file name is artist_title-year.jpg (\"\": never)"),
+        "train_prompt": ("", "one prompt for every training image, e.g. \"a painting\": a base pretrained without the "
+                         "styles (its tokenizer still holds the style prompts' words, untrained); \"\": the style prompts"),
         "caption_dropout": (0.1, "fraction of training prompts replaced by \"\" (for classifier-free guidance)", "0..1"),
         "lora_rank": (8, "LoRA rank", ">0"),
         "lora_alpha": (8, "LoRA alpha (the update is scaled by alpha / rank)", ">0"),
@@ -191,6 +193,8 @@ SCHEMA = {
         "vae_lr": (0.002, "scratch VAE: AdamW learning rate", ">0"),
         "vae_batch_size": (16, "scratch VAE: images per step", ">0"),
         "vae_crop": (0, "scratch VAE: random training crop side (0: whole images)", ">=0"),
+        "vae_chroma_weight": (4.0, "scratch VAE: weight of the chroma channels (I, Q of YIQ) in its L1 loss, luminance 1 "
+                              "(0: colour-blind)", ">=0"),
     },
 }
 

@@ -92,6 +92,19 @@ def robust_transform(images_u8, blur=0.6, quality=75):
     return out
 
 
+YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def to_yiq(x):
+    """(N, 3, H, W) RGB -> YIQ: luminance Y and two opponent chroma channels I (orange-blue) and Q
+    (purple-green), linear, so it works on [0, 1] images and on their differences alike."""
+    return torch.einsum("ij,bjhw->bihw", YIQ.to(x), x)
+
+
+def from_yiq(x):
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(YIQ).to(x), x)
+
+
 def random_texture_net(seed=0, widths=(16, 32, 64)):
     """A fixed, untrained conv net with seeded weights (He-normal): texture statistics, no learning."""
     g = torch.Generator().manual_seed(seed)
@@ -478,6 +491,24 @@ def lab_moments(images_u8, chunk=256):
     return np.concatenate(out) if out else np.zeros((0, 6))
 
 
+def chroma(images_u8):
+    """Mean per-pixel chroma of uint8 images (N, H, W, 3): the std over R, G, B of each pixel, on [0, 1]
+    (0 for grey), averaged over pixels and images: a sepia or grey rendering has less of it."""
+    a = np.asarray(images_u8, np.float32) / 255
+    return float(a.std(-1).mean()) if a.size else float("nan")
+
+
+def reconstruction_measures(inputs_u8, outputs_u8):
+    """How well outputs (an autoencoder's reconstructions) keep their inputs, light and colour apart:
+    PSNR (dB, of the mean MSE on [0, 1]), chroma ratio (chroma of outputs / of inputs: 1 = as colourful,
+    < 1 = colour averaged away), Lab-moment error (mean |difference| of each image's Lab mean/std moments,
+    lab_moments: L, a, b means then stds, CIELAB units) and its share in a and b alone."""
+    x, y = (np.asarray(v, np.float64) / 255 for v in (inputs_u8, outputs_u8))
+    err = np.abs(lab_moments(inputs_u8) - lab_moments(outputs_u8))
+    return {"psnr": psnr(float(((x - y) ** 2).mean())), "chroma_ratio": chroma(outputs_u8) / max(chroma(inputs_u8), 1e-9),
+            "lab_moment_error": float(err.mean()), "lab_moment_error_ab": float(err[:, [1, 2, 4, 5]].mean())}
+
+
 class RealismReference:
     """The real paintings the realism measures compare generated images with, prepared once:
     `features(u8) -> (n, d)` (a style judge's penultimate features), real test paintings (the reference
@@ -498,17 +529,24 @@ class RealismReference:
     def describe(self, images_u8):
         return {"judge": self.project(self.features(images_u8)), "lab": lab_moments(images_u8)}
 
-    def measure(self, inputs_u8, outputs_u8, groups, styles):
+    def measure(self, inputs_u8, outputs_u8, groups, styles, per_style=False):
         """{"two_sample_accuracy": a fresh CNN tells the outputs from as many real training paintings of
         the same styles (0.5 = it cannot), "realism_gap_closed": the Fréchet distance to real test
         paintings of the target style in the judge's features, 0 = the inputs, 1 = other real paintings
         of the style, "lab_gap_closed": the same with the distance between the average Lab mean/std
         moments (the colour of a style; the spread of the images is the Fréchet distance's business)}.
         groups: each output's source image (the two-sample test's folds split by it); styles: their
-        target styles."""
+        target styles. per_style: also "lab_gap_closed_per_style" {style: the Lab gap closed of that
+        style's outputs alone}."""
+        styles = np.asarray(styles)
         real_u8, real_styles = real_sample(styles, self.train_u8, self.train_styles, self.seed)
         d_in, d_out, d_real = self.describe(inputs_u8), self.describe(outputs_u8), self.describe(real_u8)
-        gap = lambda k, distance: style_gap_closed(d_in[k], d_out[k], styles, self.test[k], self.test_styles,
-                                                   d_real[k], real_styles, distance)
-        return {"two_sample_accuracy": two_sample_accuracy(outputs_u8, groups, real_u8, self.seed),
-                "realism_gap_closed": gap("judge", frechet_distance), "lab_gap_closed": gap("lab", mean_distance)}
+
+        def gap(k, distance, s=None):  # all target styles, or style s alone
+            m, mr = (slice(None), slice(None)) if s is None else (styles == s, real_styles == s)
+            return style_gap_closed(d_in[k][m], d_out[k][m], styles[m], self.test[k], self.test_styles,
+                                    d_real[k][mr], real_styles[mr], distance)
+        r = {"two_sample_accuracy": two_sample_accuracy(outputs_u8, groups, real_u8, self.seed),
+             "realism_gap_closed": gap("judge", frechet_distance), "lab_gap_closed": gap("lab", mean_distance)}
+        return r | ({"lab_gap_closed_per_style": {int(s): gap("lab", mean_distance, s) for s in np.unique(styles)}}
+                    if per_style else {})

@@ -227,6 +227,21 @@ def plot_nearest(pairs, copy_line, path):
     plt_.close(fig)
 
 
+def plot_reconstruction_pairs(inputs_u8, outputs_u8, labels, path, title):
+    """Inputs (top row) above their reconstructions (bottom row), each column labelled."""
+    p = plt()
+    fig, axes = p.subplots(2, len(inputs_u8), figsize=(max(6.0, 1.1 * len(inputs_u8) + 0.6), 3.2), squeeze=False)
+    for c, (a, b, label) in enumerate(zip(inputs_u8, outputs_u8, labels)):
+        for r, img in enumerate((a, b)):
+            axes[r, c].imshow(img, interpolation="nearest")
+            axes[r, c].axis("off")
+        axes[0, c].set_title(label.replace("_", " "), fontsize=6, rotation=30, ha="left", x=0.1)
+    fig.suptitle(title, fontsize=8, y=0.98)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.72, wspace=0.08, hspace=0.05)
+    fig.savefig(path, dpi=110)
+    p.close(fig)
+
+
 def plot_t2i_evaluation(results, nn_train, path):
     """Bonus B's evaluation: judge hit rate and style specificity per style for each model, and the
     distances to the nearest training image."""

@@ -431,6 +431,14 @@ def train_or_load_judge(cfg, split, device):
     return judge.eval()
 
 
+def realism_reference(judge, test_u8, test_y, train_u8, train_y, seed, device):
+    """metrics.RealismReference in the judge's penultimate features (Part 3 and Bonus B alike)."""
+    features = torch.nn.Sequential(judge.stem, judge.layers, judge.head)
+    return metrics.RealismReference(
+        lambda u8: wikiart.predict(features, u8, np.arange(len(u8)), 256, device, desc="judge features").numpy(),
+        test_u8, test_y, train_u8, train_y, seed=seed)
+
+
 def evaluate(cfg, seed_models, split, test, device):
     """N test images x every other style, for each seed's models and two baselines (identity, and
     colour_stats: each image's channel means and stds moved to the target style's): hit rates (and their
@@ -463,10 +471,7 @@ def evaluate(cfg, seed_models, split, test, device):
     dist = lambda k, desc, sel: [metrics.style_distance([l[sel(s)] for l in desc], refs[k], s) for s in styles]
     d_real = {k: dist(k, f(test_u8), lambda s: test_y == s) for k, f in describe.items()}
     d_in = {k: dist(k, f(inputs), lambda s: pt == s) for k, f in describe.items()}
-    features = torch.nn.Sequential(judge.stem, judge.layers, judge.head)  # the judge's penultimate features
-    reality = metrics.RealismReference(
-        lambda u8: wikiart.predict(features, u8, np.arange(len(u8)), 256, device, desc="judge features").numpy(),
-        test_u8, test_y, train_u8, train_y, seed=cfg["seed"])
+    reality = realism_reference(judge, test_u8, test_y, train_u8, train_y, cfg["seed"], device)
     ae, _ = wikiart.load_autoencoder(st["autoencoder_path"], device) if os.path.exists(st["autoencoder_path"]) else (None, 0)
     fixed["autoencoder_psnr"] = (metrics.own_style_psnr(lambda x, y: ae((x + 1) / 2) * 2 - 1, test_u8, test_y, device)
                                  if ae else None)
@@ -535,10 +540,9 @@ def evaluate(cfg, seed_models, split, test, device):
 def keep_colour(out, x):
     """Gatys et al. 2016, luminance-only transfer: the output's luminance (Y of YIQ) with the input's
     colour (I, Q), per pixel. [-1, 1] batches of one size."""
-    yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=x.device)
-    to = lambda img: torch.einsum("ij,bjhw->bihw", yiq, (img + 1) / 2)
+    to = lambda img: metrics.to_yiq((img + 1) / 2)
     mixed = torch.cat([to(out)[:, :1], to(x)[:, 1:]], 1)
-    return (torch.einsum("ij,bjhw->bihw", torch.linalg.inv(yiq), mixed).clamp(0, 1) * 2 - 1)
+    return metrics.from_yiq(mixed).clamp(0, 1) * 2 - 1
 
 
 def targets_of(args, classes):

@@ -110,24 +110,41 @@ def load_pipeline(source, device, dtype=torch.float32):
 # ----------------------------------------------------------------------------------------------
 # A small pipeline of the same classes, built from the config (--init scratch)
 
+def bpe(word, ranks):
+    """CLIP's byte-pair encoding of one word: the lowest-ranked adjacent pair merged everywhere, again."""
+    symbols = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(symbols) > 1:
+        rank, pair = min((ranks.get(p, math.inf), p) for p in zip(symbols, symbols[1:]))
+        if rank == math.inf:
+            break
+        merged, i = [], 0
+        while i < len(symbols):
+            if tuple(symbols[i:i + 2]) == pair:
+                merged.append(pair[0] + pair[1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
 def word_tokenizer(prompts, folder):
-    """A CLIPTokenizer whose vocabulary is the prompts' words (a BPE merge chain spells each word as
-    one token) plus single characters, so any other word still tokenizes, letter by letter."""
+    """A CLIPTokenizer whose vocabulary is the prompts' words (BPE merges that spell each word as one
+    token, checked word by word: a chain of prefixes alone breaks "baroque" at the "a r" of "art") plus
+    single characters, so any other word still tokenizes, letter by letter."""
     from transformers import CLIPTokenizer
     words = sorted({w for p in prompts for w in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]", p.lower())})
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in sorted(set("abcdefghijklmnopqrstuvwxyz0123456789-,.'") | set("".join(words))):
         vocab.setdefault(c, len(vocab))
         vocab.setdefault(c + "</w>", len(vocab))
-    merges = []
-    for w in words:
-        symbols = list(w[:-1]) + [w[-1] + "</w>"]
-        prefix = symbols[0]
-        for s in symbols[1:]:
-            merges.append(f"{prefix} {s}")
-            prefix += s
-            vocab.setdefault(prefix, len(vocab))
-    merges = list(dict.fromkeys(merges))
+    ranks = {}
+    for w in words:  # while BPE leaves a word in pieces, one more merge (ranked last: no whole word changes)
+        while len(pieces := bpe(w, ranks)) > 1:
+            ranks[pieces[0], pieces[1]] = len(ranks)
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+    merges = [f"{a} {b}" for a, b in ranks]
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "vocab.json"), "w") as f:
         json.dump(vocab, f)
@@ -213,7 +230,15 @@ TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 def add_lora(pipe, t):
     """Freeze the pipeline and add trainable LoRA adapters (fp32) to the UNet's attention projections
-    (t["lora_targets"]) and, if t["lora_text_encoder"], to the text encoder's. Returns the trainables."""
+    (t["lora_targets"]) and, if t["lora_text_encoder"], to the text encoder's. Returns the trainables.
+
+    A base that never saw the style words (pretrained under "a painting") is taught them with text
+    encoder adapters, not by training the words' embeddings (textual inversion): their untrained
+    embeddings are already distinct inputs, which the adapted attention can turn into a style; and every
+    trained weight then lives in the one adapter file that load_lora_weights reads, the base stays
+    byte for byte the same, and the LoRA scale (0 = the base exactly) covers the whole change. Trained
+    embeddings would need a second file and loader (diffusers' load_textual_inversion refuses words the
+    tokenizer already has), and scale 0 would not undo them."""
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig, inject_adapter_in_model
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -317,15 +342,15 @@ def encode_latents(pipe, batches, n, device):
 @torch.no_grad()
 def generate(pipe, lora, prompts, seeds, steps, guidance, batch_size, desc="generating"):
     """uint8 (N, R, R, 3): image i from prompts[i] and its own generator seeded with seeds[i], so an
-    image does not depend on its batch, and the base and fine-tuned models start from the same noise."""
-    if has_lora(pipe):
-        pipe.enable_lora() if lora else pipe.disable_lora()
+    image does not depend on its batch, and the base and fine-tuned models start from the same noise.
+    lora: the LoRA scale (False/0: the base model, True/1: the adapters as trained, 0.5: half their update),
+    diffusers' cross_attention_kwargs scale, which scales the text encoder's adapters too."""
+    scale = float(lora) if has_lora(pipe) else 0.0
     R, out = resolution(pipe), []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]
         images = pipe(list(prompts[i:i + batch_size]), height=R, width=R, num_inference_steps=steps,
-                      guidance_scale=guidance, generator=gens, output_type="np").images
+                      guidance_scale=guidance, generator=gens, output_type="np",
+                      cross_attention_kwargs={"scale": scale} if has_lora(pipe) else None).images
         out.append(np.clip(np.round(images * 255), 0, 255).astype(np.uint8))
-    if has_lora(pipe):
-        pipe.enable_lora()
     return np.concatenate(out)

@@ -7,6 +7,8 @@
     python text_to_image.py --style all --save-images          # every style, also one PNG per image
     python text_to_image.py --prompt "a Pointillism painting of a harbour" --seed 3
     python text_to_image.py -c configs/text_to_image_scratch_w16.json --evaluate   # from scratch, WikiArt-16
+    python text_to_image.py -c configs/text_to_image_pretrain_w16.json   # a base pretrained here, no styles
+    python text_to_image.py -c configs/text_to_image_lora_w16.json --evaluate      # LoRA on it, style prompts
 
 Two ways to start (config "text_to_image.init"):
   pretrained  a Stable-Diffusion-style pipeline (hub id, or a folder written by save_pretrained) is
@@ -21,19 +23,29 @@ Two ways to start (config "text_to_image.init"):
               saved and evaluated by exactly the code of the pretrained path (and usable as --pretrained
               itself), with a KL-regularised latent scaled to unit variance as in Stable Diffusion, and it
               does not depend on a Part-2 run at the same image size. Its 8x downsampling (8x8 latents at
-              64 px) keeps the UNet cheap enough to train on two CPU cores.
+              64 px) keeps the UNet cheap enough to train on two CPU cores. Its loss is L1 in YIQ with
+              the chroma channels weighted up (vae_chroma_weight): with plain L1 it learns light long
+              before colour, and the diffusion model then paints sepia whatever the style.
+              With train_prompt (e.g. "a painting") every training image gets that one prompt: a base
+              pretrained without the styles, whose tokenizer still holds the style words (untrained; no
+              weight decay on word embeddings), for `--pretrained OUT_DIR/pipeline` to LoRA-fine-tune
+              with the style prompts (configs/text_to_image_pretrain_w16.json, then _lora_w16.json).
 
 Training: prompts from the style name (prompt_template; with named_template, artist and title come from
 WikiArt file names like claude-monet_water-lilies-1917.jpg); images centre-cropped to the model's
 resolution; VAE latents computed once (out_dir/latents.pt); noise-prediction loss (or v-prediction,
 whatever the pipeline's scheduler says) with min-SNR weighting; class-balanced sampling; gradient
 accumulation, mixed precision (dtype), gradient checkpointing; an optional EMA of the weights.
---evaluate: eval_images per style from the base and the trained model, same seeds, scored with Part 3's
-robust style judge (hit rate of the prompted style, beside its recall on real test paintings) and the
-style specificity of colour/texture statistics; nearest-neighbour distances to the training set (centre
-crops, as trained on) show whether samples are copies (nearest.png: each model's samples nearest to a
-training image, above it).
-Writes out_dir/{grid.png,evaluation.json,evaluation.png,nearest.png,train_log.*,curves.png}.
+--evaluate: eval_images per style from the base and the trained model (LoRA: also at scale 0.5), same
+seeds, scored with Part 3's style judge (robust and raw hit rate of the prompted style, per style and
+overall, beside its recall on real test paintings; styles above chance), the style specificity of
+colour/texture statistics, and Part 3's realism measures (metrics.RealismReference: a fresh CNN's
+two-sample test against real training paintings of the prompted styles, Fréchet gaps in the judge's
+features and in Lab moments closed from the base's samples, per style for Lab); the VAE on unseen test
+paintings (PSNR, chroma ratio, Lab-moment error; vae_reconstructions.png); nearest-neighbour distances
+to the training set (centre crops, as trained on) show whether samples are copies (nearest.png: each
+model's samples nearest to a training image, above it).
+Writes out_dir/{grid.png,evaluation.json,evaluation.png,nearest.png,vae_reconstructions.png,train_log.*,curves.png}.
 """
 import contextlib
 import copy
@@ -92,7 +104,8 @@ def training_items(cfg):
     classes = sorted(files_by_style)
     paths = [p for s in classes for p in files_by_style[s]]
     labels = np.array([i for i, s in enumerate(classes) for _ in files_by_style[s]])
-    prompts = [t2i.make_prompt(classes[y], t["prompt_template"], t["named_template"], p) for p, y in zip(paths, labels)]
+    prompts = [t["train_prompt"] or t2i.make_prompt(classes[y], t["prompt_template"], t["named_template"], p)
+               for p, y in zip(paths, labels)]
     return classes, paths, labels, prompts
 
 
@@ -193,8 +206,17 @@ def fit(folder, title, objects, step, data_idx, labels, per_step, cfg, plan, dev
     return progress
 
 
+def colour_l1(output, target, chroma_weight):
+    """The VAE's reconstruction loss: L1 in YIQ, the two chroma channels weighted by chroma_weight. Plain
+    L1 on RGB is mostly luminance (a colour error of a few per cent moves R, G and B a little each), so an
+    AutoencoderKL trained on it learns light long before colour and, on a CPU budget, hands the diffusion
+    model sepia latents; weighted up, colour errors cost as much as light ones from the first steps."""
+    d = metrics.to_yiq(output - target).abs().mean((0, 2, 3))
+    return d[0] + chroma_weight * (d[1] + d[2])
+
+
 def train_vae(cfg, pipe, images, labels, device, resume, argv):
-    """Scratch stage 1: the AutoencoderKL on whole images or random crops (vae_crop): L1 + a light KL."""
+    """Scratch stage 1: the AutoencoderKL on whole images or random crops (vae_crop): colour_l1 + a light KL."""
     t, vae = cfg["text_to_image"], pipe.vae
     train_idx, val_idx = wikiart.stratified_split(labels, cfg["val_fraction"], cfg["seed"])
     opt = torch.optim.AdamW(vae.parameters(), lr=t["vae_lr"], weight_decay=0.0)
@@ -204,7 +226,7 @@ def train_vae(cfg, pipe, images, labels, device, resume, argv):
         y0, x0 = (int(torch.randint(R - crop + 1, (1,), generator=g)) for _ in range(2))
         x = wikiart.to_float(images[np.sort(idx), y0:y0 + crop, x0:x0 + crop], device)
         post = vae.encode(x).latent_dist
-        rec = (vae.decode(post.sample(generator=g)).sample - x).abs().mean()
+        rec = colour_l1(vae.decode(post.sample(generator=g)).sample, x, t["vae_chroma_weight"])
         loss = rec + KL_WEIGHT * post.kl().mean()
         runs.optimizer_step(loss, opt)
         return {"loss": rec.item()}
@@ -280,7 +302,12 @@ def train_diffusion(cfg, pipe, data, params, objects, device, resume, argv, save
     t = cfg["text_to_image"]
     amp = t2i.pipeline_dtype(device, t["dtype"])
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)  # the pipeline's own noise schedule
-    opt = torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    # no weight decay on the word embeddings: AdamW would shrink every row, also those of words absent from
+    # the training prompts (a style-blind pretraining's style words), which must stay as they were
+    words = pipe.text_encoder.get_input_embeddings().weight
+    groups = [{"params": [p for p in params if p is not words]}, {"params": [p for p in params if p is words],
+                                                                  "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=t["lr"], weight_decay=t["weight_decay"])
     lr_sched = wikiart.make_scheduler(opt, t["warmup_steps"], 1, "constant")  # time-capped: EMA, not decay
     ema = EMAModel(params, decay=t["ema_decay"], use_ema_warmup=True, power=0.75) if t["ema_decay"] else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -512,6 +539,30 @@ def as_trained(paths, R, S):
     return images
 
 
+@torch.no_grad()
+def reconstruct(vae, images_u8, device, batch_size=64):
+    """uint8 images through the VAE: each posterior's mean, decoded (the colour the diffusion model can paint)."""
+    out = []
+    for i in range(0, len(images_u8), batch_size):
+        x = wikiart.to_float(images_u8[i:i + batch_size], device).to(vae.dtype)
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1)
+        out.append(((y + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def evaluate_vae(vae, test_u8, test_y, classes, device, path):
+    """The VAE on unseen test paintings: metrics.reconstruction_measures, and a grid of one painting per
+    style (the first of each) above its reconstruction, at `path`."""
+    rec = reconstruct(vae, test_u8, device)
+    shown = [int(np.flatnonzero(test_y == s)[0]) for s in range(len(classes)) if (test_y == s).any()]
+    r = metrics.reconstruction_measures(test_u8, rec)
+    with runs.atomic_file(path) as f:
+        plots.plot_reconstruction_pairs(test_u8[shown], rec[shown], [classes[test_y[i]] for i in shown], f,
+                                        f"the VAE on unseen test paintings (top) and its reconstructions (bottom):\n"
+                                        f"{r['psnr']:.1f} dB, chroma {r['chroma_ratio']:.2f}x the inputs'")
+    return r
+
+
 def nearest_training(sets, train_paths, test_paths, R, S):
     """({name: (distances, indices)}: each image's nearest training image, the copy line, the training
     images compared). Training and unseen test paintings ("real") are prepared as training saw them
@@ -525,7 +576,10 @@ def nearest_training(sets, train_paths, test_paths, R, S):
 
 
 def evaluate(cfg, models, classes, device):
-    """eval_images per style from each model, same seeds; the table base vs fine-tuned vs real."""
+    """eval_images per style from each model, same seeds: the table base vs fine-tuned vs real (and, for
+    LoRA, the adapters at half scale). Besides the judge and the style specificity, Part 3's realism
+    measures (metrics.RealismReference): the base's samples are the inputs, each model's the outputs, the
+    sample's seed its group; and the VAE on test paintings, since no sample has colours its VAE loses."""
     t = cfg["text_to_image"]
     S, C, N = cfg["image_size"], len(classes), t["eval_images"]
     data = wikiart.load_split(cfg, "train")
@@ -537,6 +591,9 @@ def evaluate(cfg, models, classes, device):
     judge_cfg["style_transfer"]["out_dir"] = t["out_dir"]  # this judge's judge.pt lives here
     judge = style_transfer.train_or_load_judge(judge_cfg, split, device)
     judge_of = lambda u8: wikiart.predict(judge, u8, np.arange(len(u8)), 256, device, desc="judging").argmax(1).numpy()
+    pipe, lora = models["fine-tuned"]
+    if lora:  # half the adapters' update: how much of the change the scale buys
+        models = models | {"fine-tuned@0.5": (pipe, 0.5)}
 
     styles = np.repeat(np.arange(C), N)
     prompts = [t2i.make_prompt(classes[s], t["prompt_template"]) for s in styles]
@@ -561,16 +618,22 @@ def evaluate(cfg, models, classes, device):
     desc = {name: describe(u8) for name, u8 in sets.items()}
     real_gap = {k: {s: closer(desc["real"], test_y, s, sl) for s in present} for k, sl in kinds.items()}
     nearest, copy_line, train_seen = nearest_training(sets, [data.paths[i] for i in split.train_idx], test.paths,
-                                                      t2i.resolution(next(iter(models.values()))[0]), S)
+                                                      t2i.resolution(pipe), S)
     nn_train = {name: d for name, (d, _) in nearest.items()}
+    reality = style_transfer.realism_reference(judge, test_u8, test_y, train_u8, train_y, cfg["seed"], device)
     results = {"styles": list(classes), "chance": 1 / C, "images_per_style": N, "steps": t["steps"],
-               "guidance": t["guidance"], "image_size": S, "models": {}}
+               "guidance": t["guidance"], "image_size": S, "training": trained_size(pipe, lora, t),
+               "vae": evaluate_vae(pipe.vae, test_u8, test_y, classes, device,
+                                   os.path.join(t["out_dir"], "vae_reconstructions.png")), "models": {}}
     for name, u8 in sets.items():
         y = labels[name]
         hits_r, hits = judge_of(metrics.robust_transform(u8)) == y, judge_of(u8) == y
+        per_style = lambda h: {classes[s]: float(h[y == s].mean()) for s in present}
         r = {"robust_hit_rate": float(np.mean([hits_r[y == s].mean() for s in present])),
              "raw_hit_rate": float(np.mean([hits[y == s].mean() for s in present])),
-             "robust_hit_per_style": {classes[s]: float(hits_r[y == s].mean()) for s in present}}
+             "robust_hit_per_style": per_style(hits_r), "raw_hit_per_style": per_style(hits)}
+        r |= {f"styles_above_chance_{k}": int(sum(v > 1 / C for v in r[f"{k}_hit_per_style"].values()))
+              for k in ("robust", "raw")}
         for k, sl in kinds.items():
             spec = {classes[s]: closer(desc[name], y, s, sl) / real_gap[k][s] if real_gap[k][s] > 0 else float("nan")
                     for s in present}
@@ -582,7 +645,14 @@ def evaluate(cfg, models, classes, device):
         close = np.flatnonzero(d < copy_line)  # what they are: a near-blank canvas is close to any blank one
         r["close_samples"] = {"per_style": {classes[s]: int((y[close] == s).sum()) for s in np.unique(y[close])},
                               "pixel_std": [round(float(u8[i].std()), 1) for i in close[np.argsort(d[close])]]}
+        if name != "real":  # realism against real paintings of the prompted styles; gaps closed from the base
+            m = reality.measure(sets["base"], u8, seeds, y, per_style=True)
+            m["lab_gap_closed_per_style"] = {classes[s]: v for s, v in m["lab_gap_closed_per_style"].items()}
+            r |= m
         results["models"][name] = r
+    for name, r in results["models"].items():  # the real paintings' hit rate is the judge's matched ceiling
+        for k in ("robust", "raw"):
+            r[f"{k}_of_ceiling"] = r[f"{k}_hit_rate"] / max(results["models"]["real"][f"{k}_hit_rate"], 1e-9)
     runs.atomic_save(results, os.path.join(t["out_dir"], "evaluation.json"))
     with runs.atomic_file(os.path.join(t["out_dir"], "evaluation.png")) as f:
         plots.plot_t2i_evaluation(results, nn_train, f)
@@ -590,18 +660,44 @@ def evaluate(cfg, models, classes, device):
                     for i in np.argsort(nn_train[name])[:8]] for name, u8 in sets.items() if name != "real"}
     with runs.atomic_file(os.path.join(t["out_dir"], "nearest.png")) as f:
         plots.plot_nearest(pairs, copy_line, f)
-    print(f"\n{N} images per style x {C} styles per model; chance {1 / C:.1%}; the 'real' row is the judge on "
-          f"unseen test paintings (its recall per style, averaged: the matched ceiling)")
-    print(f"{'model':11s} {'robust hit':>10s} {'raw hit':>8s} {'specific (tex+col)':>19s} {'texture':>8s} "
-          f"{'colour':>7s} {'NN dist median / p5':>20s}")
-    for name, r in results["models"].items():
-        n = len(present)
-        print(f"{name:11s} {r['robust_hit_rate']:10.1%} {r['raw_hit_rate']:8.1%} "
-              f"{r['styles_specific_texture+colour']:>14d}/{n:<4d} {r['styles_specific_texture']:>5d}/{n:<2d} "
-              f"{r['styles_specific_colour']:>4d}/{n:<2d} {r['nn_train_distance']['median']:12.3f} / "
-              f"{r['nn_train_distance']['p5']:.3f}")
-    print(f"wrote {os.path.join(t['out_dir'], 'evaluation.json')}, evaluation.png, nearest.png")
+    print_evaluation(results, N, C, len(present))
+    print(f"wrote {os.path.join(t['out_dir'], 'evaluation.json')}, evaluation.png, nearest.png, vae_reconstructions.png")
     return results
+
+
+def trained_size(pipe, lora, t):
+    """What was trained: LoRA, the adapters (and their file); from scratch, the UNet and the text encoder
+    (the VAE before them); beside the UNet's size."""
+    count = lambda m, f=lambda n: True: sum(p.numel() for n, p in m.named_parameters() if f(n))
+    unet = count(pipe.unet, lambda n: "lora_" not in n)
+    if not lora:
+        return {"trainable_parameters": unet + count(pipe.text_encoder), "unet_parameters": unet}
+    path = os.path.join(t["out_dir"], "lora", "pytorch_lora_weights.safetensors")
+    adapters = sum(count(m, lambda n: "lora_" in n) for m in (pipe.unet, pipe.text_encoder))
+    return {"trainable_parameters": adapters, "unet_parameters": unet,
+            "adapter_file_bytes": os.path.getsize(path) if os.path.exists(path) else None}
+
+
+def print_evaluation(results, N, C, n):
+    v = results["vae"]
+    print(f"\nVAE on unseen test paintings: {v['psnr']:.2f} dB, chroma {v['chroma_ratio']:.2f}x the inputs', "
+          f"Lab-moment error {v['lab_moment_error']:.2f} (a, b alone {v['lab_moment_error_ab']:.2f})")
+    print(f"{N} images per style x {C} styles per model; chance {1 / C:.1%}; the 'real' row is the judge on "
+          f"unseen test paintings (its recall per style, averaged: the matched ceiling); two-sample: a fresh CNN "
+          f"tells the samples from real training paintings of their styles (50%: it cannot); Lab gap closed from the base")
+    print(f"{'model':15s} {'robust hit':>10s} {'raw hit':>8s} {'styles > chance (robust/raw)':>28s} {'two-sample':>10s} "
+          f"{'Lab closed':>10s} {'specific':>9s} {'NN dist median / p5':>20s}")
+    for name, r in results["models"].items():
+        two, lab = (f"{r[k]:{f}}" if k in r else "-" for k, f in (("two_sample_accuracy", "10.1%"), ("lab_gap_closed", "10.2f")))
+        print(f"{name:15s} {r['robust_hit_rate']:10.1%} {r['raw_hit_rate']:8.1%} {r['styles_above_chance_robust']:>15d} / "
+              f"{r['styles_above_chance_raw']:<2d} of {n:<3d} {two:>10s} {lab:>10s} {r['styles_specific_texture+colour']:>6d}"
+              f"/{n:<2d} {r['nn_train_distance']['median']:12.3f} / {r['nn_train_distance']['p5']:.3f}")
+    names = list(results["models"])
+    print("hit per style, robust / raw: " + " | ".join(names))
+    for style in results["styles"]:
+        if style in results["models"]["real"]["robust_hit_per_style"]:
+            print(f"  {style[:26]:26s} " + " | ".join(f"{results['models'][m]['robust_hit_per_style'][style]:4.0%} / "
+                                                  f"{results['models'][m]['raw_hit_per_style'][style]:4.0%}" for m in names))
 
 
 def main(argv=None):

@@ -205,3 +205,21 @@ def test_lab_gap_closed_follows_a_colour_shift_towards_the_style():
     assert closed(np.clip(base + tint, 0, 255).astype(np.uint8)) > 0.9
     assert 0.35 < closed(np.clip(base + tint // 2, 0, 255).astype(np.uint8)) < 0.65  # half the shift: about half
     assert closed(np.clip(base - tint // 2, 0, 255).astype(np.uint8)) < -0.3  # the other way: the gap grows
+
+
+def test_realism_reference_tells_the_lab_gap_of_each_style():
+    """Issue 34 (Bonus B): per_style gives each target style's Lab gap alone; a model that paints one
+    style's colours and not the other's closes about all of the one and none of the other, which the
+    summed gap hides."""
+    rng = np.random.default_rng(3)
+    styles = np.repeat(np.arange(2), 40)
+    tint = np.array([[60, 0, -40], [-40, 30, 60]])[styles][:, None, None]
+    look = lambda t: np.clip(rng.integers(60, 120, (80, 8, 8, 3)) + t, 0, 255).astype(np.uint8)
+    ref = metrics.RealismReference(lambda u8: u8.reshape(len(u8), -1)[:, :32].astype(float), look(tint), styles,
+                                   look(tint), styles, seed=0, pca_dim=4)
+    base = look(0)
+    half = np.where((styles == 0)[:, None, None, None], np.clip(base + tint, 0, 255), base).astype(np.uint8)
+    r = ref.measure(base, half, np.arange(80) % 10, styles, per_style=True)
+    assert r["lab_gap_closed_per_style"][0] > 0.8 and abs(r["lab_gap_closed_per_style"][1]) < 0.1
+    assert 0.1 < r["lab_gap_closed"] < 0.9 and 0 <= r["two_sample_accuracy"] <= 1
+    assert "lab_gap_closed_per_style" not in ref.measure(base, half, np.arange(80) % 10, styles)

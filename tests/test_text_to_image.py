@@ -95,10 +95,11 @@ def test_prompts_from_style_and_file_names():
 
 
 def test_word_tokenizer_has_one_token_per_prompt_word(tmp_path):
-    prompts = ["a Ukiyo-e painting", "a Post Impressionism painting", "a Pop Art painting"]
+    prompts = ["a Ukiyo-e painting", "a Post Impressionism painting", "a Pop Art painting", "a Baroque painting"]
     tok = t2i.word_tokenizer(prompts, str(tmp_path))
     ids = tok("a Post Impressionism painting").input_ids
     assert len(ids) == 2 + 4  # start, a, post, impressionism, painting, end
+    assert tok.convert_ids_to_tokens(tok("baroque art").input_ids[1:-1]) == ["baroque</w>", "art</w>"]
     unknown = tok("a zebra").input_ids
     assert tok.unk_token_id not in unknown[1:-1] and len(unknown) > 4  # spelled out letter by letter
     assert tok.model_max_length >= max(len(tok(p).input_ids) for p in prompts)
@@ -107,8 +108,6 @@ def test_word_tokenizer_has_one_token_per_prompt_word(tmp_path):
 def test_lora_steps_lower_the_loss_and_change_only_the_adapters(pretrained_dir):
     from diffusers import DDPMScheduler
     pipe = t2i.load_pipeline(pretrained_dir, CPU)
-    base = {n: p.detach().clone() for m in ("unet", "vae", "text_encoder") for n, p in
-            getattr(pipe, m).named_parameters(prefix=m)}
     t = config.defaults()["text_to_image"] | {"lora_rank": 4, "lora_alpha": 4}
     params = t2i.add_lora(pipe, t)
     assert params and all("lora_" in n for m in ("unet", "text_encoder", "vae")
@@ -131,10 +130,7 @@ def test_lora_steps_lower_the_loss_and_change_only_the_adapters(pretrained_dir):
     with torch.no_grad():
         last = loss().item()
     assert last < 0.9 * first, (first, last)
-    after = {n: p for m in ("unet", "vae", "text_encoder") for n, p in getattr(pipe, m).named_parameters(prefix=m)}
-    for n, p in base.items():  # peft wraps a frozen layer as base_layer: same tensor, new name
-        q = after.get(n, after.get(n.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")))
-        assert q is not None and torch.equal(p, q), f"base weight {n} changed"
+    assert_only_adapters_changed(pipe, pretrained_dir)
     assert any(not torch.equal(p, dict(pipe.unet.named_parameters())[n]) for n, p in lora_before.items())
 
 
@@ -201,6 +197,40 @@ def test_the_copy_line_catches_a_copied_crop_of_a_non_square_painting(tmp_path):
     assert metrics.nearest_neighbours(copy[None], squashed["train"])[0][0] > 3 * old_line
 
 
+def weights(pipe):
+    """{name: tensor} of the UNet's, VAE's and text encoder's parameters, peft's LoRA wrapping undone
+    (a frozen layer is kept as base_layer: the same tensor under a new name); the adapters apart."""
+    out = {}
+    for m in ("unet", "vae", "text_encoder"):
+        for n, p in getattr(pipe, m).named_parameters(prefix=m):
+            out[n if "lora_" in n else n.replace(".base_layer", "")] = p.detach()
+    return out
+
+
+def assert_only_adapters_changed(pipe, base_dir):
+    """Every weight of the fine-tuned pipe but its adapters equals the saved base's, and some adapter trained."""
+    base, tuned = weights(t2i.load_pipeline(base_dir, CPU)), weights(pipe)
+    assert set(base) == {n for n in tuned if "lora_" not in n}
+    changed = [n for n, p in base.items() if not torch.equal(p, tuned[n])]
+    assert not changed, f"base weights changed: {changed[:5]}"
+    assert any(p.abs().sum() > 0 for n, p in tuned.items() if "lora_B" in n), "no adapter trained (B is 0 at start)"
+
+
+def assert_adapters_reload(pipe, base_dir, lora_dir, prompts, seeds):
+    """The adapter file, loaded with load_lora_weights into a fresh copy of the base, gives the fine-tuned
+    pipe's images for the same seeds; LoRA scale 0 gives the base's images exactly, 0.5 lies between."""
+    tuned = t2i.generate(pipe, True, prompts, seeds, 3, 4.0, 2)
+    fresh = t2i.load_pipeline(base_dir, CPU)
+    base = t2i.generate(fresh, False, prompts, seeds, 3, 4.0, 2)
+    assert np.array_equal(t2i.generate(pipe, False, prompts, seeds, 3, 4.0, 2), base)
+    t2i.load_lora(fresh, lora_dir)
+    assert np.array_equal(t2i.generate(fresh, True, prompts, seeds, 3, 4.0, 2), tuned)
+    assert not np.array_equal(tuned, base), "fine-tuning changed nothing"
+    assert np.array_equal(t2i.generate(fresh, 0.0, prompts, seeds, 3, 4.0, 2), base)
+    half = t2i.generate(fresh, 0.5, prompts, seeds, 3, 4.0, 2).astype(float)
+    assert 0 < np.abs(half - base).mean() < np.abs(tuned.astype(float) - base).mean()
+
+
 def test_saved_adapters_reload_to_identical_images(finetuned, pretrained_dir):
     cfg, models, out = finetuned
     pipe, _ = models["fine-tuned"]
@@ -208,15 +238,55 @@ def test_saved_adapters_reload_to_identical_images(finetuned, pretrained_dir):
     assert path.exists() and path.stat().st_size < 2e6  # adapters only
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert set(ckpt["lora_unet"]) and all("lora_" in k for k in ckpt["lora_unet"])  # resumable, adapters only
-    prompts, seeds = ["a Pop Art painting", "a Cubism painting"], [5, 6]
-    tuned = t2i.generate(pipe, True, prompts, seeds, 3, 4.0, 2)
-    base = t2i.generate(pipe, False, prompts, seeds, 3, 4.0, 2)
-    fresh = t2i.load_pipeline(pretrained_dir, CPU)
-    assert np.array_equal(t2i.generate(fresh, False, prompts, seeds, 3, 4.0, 2), base)
-    t2i.load_lora(fresh, str(out / "lora"))
-    assert np.array_equal(t2i.generate(fresh, True, prompts, seeds, 3, 4.0, 2), tuned)
-    assert not np.array_equal(tuned, base), "fine-tuning changed nothing"
+    assert_only_adapters_changed(pipe, pretrained_dir)
+    assert_adapters_reload(pipe, pretrained_dir, str(out / "lora"), ["a Pop Art painting", "a Cubism painting"], [5, 6])
     assert (out / "curves.png").exists() and (out / "train_log.json").exists()
+
+
+FOUR_STYLES = ("Baroque", "Pop_Art", "Pointillism", "Ukiyo_e")
+TINY_SCRATCH = {"text_to_image.scratch_vae_channels": "[16,16]", "text_to_image.scratch_latent_channels": 4,
+                "text_to_image.scratch_unet_channels": "[32,32]", "text_to_image.scratch_text_width": 32,
+                "text_to_image.vae_epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def four_styles(sample_root, tmp_path_factory):
+    """The sample's train and test folders with four styles only (quick)."""
+    import shutil
+    root = tmp_path_factory.mktemp("four")
+    for split in ("train", "test"):
+        for style in FOUR_STYLES:
+            shutil.copytree(f"{sample_root}/{split}/{style}", root / split / style)
+    return root
+
+
+def test_a_base_pretrained_here_without_styles_then_lora_with_them(four_styles, tmp_path):
+    """Issue 34: pretraining under one neutral prompt ("a painting") gives a pipeline whose tokenizer holds
+    every style word as one token, their embeddings untrained (as initialised; no weight decay on them);
+    it reloads with from_pretrained and LoRA fine-tunes on the style prompts like a downloaded base, text
+    encoder adapters included: only the adapters change, and they reload into a fresh copy of the base."""
+    args = t2i_args(four_styles, tmp_path / "pre", **TINY_SCRATCH, **{"text_to_image.train_prompt": "a painting",
+                                                                        "text_to_image.weight_decay": 0.5})
+    text_to_image.main(["--init", "scratch"] + args)
+    base_dir = str(tmp_path / "pre" / "pipeline")
+    pipe, untrained = t2i.load_pipeline(base_dir, CPU), t2i.load_pipeline(str(tmp_path / "pre" / "base"), CPU)
+    tok, emb = pipe.tokenizer, lambda p: p.text_encoder.get_input_embeddings().weight
+    ids = lambda text: tok(text).input_ids[1:-1]
+    style_words = [i for s in FOUR_STYLES for i in ids(t2i.style_phrase(s).lower())]
+    assert all(t.endswith("</w>") for t in tok.convert_ids_to_tokens(style_words))  # whole words, not spelled out
+    assert torch.equal(emb(pipe)[style_words], emb(untrained)[style_words]), "style words were trained"
+    assert not torch.equal(emb(pipe)[ids("painting")], emb(untrained)[ids("painting")])
+
+    out = tmp_path / "lora"
+    argv = ["--pretrained", base_dir] + t2i_args(four_styles, out, **{"text_to_image.lora_text_encoder": "true"})
+    text_to_image.main(argv)
+    cfg, _ = lora_config(base_dir, four_styles, out)
+    cfg["text_to_image"]["lora_text_encoder"] = True
+    models, _ = text_to_image.load_trained(cfg, CPU)
+    tuned, _ = models["fine-tuned"]
+    assert any("lora_" in n for n, _ in tuned.text_encoder.named_parameters())
+    assert_only_adapters_changed(tuned, base_dir)
+    assert_adapters_reload(tuned, base_dir, str(out / "lora"), ["a Pop Art painting", "a Baroque painting"], [5, 6])
 
 
 def test_evaluate_never_takes_the_adapters_of_an_unfinished_training(pretrained_dir, sample_root, tmp_path,
@@ -292,20 +362,14 @@ def test_pretrained_folder_errors_are_one_line(pretrained_dir, sample_root, tmp_
 
 
 @pytest.mark.slow
-def test_scratch_pipeline_end_to_end(sample_root, tmp_path):
+def test_scratch_pipeline_end_to_end(four_styles, tmp_path):
     """--init scratch at a tiny size: VAE, then UNet + text encoder, grid, evaluation; then reload."""
-    import shutil
-    for split in ("train", "test"):  # four styles keep it quick
-        for style in ("Baroque", "Pop_Art", "Pointillism", "Ukiyo_e"):
-            shutil.copytree(f"{sample_root}/{split}/{style}", tmp_path / "data" / split / style)
-    args = t2i_args(tmp_path / "data", tmp_path, **{
-        "text_to_image.scratch_vae_channels": "[16,16]", "text_to_image.scratch_latent_channels": 4,
-        "text_to_image.scratch_unet_channels": "[32,32]", "text_to_image.scratch_text_width": 32,
-        "text_to_image.vae_epochs": 1, "text_to_image.eval_images": 2, "text_to_image.ema_decay": 0.9,
+    args = t2i_args(four_styles, tmp_path, **TINY_SCRATCH, **{
+        "text_to_image.eval_images": 2, "text_to_image.ema_decay": 0.9,
         "style_transfer.judge_width": 8, "style_transfer.judge_epochs": 1})
     text_to_image.main(["--init", "scratch", "--evaluate"] + args)
     for f in ("grid.png", "evaluation.json", "evaluation.png", "nearest.png", "trained.json", "curves.png", "vae/curves.png",
-              "pipeline/model_index.json", "base/model_index.json"):
+              "pipeline/model_index.json", "base/model_index.json", "vae_reconstructions.png"):
         assert (tmp_path / f).exists(), f
     r = json.loads((tmp_path / "evaluation.json").read_text())
     assert set(r["models"]) == {"base", "fine-tuned", "real"} and len(r["styles"]) == 4
@@ -316,6 +380,17 @@ def test_scratch_pipeline_end_to_end(sample_root, tmp_path):
     for name in ("base", "fine-tuned"):  # 4 styles x 2 images
         m = r["models"][name]
         assert len(m["close_samples"]["pixel_std"]) == round(m["closer_than_test_p1"] * 8)
+    # issue 34: the VAE on test paintings, Part 3's realism measures from the base, raw hits beside robust ones
+    assert r["vae"]["psnr"] > 0 and r["vae"]["chroma_ratio"] > 0 and r["vae"]["lab_moment_error"] >= 0
+    assert r["training"]["trainable_parameters"] > r["training"]["unet_parameters"]  # UNet + text encoder
+    base, tuned = r["models"]["base"], r["models"]["fine-tuned"]
+    assert base["lab_gap_closed"] == 0 and base["realism_gap_closed"] == 0  # the base is the inputs
+    for m in (base, tuned):
+        assert 0 <= m["two_sample_accuracy"] <= 1 and set(m["lab_gap_closed_per_style"]) <= set(r["styles"])
+    for m in r["models"].values():
+        assert set(m["raw_hit_per_style"]) == set(m["robust_hit_per_style"]) == set(r["styles"])
+        assert m["styles_above_chance_raw"] == sum(v > r["chance"] for v in m["raw_hit_per_style"].values())
+        assert m["raw_of_ceiling"] == pytest.approx(m["raw_hit_rate"] / r["models"]["real"]["raw_hit_rate"])
     real = r["models"]["real"]["specificity_texture+colour"].values()
     assert all(v == 1 or v != v for v in real)  # by definition (nan: a style whose test images are not closer)
     log = json.loads((tmp_path / "train_log.json").read_text())
@@ -325,3 +400,58 @@ def test_scratch_pipeline_end_to_end(sample_root, tmp_path):
     assert (tmp_path / "grid_Ukiyo_e.png").exists()
     text_to_image.main(["--init", "scratch", "--resume"] + args + ["text_to_image.epochs=3"])
     assert [h["epoch"] for h in json.loads((tmp_path / "train_log.json").read_text())] == [1, 2, 3]
+
+
+def blocks_of_colour(n, size, seed):
+    """uint8 (n, size, size, 3): a random colour with two rectangles of other random colours on it."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, size, size, 3), np.uint8)
+    for i in range(n):
+        out[i] = rng.integers(0, 256, 3)
+        for _ in range(2):
+            (y, x), (h, w) = rng.integers(0, size - 4, 2), rng.integers(4, size // 2 + 1, 2)
+            out[i, y:y + h, x:x + w] = rng.integers(0, 256, 3)
+    return out
+
+
+def vae_trained_on_colours(tmp_path, chroma_weight, steps=300):
+    """A tiny scratch AutoencoderKL (16 px, 2x) after `steps` steps of train_vae on blocks_of_colour."""
+    cfg = config.defaults()
+    cfg["text_to_image"].update(out_dir=str(tmp_path), scratch_vae_channels=[16, 16], scratch_latent_channels=4,
+                                vae_epochs=1, steps_per_epoch=steps, vae_batch_size=16, val_images=16,
+                                vae_chroma_weight=chroma_weight)
+    pipe = t2i.build_scratch_pipeline(cfg["text_to_image"], ["a painting"], 16, 0)
+    text_to_image.train_vae(cfg, pipe, blocks_of_colour(256, 16, 0), np.arange(256) % 4, CPU, False, [])
+    return pipe.vae
+
+
+def hue_kept(vae):
+    """(hue errors in degrees, chroma ratios) of flat fields of seven saturated hues after the VAE, in CIELAB."""
+    hues = np.array([[230, 30, 30], [30, 200, 40], [40, 60, 230], [230, 220, 40], [40, 210, 220], [220, 40, 210],
+                     [200, 120, 40]], np.uint8)
+    flat = np.broadcast_to(hues[:, None, None], (7, 16, 16, 3))
+    rec = text_to_image.reconstruct(vae, flat, CPU)
+    ab_in, ab_out = (metrics.srgb_to_lab(u8.reshape(7, -1, 3).mean(1).round().astype(np.uint8))[:, 1:] for u8 in (flat, rec))
+    turn = np.angle((ab_out[:, 0] + 1j * ab_out[:, 1]) / (ab_in[:, 0] + 1j * ab_in[:, 1]), deg=True)
+    return np.abs(turn), np.hypot(*ab_out.T) / np.hypot(*ab_in.T)
+
+
+def test_the_scratch_vae_keeps_the_hue_of_flat_colours(tmp_path):
+    """Issue 34: the scratch VAE's loss weighs chroma (colour_l1), so colour is learned early: after a short
+    training every flat hue comes back with its hue and most of its chroma. The same training with the
+    chroma weight at 0 (a luminance-only loss: a colour-blind VAE) fails the same check."""
+    turn, ratio = hue_kept(vae_trained_on_colours(tmp_path / "colour", 4.0))
+    assert turn.max() < 30 and ratio.min() > 0.6, (turn.round(), ratio.round(2))
+    turn, ratio = hue_kept(vae_trained_on_colours(tmp_path / "blind", 0.0))
+    assert not (turn.max() < 30 and ratio.min() > 0.6), (turn.round(), ratio.round(2))
+
+
+def test_reconstruction_measures_see_colour_averaged_away():
+    """metrics.reconstruction_measures: a sepia copy keeps light (high PSNR against a flat grey one) but its
+    chroma ratio and Lab-moment error say that colour is gone."""
+    images = blocks_of_colour(32, 16, 1)
+    grey = images.mean(-1, keepdims=True).repeat(3, -1)
+    sepia = np.clip(grey * np.array([1.07, 0.95, 0.8]), 0, 255).astype(np.uint8)
+    same, lost = metrics.reconstruction_measures(images, images), metrics.reconstruction_measures(images, sepia)
+    assert same["chroma_ratio"] == 1 and same["lab_moment_error"] == 0 and same["psnr"] > 100
+    assert lost["chroma_ratio"] < 0.5 and lost["lab_moment_error_ab"] > 10
