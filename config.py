@@ -111,7 +111,6 @@ SCHEMA = {
         "d_width": (16, "discriminator base width", ">0"),
         "d_blur": (True, "anti-aliased discriminator: [1,2,1] blur before each stride (false: plain stride-2 "
                    "convs, which send back a 2-pixel-period gradient: the old mesh)"),
-        "d_patch": (False, "the discriminator also judges real/fake per ~11-px patch (a head on its 1/4-size maps)"),
         "d_warmup_steps": (0, "steps (of 64 real paintings) that train the discriminator's style head alone "
                            "before the generator starts", ">=0"),
         "epochs": (4, "residual training epochs", ">0"),
@@ -129,7 +128,6 @@ SCHEMA = {
                     ">=0"),
         "w_rec": (30.0, "loss weight: L1 reconstruction when target = source", ">=0"),
         "w_structure": (2.0, "loss weight: coarse luminance layout kept", ">=0"),
-        "w_cycle": (0.0, "loss weight: cycle back to the source style", ">=0"),
         "w_colour": (8.0, "loss weight: colour histogram of each other-style output vs its target style's mean",
                      ">=0"),
         "colour_sigma": (1.0, "the colour histogram is taken after a Gaussian blur of this sigma (px; 0: none)",

@@ -144,10 +144,7 @@ RECIPES = {
     "autoencoder_w16_128": autoencoder("autoencoder_w16_128"),
     "autoencoder_w16_64": autoencoder("autoencoder_w16_64", features=()),
     "style_transfer_w16_64": style_transfer("style_transfer_w16_64", seeds=3),
-    "style_transfer_w16_64_colour16": style_transfer("style_transfer_w16_64_colour16", seeds=3),
     "style_transfer_w16_128": style_transfer("style_transfer_w16_128", seeds=3),
-    "style_transfer_w16_64_strong": style_transfer("style_transfer_w16_64_strong", seeds=3),
-    "style_transfer_w16_128_strong": style_transfer("style_transfer_w16_128_strong", seeds=3),
     "style_transfer_w16_64_told": style_transfer("style_transfer_w16_64_told", seeds=3),
     "style_transfer_w16_128_told": style_transfer("style_transfer_w16_128_told", seeds=3),
     "bench_416": bench("bench_416"),
@@ -168,11 +165,10 @@ RECIPES = {
 }
 
 # longest first (two recipes run at once): the last to start are short, so both slots end together
-CPU = ["text_to_image_pretrain_w16", "autoencoder_w16_128", "style_transfer_w16_128", "style_transfer_w16_128_strong",
-       "style_transfer_w16_128_told", "text_to_image_scratch_w16", "text_to_image_lora_w16", "imbalance_w16_64",
-       "classifier_w16_64", "classifier_w16_64_base", "classifier_w16_64_bonusA", "imbalance_w16_64_seeds",
-       "text_to_image_sample", "autoencoder_w16_64", "style_transfer_w16_64", "style_transfer_w16_64_colour16",
-       "style_transfer_w16_64_strong", "style_transfer_w16_64_told", "demo_sample", "bench_416"]
+CPU = ["text_to_image_pretrain_w16", "autoencoder_w16_128", "style_transfer_w16_128", "style_transfer_w16_128_told",
+       "text_to_image_scratch_w16", "text_to_image_lora_w16", "imbalance_w16_64", "classifier_w16_64",
+       "classifier_w16_64_base", "classifier_w16_64_bonusA", "imbalance_w16_64_seeds", "text_to_image_sample",
+       "autoencoder_w16_64", "style_transfer_w16_64", "style_transfer_w16_64_told", "demo_sample", "bench_416"]
 PROFILES = {
     # configs: overlaid on every config-driven step (after its own -c); set: --set items for each of them;
     # data, prepare, bench: fill the recipes' {placeholders}; jobs: the default of --jobs;

@@ -150,8 +150,7 @@ def build(cfg, mode, C, init, device, colour=None):
                                        colour_cells=st.get("colour_cells", 0),
                                        luminance_detail=st.get("luminance_detail", False),
                                        style_colour=colour if st.get("colour_prior") else None)
-    return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"], blur=st["d_blur"],
-                                                                  patch=st.get("d_patch", False)).to(device)
+    return G.to(device), wikiart.StyleDiscriminator(C, st["d_width"], blur=st["d_blur"]).to(device)
 
 
 def load_model(path, device):
@@ -207,9 +206,6 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
                                                     [m[:n][styled].detach() for m in maps_both]),
               "g_rec": (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0,
               "g_structure": (coarse_structure(fake) - coarse_structure(x)).abs().mean()}
-    if st["w_cycle"] > 0:
-        back_from = F.one_hot(t, split.C).float() * known[:, None] if G.source_input else None
-        losses["g_cycle"] = (G(fake, y, back_from) - x).abs().mean()
     other = ~same  # the own style is the reconstruction's business: absolute colour targets for the others only
     if st["w_colour"] > 0 and other.any():  # L1 between each output's colour histogram and its target style's mean
         hist = wikiart.soft_colour_histogram(fake[other], sigma=st["colour_sigma"])

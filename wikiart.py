@@ -1046,7 +1046,7 @@ class StyleDiscriminator(nn.Module):
     the generator then draws) and zero padding marks the border; the blur has zero response at the
     2-pixel period, so neither reaches the generator."""
 
-    def __init__(self, num_styles, width=32, depth=4, blur=True, patch=False):
+    def __init__(self, num_styles, width=32, depth=4, blur=True):
         super().__init__()
         layers, c = [], 3
         for i in range(depth):
@@ -1056,9 +1056,6 @@ class StyleDiscriminator(nn.Module):
             c = width * 2 ** i
         self.trunk = nn.ModuleList(layers)
         self.real_fake = nn.Conv2d(c, 1, 3, 1, 1, padding_mode="reflect" if blur else "zeros")
-        # patch: a second real/fake head on the 1/4-size maps, one logit per ~11-px patch: a local artefact
-        # is judged where it is, not averaged into a verdict on the whole image
-        self.patch_real_fake = nn.Conv2d(width * 2, 1, 1) if patch else None
         self.classify = nn.Linear(c, num_styles)
 
     def forward(self, x):
@@ -1066,10 +1063,7 @@ class StyleDiscriminator(nn.Module):
         for layer in self.trunk:
             x = layer(x)
             maps.append(x)
-        real_fake = self.real_fake(x).flatten(1)
-        if self.patch_real_fake is not None:
-            real_fake = torch.cat([real_fake, self.patch_real_fake(maps[1]).flatten(1)], 1)
-        return real_fake, self.classify(x.mean((2, 3))), maps
+        return self.real_fake(x).flatten(1), self.classify(x.mean((2, 3))), maps
 
 
 class NaiveStyleNet(nn.Module):

@@ -358,6 +358,32 @@ def use_args(run):
     return [a for a in run.args if a != "--evaluate"]
 
 
+def real_photos():
+    """scikit-learn's two real photos (china.jpg, flower.jpg, 640 x 427): the untold path's example."""
+    import sklearn.datasets
+    folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+    return [os.path.join(folder, name) for name in ("china.jpg", "flower.jpg")]
+
+
+@pytest.mark.slow  # the session's style-transfer run
+def test_a_real_photo_of_unknown_style_comes_out_in_every_style_and_at_its_own_size(style_transfer_run, sample_root):
+    use = use_args(style_transfer_run)
+    run_main("style_transfer.py", "--image", *real_photos(), "--style", "all", "--out", "photos", *use)
+    report = json.load(open(style_transfer_run.out / "photos" / "stylised.json"))
+    assert [os.path.basename(i["path"]) for i in report["images"]] == ["china.jpg", "flower.jpg"]
+    for item in report["images"]:
+        assert not item["own_style_given"], "a photo: its style is the discriminator's guess, the generator untold"
+        assert_real_picture(style_transfer_run.out / "photos" / item["outputs"][0])
+    style = sorted(os.listdir(os.path.join(sample_root, "train")))[3]
+    run_main("style_transfer.py", "--image", real_photos()[0], "--style", style, "--max-side", "256", "--out",
+             "photo_one", *use)
+    item = json.load(open(style_transfer_run.out / "photo_one" / "stylised.json"))["images"][0]
+    small, full = (np.asarray(Image.open(style_transfer_run.out / "photo_one" / f)) for f in item["outputs"])
+    assert small.shape == (32, 32, 3) and full.shape[1] == 256 and abs(full.shape[0] / 256 - 427 / 640) < 0.01
+    photo = np.asarray(Image.open(real_photos()[0]).convert("RGB").resize((256, full.shape[0]), Image.BILINEAR))
+    assert np.abs(full.astype(float) - photo).mean() > 1, "the photo is changed, not passed through"
+
+
 @pytest.mark.slow  # the session's style-transfer run
 def test_stylise_every_style_one_style_at_the_input_aspect_and_a_mix(style_transfer_run, sample_root, tmp_path):
     folder = os.path.join(sample_root, "test", sorted(os.listdir(os.path.join(sample_root, "test")))[0])
