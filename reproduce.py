@@ -97,7 +97,8 @@ def autoencoder(name, features=FEATURES):
 def style_transfer(name, seeds=1):
     return recipe("style_transfer", [f"style_transfer.py --evaluate --seeds {seeds} -c configs/{name}.json"],
                   [f"out/{name}/evaluation.json"], also=[f"out/{name}/residual/train_log.json"],
-                  pictures=[f"out/{name}/{f}.png" for f in ("residual/grid", "residual/grid_told_source", "naive/grid")])
+                  pictures=[f"out/{name}/{f}.png" for f in ("residual/grid", "residual/grid_told_source", "naive/grid",
+                                                               "strength_curve")])
 
 
 def text_to_image(name):
@@ -145,8 +146,8 @@ RECIPES = {
     "autoencoder_w16_64": autoencoder("autoencoder_w16_64", features=()),
     "style_transfer_w16_64": style_transfer("style_transfer_w16_64", seeds=3),
     "style_transfer_w16_128": style_transfer("style_transfer_w16_128", seeds=3),
-    "style_transfer_w16_64_told": style_transfer("style_transfer_w16_64_told", seeds=3),
-    "style_transfer_w16_128_told": style_transfer("style_transfer_w16_128_told", seeds=3),
+    "style_transfer_w16_64_real": style_transfer("style_transfer_w16_64_real", seeds=3),
+    "style_transfer_w16_128_real": style_transfer("style_transfer_w16_128_real", seeds=3),
     "bench_416": bench("bench_416"),
     "text_to_image_scratch_w16": text_to_image("text_to_image_scratch_w16"),
     "text_to_image_sample": text_to_image("text_to_image_sample"),
@@ -165,10 +166,10 @@ RECIPES = {
 }
 
 # longest first (two recipes run at once): the last to start are short, so both slots end together
-CPU = ["text_to_image_pretrain_w16", "autoencoder_w16_128", "style_transfer_w16_128", "style_transfer_w16_128_told",
+CPU = ["text_to_image_pretrain_w16", "autoencoder_w16_128", "style_transfer_w16_128", "style_transfer_w16_128_real",
        "text_to_image_scratch_w16", "text_to_image_lora_w16", "imbalance_w16_64", "classifier_w16_64",
        "classifier_w16_64_base", "classifier_w16_64_bonusA", "imbalance_w16_64_seeds", "text_to_image_sample",
-       "autoencoder_w16_64", "style_transfer_w16_64", "style_transfer_w16_64_told", "demo_sample", "bench_416"]
+       "autoencoder_w16_64", "style_transfer_w16_64", "style_transfer_w16_64_real", "demo_sample", "bench_416"]
 PROFILES = {
     # configs: overlaid on every config-driven step (after its own -c); set: --set items for each of them;
     # data, prepare, bench: fill the recipes' {placeholders}; jobs: the default of --jobs;

@@ -1,65 +1,36 @@
 """Part 3: render an image in another art style, conditioned on a trained style embedding.
 
-    python style_transfer.py                              # train the working mode (residual), grid + embeddings
-    python style_transfer.py --evaluate                   # + naive mode, style judge, metrics table
-    python style_transfer.py --evaluate --seeds 3         # generator seeds seed..seed+2: mean and std of every metric
-    python style_transfer.py --set style_transfer.mode=naive   # the earlier approach, which collapses
-    python style_transfer.py --resume                     # continue the mode's training from last.pt
-    python style_transfer.py --evaluate -c configs/style_transfer_w16_64.json   # WikiArt-16 (RESULTS.md)
-    python style_transfer.py --image photo.jpg --style Cubism        # your own images, with the trained model
-    python style_transfer.py --image photos/ --style all             # one strip per image: every style
-    python style_transfer.py --image photo.jpg --mix Cubism:0.7 Ukiyo_e:0.3 --strength 0.5 --keep-colour
-    python style_transfer.py --image monet.jpg --source Impressionism --style Cubism   # own style known
+    python style_transfer.py                              # train the generator (sample data): grid, embeddings
+    python style_transfer.py --evaluate                   # + the naive baseline, a style judge, every measure
+    python style_transfer.py --evaluate --seeds 3 -c configs/style_transfer_w16_64_real.json  # RESULTS.md
+    python style_transfer.py --resume                     # continue the training from last.pt
+    python style_transfer.py --image photo.jpg --style Cubism         # your images, with the trained model
+    python style_transfer.py --image photos/ --style all              # one strip per image: every style
+    python style_transfer.py --image monet.jpg --source Impressionism --style Cubism --strength 0.5
+    python style_transfer.py --image photo.jpg --mix Cubism:0.7 Ukiyo_e:0.3 --keep-colour
 
-Modes (config "style_transfer.mode"):
-  residual  an image-to-image generator built so that the own style is (nearly) the identity
-         (wikiart.ResidualStyleGenerator: a smooth per-pixel colour transform predicted on a 1/8 grid +
-         a detail residual from a small U-Net with full-resolution skips, both starting at zero), driven
-         by a trained style embedding (initialised from each style's mean code under the Part-2 encoder,
-         used for nothing else). Trained with an anti-aliased discriminator (real/fake and style heads);
-         losses: adversarial, style classification of the outputs, feature statistics of a real painting
-         of the target style, reconstruction when the target is the source style, coarse layout kept,
-         the colour histogram (after a Gaussian blur) of the target style for other-style outputs, and
-         random-net texture statistics (each style's running mean over its outputs pulled to the style's
-         mean); optional cycle. Told the input's own style (the test labels in --evaluate's
-         residual_told_source row, --source for your images), the generator subtracts the change it
-         would make towards that style: the own style returns the image exactly. With
-         source_known_fraction > 0 the source is instead a generator input, known in that fraction of
-         training samples: the change towards the target stays whole (not minus what all targets
-         share), faded by a gate of the target's offset from the source to exactly none for the own
-         style; an untold input is treated as a photo of unknown style.
-  naive  the earlier attempt: a learned image-sized style image concatenated to the input channels,
-         MSE to the content + MSE to the style image (its style images collapse to one grey-beige).
+Modes (style_transfer.mode): residual, the generator (wikiart.ResidualStyleGenerator: the image plus a
+smooth colour transform and a detail residual, both zero at the start, driven by a style embedding
+initialised from each style's mean code under the Part-2 encoder); naive, the course's first attempt
+(a learned style image concatenated to the input; it collapses to a sepia filter).
 
---evaluate trains (or reloads, if its config is unchanged) both modes and a separate style judge (a
-ResNet trained on the training images, half of them through the robust transform), then scores N test
-images x every other style, for both modes and two baselines without training (identity, and
-colour_stats: each image's channel means and stds moved to its target style's average): robust/raw
-hit rate (and as a fraction of the judge's matched ceiling: its per-style recall on real test images
-weighted like the outputs' targets), style gap closed (texture, colour), SSIM to the input, artefact
-ratio (2/4-px-period peaks and border strip relative to real paintings of the target style; 1 = as
-real paintings), blotch ratio (power at 8-32-px periods, likewise), own-style PSNR on every test image
-(beside the Part-2 autoencoder's; "exact" when the image comes back unchanged). --seeds N: generator
-seeds seed..seed+N-1 (seed in out_dir, the others in out_dir/seed<k>/), one judge; evaluation.json
-holds every seed's numbers and their mean and std.
-Writes to out_dir: <mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,embeddings.png}
-(residual: grid_told_source.png too), judge.pt, evaluation.json.
+--evaluate renders N test images in every other style (for each generator seed, and the baselines
+identity and colour_stats) and scores them with a separately trained style judge: robust and raw hit
+(and their share of the judge's matched ceiling); realism (a fresh CNN's two-sample accuracy against
+real training paintings of the target styles, 50% = it cannot tell; the Fréchet distance to real test
+paintings in the judge's features and the Lab colour moments, as gap closed); texture and colour gap
+closed; SSIM to the input; artefact and blotch ratios; own-style PSNR. Told the source (the test
+labels), also at --strength 0.25, 0.5, 0.75 (strength_curve.png). RESULTS.md defines every measure.
+Writes out_dir/<mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,grid_told_source.png,
+embeddings.png}, judge.pt, evaluation.json, strength_curve.png (--seeds: the others in out_dir/seed<k>/).
 
-Your own images (--image PATH...: files, or the files directly inside a folder) with the trained
-out_dir/residual/model.pt: decoded like the training images (EXIF orientation and colour profile
-applied, squashed to the model's size) and rendered in --style NAME (or all: one strip per image with
-the input and every style; the default) or --mix NAME:w ... (a weighted mixture of style embeddings).
---strength A interpolates the embedding from the image's own style (A=0: its own-style reconstruction)
-to the target (A=1, the default); the own style is --source NAME if given (then the generator is told
-it: A=0 returns the image exactly), else the one the jointly trained discriminator's style head
-predicts (printed and saved). --keep-colour keeps the input's colours and takes the style's
-luminance (Gatys et al. 2016, luminance-only transfer). One style (or mix): each output is saved
-at the model's size and (unless --max-side 0) at the input's own aspect ratio and resolution, its
-longer side capped at --max-side (default 512): the colour change and detail predicted at the
-model's size are applied to the input at that size.
---style all: one labelled strip per image at the model's size. Results go to
-out_dir/stylised/ (or out_dir/<--out NAME>/) with stylised.json (checkpoint, settings, inputs, predicted
-own styles, skipped files). An unreadable file is named and skipped; none readable: exit status 2.
+Your images (--image files or folders, with out_dir/residual/model.pt) are decoded like the training
+images and squashed to the model's size. --style NAME|all or --mix NAME:W ...; --strength A moves from
+the image's own style (0) to the target (1); --source NAME tells the generator the images' own style
+(the own style then returns the image exactly), else the discriminator guesses it (a photo: unknown to
+the generator); --keep-colour keeps the input's colours. One style is also saved at the input's aspect,
+longer side --max-side (512). Results: out_dir/stylised/ (or --out NAME) with stylised.json; an
+unreadable file is named and skipped.
 """
 import copy
 import os

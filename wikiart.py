@@ -984,6 +984,8 @@ class ResidualStyleGenerator(nn.Module):
         coeffs = self.to_coeffs(h)
         if self.colour_cells:  # coarser colour cells: the colour change cannot draw a plaid of blotches
             coeffs = F.adaptive_avg_pool2d(coeffs, self.colour_cells)
+        if self.style_colour is not None:  # the prior sets the colour of the whole image (learned, it drifted to
+            coeffs = coeffs - coeffs.mean((2, 3), keepdim=True)  # casts); the network only varies it across it
         for conv, norm, skip in zip(self.dec, self.dec_norm, reversed(skips[:-1])):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = F.leaky_relu(norm(conv(torch.cat([h, skip], 1)), s), 0.2)

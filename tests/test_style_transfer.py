@@ -88,6 +88,10 @@ def test_colour_prior_moves_the_channel_statistics_by_the_styles_offset_and_leav
     assert torch.allclose(out.std((2, 3)) / x.std((2, 3)), colour[target, 3:] / colour[source, 3:], atol=1e-4)
     untold = G(x, target)
     assert torch.allclose(untold.mean((2, 3)) - x.mean((2, 3)), colour[target, :3] - colour[:, :3].mean(0), atol=1e-5)
+    # the learned colour change only varies the colour across the image: with one cell, the prior is all of it
+    G.colour_cells = 1
+    torch.nn.init.normal_(G.to_coeffs.weight, std=0.05)
+    assert torch.allclose(G(x, target, source), out, atol=1e-6)
 
 
 def test_colour_cells_coarsen_the_colour_change_only():
