@@ -96,6 +96,16 @@ def ae_args(sample_root, out_dir, **extra):
     return ["--set"] + [f"{k}={v}" for k, v in keys.items()]
 
 
+def assert_same_training(straight, resumed, epochs):
+    """Two train.py last.pt files hold the same training: the last epoch, every weight, the loss history
+    (an interrupted run, resumed, equals one that ran straight through)."""
+    a, b = (torch.load(p, weights_only=False) for p in (straight, resumed))
+    assert a["epoch"] == b["epoch"] == epochs - 1
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [round(h["train_loss"], 6) for h in a["history"]] == [round(h["train_loss"], 6) for h in b["history"]]
+
+
 def assert_real_picture(path, min_side=200):
     """The PNG exists, is a reasonable size and is not blank (many distinct colours, visible contrast)."""
     img = np.asarray(Image.open(path).convert("RGB"))

@@ -27,7 +27,7 @@ import torch
 import config
 import runs
 import wikiart
-from conftest import ROOT, ae_args, run_main, run_script, small_config
+from conftest import ROOT, ae_args, assert_same_training, run_main, run_script, small_config
 
 SCRIPTS = ["train.py", "test.py", "autoencoder.py", "cluster.py", "style_transfer.py", "compare_balance.py",
            "bench.py", "prepare_data.py", "sample_data.py"]
@@ -385,12 +385,7 @@ def test_7_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(sample_root
     assert (script, again) == ("train.py", [*args, "--resume"])
     p = run_main(script, *again)
     assert "after epoch 1" in p.stdout
-    a = torch.load(tiny_classifier.out / "last.pt", weights_only=False)  # the same epochs straight through
-    b = torch.load(out / "last.pt", weights_only=False)
-    assert a["epoch"] == b["epoch"] == tiny_classifier.keys["epochs"] - 1
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    assert [round(h["train_loss"], 6) for h in a["history"]] == [round(h["train_loss"], 6) for h in b["history"]]
+    assert_same_training(tiny_classifier.out / "last.pt", out / "last.pt", tiny_classifier.keys["epochs"])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])

@@ -15,7 +15,7 @@ from PIL import Image
 import metrics
 import sample_data
 import wikiart
-from conftest import ae_args, assert_real_picture, run_main, small_config
+from conftest import ae_args, assert_real_picture, assert_same_training, run_main, small_config
 
 pytestmark = pytest.mark.slow
 
@@ -60,12 +60,7 @@ def test_resume_continues_with_identical_state(sample_root, tiny_classifier, tmp
     assert json.loads((part / "train_log.json").read_text())[-1]["epoch"] == 1
     p = run_main("train.py", *small_config(sample_root, part, **tiny_classifier.keys), "--resume")
     assert "resumed from" in p.stdout and "after epoch 1" in p.stdout
-    a = torch.load(tiny_classifier.out / "last.pt", weights_only=False)  # the same epochs straight through
-    b = torch.load(part / "last.pt", weights_only=False)
-    assert a["epoch"] == b["epoch"] == tiny_classifier.keys["epochs"] - 1
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    assert [round(h["train_loss"], 6) for h in a["history"]] == [round(h["train_loss"], 6) for h in b["history"]]
+    assert_same_training(tiny_classifier.out / "last.pt", part / "last.pt", tiny_classifier.keys["epochs"])
 
 
 # ---- autoencoder.py
