@@ -82,3 +82,13 @@ def test_help_text_lists_every_key_with_default_and_help():
     for key, value in config._flatten(config.defaults()).items():
         assert key in text
     assert "[autoencoder]" in text and '"resnet"' in text and "(base|bonusA|resnet)" in text
+
+
+def test_every_style_transfer_key_is_read_by_the_code():
+    """No dead keys: a setting whose code path was removed leaves config.py and config.json with it (a
+    loss weight w_X is read as the loss term g_X)."""
+    code = "".join(open(f).read() for f in ("style_transfer.py", "wikiart.py", "reproduce.py"))
+    for key in config.SCHEMA["style_transfer"]:
+        read = f'"g_{key[2:]}"' if key.startswith("w_") else f'"{key}"'
+        assert read in code, f"style_transfer.{key} is read nowhere"
+    assert "w_cycle" not in config.SCHEMA["style_transfer"] and "d_patch" not in config.SCHEMA["style_transfer"]
