@@ -409,7 +409,8 @@ def realism_reference(judge, test_u8, test_y, train_u8, train_y, seed, device):
 def evaluate(cfg, seed_models, split, test, device):
     """N test images x every other style, for each seed's models and two baselines (identity, and
     colour_stats: each image's channel means and stds moved to the target style's): hit rates (and their
-    fraction of the judge's matched ceiling), gap closed, SSIM, artefact ratio, own-style PSNR.
+    fraction of the judge's matched ceiling), realism (metrics.RealismReference), gap closed, SSIM,
+    artefact ratio, own-style PSNR; told the source, also at the STRENGTHS below 1 (rows name@a).
     seed_models: [(seed, {mode: model})]. Several seeds: evaluation.json holds each seed's numbers
     ("runs") and, per method, their "mean" and "std" (sample std)."""
     st, data, C = cfg["style_transfer"], split.data, split.C
