@@ -94,11 +94,18 @@ def autoencoder(name, features=FEATURES):
                                                                  for f in features[1:2])])
 
 
-def style_transfer(name, seeds=1):
-    return recipe("style_transfer", [f"style_transfer.py --evaluate --seeds {seeds} -c configs/{name}.json"],
+def style_transfer(name, seeds=1, photos=False):
+    """photos: the seed-0 model on scikit-learn's two real photos ({photos}), untold: every style, and one
+    style each at 512 px."""
+    use = [f"style_transfer.py -c configs/{name}.json --image {{photos}} {a}" for a in
+           ("--style all --out photos", "--style Ukiyo_e --out photos_Ukiyo_e", "--style Fauvism --out photos_Fauvism")]
+    shown = ["photos/00_china_all_styles", "photos/01_flower_all_styles", "photos_Ukiyo_e/00_china_Ukiyo_e",
+             "photos_Fauvism/01_flower_Fauvism"]
+    return recipe("style_transfer", [f"style_transfer.py --evaluate --seeds {seeds} -c configs/{name}.json",
+                                     *(use if photos else [])],
                   [f"out/{name}/evaluation.json"], also=[f"out/{name}/residual/train_log.json"],
                   pictures=[f"out/{name}/{f}.png" for f in ("residual/grid", "residual/grid_told_source", "naive/grid",
-                                                               "strength_curve")])
+                                                               "strength_curve", *(shown if photos else ()))])
 
 
 def text_to_image(name):
@@ -146,8 +153,8 @@ RECIPES = {
     "autoencoder_w16_64": autoencoder("autoencoder_w16_64", features=()),
     "style_transfer_w16_64": style_transfer("style_transfer_w16_64", seeds=3),
     "style_transfer_w16_128": style_transfer("style_transfer_w16_128", seeds=3),
-    "style_transfer_w16_64_real": style_transfer("style_transfer_w16_64_real", seeds=3),
-    "style_transfer_w16_128_real": style_transfer("style_transfer_w16_128_real", seeds=3),
+    "style_transfer_w16_64_real": style_transfer("style_transfer_w16_64_real", seeds=3, photos=True),
+    "style_transfer_w16_128_real": style_transfer("style_transfer_w16_128_real", seeds=3, photos=True),
     "bench_416": bench("bench_416"),
     "text_to_image_scratch_w16": text_to_image("text_to_image_scratch_w16"),
     "text_to_image_sample": text_to_image("text_to_image_sample"),
@@ -222,7 +229,14 @@ def resolve(argv):
 
 
 def placeholders(command, prof):
-    return command.format(**{k: prof.get(k, "") for k in ("data", "prepare", "bench")})
+    """{data}, {prepare}, {bench} from the profile; {photos}: scikit-learn's two real photos."""
+    photos = ""
+    if "{photos}" in command:
+        import sklearn.datasets
+        folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+        folder = os.path.relpath(folder, HERE) if os.path.abspath(folder).startswith(HERE + os.sep) else folder
+        photos = " ".join(shlex.quote(os.path.join(folder, f)) for f in ("china.jpg", "flower.jpg"))
+    return command.format(photos=photos, **{k: prof.get(k, "") for k in ("data", "prepare", "bench")})
 
 
 def expand(name, command, prof, root, extra_set):

@@ -27,10 +27,9 @@ embeddings.png}, judge.pt, evaluation.json, strength_curve.png (--seeds: the oth
 Your images (--image files or folders, with out_dir/residual/model.pt) are decoded like the training
 images and squashed to the model's size. --style NAME|all or --mix NAME:W ...; --strength A moves from
 the image's own style (0) to the target (1); --source NAME tells the generator the images' own style
-(the own style then returns the image exactly), else the discriminator guesses it (a photo: unknown to
-the generator); --keep-colour keeps the input's colours. One style is also saved at the input's aspect,
-longer side --max-side (512). Results: out_dir/stylised/ (or --out NAME) with stylised.json; an
-unreadable file is named and skipped.
+(the own style then returns the image exactly), else the discriminator's guess of it; --keep-colour
+keeps the input's colours. One style is also saved at the input's aspect, longer side --max-side (512).
+Results: out_dir/stylised/ (or --out NAME) with stylised.json; an unreadable file is named and skipped.
 """
 import copy
 import os
@@ -76,6 +75,18 @@ def train_signature(cfg, mode):
     return {"data": [cfg["train_dir"], cfg["image_size"], cfg["seed"], cfg["val_fraction"]], "mode": mode,
             "generator": 4 if st["source_known_fraction"] > 0 else 3, "style_transfer": {k: st[k] for k in keys},
             "autoencoder": [path, os.path.exists(path) and os.path.getmtime(path)] if mode != "naive" else None}
+
+
+def same_training(saved, cfg, mode):
+    """Whether a saved train_signature is this config's: keys added since it was saved count as equal at
+    their defaults (which keep the earlier behaviour), so a new option does not retrain older models."""
+    if not isinstance(saved, dict):
+        return False
+    now, saved = train_signature(cfg, mode), copy.deepcopy(saved)
+    st_defaults = config.defaults()["style_transfer"]
+    for k in now["style_transfer"]:
+        saved.get("style_transfer", {}).setdefault(k, st_defaults[k])
+    return saved == now
 
 
 def load_encoder(cfg, device):
@@ -256,7 +267,7 @@ def train(cfg, mode, split, device, resume, argv):
                              f"style transfer ({mode})")
     last, start = os.path.join(mdir, "last.pt"), 0
     if resume and os.path.exists(last):
-        start = runs.resume(last, progress, device, lambda c: None if c.get("signature") == train_signature(cfg, mode)
+        start = runs.resume(last, progress, device, lambda c: None if same_training(c.get("signature"), cfg, mode)
                             else f"{last} was trained with other settings: use another style_transfer.out_dir",
                             **objects)
     bs = runs.fit_batch_size(st["batch_size"], len(split.train_idx), "style_transfer.batch_size")
@@ -293,18 +304,27 @@ def train(cfg, mode, split, device, resume, argv):
                       "mode": mode, "config": cfg, "signature": train_signature(cfg, mode),
                       "class_to_idx": split.data.class_to_idx, "history": progress.history},
                      os.path.join(mdir, "model.pt"))
-    return G.eval()
+    return G.eval(), D.eval() if D is not None else None
 
 
 def train_or_load(cfg, mode, split, device, reuse, resume, argv):
-    """Reuse <mode>/model.pt when it was trained with the same settings (if `reuse`), else train."""
+    """(generator, discriminator or None): <mode>/model.pt reused when it was trained with the same settings
+    (if `reuse`), else trained."""
     path = os.path.join(cfg["style_transfer"]["out_dir"], mode, "model.pt")
     if reuse and os.path.exists(path):
         ckpt = runs.load_checkpoint(path, "a style_transfer.py model", needs=("model", "signature"))
-        if ckpt["signature"] == train_signature(cfg, mode):
+        if same_training(ckpt["signature"], cfg, mode):
             print(f"{mode}: reusing {path} (same training settings)")
-            return load_model(path, device)[0]
+            return load_model(path, device)[:2]
     return train(cfg, mode, split, device, resume, argv)
+
+
+@torch.no_grad()
+def guess_styles(D, images_u8, device, batch_size=256):
+    """The discriminator's style head's guess of each image's own style (indices): what the generator is
+    told when the source is not given (a photo, a painting of unknown style)."""
+    return np.concatenate([D(wikiart.to_float(images_u8[i:i + batch_size], device))[1].argmax(1).cpu().numpy()
+                           for i in range(0, len(images_u8), batch_size)] or [np.zeros(0, np.int64)])
 
 
 @torch.no_grad()
@@ -333,17 +353,19 @@ def pick_test_images(test, n, seed):
     return np.array(picked)
 
 
-def plot_grid(G, mode, test, rows, path, seed, device, told_source=False):
+def plot_grid(G, D, mode, test, rows, path, seed, device, told_source=False):
     """Test images (rows) x target styles (columns); the source column first; red frame = own style.
-    told_source: the generator is told each image's true style (as --source does)."""
+    told_source: the generator is told each image's true style (as --source does), else the
+    discriminator's guess of it (as --image without --source; D None: nothing)."""
     idx = pick_test_images(test, rows, seed)
     src = np.asarray(test.images[idx])
-    src_y = test.labels[idx].numpy() if told_source else None
+    src_y = test.labels[idx].numpy() if told_source else guess_styles(D, src, device) if D is not None else None
+    told = ", told the source style" if told_source else ", told the discriminator's guess" if D is not None else ""
     columns = [transfer(G, src, np.full(len(idx), s), src_y, device) for s in range(len(test.classes))]
     with runs.atomic_file(path) as f:
         plots.plot_transfer_grid(src, columns, test.labels[idx].tolist(), test.classes, f,
-                                 f"{mode}{', told the source style' if told_source else ''}: test image (left, true "
-                                 "style at the row start) rendered in each style; red frame = its own style")
+                                 f"{mode}{told}: test image (left, true style at the row start) rendered in each "
+                                 "style; red frame = its own style")
 
 
 @torch.no_grad()
@@ -411,8 +433,10 @@ def evaluate(cfg, seed_models, split, test, device):
     colour_stats: each image's channel means and stds moved to the target style's): hit rates (and their
     fraction of the judge's matched ceiling), realism (metrics.RealismReference), gap closed, SSIM,
     artefact ratio, own-style PSNR; told the source, also at the STRENGTHS below 1 (rows name@a).
-    seed_models: [(seed, {mode: model})]. Several seeds: evaluation.json holds each seed's numbers
-    ("runs") and, per method, their "mean" and "std" (sample std)."""
+    seed_models: [(seed, {mode: model}, the residual mode's discriminator or None)]; untold, the residual
+    generator is told the discriminator's guess of each input's style (as --image without --source).
+    Several seeds: evaluation.json holds each seed's numbers ("runs") and, per method, their "mean" and
+    "std" (sample std)."""
     st, data, C = cfg["style_transfer"], split.data, split.C
     idx = pick_test_images(test, st["eval_images"], cfg["seed"])
     src_u8, src_y = np.asarray(test.images[idx]), test.labels[idx].numpy()
@@ -460,13 +484,15 @@ def evaluate(cfg, seed_models, split, test, device):
 
     # ---- each seed's models, and the baselines; told the source, also the strength curve
     per_seed = []
-    for seed, models in seed_models:
+    for seed, models, D in seed_models:
         results = dict(fixed, seed=seed)
-        told = lambda name: src_y[pi] if name.endswith(TOLD) else None  # the test labels as the sources
+        guess = guess_styles(D, inputs, device) if D is not None else None
+        told = lambda name: src_y[pi] if name.endswith(TOLD) else guess if name == "residual" else None
         methods = {name: transfer(G, inputs, pt, told(name), device) for name, G in models.items()} | baselines
         for name, outputs in tqdm(methods.items(), desc="scoring", leave=False):
             results[name] = score(outputs)
-            own = lambda x, y: models[name](x, y, y if name.endswith(TOLD) else None)
+            guessed = lambda x: D(x)[1].argmax(1) if D is not None and name == "residual" else None
+            own = lambda x, y: models[name](x, y, y if name.endswith(TOLD) else guessed(x))
             results[name]["own_style_psnr"] = metrics.own_style_psnr(own, test_u8, test_y, device) if name in models else None
             for a in STRENGTHS[:-1] if name.endswith(TOLD) else ():  # (1 - a) own style + a target, as --strength
                 weights = (1 - a) * np.eye(C)[src_y[pi]] + a * np.eye(C)[pt]
@@ -555,7 +581,7 @@ def stylise(cfg, args, argv, device):
     x = wikiart.to_float(images, device)
     probs = torch.softmax(D(x)[1], 1).cpu()  # the own style: the jointly trained discriminator's style head
     own = probs.argmax(1)
-    if given is not None:  # told the inputs' own style: it is the starting point, and the generator is told it
+    if given is not None:  # the inputs' own style: the starting point, and the generator is told it (else the guess)
         own = torch.full_like(own, given)
     report, a, how = [], args.strength, "predicted" if given is None else "given"
     for i, p in enumerate(paths):
@@ -566,7 +592,6 @@ def stylise(cfg, args, argv, device):
         for label, w in targets:  # strength a: (1 - a) own style + a target, as embedding weights
             source = F.one_hot(own[i], C).float()[None].to(device)
             weights = (1 - a) * source + a * w[None].to(device)
-            source = None if given is None else source
             small = G(x[i:i + 1], weights, source)
             small = keep_colour(small, x[i:i + 1]) if args.keep_colour else small
             tiles.append(wikiart.to_uint8(small)[0])
@@ -651,22 +676,23 @@ def main(argv=None):
         if k:
             run_cfg["style_transfer"]["out_dir"] = os.path.join(st["out_dir"], f"seed{run_cfg['seed']}")
             runs.restart_time_cap()
-        models = {}
+        models, discriminators = {}, {}
         for mode in modes:  # --resume continues each mode that has a last.pt (--evaluate: one interrupted)
             t_start = time.time()
-            models[mode] = train_or_load(run_cfg, mode, split, device, reuse=args.evaluate, resume=args.resume,
-                                         argv=argv)
+            models[mode], discriminators[mode] = train_or_load(run_cfg, mode, split, device, reuse=args.evaluate,
+                                                               resume=args.resume, argv=argv)
             mdir = os.path.join(run_cfg["style_transfer"]["out_dir"], mode)
-            plot_grid(models[mode], mode, test, st["grid_rows"], os.path.join(mdir, "grid.png"), cfg["seed"], device)
+            G, D = models[mode], discriminators[mode]
+            plot_grid(G, D, mode, test, st["grid_rows"], os.path.join(mdir, "grid.png"), cfg["seed"], device)
             if mode == "residual":  # the same generator told each test image's true style (as --source does)
-                plot_grid(models[mode], mode, test, st["grid_rows"], os.path.join(mdir, "grid_told_source.png"),
+                plot_grid(G, D, mode, test, st["grid_rows"], os.path.join(mdir, "grid_told_source.png"),
                           cfg["seed"], device, told_source=True)
             plot_embeddings(models[mode], mode, split.classes, cfg["image_size"], os.path.join(mdir, "embeddings.png"),
                             device)
             print(f"{mode} (seed {run_cfg['seed']}): {mdir}/grid.png, embeddings.png ({time.time() - t_start:.0f} s)")
         if args.evaluate and "residual" in models:
             models["residual" + TOLD] = models["residual"]
-        seed_models.append((run_cfg["seed"], models))
+        seed_models.append((run_cfg["seed"], models, discriminators.get("residual")))
     if args.evaluate:
         evaluate(cfg, seed_models, split, test, device)
 

@@ -287,6 +287,62 @@ def text_to_image_pretrain_table(entries):
     return md_table(["pretrained base", "VAE epochs", "diffusion epochs", "training in all"], rows)
 
 
+def text_to_image_lora_table(entries):
+    """Issue 34's one table: the pretrained base (style prompts, before LoRA), base + LoRA at scale 0.5 and
+    1, and the whole-model training of the same styles and size, each recipe with its judge's ceiling."""
+    evs = {n: e["outputs"]["evaluation.json"] for n, e in entries if "evaluation.json" in e["outputs"]}
+    loras = [n for n, ev in evs.items() if (ev.get("training") or {}).get("adapter_file_bytes")]
+    if not loras:
+        return None
+    lora_ev = evs[loras[0]]
+    whole = [n for n, ev in evs.items() if n not in loras and ev.get("styles") == lora_ev.get("styles")
+             and ev.get("image_size") == lora_ev.get("image_size")]
+    pretrain = [training_minutes(e) for n, e in entries if e["family"] == "text_to_image_pretrain"]
+    num = lambda v, f: "–" if v is None else f"{v:{f}}"
+    rows = []
+
+    def row(label, m, size, minutes):
+        share = f" ({size['trainable_parameters'] / size['unet_parameters']:.1%} of the UNet)" if size else ""
+        rows.append([label, f"{pct(m.get('robust_hit_rate'))} ({num(m.get('robust_of_ceiling'), '.2f')}x)",
+                     f"{pct(m.get('raw_hit_rate'))} ({num(m.get('raw_of_ceiling'), '.2f')}x)",
+                     f"{m.get('styles_above_chance_robust', '–')} / {m.get('styles_above_chance_raw', '–')}",
+                     pct(m.get("two_sample_accuracy")), pct(m.get("lab_gap_closed")), pct(m.get("closer_than_test_p1")),
+                     f"{size['trainable_parameters'] / 1e6:.2f}M{share}" if size else "–",
+                     f"{size['adapter_file_bytes'] / 1e6:.2f} MB" if size and size.get("adapter_file_bytes") else "–",
+                     minutes])
+
+    base_minutes = f"{sum(p[1] + p[3] for p in pretrain):.0f} min pretraining" if pretrain else "–"
+    models, size = lora_ev["models"], lora_ev["training"]
+    _, _, epochs, minutes = training_minutes(dict(entries)[loras[0]])
+    row(f"`{loras[0]}` base (before LoRA)", models["base"], None, base_minutes)
+    for name, label in (("fine-tuned@0.5", "base + LoRA, scale 0.5"), ("fine-tuned", "base + LoRA, scale 1")):
+        if name in models:
+            row(label, models[name], size, f"{minutes:.0f} min ({epochs} epochs)")
+    for n in whole:
+        vae_epochs, vae_min, epochs, minutes = training_minutes(dict(entries)[n])
+        row(f"`{n}`: whole model", evs[n]["models"]["fine-tuned"], evs[n].get("training"),
+            f"{vae_min + minutes:.0f} min (VAE {vae_min:.0f}, diffusion {epochs} epochs)")
+    row("real test paintings", models["real"], None, "")
+    styles = lora_ev["styles"]
+    per_style = [[s] + [f"{pct(m.get('robust_hit_per_style', {}).get(s))} / {pct(m.get('raw_hit_per_style', {}).get(s))}"
+                        for m in (models["base"], models["fine-tuned"], *(evs[n]["models"]["fine-tuned"] for n in whole))]
+                 + [pct(models["fine-tuned"].get("lab_gap_closed_per_style", {}).get(s))] for s in styles]
+    v = lora_ev.get("vae") or {}
+    return (f"{lora_ev['images_per_style']} samples per style (the same seeds for every model), "
+            f"{lora_ev['steps']} sampling steps, guidance {lora_ev['guidance']}; chance {pct(lora_ev['chance'])}%; "
+            f"x: a hit rate over real test paintings' (the judge's matched ceiling); two-sample: a fresh CNN's held-out "
+            f"accuracy telling the samples from real training paintings of the prompted styles (50 = it cannot); "
+            f"Lab gap closed from the base's samples (0) to real paintings of the style (100); copy line: samples "
+            f"closer to a training image than the closest 1% of real test paintings. The base's VAE on unseen test "
+            f"paintings: {num(v.get('psnr'), '.2f')} dB, chroma {num(v.get('chroma_ratio'), '.2f')}x the inputs'.\n\n"
+            + md_table(["model", "robust hit (x ceiling)", "raw hit (x ceiling)", "styles above chance (robust / raw)",
+                        "two-sample %", "Lab gap closed %", "copy line %", "trained parameters", "adapter file",
+                        "training"], rows)
+            + "\n\nHit per style, robust / raw (%):\n\n"
+            + md_table(["style", "base", "base + LoRA", *(f"whole model (`{n}`)" for n in whole),
+                        "Lab gap closed % (LoRA)"], per_style))
+
+
 # table name -> (function, the recipe families it reads: the first makes the table, the others it also uses);
 # a marker may also name one recipe
 TABLES = {"classifier": (classifier_table, ("classifier",)), "imbalance": (imbalance_table, ("imbalance",)),
@@ -294,7 +350,8 @@ TABLES = {"classifier": (classifier_table, ("classifier",)), "imbalance": (imbal
           "autoencoder": (autoencoder_table, ("autoencoder",)),
           "style_transfer": (style_transfer_table, ("style_transfer",)), "bench": (bench_table, ("bench",)),
           "demo": (demo_table, ("demo",)), "text_to_image": (text_to_image_table, ("text_to_image",)),
-          "text_to_image_pretrain": (text_to_image_pretrain_table, ("text_to_image_pretrain",))}
+          "text_to_image_pretrain": (text_to_image_pretrain_table, ("text_to_image_pretrain",)),
+          "text_to_image_lora": (text_to_image_lora_table, ("text_to_image", "text_to_image_pretrain"))}
 
 
 def duration(seconds):

@@ -131,6 +131,33 @@ def test_style_transfer_table_takes_whatever_metrics_evaluation_json_has():
     assert "new_metric" in text and "seeds [0, 1, 2]" in text
 
 
+def test_the_lora_table_puts_base_lora_and_the_whole_model_side_by_side():
+    def model(hit, **extra):
+        return {"robust_hit_rate": hit, "raw_hit_rate": hit / 2, "robust_of_ceiling": hit / 0.2,
+                "robust_hit_per_style": {"A": hit, "B": 0.0}, "raw_hit_per_style": {"A": hit / 2, "B": 0.0}} | extra
+    ev = lambda models, training: {"styles": ["A", "B"], "image_size": 64, "images_per_style": 24, "steps": 30,
+                                   "guidance": 4.0, "chance": 0.5, "models": models, "training": training}
+    entry = lambda family, outputs: {"family": family, "outputs": outputs}
+    lora = ev({"base": model(0.1), "fine-tuned@0.5": model(0.2), "fine-tuned": model(0.3, two_sample_accuracy=0.8,
+                                                                                         lab_gap_closed=0.55),
+               "real": model(0.2)}, {"trainable_parameters": 2e4, "unet_parameters": 1e6, "adapter_file_bytes": 9e4})
+    whole = ev({"base": model(0.1), "fine-tuned": model(0.25), "real": model(0.2)},
+               {"trainable_parameters": 2e6, "unet_parameters": 1e6})
+    minutes = lambda m: [{"seconds": 60 * m}]
+    entries = [("pre", entry("text_to_image_pretrain", {"train_log.json": minutes(60), "vae/train_log.json": minutes(25)})),
+               ("lora", entry("text_to_image", {"evaluation.json": lora, "train_log.json": minutes(10)})),
+               ("whole", entry("text_to_image", {"evaluation.json": whole, "train_log.json": minutes(23),
+                                                 "vae/train_log.json": minutes(7)})),
+               ("other_size", entry("text_to_image", {"evaluation.json": ev({}, None) | {"image_size": 32}}))]
+    text = tables.text_to_image_lora_table(entries)
+    assert "| `lora` base (before LoRA) | 10.0 (0.50x) |" in text and "85 min pretraining" in text
+    assert "| base + LoRA, scale 1 | 30.0 (1.50x) | 15.0 (–x) | – / – | 80.0 | 55.0 |" in text
+    assert "0.02M (2.0% of the UNet) | 0.09 MB | 10 min (1 epochs)" in text and "base + LoRA, scale 0.5" in text
+    assert "| `whole`: whole model | 25.0 (1.25x) |" in text and "30 min (VAE 7, diffusion 1 epochs)" in text
+    assert "other_size" not in text and "| A | 10.0 / 5.0 | 30.0 / 15.0 | 25.0 / 12.5 | – |" in text
+    assert tables.text_to_image_lora_table(entries[2:]) is None  # no LoRA recipe: no table
+
+
 def test_a_row_made_by_an_earlier_version_of_its_recipe_says_what_changed():
     prof, root = reproduce.PROFILES["cpu"], "out/results/cpu"
     current = {n: [reproduce.config_diff(cfg) for _, _, cfg in (reproduce.expand(n, c, prof, root, [])
