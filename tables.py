@@ -289,7 +289,8 @@ def text_to_image_pretrain_table(entries):
 
 def text_to_image_lora_table(entries):
     """Issue 34's one table: the pretrained base (style prompts, before LoRA), base + LoRA at scale 0.5 and
-    1, and the whole-model training of the same styles and size, each recipe with its judge's ceiling."""
+    1, and the whole-model training of the same styles and size, each recipe with its judge's ceiling;
+    (markdown, the recipes it used), or None without a LoRA recipe."""
     evs = {n: e["outputs"]["evaluation.json"] for n, e in entries if "evaluation.json" in e["outputs"]}
     loras = [n for n, ev in evs.items() if (ev.get("training") or {}).get("adapter_file_bytes")]
     if not loras:
@@ -302,7 +303,9 @@ def text_to_image_lora_table(entries):
     rows = []
 
     def row(label, m, size, minutes):
-        share = f" ({size['trainable_parameters'] / size['unet_parameters']:.1%} of the UNet)" if size else ""
+        share = "" if not size else (f" ({size['trainable_parameters'] / size['unet_parameters']:.1%} of the UNet)"
+                                     if size["trainable_parameters"] < size["unet_parameters"] else
+                                     " (UNet and text encoder)")
         rows.append([label, f"{pct(m.get('robust_hit_rate'))} ({num(m.get('robust_of_ceiling'), '.2f')}x)",
                      f"{pct(m.get('raw_hit_rate'))} ({num(m.get('raw_of_ceiling'), '.2f')}x)",
                      f"{m.get('styles_above_chance_robust', '–')} / {m.get('styles_above_chance_raw', '–')}",
@@ -328,7 +331,7 @@ def text_to_image_lora_table(entries):
                         for m in (models["base"], models["fine-tuned"], *(evs[n]["models"]["fine-tuned"] for n in whole))]
                  + [pct(models["fine-tuned"].get("lab_gap_closed_per_style", {}).get(s))] for s in styles]
     v = lora_ev.get("vae") or {}
-    return (f"{lora_ev['images_per_style']} samples per style (the same seeds for every model), "
+    body = (f"{lora_ev['images_per_style']} samples per style (the same seeds for every model), "
             f"{lora_ev['steps']} sampling steps, guidance {lora_ev['guidance']}; chance {pct(lora_ev['chance'])}%; "
             f"x: a hit rate over real test paintings' (the judge's matched ceiling); two-sample: a fresh CNN's held-out "
             f"accuracy telling the samples from real training paintings of the prompted styles (50 = it cannot); "
@@ -341,6 +344,7 @@ def text_to_image_lora_table(entries):
             + "\n\nHit per style, robust / raw (%):\n\n"
             + md_table(["style", "base", "base + LoRA", *(f"whole model (`{n}`)" for n in whole),
                         "Lab gap closed % (LoRA)"], per_style))
+    return body, [n for n, e in entries if n in (*loras[:1], *whole) or e["family"] == "text_to_image_pretrain"]
 
 
 # table name -> (function, the recipe families it reads: the first makes the table, the others it also uses);
@@ -391,6 +395,9 @@ def build_table(name, results, profile):
     else:
         return None
     body = fn(chosen) if chosen else None
+    if isinstance(body, tuple):  # (markdown, the recipes it used): the footer names only those
+        body, used = body
+        chosen = [(n, e) for n, e in chosen if n in used]
     return None if body is None else f"{body}\n\n{footer(chosen, profile)}"
 
 

@@ -149,11 +149,12 @@ def test_the_lora_table_puts_base_lora_and_the_whole_model_side_by_side():
                ("whole", entry("text_to_image", {"evaluation.json": whole, "train_log.json": minutes(23),
                                                  "vae/train_log.json": minutes(7)})),
                ("other_size", entry("text_to_image", {"evaluation.json": ev({}, None) | {"image_size": 32}}))]
-    text = tables.text_to_image_lora_table(entries)
+    text, used = tables.text_to_image_lora_table(entries)
+    assert used == ["pre", "lora", "whole"]
     assert "| `lora` base (before LoRA) | 10.0 (0.50x) |" in text and "85 min pretraining" in text
     assert "| base + LoRA, scale 1 | 30.0 (1.50x) | 15.0 (–x) | – / – | 80.0 | 55.0 |" in text
     assert "0.02M (2.0% of the UNet) | 0.09 MB | 10 min (1 epochs)" in text and "base + LoRA, scale 0.5" in text
-    assert "| `whole`: whole model | 25.0 (1.25x) |" in text and "30 min (VAE 7, diffusion 1 epochs)" in text
+    assert "| `whole`: whole model | 25.0 (1.25x) |" in text and "2.00M (UNet and text encoder)" in text and "30 min (VAE 7, diffusion 1 epochs)" in text
     assert "other_size" not in text and "| A | 10.0 / 5.0 | 30.0 / 15.0 | 25.0 / 12.5 | – |" in text
     assert tables.text_to_image_lora_table(entries[2:]) is None  # no LoRA recipe: no table
 
