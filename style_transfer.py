@@ -77,18 +77,6 @@ def train_signature(cfg, mode):
             "autoencoder": [path, os.path.exists(path) and os.path.getmtime(path)] if mode != "naive" else None}
 
 
-def same_training(saved, cfg, mode):
-    """Whether a saved train_signature is this config's: keys added since it was saved count as equal at
-    their defaults (which keep the earlier behaviour), so a new option does not retrain older models."""
-    if not isinstance(saved, dict):
-        return False
-    now, saved = train_signature(cfg, mode), copy.deepcopy(saved)
-    st_defaults = config.defaults()["style_transfer"]
-    for k in now["style_transfer"]:
-        saved.get("style_transfer", {}).setdefault(k, st_defaults[k])
-    return saved == now
-
-
 def load_encoder(cfg, device):
     """The Part-2 autoencoder whose per-style mean codes initialise the style embeddings."""
     path = cfg["style_transfer"]["autoencoder_path"]
@@ -267,7 +255,7 @@ def train(cfg, mode, split, device, resume, argv):
                              f"style transfer ({mode})")
     last, start = os.path.join(mdir, "last.pt"), 0
     if resume and os.path.exists(last):
-        start = runs.resume(last, progress, device, lambda c: None if same_training(c.get("signature"), cfg, mode)
+        start = runs.resume(last, progress, device, lambda c: None if c.get("signature") == train_signature(cfg, mode)
                             else f"{last} was trained with other settings: use another style_transfer.out_dir",
                             **objects)
     bs = runs.fit_batch_size(st["batch_size"], len(split.train_idx), "style_transfer.batch_size")
@@ -313,7 +301,7 @@ def train_or_load(cfg, mode, split, device, reuse, resume, argv):
     path = os.path.join(cfg["style_transfer"]["out_dir"], mode, "model.pt")
     if reuse and os.path.exists(path):
         ckpt = runs.load_checkpoint(path, "a style_transfer.py model", needs=("model", "signature"))
-        if same_training(ckpt["signature"], cfg, mode):
+        if ckpt["signature"] == train_signature(cfg, mode):
             print(f"{mode}: reusing {path} (same training settings)")
             return load_model(path, device)[:2]
     return train(cfg, mode, split, device, resume, argv)

@@ -227,6 +227,12 @@ def training_minutes(e):
     return len(vae_log), minutes(vae_log), len(log), minutes(log)
 
 
+def hit_cell(m, kind):
+    """'hit (x ceiling)' of a text-to-image model's robust or raw hit rate."""
+    x = m.get(f"{kind}_of_ceiling")
+    return f"{pct(m.get(f'{kind}_hit_rate'))} ({'–' if x is None else f'{x:.2f}'}x)"
+
+
 def text_to_image_table(entries):
     parts = []
     for name, e in entries:
@@ -236,8 +242,7 @@ def text_to_image_table(entries):
         rows, per_style = [], []
         for model, m in ev.get("models", {}).items():
             nn = m.get("nn_train_distance", {})
-            rows.append([f"`{model}`", f"{pct(m.get('robust_hit_rate'))} ({num(m.get('robust_of_ceiling'), '.2f')}x)",
-                         f"{pct(m.get('raw_hit_rate'))} ({num(m.get('raw_of_ceiling'), '.2f')}x)",
+            rows.append([f"`{model}`", hit_cell(m, "robust"), hit_cell(m, "raw"),
                          f"{m.get('styles_above_chance_robust', '–')} / {m.get('styles_above_chance_raw', '–')}",
                          pct(m.get("two_sample_accuracy")), num(m.get("lab_gap_closed"), ".2f"),
                          f"{m.get('styles_specific_texture+colour', '–')} / {n_styles}",
@@ -306,8 +311,7 @@ def text_to_image_lora_table(entries):
         share = "" if not size else (f" ({size['trainable_parameters'] / size['unet_parameters']:.1%} of the UNet)"
                                      if size["trainable_parameters"] < size["unet_parameters"] else
                                      " (UNet and text encoder)")
-        rows.append([label, f"{pct(m.get('robust_hit_rate'))} ({num(m.get('robust_of_ceiling'), '.2f')}x)",
-                     f"{pct(m.get('raw_hit_rate'))} ({num(m.get('raw_of_ceiling'), '.2f')}x)",
+        rows.append([label, hit_cell(m, "robust"), hit_cell(m, "raw"),
                      f"{m.get('styles_above_chance_robust', '–')} / {m.get('styles_above_chance_raw', '–')}",
                      pct(m.get("two_sample_accuracy")), pct(m.get("lab_gap_closed")), pct(m.get("closer_than_test_p1")),
                      f"{size['trainable_parameters'] / 1e6:.2f}M{share}" if size else "–",
