@@ -106,11 +106,16 @@ SCHEMA = {
                              "B alike): every change of hue goes through the smooth colour transform, so the "
                              "detail cannot draw rainbow fringes"),
         "colour_prior": (False, "the colour transform starts from moving the image's channel means and stds by "
-                         "the target style's average offset from the source style's (none for the own style); "
-                         "the network learns what to change beyond that"),
+                         "the target style's average offset from the source style's (none for the own style), "
+                         "scaled back where it would push the image's whites or blacks off the scale; the network "
+                         "learns what to change beyond that"),
         "d_width": (16, "discriminator base width", ">0"),
         "d_blur": (True, "anti-aliased discriminator: [1,2,1] blur before each stride (false: plain stride-2 "
                    "convs, which send back a 2-pixel-period gradient: the old mesh)"),
+        "teacher_steps": (0, "0: the style-classification term follows the discriminator's style head; >0: a "
+                          "separate style classifier (the discriminator's architecture, teacher_width), trained "
+                          "this many steps (of 64) on real training paintings first, then frozen", ">=0"),
+        "teacher_width": (32, "that classifier's base width", ">0"),
         "d_warmup_steps": (0, "steps (of 64 real paintings) that train the discriminator's style head alone "
                            "before the generator starts", ">=0"),
         "epochs": (4, "residual training epochs", ">0"),
@@ -128,6 +133,8 @@ SCHEMA = {
                     ">=0"),
         "w_rec": (30.0, "loss weight: L1 reconstruction when target = source", ">=0"),
         "w_structure": (2.0, "loss weight: coarse luminance layout kept", ">=0"),
+        "w_range": (0.0, "loss weight: how far the output goes beyond the colour range before it is clipped "
+                    "(clipped pixels get no gradient from the other terms: without it, whites blow out)", ">=0"),
         "w_colour": (8.0, "loss weight: colour histogram of each other-style output vs its target style's mean",
                      ">=0"),
         "colour_sigma": (1.0, "the colour histogram is taken after a Gaussian blur of this sigma (px; 0: none)",

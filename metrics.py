@@ -299,6 +299,13 @@ def border_deviation(images_u8, band=4):
     return float(torch.stack(devs).mean())
 
 
+def clipped_fraction(images_u8):
+    """Fraction of pixels with a channel at 0 or 255: blown-out whites and crushed blacks (real paintings
+    at 64 px: about 1%)."""
+    x = np.asarray(images_u8)
+    return float(((x == 0) | (x == 255)).any(-1).mean()) if x.size else 0.0
+
+
 def artefact_ratio(outputs_u8, output_styles, real_u8, real_styles):
     """Periodic and border artefacts of generated images relative to real paintings of their target
     styles (1.0 = as in real paintings). For each target style s: the 2/4-pixel-period peak-to-background

@@ -19,8 +19,8 @@ identity and colour_stats) and scores them with a separately trained style judge
 (and their share of the judge's matched ceiling); realism (a fresh CNN's two-sample accuracy against
 real training paintings of the target styles, 50% = it cannot tell; the Fréchet distance to real test
 paintings in the judge's features and the Lab colour moments, as gap closed); texture and colour gap
-closed; SSIM to the input; artefact and blotch ratios; own-style PSNR. Told the source (the test
-labels), also at --strength 0.25, 0.5, 0.75 (strength_curve.png). RESULTS.md defines every measure.
+closed; SSIM to the input; artefact and blotch ratios; clipped pixels; own-style PSNR. Told the source
+(the test labels), also at --strength 0.25, 0.5, 0.75 (strength_curve.png). RESULTS.md defines them.
 Writes out_dir/<mode>/{model.pt,last.pt,train_log.*,curves.png,grid.png,grid_told_source.png,
 embeddings.png}, judge.pt, evaluation.json, strength_curve.png (--seeds: the others in out_dir/seed<k>/).
 
@@ -157,9 +157,10 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     known = torch.zeros_like(same)  # told the source, a target equal to it returns the image exactly (the gate)
     if st["source_known_fraction"] > 0:
         known = torch.rand(y.shape, generator=g).to(device) < st["source_known_fraction"]
-        fake = G(x, t, F.one_hot(y, split.C).float() * known[:, None])  # a row of zeros: unknown
+        unclipped = G(x, t, F.one_hot(y, split.C).float() * known[:, None], clip=False)  # a row of zeros: unknown
     else:  # trained without the source: told it later (evaluation, --source), the shared part cancels
-        fake = G(x, t)
+        unclipped = G(x, t, clip=False)
+    fake = unclipped.clamp(-1, 1)
     # discriminator: real paintings of the target styles are real (and classified), fakes are fake
     rf_both, cls_both, maps_both = D(torch.cat([real, fake.detach()]))  # one pass for both halves
     n = len(real)
@@ -169,13 +170,16 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
     runs.optimizer_step(d_adv + st["w_cls"] * d_cls, opt_d)
     # generator: look real, be classified as the target, match its statistics, keep content
     rf, cls, maps = D(fake)
+    if refs.teacher is not None:  # a frozen classifier that knows the styles better than the discriminator's head
+        cls = refs.teacher(fake)[1]
     styled = ~(same & known)  # the outputs the style terms judge: all, unless told it is their own style
     styled = styled if styled.any() else ~styled
     losses = {"g_adv": F.softplus(-rf).mean(), "g_cls": F.cross_entropy(cls[styled], t[styled]),
               "g_stats": wikiart.feature_stats_loss([m[styled] for m in maps],
                                                     [m[:n][styled].detach() for m in maps_both]),
               "g_rec": (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0,
-              "g_structure": (coarse_structure(fake) - coarse_structure(x)).abs().mean()}
+              "g_structure": (coarse_structure(fake) - coarse_structure(x)).abs().mean(),
+              "g_range": (unclipped.abs() - 1).clamp(min=0).mean()}
     other = ~same  # the own style is the reconstruction's business: absolute colour targets for the others only
     if st["w_colour"] > 0 and other.any():  # L1 between each output's colour histogram and its target style's mean
         hist = wikiart.soft_colour_histogram(fake[other], sigma=st["colour_sigma"])
@@ -197,21 +201,22 @@ def train_step_naive(model, opt, x, y, g, C):
     return {"mse_content": content.item(), "mse_style": style.item()}
 
 
-def warm_up_classifier(D, opt_d, split, steps, seed, device, batch_size=64):
+def warm_up_classifier(D, opt_d, split, steps, seed, device, batch_size=64, desc="discriminator warm-up"):
     """The discriminator's style head first learns the styles from real training paintings alone
     (flips as augmentation): trained only jointly, it still calls 80% of real paintings wrongly after
-    8 epochs, so the generator's style-classification term had little to follow."""
+    8 epochs, so the generator's style-classification term had little to follow. Also trains the
+    teacher (teacher_steps), a separate classifier of the same architecture."""
     g = torch.Generator().manual_seed(seed + 2000)
     idx_all = split.train_idx[torch.randint(len(split.train_idx), (steps * batch_size,), generator=g).numpy()]
     correct = 0
-    for i in tqdm(range(steps), desc="discriminator warm-up", leave=False):
+    for i in tqdm(range(steps), desc=desc, leave=False):
         idx = np.sort(idx_all[i * batch_size:(i + 1) * batch_size])
         x, y = wikiart.to_float(split.data.images[idx], device), split.data.labels[idx].to(device)
         x = torch.where(torch.rand(len(x), 1, 1, 1, generator=g).to(device) < 0.5, x.flip(3), x)
         logits = D(x)[1]
         runs.optimizer_step(F.cross_entropy(logits, y), opt_d)
         correct += (logits.argmax(1) == y).sum().item() if i >= steps - 10 else 0
-    print(f"discriminator warm-up: {steps} steps of {batch_size}; style accuracy over the last 10 batches "
+    print(f"{desc}: {steps} steps of {batch_size}; style accuracy over the last 10 batches "
           f"{correct / (min(10, steps) * batch_size):.1%}")
 
 
@@ -248,7 +253,14 @@ def train(cfg, mode, split, device, resume, argv):
                                                   split.C, device, seed=cfg["seed"], sigma=st["colour_sigma"]),
             texture_net=texture_net, moments=wikiart.RunningMoments(split.C, st["moment_rate"]),
             texture=wikiart.style_texture_references(texture_net, split.data.images, split.data.labels.numpy(),
-                                                     split.train_idx, split.C, device, seed=cfg["seed"]))
+                                                     split.train_idx, split.C, device, seed=cfg["seed"]),
+            teacher=None)
+        if st["teacher_steps"]:  # trained again on --resume (seeded: the same teacher)
+            torch.manual_seed(cfg["seed"] + 3000)
+            refs.teacher = wikiart.StyleDiscriminator(split.C, st["teacher_width"], blur=True).to(device)
+            warm_up_classifier(refs.teacher, torch.optim.Adam(refs.teacher.parameters(), lr=st["d_lr"] * 2),
+                               split, st["teacher_steps"], cfg["seed"] + 3000, device, desc="style teacher")
+            refs.teacher.eval().requires_grad_(False)
         objects |= {"discriminator": D, "opt_d": torch.optim.Adam(D.parameters(), lr=st["d_lr"], betas=betas),
                     "moments": refs.moments}
     progress = runs.Progress(mdir, ["val_rec_l1", "val_fake_style_acc", "g_adv", "g_colour", "g_texture"],
@@ -441,7 +453,8 @@ def evaluate(cfg, seed_models, split, test, device):
              "judge_test_accuracy_robust": float((pred_robust == test_y).mean()),
              "judge_test_accuracy_raw": float((pred_raw == test_y).mean()),
              "matched_ceiling_robust": metrics.matched_ceiling(pred_robust, test_y, pt, C),
-             "matched_ceiling_raw": metrics.matched_ceiling(pred_raw, test_y, pt, C)}
+             "matched_ceiling_raw": metrics.matched_ceiling(pred_raw, test_y, pt, C),
+             "clipped_fraction_real": metrics.clipped_fraction(test.images)}
     tex_net = metrics.random_texture_net(cfg["seed"])
     train_u8, train_y = np.asarray(data.images[split.train_idx]), data.labels[split.train_idx].numpy()
     describe = {"texture": lambda u8: metrics.texture_descriptors(u8, tex_net), "colour": metrics.colour_histograms}
@@ -468,6 +481,7 @@ def evaluate(cfg, seed_models, split, test, device):
             r[f"{k}_gap_closed"] = metrics.gap_closed(d_in[k], dist(k, f(outputs), lambda s: pt == s), d_real[k])
         r |= reality.measure(inputs, outputs, pi, pt)
         r["ssim"] = float(metrics.ssim(outputs, inputs).mean())
+        r["clipped_fraction"] = metrics.clipped_fraction(outputs)
         return r | {f"{k}_ratio": v for k, v in metrics.artefact_ratio(outputs, pt, test_u8, test_y).items()}
 
     # ---- each seed's models, and the baselines; told the source, also the strength curve

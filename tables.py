@@ -127,7 +127,8 @@ ST_COLUMNS = {  # evaluation.json key: column title; keys not listed here still 
     "realism_gap_closed": "realism gap closed %", "lab_gap_closed": "Lab gap closed %",
     "texture_gap_closed": "texture gap closed %", "colour_gap_closed": "colour gap closed %",
     "ssim": "SSIM to input", "artefact_ratio": "artefact ratio", "periodic_ratio": "periodic ratio",
-    "border_ratio": "border ratio", "blotch_ratio": "blotch ratio", "own_style_psnr": "own-style PSNR dB"}
+    "border_ratio": "border ratio", "blotch_ratio": "blotch ratio",
+    "clipped_fraction": "clipped px %", "own_style_psnr": "own-style PSNR dB"}
 
 
 def st_cell(key, value, std=None):
@@ -135,7 +136,7 @@ def st_cell(key, value, std=None):
         return "–"
     if key == "own_style_psnr" and value >= 119.9:  # metrics.psnr's cap: zero error, the image given back exactly
         return "exact"
-    f = (lambda v: f"{100 * v:.1f}") if key.endswith(("_rate", "_closed", "_accuracy")) else (lambda v: f"{v:.3f}")
+    f = (lambda v: f"{100 * v:.1f}") if key.endswith(("_rate", "_closed", "_accuracy", "_fraction")) else (lambda v: f"{v:.3f}")
     return f(value) + (f" ± {f(std)}" if isinstance(std, (int, float)) else "")
 
 
@@ -165,6 +166,8 @@ def style_transfer_table(entries):
         if g("matched_ceiling_robust") is not None:
             facts.append(f"matched ceiling {pct(g('matched_ceiling_robust'))}% robust / "
                          f"{pct(g('matched_ceiling_raw'))}% raw")
+        if g("clipped_fraction_real") is not None:
+            facts.append(f"real test paintings: {pct(g('clipped_fraction_real'))}% of pixels clipped")
         if g("autoencoder_psnr") is not None:
             facts.append(f"the Part-2 autoencoder's PSNR on the same test images {g('autoencoder_psnr'):.2f} dB")
         if "seeds" in ev:

@@ -1,9 +1,11 @@
 """Part 3 (issue 17): the residual generator starts as the identity, the anti-aliasing removes the
 2-pixel period, the artefact ratio and matched ceiling measure what they say, --seeds aggregates, and
 your own images go through style_transfer.py --image (--style, --mix, --strength, --keep-colour)."""
+import copy
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -93,6 +95,48 @@ def test_colour_prior_moves_the_channel_statistics_by_the_styles_offset_and_leav
     G.colour_cells = 1
     torch.nn.init.normal_(G.to_coeffs.weight, std=0.05)
     assert torch.allclose(G(x, target, source), out, atol=1e-6)
+
+
+@torch.no_grad()
+def test_the_colour_prior_never_pushes_whites_or_blacks_off_the_scale_and_leaves_a_safe_change_whole():
+    """A bright image sent to a style twice as contrasty and brighter: the prior as computed (means and
+    stds moved by the styles' offset) would clip a third of it to white; the model's prior is scaled back
+    so that at most the 2% beyond its 98th percentile reach the limit, by one factor for all channels (the
+    hue of the change is kept); a change that stays inside the range is applied whole."""
+    C = 2
+    colour = torch.tensor([[0.0, 0.0, 0.0, 0.2, 0.2, 0.2], [0.3, 0.2, 0.1, 0.4, 0.4, 0.4]])
+    torch.manual_seed(0)
+    G = wikiart.ResidualStyleGenerator(wikiart.StyleEmbedder(torch.randn(C, 10)), width=16, res_blocks=1,
+                                       style_dim=16, source_input=True, style_colour=colour).eval()
+    src, tgt = torch.tensor([0]), torch.tensor([1])
+    by_hand = lambda x: ((x - x.mean((2, 3), keepdim=True)) * 2 + x.mean((2, 3), keepdim=True)
+                         + torch.tensor([0.3, 0.2, 0.1])[:, None, None])
+    clipped = lambda out: ((out.abs() >= 1).any(1)).float().mean().item()
+    x = torch.rand(1, 3, 32, 32) * 0.8 + 0.1  # bright: [0.1, 0.9]
+    assert clipped(by_hand(x).clamp(-1, 1)) > 0.3 and clipped(G(x, tgt, src)) <= 0.05
+    lam = (G(x, tgt, src, clip=False) - x).flatten(2).norm(dim=2) / (by_hand(x) - x).flatten(2).norm(dim=2)
+    assert 0 < lam.min() < 1 and torch.allclose(lam, lam[0, 0].expand_as(lam), atol=1e-4), lam
+    dull = torch.rand(1, 3, 32, 32) * 0.2 - 0.1
+    assert torch.allclose(G(dull, tgt, src), by_hand(dull), atol=1e-5)
+
+
+def test_the_range_term_pulls_outputs_back_inside_where_the_clip_gives_no_gradient():
+    """Clipped pixels send no gradient to the other terms; the range term (unclipped output) does."""
+    x = torch.rand(2, 3, 16, 16)
+    coeffs = torch.zeros(2, 12, 2, 2)
+    detail = torch.full((2, 1, 16, 16), 1.5).requires_grad_(True)  # every pixel pushed past white
+    apply = wikiart.ResidualStyleGenerator.apply
+    apply(x, coeffs, detail).mean().backward()
+    assert detail.grad.abs().max() == 0
+    (apply(x, coeffs, detail, clip=False).abs() - 1).clamp(min=0).mean().backward()
+    assert (detail.grad > 0).all()
+
+
+def test_clipped_fraction_counts_pixels_with_a_channel_at_either_limit():
+    img = np.full((2, 4, 4, 3), 128, np.uint8)
+    img[0, 0, :, 0] = 255  # 4 pixels with red at white
+    img[1, :2, :, 2] = 0  # 8 pixels with blue at black
+    assert metrics.clipped_fraction(img) == pytest.approx(12 / 32)
 
 
 def test_colour_cells_coarsen_the_colour_change_only():
@@ -222,6 +266,31 @@ def test_discriminator_warm_up_teaches_its_style_head_before_the_generator_start
     assert before < 0.15 and after > 0.3  # 27 styles: chance is 3.7%
 
 
+def test_the_style_term_follows_the_frozen_teacher_not_the_discriminator(sample_root):
+    """teacher_steps > 0: the generator's style-classification term is the teacher's cross-entropy (here a
+    teacher rigged to call everything style 0: ~100 nats for any other target, where the untrained
+    discriminator gives ~log C), and a training step changes the generator and discriminator, never the
+    teacher."""
+    cfg = config.defaults()
+    cfg.update(train_dir=f"{sample_root}/train", image_size=32, cache_dir="")
+    st = cfg["style_transfer"] | {"w_texture": 0.0, "w_colour": 0.0}
+    split = style_transfer.Split(wikiart.load_split(cfg, "train"), cfg)
+    idx = np.sort(split.train_idx[:8])
+    x, y = wikiart.to_float(split.data.images[idx], torch.device("cpu")), split.data.labels[idx]
+    G, D = wake(tiny_generator(split.C)), wikiart.StyleDiscriminator(split.C, 8)
+    teacher = wikiart.StyleDiscriminator(split.C, 8).requires_grad_(False)
+    with torch.no_grad():
+        teacher.classify.weight.zero_()
+        teacher.classify.bias.copy_(torch.tensor([100.0] + [0.0] * (split.C - 1)))
+    frozen = copy.deepcopy(teacher.state_dict())
+    opt = lambda m: torch.optim.Adam(m.parameters(), lr=1e-3)
+    step = lambda refs, g: style_transfer.train_step(G.train(), D, opt(G), opt(D), x, y, g, split, refs, st)
+    with_d = step(SimpleNamespace(teacher=None), torch.Generator().manual_seed(0))
+    with_teacher = step(SimpleNamespace(teacher=teacher), torch.Generator().manual_seed(0))
+    assert with_d["g_cls"] < 2 * np.log(split.C) and with_teacher["g_cls"] > 50
+    assert all(torch.equal(v, frozen[k]) for k, v in teacher.state_dict().items())
+
+
 def test_running_moments_and_texture_term_vanish_when_outputs_average_the_style():
     moments = wikiart.RunningMoments(3, rate=0.5)
     v = [torch.tensor([[1.0, 1.0], [3.0, 3.0], [5.0, 5.0]])]
@@ -342,9 +411,15 @@ def test_a_generator_trained_with_the_source_as_an_input_is_scored_and_used_told
     args = [a.replace(f"style_transfer.out_dir={style_transfer_run.out}", f"style_transfer.out_dir={out}")
             for a in style_transfer_run.args] + ["style_transfer.epochs=1", "style_transfer.steps_per_epoch=6",
                                                  "style_transfer.eval_naive=false",
-                                                 "style_transfer.source_known_fraction=0.5"]
-    p = run_main("style_transfer.py", *args)
+                                                 "style_transfer.source_known_fraction=0.5",
+                                                 "style_transfer.colour_prior=true", "style_transfer.colour_cells=1",
+                                                 "style_transfer.luminance_detail=true", "style_transfer.w_range=100",
+                                                 "style_transfer.teacher_steps=10", "style_transfer.teacher_width=8"]
+    p = run_main("style_transfer.py", *args)  # the recommended recipe's settings
     assert "residual: reusing" not in p.stdout, "a new training setting: the generator is retrained"
+    assert "style teacher: 10 steps" in p.stdout
+    log = json.load(open(out / "residual" / "train_log.json"))
+    assert log[-1]["g_range"] >= 0 and "g_range" in open(out / "residual" / "train_log.csv").readline()
     G, _, ckpt = style_transfer.load_model(str(out / "residual" / "model.pt"), torch.device("cpu"))
     assert G.source_input and ckpt["config"]["style_transfer"]["source_known_fraction"] == 0.5
     ev = json.load(open(out / "evaluation.json"))

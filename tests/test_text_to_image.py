@@ -243,6 +243,8 @@ def test_saved_adapters_reload_to_identical_images(finetuned, pretrained_dir):
     assert (out / "curves.png").exists() and (out / "train_log.json").exists()
 
 
+LORA_TARGETS = '["to_q","to_k","to_v","to_out.0","time_emb_proj","add_embedding.proj"]'  # attention and the prompt's
+# path into every ResNet block (the pooled text embedding added to the timestep embedding)
 FOUR_STYLES = ("Baroque", "Pop_Art", "Pointillism", "Ukiyo_e")
 TINY_SCRATCH = {"text_to_image.scratch_vae_channels": "[16,16]", "text_to_image.scratch_latent_channels": 4,
                 "text_to_image.scratch_unet_channels": "[32,32]", "text_to_image.scratch_text_width": 32,
@@ -278,7 +280,8 @@ def test_a_base_pretrained_here_without_styles_then_lora_with_them(four_styles, 
     assert not torch.equal(emb(pipe)[ids("painting")], emb(untrained)[ids("painting")])
 
     out = tmp_path / "lora"
-    argv = ["--pretrained", base_dir] + t2i_args(four_styles, out, **{"text_to_image.lora_text_encoder": "true"})
+    argv = ["--pretrained", base_dir] + t2i_args(four_styles, out, **{"text_to_image.lora_text_encoder": "true",
+                                                                      "text_to_image.lora_targets": LORA_TARGETS})
     text_to_image.main(argv)
     cfg, _ = lora_config(base_dir, four_styles, out)
     cfg["text_to_image"]["lora_text_encoder"] = True
