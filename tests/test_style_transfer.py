@@ -269,8 +269,7 @@ def test_discriminator_warm_up_teaches_its_style_head_before_the_generator_start
 def test_the_style_term_follows_the_frozen_teacher_not_the_discriminator(sample_root):
     """teacher_steps > 0: the generator's style-classification term is the teacher's cross-entropy (here a
     teacher rigged to call everything style 0: ~100 nats for any other target, where the untrained
-    discriminator gives ~log C), and a training step changes the generator and discriminator, never the
-    teacher."""
+    discriminator gives ~log C), and a training step never changes the teacher."""
     cfg = config.defaults()
     cfg.update(train_dir=f"{sample_root}/train", image_size=32, cache_dir="")
     st = cfg["style_transfer"] | {"w_texture": 0.0, "w_colour": 0.0}
