@@ -164,7 +164,7 @@ SCHEMA = {
         "train_prompt": ("", "one prompt for every training image, e.g. \"a painting\": a base pretrained without the "
                          "styles (its tokenizer still holds the style prompts' words, untrained); \"\": the style prompts"),
         "caption_dropout": (0.1, "fraction of training prompts replaced by \"\" (for classifier-free guidance)", "0..1"),
-        "lora_rank": (8, "LoRA rank", ">0"),
+        "lora_rank": (8, "LoRA rank (0: no adapters, the whole UNet and text encoder fine-tuned)", ">=0"),
         "lora_alpha": (8, "LoRA alpha (the update is scaled by alpha / rank)", ">0"),
         "lora_targets": (["to_q", "to_k", "to_v", "to_out.0"], "UNet modules that get LoRA adapters"),
         "lora_text_encoder": (False, "also put LoRA adapters on the text encoder's attention projections"),

@@ -156,7 +156,7 @@ RECIPES = {
     "style_transfer_w16_64_real": style_transfer("style_transfer_w16_64_real", seeds=3, photos=True),
     "style_transfer_w16_128_real": style_transfer("style_transfer_w16_128_real", seeds=3, photos=True),
     "bench_416": bench("bench_416"),
-    "text_to_image_scratch_w16": text_to_image("text_to_image_scratch_w16"),
+    "text_to_image_full_w16": text_to_image("text_to_image_full_w16"),  # the whole base fine-tuned
     "text_to_image_sample": text_to_image("text_to_image_sample"),
     "text_to_image_pretrain_w16": text_to_image_pretrain("text_to_image_pretrain_w16"),
     "text_to_image_lora_w16": text_to_image("text_to_image_lora_w16"),  # LoRA on text_to_image_pretrain_w16
@@ -174,7 +174,7 @@ RECIPES = {
 
 # longest first (two recipes run at once): the last to start are short, so both slots end together
 CPU = ["text_to_image_pretrain_w16", "autoencoder_w16_128", "style_transfer_w16_128", "style_transfer_w16_128_real",
-       "text_to_image_scratch_w16", "text_to_image_lora_w16", "imbalance_w16_64", "classifier_w16_64",
+       "text_to_image_full_w16", "text_to_image_lora_w16", "imbalance_w16_64", "classifier_w16_64",
        "classifier_w16_64_base", "classifier_w16_64_bonusA", "imbalance_w16_64_seeds", "text_to_image_sample",
        "autoencoder_w16_64", "style_transfer_w16_64", "style_transfer_w16_64_real", "demo_sample", "bench_416"]
 PROFILES = {

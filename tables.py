@@ -331,7 +331,8 @@ def text_to_image_lora_table(entries):
     for n in whole:
         vae_epochs, vae_min, epochs, minutes = training_minutes(dict(entries)[n])
         row(f"`{n}`: whole model", evs[n]["models"]["fine-tuned"], evs[n].get("training"),
-            f"{vae_min + minutes:.0f} min (VAE {vae_min:.0f}, diffusion {epochs} epochs)")
+            f"{vae_min + minutes:.0f} min (VAE {vae_min:.0f}, diffusion {epochs} epochs)" if vae_epochs else
+            f"{minutes:.0f} min ({epochs} epochs)")
     row("real test paintings", models["real"], None, "")
     styles = lora_ev["styles"]
     per_style = [[s] + [f"{pct(m.get('robust_hit_per_style', {}).get(s))} / {pct(m.get('raw_hit_per_style', {}).get(s))}"

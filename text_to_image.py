@@ -6,15 +6,17 @@
     python text_to_image.py --style Ukiyo_e --n 8              # generate from the trained model (base | tuned)
     python text_to_image.py --style all --save-images          # every style, also one PNG per image
     python text_to_image.py --prompt "a Pointillism painting of a harbour" --seed 3
-    python text_to_image.py -c configs/text_to_image_scratch_w16.json --evaluate   # from scratch, WikiArt-16
     python text_to_image.py -c configs/text_to_image_pretrain_w16.json   # a base pretrained here, no styles
     python text_to_image.py -c configs/text_to_image_lora_w16.json --evaluate      # LoRA on it, style prompts
+    python text_to_image.py -c configs/text_to_image_full_w16.json --evaluate      # the whole model fine-tuned
 
 Two ways to start (config "text_to_image.init"):
   pretrained  a Stable-Diffusion-style pipeline (hub id, or a folder written by save_pretrained) is
               frozen and LoRA adapters are trained on the UNet's attention projections (lora_targets,
               lora_rank, lora_alpha), optionally on the text encoder too. Only the adapters are saved:
               out_dir/lora/pytorch_lora_weights.safetensors, loadable with pipe.load_lora_weights().
+              lora_rank 0 fine-tunes the whole UNet and text encoder instead (-> out_dir/pipeline/):
+              the comparison LoRA is measured against (configs/text_to_image_full_w16.json).
   scratch     a small pipeline of the same diffusers classes is built from the scratch_* keys (a
               word-level CLIP tokenizer made from the prompts' words, a small CLIP text encoder, UNet
               and AutoencoderKL) and trained whole: first the VAE (vae_minutes), then the UNet and text
@@ -22,10 +24,10 @@ Two ways to start (config "text_to_image.init"):
               than the Part-2 autoencoder: the result is then a plain StableDiffusionPipeline, generated,
               saved and evaluated by exactly the code of the pretrained path (and usable as --pretrained
               itself), with a KL-regularised latent scaled to unit variance as in Stable Diffusion, and it
-              does not depend on a Part-2 run at the same image size. Its 8x downsampling (8x8 latents at
-              64 px) keeps the UNet cheap enough to train on two CPU cores. Its loss is L1 in YIQ with
-              the chroma channels weighted up (vae_chroma_weight): with plain L1 it learns light long
-              before colour, and the diffusion model then paints sepia whatever the style.
+              does not depend on a Part-2 run at the same image size. Its loss is L1 in YIQ with the
+              chroma channels weighted by vae_chroma_weight: at the default 8x downsampling plain L1
+              learns light long before colour (and the diffusion model then paints sepia whatever the
+              style); the pretraining recipe's 4x VAE (16x16x4 latents) keeps colour with plain L1.
               With train_prompt (e.g. "a painting") every training image gets that one prompt: a base
               pretrained without the styles, whose tokenizer still holds the style words (untrained; no
               weight decay on word embeddings), for `--pretrained OUT_DIR/pipeline` to LoRA-fine-tune
@@ -362,10 +364,16 @@ def train_diffusion(cfg, pipe, data, params, objects, device, resume, argv, save
     pipe.unet.eval(), pipe.text_encoder.eval()
 
 
-def weights_fingerprint(out_dir, init):
-    """A hash of the trained weights' files (lora/; from scratch base/ and pipeline/), named in trained.json."""
+def weight_folders(t):
+    """The folders of out_dir that hold the trained weights: from scratch the VAE stage (base/) and the
+    pipeline; LoRA the adapters (lora/); lora_rank 0, the fine-tuned pipeline."""
+    return ["base", "pipeline"] if t["init"] == "scratch" else ["lora"] if t["lora_rank"] else ["pipeline"]
+
+
+def weights_fingerprint(out_dir, folders):
+    """A hash of the trained weights' files, named in trained.json."""
     h = hashlib.sha256()
-    for folder in ("base", "pipeline") if init == "scratch" else ("lora",):
+    for folder in folders:
         for root, dirs, files in os.walk(os.path.join(out_dir, folder)):
             dirs.sort()
             for name in sorted(files):
@@ -377,8 +385,9 @@ def weights_fingerprint(out_dir, init):
 def write_trained(cfg, classes):
     """trained.json, written last (atomically) once the weights are saved: what --evaluate and generation reuse."""
     t = cfg["text_to_image"]
+    folders = weight_folders(t)
     runs.atomic_save({"signature": signature(cfg), "init": t["init"], "pretrained": t["pretrained"],
-                      "classes": classes, "weights": weights_fingerprint(t["out_dir"], t["init"])},
+                      "classes": classes, "folders": folders, "weights": weights_fingerprint(t["out_dir"], folders)},
                      os.path.join(t["out_dir"], "trained.json"))
 
 
@@ -387,16 +396,25 @@ def read_trained(t):
     saved every epoch, or a new base/ beside an old pipeline/) left weights that are not the trained model."""
     path = os.path.join(t["out_dir"], "trained.json")
     info = config.read_json(path) if os.path.exists(path) else None
-    return info if info and info.get("weights") == weights_fingerprint(t["out_dir"], info.get("init")) else None
+    return info if info and info.get("weights") == weights_fingerprint(t["out_dir"], info.get("folders", [])) else None
 
 
-def finetune_lora(cfg, device, resume, argv):
-    """The pretrained path: adapters on the frozen pipeline -> out_dir/lora/."""
+def finetune(cfg, device, resume, argv):
+    """The pretrained path: adapters on the frozen pipeline -> out_dir/lora/; lora_rank 0: the whole UNet
+    and text encoder fine-tuned instead -> out_dir/pipeline/ (what LoRA is measured against)."""
     t = cfg["text_to_image"]
     pipe = load_base(t, t["pretrained"], device)
     vae_files = os.path.join(t["pretrained"], "vae")
     data = training_latents(cfg, pipe, device, [t["pretrained"], str(pipe.vae.dtype),
                                                 os.path.exists(vae_files) and os.path.getmtime(vae_files)])
+    if not t["lora_rank"]:
+        pipe.unet.requires_grad_(True), pipe.text_encoder.requires_grad_(True), pipe.vae.requires_grad_(False)
+        params = [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters()]
+        train_diffusion(cfg, pipe, data, params, {"unet": pipe.unet, "text_encoder": pipe.text_encoder},
+                        device, resume, argv)
+        t2i.save_pipeline(pipe, os.path.join(t["out_dir"], "pipeline"))
+        write_trained(cfg, data["classes"])
+        return {"base": (load_base(t, t["pretrained"], device), False), "fine-tuned": (pipe, False)}, data["classes"]
     params = t2i.add_lora(pipe, t)
     objects = {"lora_unet": t2i.LoraState(pipe.unet)}
     if t["lora_text_encoder"]:
@@ -465,6 +483,9 @@ def load_trained(cfg, device):
         tuned = t2i.load_pipeline(os.path.join(t["out_dir"], "pipeline"), device)
         return {"base": (base, False), "fine-tuned": (tuned, False)}, info["classes"]
     pipe = load_base(t, info["pretrained"], device)
+    if info["folders"] == ["pipeline"]:  # lora_rank 0: the whole pipeline fine-tuned
+        return {"base": (pipe, False), "fine-tuned": (t2i.load_pipeline(os.path.join(t["out_dir"], "pipeline"),
+                                                                       device, pipe.unet.dtype), False)}, info["classes"]
     t2i.load_lora(pipe, os.path.join(t["out_dir"], "lora"))
     return {"base": (pipe, False), "fine-tuned": (pipe, True)}, info["classes"]
 
@@ -479,7 +500,7 @@ def train_or_load(cfg, device, resume, reuse, argv):
     runs.save_run_config(cfg, t["out_dir"], "text_to_image.py", argv)
     with contextlib.suppress(FileNotFoundError):  # the weights change from here on: no model until it is written again
         os.remove(os.path.join(t["out_dir"], "trained.json"))
-    return (train_scratch if t["init"] == "scratch" else finetune_lora)(cfg, device, resume, argv)
+    return (train_scratch if t["init"] == "scratch" else finetune)(cfg, device, resume, argv)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -252,9 +252,11 @@ def test_a_recipe_whose_input_changed_runs_again(tmp_path, capsys):
     changed = dry_run("--set", "autoencoder.epochs=99")  # a section style_transfer.py does not read
     assert "running: python autoencoder.py" in changed and "running: python style_transfer.py" in changed
     assert "skipped" not in changed
-    script, argv, cfg = plans["text_to_image_scratch_w16"][0]
+    assert "text_to_image_pretrain_w16" in reproduce.needs("text_to_image_full_w16", plans["text_to_image_full_w16"],
+                                                           root)  # its config's pretrained folder
+    script, argv, cfg = plans["text_to_image_full_w16"][0]
     step = (script, ["--pretrained", f"{root}/text_to_image_sample/pipeline", *argv], cfg)
-    assert "text_to_image_sample" in reproduce.needs("text_to_image_scratch_w16", [step], root)
+    assert "text_to_image_sample" in reproduce.needs("text_to_image_full_w16", [step], root)
 
 
 # ---- what the GPU recipes need, on the CPU

@@ -292,6 +292,34 @@ def test_a_base_pretrained_here_without_styles_then_lora_with_them(four_styles, 
     assert_adapters_reload(tuned, base_dir, str(out / "lora"), ["a Pop Art painting", "a Baroque painting"], [5, 6])
 
 
+def test_lora_rank_0_fine_tunes_the_whole_model_and_leaves_the_base_alone(pretrained_dir, sample_root, tmp_path):
+    """The whole-model row LoRA is measured against (configs/text_to_image_full_w16.json): lora_rank 0 trains
+    every UNet and text-encoder weight (no adapters), keeps the VAE, saves the whole pipeline to out_dir/pipeline
+    and never touches the base folder; --evaluate's models are the base as it was and the fine-tuned pipeline."""
+    before = weights(t2i.load_pipeline(pretrained_dir, CPU))
+    text_to_image.main(["--pretrained", pretrained_dir] + t2i_args(sample_root, tmp_path, **{
+        "text_to_image.lora_rank": 0}))
+    assert weights(t2i.load_pipeline(pretrained_dir, CPU)).keys() == before.keys()
+    assert all(torch.equal(p, before[n]) for n, p in weights(t2i.load_pipeline(pretrained_dir, CPU)).items())
+    assert not (tmp_path / "lora").exists()
+    cfg, _ = lora_config(pretrained_dir, sample_root, tmp_path)
+    cfg["text_to_image"]["lora_rank"] = 0
+    models, _ = text_to_image.load_trained(cfg, CPU)
+    (base, base_lora), (tuned, tuned_lora) = models["base"], models["fine-tuned"]
+    assert not base_lora and not tuned_lora
+    tuned_w = weights(tuned)
+    assert tuned_w.keys() == before.keys(), "adapters were added"
+    changed = {n.split(".")[0] for n, p in tuned_w.items() if not torch.equal(p, before[n])}
+    assert changed == {"unet", "text_encoder"}, changed  # the VAE stays the base's
+    assert text_to_image.trained_size(tuned, False, cfg["text_to_image"])["trainable_parameters"] == sum(
+        p.numel() for m in (tuned.unet, tuned.text_encoder) for p in m.parameters())
+    prompts, seeds = ["a Pop Art painting", "a Baroque painting"], [5, 6]
+    assert np.array_equal(t2i.generate(base, False, prompts, seeds, 3, 4.0, 2),
+                          t2i.generate(t2i.load_pipeline(pretrained_dir, CPU), False, prompts, seeds, 3, 4.0, 2))
+    assert not np.array_equal(t2i.generate(tuned, False, prompts, seeds, 3, 4.0, 2),
+                              t2i.generate(base, False, prompts, seeds, 3, 4.0, 2))
+
+
 def test_evaluate_never_takes_the_adapters_of_an_unfinished_training(pretrained_dir, sample_root, tmp_path,
                                                                      monkeypatch):
     """Issue 32: adapters are saved every epoch, trained.json at the end. A retraining with the same settings
