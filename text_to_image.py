@@ -399,6 +399,16 @@ def read_trained(t):
     return info if info and info.get("weights") == weights_fingerprint(t["out_dir"], info.get("folders", [])) else None
 
 
+def train_whole(cfg, pipe, data, device, resume, argv):
+    """The UNet and text encoder trained whole on the latents (the VAE fixed) -> out_dir/pipeline/."""
+    pipe.unet.requires_grad_(True), pipe.text_encoder.requires_grad_(True), pipe.vae.requires_grad_(False)
+    params = [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters()]
+    train_diffusion(cfg, pipe, data, params, {"unet": pipe.unet, "text_encoder": pipe.text_encoder},
+                    device, resume, argv)
+    t2i.save_pipeline(pipe, os.path.join(cfg["text_to_image"]["out_dir"], "pipeline"))
+    write_trained(cfg, data["classes"])
+
+
 def finetune(cfg, device, resume, argv):
     """The pretrained path: adapters on the frozen pipeline -> out_dir/lora/; lora_rank 0: the whole UNet
     and text encoder fine-tuned instead -> out_dir/pipeline/ (what LoRA is measured against)."""
@@ -408,12 +418,7 @@ def finetune(cfg, device, resume, argv):
     data = training_latents(cfg, pipe, device, [t["pretrained"], str(pipe.vae.dtype),
                                                 os.path.exists(vae_files) and os.path.getmtime(vae_files)])
     if not t["lora_rank"]:
-        pipe.unet.requires_grad_(True), pipe.text_encoder.requires_grad_(True), pipe.vae.requires_grad_(False)
-        params = [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters()]
-        train_diffusion(cfg, pipe, data, params, {"unet": pipe.unet, "text_encoder": pipe.text_encoder},
-                        device, resume, argv)
-        t2i.save_pipeline(pipe, os.path.join(t["out_dir"], "pipeline"))
-        write_trained(cfg, data["classes"])
+        train_whole(cfg, pipe, data, device, resume, argv)
         return {"base": (load_base(t, t["pretrained"], device), False), "fine-tuned": (pipe, False)}, data["classes"]
     params = t2i.add_lora(pipe, t)
     objects = {"lora_unet": t2i.LoraState(pipe.unet)}
@@ -461,12 +466,7 @@ def train_scratch(cfg, device, resume, argv):
         pipe.vae.register_to_config(scaling_factor=float(1 / z.std()))
         t2i.save_pipeline(pipe, base_dir)
     data = training_latents(cfg, pipe, device, vae_fingerprint(pipe.vae), decoded)
-    pipe.unet.requires_grad_(True), pipe.text_encoder.requires_grad_(True), pipe.vae.requires_grad_(False)
-    params = [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters()]
-    train_diffusion(cfg, pipe, data, params, {"unet": pipe.unet, "text_encoder": pipe.text_encoder},
-                    device, resume, argv)
-    t2i.save_pipeline(pipe, os.path.join(t["out_dir"], "pipeline"))
-    write_trained(cfg, data["classes"])
+    train_whole(cfg, pipe, data, device, resume, argv)
     return {"base": (t2i.load_pipeline(base_dir, device), False), "fine-tuned": (pipe, False)}, data["classes"]
 
 
