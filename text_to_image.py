@@ -27,7 +27,8 @@ Two ways to start (config "text_to_image.init"):
               does not depend on a Part-2 run at the same image size. Its loss is L1 in YIQ with the
               chroma channels weighted by vae_chroma_weight: at the default 8x downsampling plain L1
               learns light long before colour (and the diffusion model then paints sepia whatever the
-              style); the pretraining recipe's 4x VAE (16x16x4 latents) keeps colour with plain L1.
+              style); the pretraining recipe's 4x VAE (16x16x4 latents) is sharper and learns colour
+              faster with plain L1 (weight 1) than with the chroma weighted up.
               With train_prompt (e.g. "a painting") every training image gets that one prompt: a base
               pretrained without the styles, whose tokenizer still holds the style words (untrained; no
               weight decay on word embeddings), for `--pretrained OUT_DIR/pipeline` to LoRA-fine-tune
