@@ -200,6 +200,10 @@ SCHEMA = {
         "vae_crop": (0, "scratch VAE: random training crop side (0: whole images)", ">=0"),
         "vae_chroma_weight": (4.0, "scratch VAE: weight of the chroma channels (I, Q of YIQ) in its L1 loss, luminance 1 "
                               "(0: colour-blind)", ">=0"),
+        "vae_decoder_minutes": (0.0, "scratch VAE: then its decoder alone fine-tuned this many minutes (0: no such stage), "
+                                "with each image's saturation error weighed in; the encoder and latents stay", ">=0"),
+        "vae_saturation_weight": (2.0, "scratch VAE decoder stage: weight of each image's mean-chroma error beside "
+                                  "the L1 loss", ">=0"),
     },
 }
 

@@ -119,7 +119,7 @@ def text_to_image_pretrain(name):
     time reported alone; text_to_image recipes fine-tune and evaluate it."""
     return recipe("text_to_image_pretrain", [f"text_to_image.py -c configs/{name}.json"],
                   [f"out/{name}/train_log.json", f"out/{name}/vae/train_log.json", f"out/{name}/pipeline"],
-                  pictures=[f"out/{name}/grid.png"])
+                  also=[f"out/{name}/vae_decoder/train_log.json"], pictures=[f"out/{name}/grid.png"])
 
 
 def bench(name):

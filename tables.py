@@ -224,10 +224,15 @@ def demo_table(entries):
 
 
 def training_minutes(e):
-    """(VAE epochs, VAE minutes, diffusion epochs, diffusion minutes) of a text_to_image recipe's logs."""
+    """(VAE epochs, VAE minutes, diffusion epochs, diffusion minutes) of a text_to_image recipe's logs; the
+    VAE's count its decoder stage too (vae_decoder_minutes)."""
     log, vae_log = e["outputs"].get("train_log.json") or [], e["outputs"].get("vae/train_log.json") or []
-    minutes = lambda h: sum(r.get("seconds", 0) for r in h) / 60
-    return len(vae_log), minutes(vae_log), len(log), minutes(log)
+    vae_log = vae_log + (e["outputs"].get("vae_decoder/train_log.json") or [])
+    return len(vae_log), log_minutes(vae_log), len(log), log_minutes(log)
+
+
+def log_minutes(log):
+    return sum(r.get("seconds", 0) for r in log) / 60
 
 
 def hit_cell(m, kind):
@@ -290,9 +295,11 @@ def text_to_image_pretrain_table(entries):
     rows = []
     for name, e in entries:
         vae_epochs, vae_min, epochs, minutes = training_minutes(e)
-        rows.append([f"`{name}`", f"{vae_epochs} ({vae_min:.1f} min)", f"{epochs} ({minutes:.1f} min)",
-                     f"{vae_min + minutes:.1f} min"])
-    return md_table(["pretrained base", "VAE epochs", "diffusion epochs", "training in all"], rows)
+        decoder = e["outputs"].get("vae_decoder/train_log.json") or []
+        rows.append([f"`{name}`", f"{vae_epochs - len(decoder)} ({vae_min - log_minutes(decoder):.1f} min)",
+                     f"{len(decoder)} ({log_minutes(decoder):.1f} min)" if decoder else "–",
+                     f"{epochs} ({minutes:.1f} min)", f"{vae_min + minutes:.1f} min"])
+    return md_table(["pretrained base", "VAE epochs", "VAE decoder alone", "diffusion epochs", "training in all"], rows)
 
 
 def text_to_image_lora_table(entries):

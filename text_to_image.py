@@ -76,12 +76,15 @@ import wikiart
 # keys that do not change what is trained (generation and evaluation settings)
 NOT_TRAINING_KEYS = ("out_dir", "steps", "guidance", "grid_seeds", "eval_images")
 EXTENDABLE_KEYS = ("epochs", "max_minutes", "vae_epochs", "vae_minutes")  # --resume may raise these
+DECODER_KEYS = ("vae_decoder_minutes", "vae_saturation_weight")  # the decoder stage's alone: the others never see them
 KL_WEIGHT = 1e-6  # VAE: a light KL pull keeps the latent smooth without blurring it (Stable Diffusion's value)
 
 
-def signature(cfg, resumable=False):
+def signature(cfg, resumable=False, stage=None):
+    """What a checkpoint (resumable: of training stage `stage`) or a finished model was trained with. The VAE
+    and diffusion stages leave out the decoder stage's keys: it changes neither the encoder nor the latents."""
     t = cfg["text_to_image"]
-    skip = NOT_TRAINING_KEYS + (EXTENDABLE_KEYS if resumable else ())
+    skip = NOT_TRAINING_KEYS + (EXTENDABLE_KEYS + (DECODER_KEYS if stage != "VAE decoder" else ()) if resumable else ())
     return {"data": [cfg["train_dir"], cfg["seed"], cfg["val_fraction"]] + ([cfg["image_size"]] if t["init"] == "scratch" else []),
             "text_to_image": {k: v for k, v in t.items() if k not in skip}}
 
@@ -126,6 +129,17 @@ def decode_batches(paths, size, batch_size, skipped):
             keep = [k for k, a in enumerate(arrays) if a is not None]
             if keep:
                 yield np.array([i + k for k in keep]), np.stack([arrays[k] for k in keep])
+
+
+def decode_training_images(cfg, paths, R):
+    """(positions kept, uint8 (N, R, R, 3)): the readable training images, centre-cropped."""
+    skipped, images, kept = [], np.zeros((len(paths), R, R, 3), np.uint8), []
+    for pos, u8 in tqdm(decode_batches(paths, R, 256, skipped), total=math.ceil(len(paths) / 256),
+                        desc=f"decoding {cfg['train_dir']}", leave=False):
+        images[pos] = u8
+        kept += pos.tolist()
+    report_skipped(skipped)
+    return np.array(kept), images[kept]
 
 
 def report_skipped(skipped):
@@ -177,7 +191,7 @@ def fit(folder, title, objects, step, data_idx, labels, per_step, cfg, plan, dev
     epochs, steps, minutes = plan
     progress = runs.Progress(folder, ["loss", "val_loss", "val_l1", "lr"], title, higher_is_better=False)
     last, start = os.path.join(folder, "last.pt"), 0
-    sig = signature(cfg, resumable=True)
+    sig = signature(cfg, resumable=True, stage=title)
     if resume and os.path.exists(last):
         start = runs.resume(last, progress, device, lambda c: None if c.get("signature") == sig else
                             f"{last} was trained with other settings: use another text_to_image.out_dir", **objects)
@@ -218,19 +232,36 @@ def colour_l1(output, target, chroma_weight):
     return d[0] + chroma_weight * (d[1] + d[2])
 
 
-def train_vae(cfg, pipe, images, labels, device, resume, argv):
-    """Scratch stage 1: the AutoencoderKL on whole images or random crops (vae_crop): colour_l1 + a light KL."""
+def saturation(x):
+    """Each image's mean per-pixel chroma: the std over R, G, B (metrics.chroma's, with Bessel's correction)."""
+    return x.std(1).mean((1, 2))
+
+
+def train_vae(cfg, pipe, images, labels, device, resume, argv, decoder_only=False):
+    """Scratch stage 1: the AutoencoderKL on whole images or random crops (vae_crop): colour_l1 + a light KL.
+    decoder_only (stage 1b, vae_decoder_minutes): the decoder alone, at a tenth of the learning rate, with
+    each image's saturation error added (vae_saturation_weight). An L1-trained decoder averages uncertain
+    colour towards grey (0.83x the inputs' chroma at 4x); the saturation term asks for the colourfulness
+    back without fixing where it goes. The encoder, and so the latents the diffusion model learns, stay as
+    they were (Stable Diffusion's ft-MSE VAE was a decoder fine-tuned after the fact)."""
     t, vae = cfg["text_to_image"], pipe.vae
     train_idx, val_idx = wikiart.stratified_split(labels, cfg["val_fraction"], cfg["seed"])
-    opt = torch.optim.AdamW(vae.parameters(), lr=t["vae_lr"], weight_decay=0.0)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()) if decoder_only else list(vae.parameters())
+    vae.requires_grad_(False), [p.requires_grad_(True) for p in params]
+    opt = torch.optim.AdamW(params, lr=t["vae_lr"] / (10 if decoder_only else 1), weight_decay=0.0)
     crop, R = t["vae_crop"] or images.shape[1], images.shape[1]
 
     def step(idx, g):
         y0, x0 = (int(torch.randint(R - crop + 1, (1,), generator=g)) for _ in range(2))
         x = wikiart.to_float(images[np.sort(idx), y0:y0 + crop, x0:x0 + crop], device)
-        post = vae.encode(x).latent_dist
-        rec = colour_l1(vae.decode(post.sample(generator=g)).sample, x, t["vae_chroma_weight"])
-        loss = rec + KL_WEIGHT * post.kl().mean()
+        with torch.no_grad() if decoder_only else contextlib.nullcontext():
+            post = vae.encode(x).latent_dist
+            z = post.sample(generator=g)
+        out = vae.decode(z).sample
+        rec = colour_l1(out, x, t["vae_chroma_weight"])
+        if decoder_only:
+            rec = rec + t["vae_saturation_weight"] * (saturation(out) - saturation(x)).abs().mean()
+        loss = rec if decoder_only else rec + KL_WEIGHT * post.kl().mean()
         runs.optimizer_step(loss, opt)
         return {"loss": rec.item()}
 
@@ -244,10 +275,11 @@ def train_vae(cfg, pipe, images, labels, device, resume, argv):
         return {"val_l1": float(np.mean(err))} if err else {}
 
     vae.train()
-    fit(os.path.join(t["out_dir"], "vae"), "VAE", {"model": vae, "optimizer": opt}, step, train_idx, labels,
-        t["vae_batch_size"], cfg, (t["vae_epochs"], t["steps_per_epoch"], t["vae_minutes"]), device, argv, resume,
-        validate)
-    vae.eval()
+    folder, title, minutes = ("vae_decoder", "VAE decoder", t["vae_decoder_minutes"]) if decoder_only else (
+        "vae", "VAE", t["vae_minutes"])
+    fit(os.path.join(t["out_dir"], folder), title, {"model": vae, "optimizer": opt}, step, train_idx, labels,
+        t["vae_batch_size"], cfg, (t["vae_epochs"], t["steps_per_epoch"], minutes), device, argv, resume, validate)
+    vae.eval(), vae.requires_grad_(False)
 
 
 def subset(indices, n, seed):
@@ -446,25 +478,23 @@ def train_scratch(cfg, device, resume, argv):
     base_dir, vae_last = os.path.join(t["out_dir"], "base"), os.path.join(t["out_dir"], "vae", "last.pt")
     decoded = None
     if resume and os.path.isdir(base_dir) and os.path.exists(vae_last) and runs.load_checkpoint(
-            vae_last, "a VAE checkpoint", ("signature",)).get("signature") == signature(cfg, resumable=True):
+            vae_last, "a VAE checkpoint", ("signature",)).get("signature") == signature(cfg, True, "VAE"):
         pipe = t2i.load_pipeline(base_dir, device)  # the VAE stage is done
     else:
         style_prompts = [t2i.make_prompt(s, t["prompt_template"]) for s in classes]
         pipe = t2i.build_scratch_pipeline(t, sorted(set(prompts + style_prompts)), R, cfg["seed"]).to(device)
-        skipped, images, kept = [], np.zeros((len(paths), R, R, 3), np.uint8), []
-        for pos, u8 in tqdm(decode_batches(paths, R, 256, skipped), total=math.ceil(len(paths) / 256),
-                            desc=f"decoding {cfg['train_dir']}", leave=False):
-            images[pos] = u8
-            kept += pos.tolist()
-        report_skipped(skipped)
-        kept, images = np.array(kept), images[kept]
-        decoded = (kept, images)
+        decoded = decode_training_images(cfg, paths, R)
+        kept, images = decoded
         train_vae(cfg, pipe, images, labels[kept], device, resume, argv)
         with torch.no_grad():  # Stable Diffusion's rule: scale the latents to unit variance
             sub = images[subset(np.arange(len(images)), 1024, cfg["seed"])]
             z = torch.cat([pipe.vae.encode(wikiart.to_float(sub[i:i + 64], device)).latent_dist.sample()
                            for i in range(0, len(sub), 64)])
         pipe.vae.register_to_config(scaling_factor=float(1 / z.std()))
+        t2i.save_pipeline(pipe, base_dir)
+    if t["vae_decoder_minutes"]:
+        kept, images = decoded = decoded or decode_training_images(cfg, paths, R)
+        train_vae(cfg, pipe, images, labels[kept], device, resume, argv, decoder_only=True)
         t2i.save_pipeline(pipe, base_dir)
     data = training_latents(cfg, pipe, device, vae_fingerprint(pipe.vae), decoded)
     train_whole(cfg, pipe, data, device, resume, argv)

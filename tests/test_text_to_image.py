@@ -433,6 +433,39 @@ def test_scratch_pipeline_end_to_end(four_styles, tmp_path):
     assert [h["epoch"] for h in json.loads((tmp_path / "train_log.json").read_text())] == [1, 2, 3]
 
 
+def test_the_decoder_stage_changes_only_the_decoder_and_joins_a_finished_run(four_styles, tmp_path):
+    """vae_decoder_minutes: the VAE's decoder alone fine-tuned with the saturation term. The encoder, and
+    so the latents the diffusion model learned, stay exactly as they were; a finished run given the stage
+    with --resume runs that stage only (the VAE and diffusion stages do not read its keys)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    args = t2i_args(four_styles, tmp_path, **TINY_SCRATCH)
+    text_to_image.main(["--init", "scratch"] + args)
+    before = AutoencoderKL.from_pretrained(tmp_path / "pipeline" / "vae").state_dict()
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "pipeline" / "unet").state_dict()
+    text_to_image.main(["--init", "scratch", "--resume"] + args + ["text_to_image.vae_decoder_minutes=5",
+                                                                   "text_to_image.vae_saturation_weight=10"])
+    logs = {d: [h["epoch"] for h in json.loads((tmp_path / d / "train_log.json").read_text())]
+            for d in (".", "vae", "vae_decoder")}
+    assert logs == {".": [1, 2], "vae": [1], "vae_decoder": [1]}
+    for folder in ("pipeline", "base"):  # the base (the VAE stage's pipeline) carries the new decoder too
+        after = AutoencoderKL.from_pretrained(tmp_path / folder / "vae").state_dict()
+        changed = {k for k in after if not torch.equal(after[k], before[k])}
+        assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), sorted(changed)[:5]
+    after = UNet2DConditionModel.from_pretrained(tmp_path / "pipeline" / "unet").state_dict()
+    assert all(torch.equal(after[k], unet[k]) for k in unet)
+    trained = json.loads((tmp_path / "trained.json").read_text())
+    assert trained["signature"]["text_to_image"]["vae_decoder_minutes"] == 5  # a finished model names the stage
+
+
+def test_saturation_is_the_per_image_chroma_metrics_measures():
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
+    x = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1
+    ours = text_to_image.saturation(x).numpy()
+    theirs = np.array([metrics.chroma(u8[i:i + 1]) for i in range(3)]) * 2  # [-1, 1] is twice [0, 1]
+    assert ours == pytest.approx(theirs * np.sqrt(3 / 2), rel=1e-4)  # torch's std divides by 2, numpy's by 3
+
+
 def blocks_of_colour(n, size, seed):
     """uint8 (n, size, size, 3): a random colour with two rectangles of other random colours on it."""
     rng = np.random.default_rng(seed)
