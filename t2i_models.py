@@ -7,6 +7,7 @@ Every pipeline here is a diffusers StableDiffusionPipeline (UNet2DConditionModel
 CLIPTextModel, CLIPTokenizer, a noise scheduler), so training, generation and evaluation run the same
 code whether the weights were downloaded or built here.
 """
+import contextlib
 import json
 import math
 import os
@@ -225,20 +226,21 @@ def save_pipeline(pipe, folder):
 # ----------------------------------------------------------------------------------------------
 # LoRA
 
-TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "token_embedding"]
 
 
 def add_lora(pipe, t):
     """Freeze the pipeline and add trainable LoRA adapters (fp32) to the UNet's attention projections
     (t["lora_targets"]) and, if t["lora_text_encoder"], to the text encoder's. Returns the trainables.
 
-    A base that never saw the style words (pretrained under "a painting") is taught them with text
-    encoder adapters, not by training the words' embeddings (textual inversion): their untrained
-    embeddings are already distinct inputs, which the adapted attention can turn into a style; and every
-    trained weight then lives in the one adapter file that load_lora_weights reads, the base stays
-    byte for byte the same, and the LoRA scale (0 = the base exactly) covers the whole change. Trained
-    embeddings would need a second file and loader (diffusers' load_textual_inversion refuses words the
-    tokenizer already has), and scale 0 would not undo them."""
+    A base that never saw the style words (pretrained under "a painting") is taught them by the text
+    encoder's adapters, the word embeddings included (token_embedding: a rank-r change of each word's
+    input vector, the low-rank form of textual inversion, which moves the style words' outputs far faster
+    than adapters on attention alone). Every trained weight then lives in the one adapter file that
+    load_lora_weights reads, the base stays byte for byte the same, and the LoRA scale (0 = the base
+    exactly) covers the whole change; trained embedding rows instead would need a second file and loader
+    (diffusers' load_textual_inversion refuses words the tokenizer already has), and scale 0 would not
+    undo them."""
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig, inject_adapter_in_model
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -349,8 +351,25 @@ def generate(pipe, lora, prompts, seeds, steps, guidance, batch_size, desc="gene
     R, out = resolution(pipe), []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]
-        images = pipe(list(prompts[i:i + batch_size]), height=R, width=R, num_inference_steps=steps,
-                      guidance_scale=guidance, generator=gens, output_type="np",
-                      cross_attention_kwargs={"scale": scale} if has_lora(pipe) else None).images
+        with word_adapters_scaled(pipe, scale):
+            images = pipe(list(prompts[i:i + batch_size]), height=R, width=R, num_inference_steps=steps,
+                          guidance_scale=guidance, generator=gens, output_type="np",
+                          cross_attention_kwargs={"scale": scale} if has_lora(pipe) else None).images
         out.append(np.clip(np.round(images * 255), 0, 255).astype(np.uint8))
     return np.concatenate(out)
+
+
+@contextlib.contextmanager
+def word_adapters_scaled(pipe, scale):
+    """The LoRA scale applied to the word embeddings' adapters too: diffusers scales the text encoder's
+    adapters through peft's scale_layer, which (peft 0.21) skips embedding layers (it looks for the
+    adapter among lora_A, where an embedding keeps lora_embedding_A), so scale 0 would not be the base."""
+    layers = [m for m in pipe.text_encoder.modules() if getattr(m, "lora_embedding_A", None)]
+    saved = [dict(m.scaling) for m in layers]
+    for m in layers:
+        m.scaling.update({k: v * scale for k, v in m.scaling.items()})
+    try:
+        yield
+    finally:
+        for m, old in zip(layers, saved):
+            m.scaling.update(old)

@@ -162,6 +162,9 @@ def test_text_encoder_adapters_train_save_and_reload_with_diffusers(pretrained_d
     prompts, seeds = ["a pop art painting", "a cubism painting"], [3, 4]
     tuned, base = (t2i.generate(pipe, lora, prompts, seeds, 3, 4.0, 2) for lora in (True, False))
     assert not np.array_equal(tuned, base)
+    words = pipe.text_encoder.get_input_embeddings()  # the word embeddings carry adapters too, and scale 0 undoes them
+    assert any("token_embedding" in n for n in text) and hasattr(words, "lora_embedding_A")
+    assert np.array_equal(base, t2i.generate(t2i.load_pipeline(pretrained_dir, CPU), False, prompts, seeds, 3, 4.0, 2))
     fresh = t2i.load_lora(t2i.load_pipeline(pretrained_dir, CPU), str(tmp_path / "lora"))
     assert np.array_equal(t2i.generate(fresh, True, prompts, seeds, 3, 4.0, 2), tuned)
     monkeypatch.setattr(t2i, "TEXT_ENCODER_TARGETS", ["no_such_proj"])  # the error names the key that asked
