@@ -235,8 +235,8 @@ def add_lora(pipe, t):
 
     A base that never saw the style words (pretrained under "a painting") is taught them by the text
     encoder's adapters, the word embeddings included (token_embedding: a rank-r change of each word's
-    input vector, the low-rank form of textual inversion, which moves the style words' outputs far faster
-    than adapters on attention alone). Every trained weight then lives in the one adapter file that
+    input vector, the low-rank form of textual inversion; on a base pretrained here it raised LoRA's
+    hit from 6.5% to 9.4% in the same 10 minutes, RESULTS.md). Every trained weight then lives in the one adapter file that
     load_lora_weights reads, the base stays byte for byte the same, and the LoRA scale (0 = the base
     exactly) covers the whole change; trained embedding rows instead would need a second file and loader
     (diffusers' load_textual_inversion refuses words the tokenizer already has), and scale 0 would not

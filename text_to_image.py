@@ -247,7 +247,9 @@ def train_vae(cfg, pipe, images, labels, device, resume, argv, decoder_only=Fals
     t, vae = cfg["text_to_image"], pipe.vae
     train_idx, val_idx = wikiart.stratified_split(labels, cfg["val_fraction"], cfg["seed"])
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()) if decoder_only else list(vae.parameters())
-    vae.requires_grad_(False), [p.requires_grad_(True) for p in params]
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=t["vae_lr"] / (10 if decoder_only else 1), weight_decay=0.0)
     crop, R = t["vae_crop"] or images.shape[1], images.shape[1]
 
