@@ -162,7 +162,8 @@ SCHEMA = {
         "named_template": ("{title}, a {style} painting by {artist}",
                            "prompt when the file name is artist_title-year.jpg (\"\": never)"),
         "train_prompt": ("", "one prompt for every training image, e.g. \"a painting\": a base pretrained without the "
-                         "styles (its tokenizer still holds the style prompts' words, untrained); \"\": the style prompts"),
+                         "styles (its tokenizer still holds the style prompts' words, untrained); {colours} becomes "
+                         "each image's brightness, saturation, hue and contrast in words; \"\": the style prompts"),
         "caption_dropout": (0.1, "fraction of training prompts replaced by \"\" (for classifier-free guidance)", "0..1"),
         "lora_rank": (8, "LoRA rank (0: no adapters, the whole UNet and text encoder fine-tuned)", ">=0"),
         "lora_alpha": (8, "LoRA alpha (the update is scaled by alpha / rank)", ">0"),

@@ -66,6 +66,33 @@ def make_prompt(style, template, named_template="", path=None):
     return template.format(style=style_phrase(style))
 
 
+# caption words for a base pretrained without the styles: brightness, saturation, dominant hue, contrast
+COLOUR_WORDS = ("dark", "light", "grey", "vivid", "red", "orange", "yellow", "green", "blue", "purple", "flat", "contrasty")
+HUES = ((20, "red"), (45, "orange"), (75, "yellow"), (165, "green"), (270, "blue"), (330, "purple"), (360, "red"))
+
+
+def colour_words(images_u8):
+    """Each image's look in words, measured from its pixels: "dark vivid orange contrasty". Captions for a
+    base pretrained without the styles, so that its UNet learns to follow the prompt (as a downloaded
+    base does) and LoRA has a text path to teach the style words on. Thresholds: WikiArt-16's quartiles
+    at 64 px (mean luminance 0.39 / 0.60, mean chroma 0.095 / 0.21, luminance std 0.137 / 0.206); the
+    middle half of each gets no word. Hue: the chroma-weighted mean hue angle, named when not grey."""
+    x = np.asarray(images_u8, np.float32) / 255
+    luma = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    chroma = x.max(-1) - x.min(-1)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    hue = np.degrees(np.arctan2((np.sqrt(3) * (g - b) * chroma).sum((1, 2)),
+                                ((2 * r - g - b) * chroma).sum((1, 2)))) % 360
+    out = []
+    for lm, ls, cm, h in zip(luma.mean((1, 2)), luma.std((1, 2)), chroma.mean((1, 2)), hue):
+        words = ["dark" if lm < 0.39 else "light" if lm > 0.60 else "",
+                 "grey" if cm < 0.095 else "vivid" if cm > 0.21 else "",
+                 "" if cm < 0.095 else next(name for top, name in HUES if h < top),
+                 "flat" if ls < 0.137 else "contrasty" if ls > 0.206 else ""]
+        out.append(" ".join(w for w in words if w))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading a pipeline (the real path: a hub id or a folder written by save_pretrained)
 

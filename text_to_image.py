@@ -33,6 +33,8 @@ Two ways to start (config "text_to_image.init"):
               pretrained without the styles, whose tokenizer still holds the style words (untrained; no
               weight decay on word embeddings), for `--pretrained OUT_DIR/pipeline` to LoRA-fine-tune
               with the style prompts (configs/text_to_image_pretrain_w16.json, then _lora_w16.json).
+              "a {colours} painting" captions each image with its look in words ("a dark vivid orange
+              painting", t2i_models.colour_words): the base then follows its prompt, as a download does.
 
 Training: prompts from the style name (prompt_template; with named_template, artist and title come from
 WikiArt file names like claude-monet_water-lilies-1917.jpg); images centre-cropped to the model's
@@ -160,18 +162,26 @@ def training_latents(cfg, pipe, device, vae_key, decoded=None):
         cached = torch.load(path, weights_only=False) if os.path.exists(path) else None
     except Exception:  # a damaged cache is recomputed
         cached = None
-    if isinstance(cached, dict) and cached.get("key") == key:
-        mean, std, kept = cached["mean"], cached["std"], cached["kept"]
+    if isinstance(cached, dict) and cached.get("key") == key and "colours" in cached:
+        mean, std, kept, colours = cached["mean"], cached["std"], cached["kept"], cached["colours"]
         print(f"latents: reusing {path}")
     else:
-        skipped = []
+        skipped, colours = [], [""] * len(paths)
         batches = (((decoded[0][i:i + 64], decoded[1][i:i + 64]) for i in range(0, len(decoded[0]), 64))
                    if decoded else decode_batches(paths, R, 32, skipped))
-        mean, std, kept = t2i.encode_latents(pipe, batches, len(paths), device)
+
+        def measured(batches):  # each image's colour words, from the pixels the latents are made of
+            for pos, u8 in batches:
+                for i, words in zip(pos.tolist(), t2i.colour_words(u8)):
+                    colours[i] = words
+                yield pos, u8
+        mean, std, kept = t2i.encode_latents(pipe, measured(batches), len(paths), device)
         report_skipped(skipped)
         if mean is None:
             raise config.UserError(f"no readable images in {cfg['train_dir']}")
-        runs.atomic_save({"key": key, "mean": mean, "std": std, "kept": kept}, path)
+        runs.atomic_save({"key": key, "mean": mean, "std": std, "kept": kept, "colours": colours}, path)
+    if "{colours}" in t["train_prompt"]:
+        prompts = [" ".join(t["train_prompt"].format(colours=c).split()) for c in colours]
     tok = pipe.tokenizer
     ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids
@@ -484,6 +494,8 @@ def train_scratch(cfg, device, resume, argv):
         pipe = t2i.load_pipeline(base_dir, device)  # the VAE stage is done
     else:
         style_prompts = [t2i.make_prompt(s, t["prompt_template"]) for s in classes]
+        if "{colours}" in t["train_prompt"]:  # the vocabulary: every caption word
+            prompts = [t["train_prompt"].format(colours=" ".join(t2i.COLOUR_WORDS))]
         pipe = t2i.build_scratch_pipeline(t, sorted(set(prompts + style_prompts)), R, cfg["seed"]).to(device)
         decoded = decode_training_images(cfg, paths, R)
         kept, images = decoded

@@ -1033,12 +1033,12 @@ class ResidualStyleGenerator(nn.Module):
 
     @staticmethod
     def apply(x, coeffs, detail, clip=True):
-        """x (any size) + the colour change and detail, both bilinearly resized to x's size; clip=False:
-        before clipping to [-1, 1] (what the range loss sees)."""
+        """x (any size) + the colour change (bilinearly resized) and the detail (resized along x's own edges:
+        follow_edges); clip=False: before clipping to [-1, 1] (what the range loss sees)."""
         a = F.interpolate(coeffs, size=x.shape[-2:], mode="bilinear", align_corners=False)
         a = a.view(x.shape[0], 3, 4, *x.shape[-2:])
         if detail.shape[-2:] != x.shape[-2:]:
-            detail = F.interpolate(detail, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            detail = follow_edges(detail, x)
         out = x + (a[:, :, :3] * x[:, None]).sum(2) + a[:, :, 3] + detail  # (I + dA) x + db + r
         return out.clamp(-1, 1) if clip else out
 
@@ -1048,6 +1048,21 @@ class ResidualStyleGenerator(nn.Module):
     def render_full(self, x_small, x_full, styles, sources=None):
         """The style of G(x_small) applied to x_full (the same image at its own size and aspect)."""
         return self.apply(x_full, *self.coarse(x_small, styles, sources))
+
+
+def follow_edges(detail, x, radius=1, eps=1e-3):
+    """A detail map made at low resolution, resized to x's size along x's own edges (the fast guided filter,
+    He & Sun 2015): in each small window the detail is fitted as a linear function of x's brightness, and
+    those fits, not the detail, are upsampled. Upsampled bilinearly, a detail made at 64 px spreads each
+    edge's change over 8 px of a 512-px photo: a glow around every roof and tree against the sky."""
+    guide = x.mean(1, keepdim=True)
+    small = F.interpolate(guide, size=detail.shape[-2:], mode="area")
+    box = lambda t: F.avg_pool2d(t, 2 * radius + 1, 1, radius, count_include_pad=False)
+    mean_g, mean_d = box(small), box(detail)
+    slope = (box(small * detail) - mean_g * mean_d) / (box(small * small) - mean_g ** 2 + eps)
+    offset = mean_d - slope * mean_g
+    up = lambda t: F.interpolate(t, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return up(slope) * guide + up(offset)
 
 
 class StyleDiscriminator(nn.Module):

@@ -56,6 +56,23 @@ def test_untrained_generator_returns_its_input_and_trained_heads_follow_the_styl
     assert G.render_full(x, big, torch.tensor([1, 1, 1])).shape == (3, 3, 80, 48)
 
 
+def test_a_low_resolution_detail_follows_the_full_size_image_s_edges():
+    """At full resolution the detail made at the model's size must not glow past the photo's edges: a
+    brightening of the light side of a sharp edge, made at 16 px, stays on that side at 128 px (bilinear
+    upsampling spreads it 4 px into the dark side), and a smooth detail on a flat image comes through."""
+    x = torch.full((1, 3, 128, 128), -0.8)
+    x[..., 64:] = 0.8
+    detail = torch.zeros(1, 1, 16, 16)
+    detail[..., 8:] = 0.3
+    guided = wikiart.follow_edges(detail, x)
+    bilinear = torch.nn.functional.interpolate(detail, size=(128, 128), mode="bilinear", align_corners=False)
+    assert bilinear[..., :64].max() > 0.1, "the planted glow is there without the guide"
+    assert guided[..., :64].abs().max() < 0.01 and (guided[..., 64:] - 0.3).abs().max() < 0.01
+    ramp = torch.linspace(-0.2, 0.2, 16).view(1, 1, 1, 16).expand(1, 1, 16, 16)
+    flat = wikiart.follow_edges(ramp, torch.zeros(1, 3, 128, 128))
+    assert torch.allclose(flat.mean(), torch.tensor(0.0), atol=1e-3) and flat[..., -1].mean() > 0.15
+
+
 @torch.no_grad()
 @torch.no_grad()
 def test_luminance_detail_changes_no_hue_only_the_colour_transform_does():

@@ -265,13 +265,24 @@ def four_styles(sample_root, tmp_path_factory):
     return root
 
 
+def test_colour_words_name_what_the_pixels_show():
+    """The pretraining captions' words: brightness, saturation, hue and contrast, measured from the pixels."""
+    flat = lambda rgb: np.full((8, 8, 3), rgb, np.uint8)
+    stripes = np.zeros((8, 8, 3), np.uint8)
+    stripes[::2] = 255
+    assert t2i.colour_words([flat((40, 10, 10)), flat((250, 240, 90)), flat((128, 128, 128)), flat((20, 40, 200)),
+                             stripes]) == ["dark red flat", "light vivid yellow flat", "grey flat", "dark vivid blue flat",
+                                           "grey contrasty"]
+
+
 def test_a_base_pretrained_here_without_styles_then_lora_with_them(four_styles, tmp_path):
-    """Issue 34: pretraining under one neutral prompt ("a painting") gives a pipeline whose tokenizer holds
-    every style word as one token, their embeddings untrained (as initialised; no weight decay on them);
-    it reloads with from_pretrained and LoRA fine-tunes on the style prompts like a downloaded base, text
+    """Issue 34: pretraining without the styles, each image captioned with its colour words ("a {colours}
+    painting", the recipe's prompt), gives a pipeline whose tokenizer holds every style word as one token,
+    their embeddings untrained (as initialised; no weight decay on them), the caption words trained; it
+    reloads with from_pretrained and LoRA fine-tunes on the style prompts like a downloaded base, text
     encoder adapters included: only the adapters change, and they reload into a fresh copy of the base."""
-    args = t2i_args(four_styles, tmp_path / "pre", **TINY_SCRATCH, **{"text_to_image.train_prompt": "a painting",
-                                                                        "text_to_image.weight_decay": 0.5})
+    args = t2i_args(four_styles, tmp_path / "pre", **TINY_SCRATCH, **{
+        "text_to_image.train_prompt": "a {colours} painting", "text_to_image.weight_decay": 0.5})
     text_to_image.main(["--init", "scratch"] + args)
     base_dir = str(tmp_path / "pre" / "pipeline")
     pipe, untrained = t2i.load_pipeline(base_dir, CPU), t2i.load_pipeline(str(tmp_path / "pre" / "base"), CPU)
@@ -281,6 +292,11 @@ def test_a_base_pretrained_here_without_styles_then_lora_with_them(four_styles, 
     assert all(t.endswith("</w>") for t in tok.convert_ids_to_tokens(style_words))  # whole words, not spelled out
     assert torch.equal(emb(pipe)[style_words], emb(untrained)[style_words]), "style words were trained"
     assert not torch.equal(emb(pipe)[ids("painting")], emb(untrained)[ids("painting")])
+    captions = torch.load(tmp_path / "pre" / "latents.pt", weights_only=False)["colours"]
+    used = {w for c in captions for w in c.split()}
+    assert len(set(captions)) > 3 and used <= set(t2i.COLOUR_WORDS), (set(captions), used)
+    assert all(len(ids(w)) == 1 for w in t2i.COLOUR_WORDS)  # each caption word one token
+    assert not torch.equal(emb(pipe)[ids(" ".join(used))], emb(untrained)[ids(" ".join(used))])
 
     out = tmp_path / "lora"
     argv = ["--pretrained", base_dir] + t2i_args(four_styles, out, **{"text_to_image.lora_text_encoder": "true",
