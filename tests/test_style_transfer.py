@@ -333,6 +333,22 @@ def test_keep_colour_takes_luminance_from_the_output_and_colour_from_the_input()
     assert torch.allclose(to(kept)[:, 1:], to(x)[:, 1:], atol=0.03)
 
 
+@torch.no_grad()
+def test_brush_marks_flatten_areas_into_patches_and_keep_edges_sharp_unlike_a_blur():
+    torch.manual_seed(0)
+    step = torch.full((1, 3, 48, 48), -0.6)
+    step[..., 24:] = 0.6  # a vertical edge between two flat areas, with photo-like grain
+    grainy = step + 0.08 * torch.randn_like(step)
+    painted = style_transfer.paint_strokes(grainy, 4)
+    blurred = F.avg_pool2d(F.pad(grainy, (4,) * 4, mode="reflect"), 9, 1)
+    flat = lambda img: img[..., 8:40, 4:18].std().item()
+    assert flat(painted) < 0.4 * flat(grainy), "the grain inside a flat area turns into smooth paint"
+    edge = lambda img: (img[..., 8:40, 24] - img[..., 8:40, 23]).mean().item()
+    assert edge(painted) > 0.8 * 1.2 > 2 * edge(blurred), "the edge stays a step; a blur of that size spreads it"
+    assert style_transfer.paint_strokes(grainy, 0) is grainy
+    assert torch.allclose(style_transfer.paint_strokes(torch.full((1, 3, 16, 16), 0.3), 3), torch.tensor(0.3))
+
+
 # ---- the script: --seeds, and your own images
 
 @pytest.mark.slow  # the session's style-transfer run
@@ -478,6 +494,13 @@ def test_a_real_photo_of_unknown_style_comes_out_in_every_style_and_at_its_own_s
     assert small.shape == (32, 32, 3) and full.shape[1] == 256 and abs(full.shape[0] / 256 - 427 / 640) < 0.01
     photo = np.asarray(Image.open(real_photos()[0]).convert("RGB").resize((256, full.shape[0]), Image.BILINEAR))
     assert np.abs(full.astype(float) - photo).mean() > 1, "the photo is changed, not passed through"
+    # a photo of unknown style gets brush marks by default: less pixel-scale grain than without (--paint 0)
+    run_main("style_transfer.py", "--image", real_photos()[0], "--style", style, "--max-side", "256", "--paint", "0",
+             "--out", "photo_unpainted", *use)
+    unpainted = np.asarray(Image.open(style_transfer_run.out / "photo_unpainted" / item["outputs"][1]))
+    grain = lambda img: np.abs(np.diff(img.astype(float), axis=1)).mean()
+    assert json.load(open(style_transfer_run.out / "photo_one" / "stylised.json"))["paint"] == 6
+    assert grain(full) < 0.8 * grain(unpainted)
 
 
 @pytest.mark.slow  # the session's style-transfer run
@@ -536,6 +559,8 @@ def test_stylise_misuse_is_one_line(style_transfer_run, sample_root, tmp_path):
     assert p.returncode == 2 and "did you mean 'Impressionism'?" in p.stderr
     p = run_main("style_transfer.py", "--image", photo, "--strength", "1.5", *args, check=False)
     assert p.returncode == 2 and "--strength must be in [0, 1]" in p.stderr
+    p = run_main("style_transfer.py", "--image", photo, "--paint", "-1", *args, check=False)
+    assert p.returncode == 2 and "--paint must be >= 0 pixels" in p.stderr
     p = run_main("style_transfer.py", "--image", photo, "--mix", "Cubism", *args, check=False)
     assert p.returncode == 2 and "NAME:WEIGHT" in p.stderr
     p = run_main("style_transfer.py", "--image", photo, "--set", f"style_transfer.out_dir={tmp_path}/none", check=False)
