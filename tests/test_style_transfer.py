@@ -591,3 +591,10 @@ def test_untold_the_generator_is_told_the_discriminators_guess_so_strength_0_ret
         assert np.array_equal(got[strength], told), "untold = told the guess"
     assert np.array_equal(got[0], wikiart.to_uint8(x)[0]), "strength 0: the photo itself"
     assert not np.array_equal(got[1], got[0]), "strength 1: changed"
+    # at full size too: the brush marks a photo gets fade with the strength, so 0 is still the photo
+    run_main("style_transfer.py", "--image", photo, "--style", classes[target], "--strength", "0",
+             "--max-side", "96", "--out", "guess_0_full", *use)
+    item = json.load(open(style_transfer_run.out / "guess_0_full" / "stylised.json"))["images"][0]
+    full = wikiart.to_float(wikiart.decode_image(photo, 96, "keep")[None], torch.device("cpu"))
+    assert np.array_equal(np.asarray(Image.open(style_transfer_run.out / "guess_0_full" / item["outputs"][1])),
+                          wikiart.to_uint8(full)[0])
