@@ -38,6 +38,7 @@ import metrics
 import plots
 import runs
 import sample_data
+import images
 import wikiart
 
 # what a checkpoint's weights depend on: --resume refuses a checkpoint made with other values
@@ -132,8 +133,8 @@ def reconstruct_images(inputs, cfg, device, args, argv):
     model = model.to(memory_format=torch.channels_last)
     run_cfg = {**ckpt["config"], "device": cfg["device"], "threads": cfg["threads"]}
     size = run_cfg["image_size"]
-    images, paths, skipped = wikiart.load_image_inputs(inputs, size)
-    mse = run_encoder(model, images, np.arange(len(images)), device, desc="reconstructing")[0]
+    pictures, paths, skipped = images.load_image_inputs(inputs, size)
+    mse = run_encoder(model, pictures, np.arange(len(pictures)), device, desc="reconstructing")[0]
     rows = [{"path": p, "mse": float(e), "psnr": metrics.psnr(float(e))} for p, e in zip(paths, mse)]
     width = min(50, max(len(p) for p in paths))
     print(f"{'image':{width}s}  PSNR (dB)")
@@ -152,7 +153,7 @@ def reconstruct_images(inputs, cfg, device, args, argv):
                      os.path.join(results_dir, "reconstructions.json"))
     runs.save_run_config(run_cfg, results_dir, "autoencoder.py", argv)
     show = slice(0, plots.SHOW_IMAGES)
-    plot_reconstructions(model, images[show], [os.path.basename(p) for p in paths[show]],
+    plot_reconstructions(model, pictures[show], [os.path.basename(p) for p in paths[show]],
                          os.path.join(results_dir, "reconstructions.png"),
                          f"{run_cfg['autoencoder']['mode']} autoencoder ({size} px): original / code / decoded")
     print(f"wrote {results_dir}/reconstructions.json, reconstructions.png")

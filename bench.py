@@ -34,6 +34,7 @@ from PIL import Image
 import config
 import plots
 import runs
+import images
 import wikiart
 from config import UserError
 
@@ -268,7 +269,7 @@ def main(argv=None):
     for flag in ("size", "threads", "gpu_size", "gpu_batch", "gpu_steps"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be at least 1")
-    files, _ = wikiart.scan_folder(args.data)
+    files, _ = images.scan_folder(args.data)
     first = next(iter(files.values()))[0]
     try:
         with Image.open(first) as im:

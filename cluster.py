@@ -32,7 +32,7 @@ import config
 import metrics
 import plots
 import runs
-import wikiart
+import images
 
 
 def prepare(block_list, pca_dim, seed):
@@ -177,7 +177,7 @@ def main(argv=None):
           f"feature '{cl['feature']}' ({sum(b.shape[1] for b in blocks[cl['feature']])} numbers), "
           f"{cl['method']} with k={k}")
     bs = cl["baseline_size"]
-    pixels, kept, skipped = wikiart.load_images([(classes[y], p) for y, p in zip(labels, paths)], bs,
+    pixels, kept, skipped = images.load_images([(classes[y], p) for y, p in zip(labels, paths)], bs,
                                                 cfg["cache_dir"] or None, desc=f"raw pixels at {bs} px")
     if skipped:
         raise config.UserError(f"{len(skipped)} image(s) of {codes_path} can no longer be read, e.g. {skipped[0]}")

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 import config
 import runs
+import images
 import wikiart
 from config import UserError
 
@@ -113,7 +114,7 @@ def open_source(path, what="source"):
 
 
 def is_image(rel):
-    return rel.lower().endswith(wikiart.IMAGE_EXTENSIONS)
+    return rel.lower().endswith(images.IMAGE_EXTENSIONS)
 
 
 def find_member(sources, basename):
@@ -339,7 +340,7 @@ def main(argv=None):
     p.add_argument("out", help="output folder: <out>/{train,test}/<Style>/*.jpg")
     p.add_argument("--csv", help="folder or zip holding style_train.csv, style_val.csv, style_class.txt")
     p.add_argument("--size", type=int, default=416, help="output side in pixels (default 416, the course's)")
-    p.add_argument("--fit", choices=wikiart.FITS, default="squash",
+    p.add_argument("--fit", choices=images.FITS, default="squash",
                    help="squash (stretch to square), letterbox (pad black) or crop (centre square)")
     p.add_argument("--test-fraction", type=float, default=0.2,
                    help="share of every style put in test/ when the source has no split")
@@ -425,8 +426,8 @@ def main(argv=None):
         if is_valid_output(dest, args.size):
             return "present", None
         try:
-            array = wikiart.decode_image(io.BytesIO(source.read(path)), args.size, args.fit)
-        except (OSError, wikiart.BadImage) as e:
+            array = images.decode_image(io.BytesIO(source.read(path)), args.size, args.fit)
+        except (OSError, images.BadImage) as e:
             return "skipped", f"{source.where(path)}: {e}"
         os.makedirs(os.path.dirname(dest), exist_ok=True)  # a style whose images are all unreadable gets no folder
         write_jpeg(array, dest, args.quality)

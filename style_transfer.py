@@ -50,6 +50,7 @@ import plots
 import runs
 import sample_data
 import tables
+import images
 import wikiart
 
 # what a trained model depends on: a saved model is reused by --evaluate only if these are unchanged
@@ -605,10 +606,10 @@ def stylise(cfg, args, argv, device):
     S, C = ckpt["config"]["image_size"], len(classes)
     targets = targets_of(args, classes)
     given = classes.index(config.choose(args.source, classes, "style")) if args.source else None
-    images, paths, skipped = wikiart.load_image_inputs(args.image, S)
+    pictures, paths, skipped = images.load_image_inputs(args.image, S)
     results_dir = os.path.join(os.path.dirname(os.path.dirname(path)), args.out or "stylised")
     os.makedirs(results_dir, exist_ok=True)
-    x = wikiart.to_float(images, device)
+    x = wikiart.to_float(pictures, device)
     probs = torch.softmax(D(x)[1], 1).cpu()  # the own style: the jointly trained discriminator's style head
     own = probs.argmax(1)
     if given is not None:  # the inputs' own style: the starting point, and the generator is told it (else the guess)
@@ -617,9 +618,9 @@ def stylise(cfg, args, argv, device):
     paint = args.paint if args.paint is not None else (0 if given is not None else 6)  # a photo gets brush marks
     for i, p in enumerate(paths):
         stem = f"{i:02d}_{os.path.splitext(os.path.basename(p))[0]}"
-        full = (wikiart.to_float(wikiart.decode_image(p, args.max_side, "keep")[None], device)
+        full = (wikiart.to_float(images.decode_image(p, args.max_side, "keep")[None], device)
                 if args.max_side and len(targets) == 1 else None)  # a strip of every style is at the model's size
-        tiles, outputs = [images[i]], []
+        tiles, outputs = [pictures[i]], []
         for label, w in targets:  # strength a: (1 - a) own style + a target, as embedding weights
             source = F.one_hot(own[i], C).float()[None].to(device)
             weights = (1 - a) * source + a * w[None].to(device)

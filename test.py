@@ -41,6 +41,7 @@ import metrics
 import plots
 import runs
 import sample_data
+import images
 import wikiart
 
 
@@ -100,8 +101,8 @@ def classify_images(model, ckpt, run_cfg, path, inputs, topk, results_dir, devic
     """The top-k styles of each image named by --image: printed, and saved as CSV, JSON and PNG."""
     classes = sorted(ckpt["class_to_idx"], key=ckpt["class_to_idx"].get)
     hint = "; to score a labelled <Style>/ folder: python test.py --set test_dir={folder}"
-    images, paths, skipped = wikiart.load_image_inputs(inputs, run_cfg["image_size"], hint)
-    probs = torch.softmax(scores(model, ckpt, images, device, "classifying", run_cfg["precision"]), 1)
+    pictures, paths, skipped = images.load_image_inputs(inputs, run_cfg["image_size"], hint)
+    probs = torch.softmax(scores(model, ckpt, pictures, device, "classifying", run_cfg["precision"]), 1)
     k = min(topk, len(classes))
     top_p, top_i = probs.topk(k, 1)
     rows = [{"path": p, "top": [{"style": classes[i], "probability": float(q)} for q, i in zip(qs, idx.tolist())],
@@ -127,7 +128,7 @@ def classify_images(model, ckpt, run_cfg, path, inputs, topk, results_dir, devic
                      os.path.join(results_dir, "predictions.json"))
     runs.save_run_config(run_cfg, results_dir, "test.py", argv)
     shown = rows[:plots.SHOW_IMAGES]  # drawn as the user sees them: upright, own aspect ratio
-    pictures = [wikiart.decode_image(r["path"], 160, "letterbox") for r in shown]
+    pictures = [images.decode_image(r["path"], 160, "letterbox") for r in shown]
     with runs.atomic_file(os.path.join(results_dir, "predictions.png")) as f:
         plots.plot_top_styles(pictures, [os.path.basename(r["path"]) for r in shown], [r["top"] for r in shown], f,
                               f"{run_cfg['mode']} ({os.path.basename(path)}, {run_cfg['image_size']} px): "

@@ -73,6 +73,7 @@ import runs
 import sample_data
 import style_transfer
 import t2i_models as t2i
+import images
 import wikiart
 
 # keys that do not change what is trained (generation and evaluation settings)
@@ -108,7 +109,7 @@ def load_base(t, source, device):
 def training_items(cfg):
     """(classes, paths, labels, prompts) of train_dir, styles sorted like every other script."""
     t = cfg["text_to_image"]
-    files_by_style, _ = wikiart.scan_folder(cfg["train_dir"])
+    files_by_style, _ = images.scan_folder(cfg["train_dir"])
     classes = sorted(files_by_style)
     paths = [p for s in classes for p in files_by_style[s]]
     labels = np.array([i for i, s in enumerate(classes) for _ in files_by_style[s]])
@@ -122,8 +123,8 @@ def decode_batches(paths, size, batch_size, skipped):
     files are appended to `skipped`."""
     def work(p):
         try:
-            return wikiart.decode_image(p, size, fit="crop")
-        except wikiart.BadImage as e:
+            return images.decode_image(p, size, fit="crop")
+        except images.BadImage as e:
             skipped.append(f"{p}: {e}")
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for i in range(0, len(paths), batch_size):
@@ -801,7 +802,7 @@ def main(argv=None):
     sample_data.ensure_sample(cfg)
 
     info = read_trained(t) if generate_only else None
-    classes = info["classes"] if info else sorted(wikiart.scan_folder(cfg["train_dir"])[0])
+    classes = info["classes"] if info else sorted(images.scan_folder(cfg["train_dir"])[0])
     labels, styles, prompts = pick_rows(classes, args.style, args.prompt)  # an unknown style fails here, early
     if generate_only:
         models, classes = load_trained(cfg, device)

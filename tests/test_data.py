@@ -16,6 +16,7 @@ from PIL import Image
 
 import config
 import sample_data
+import images
 import wikiart
 from conftest import ROOT, WIKIART16
 
@@ -102,68 +103,68 @@ def test_truncated_jpeg(tmp_path):
                 str(tmp_path / "t.jpg"), quality=90)
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    with pytest.raises(wikiart.BadImage, match="truncated"):
-        wikiart.decode_image(path, 32)
+    with pytest.raises(images.BadImage, match="truncated"):
+        images.decode_image(path, 32)
 
 
 def test_zero_byte_and_text_named_jpg(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "notes.jpg").write_text("this is not a picture\n")
     for name in ("empty.jpg", "notes.jpg"):
-        with pytest.raises(wikiart.BadImage, match="cannot identify image file"):
-            wikiart.decode_image(str(tmp_path / name), 32)
+        with pytest.raises(images.BadImage, match="cannot identify image file"):
+            images.decode_image(str(tmp_path / name), 32)
 
 
 @pytest.mark.parametrize("side", [10_000, 20_000])  # between 1x and 2x PIL's limit (a warning), and over 2x (an error)
 def test_decompression_bomb_is_refused_without_decoding(tmp_path, side):
     path = png_claiming_size(str(tmp_path / "bomb.png"), side, side)
-    with pytest.raises(wikiart.BadImage, match="decompression"):
-        wikiart.decode_image(path, 32)
+    with pytest.raises(images.BadImage, match="decompression"):
+        images.decode_image(path, 32)
 
 
 def test_16bit_png_is_scaled_not_clipped(tmp_path):
     a = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64)  # 0 .. 65472
     path = save(Image.fromarray(a), str(tmp_path / "deep.png"))
     assert Image.open(path).mode.startswith("I")
-    out = wikiart.decode_image(path, 32)
+    out = images.decode_image(path, 32)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
     np.testing.assert_allclose(out[..., 0].astype(float), a / 257.0, atol=1.0)
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path):
     path = save(solid((0, 255, 255, 0), mode="CMYK"), str(tmp_path / "cmyk.jpg"))
-    r, g, b = wikiart.decode_image(path, 16)[8, 8].astype(int)
+    r, g, b = images.decode_image(path, 16)[8, 8].astype(int)
     assert r > 200 and g < 60 and b < 60  # pure red in, red out (not inverted, not 4 channels)
 
 
 def test_palette_and_alpha_pngs(tmp_path):
     pal = solid((10, 200, 30)).convert("P", palette=Image.ADAPTIVE)
-    assert np.abs(wikiart.decode_image(save(pal, str(tmp_path / "p.png")), 8)[4, 4].astype(int)
+    assert np.abs(images.decode_image(save(pal, str(tmp_path / "p.png")), 8)[4, 4].astype(int)
                   - (10, 200, 30)).max() <= 2
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[:, :4] = (200, 0, 0, 255)  # left half opaque red, right half fully transparent
-    out = wikiart.decode_image(save(Image.fromarray(rgba, "RGBA"), str(tmp_path / "a.png")), 8)
+    out = images.decode_image(save(Image.fromarray(rgba, "RGBA"), str(tmp_path / "a.png")), 8)
     assert tuple(out[4, 1]) == (200, 0, 0) and tuple(out[4, 6]) == (255, 255, 255)
     p = Image.fromarray(rgba, "RGBA").convert("P")  # palette + transparency
     p.info["transparency"] = p.getpixel((6, 4))
-    out = wikiart.decode_image(save(p, str(tmp_path / "pt.png"), transparency=p.getpixel((6, 4))), 8)
+    out = images.decode_image(save(p, str(tmp_path / "pt.png"), transparency=p.getpixel((6, 4))), 8)
     assert tuple(out[4, 6]) == (255, 255, 255) and out[4, 1, 0] > 150
     la = Image.fromarray(np.dstack([np.full((8, 8), 90, np.uint8), np.full((8, 8), 255, np.uint8)]), "LA")
-    assert tuple(wikiart.decode_image(save(la, str(tmp_path / "la.png")), 8)[0, 0]) == (90, 90, 90)
+    assert tuple(images.decode_image(save(la, str(tmp_path / "la.png")), 8)[0, 0]) == (90, 90, 90)
 
 
 def test_fits(tmp_path):
     wide = np.zeros((10, 30, 3), np.uint8)
     wide[:, :10], wide[:, 10:20], wide[:, 20:] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
     path = save(Image.fromarray(wide), str(tmp_path / "wide.png"))
-    crop = wikiart.decode_image(path, 12, "crop")
+    crop = images.decode_image(path, 12, "crop")
     assert (crop[..., 1] > 200).all() and (crop[..., 0] < 60).all()  # only the green middle third
-    box = wikiart.decode_image(path, 12, "letterbox")
+    box = images.decode_image(path, 12, "letterbox")
     assert (box[0] == 0).all() and (box[-1] == 0).all() and box[6, 0, 0] > 200  # black bars top/bottom
-    squash = wikiart.decode_image(path, 12, "squash")
+    squash = images.decode_image(path, 12, "squash")
     assert squash[6, 0, 0] > 200 and squash[6, -1, 2] > 200 and (squash[0] > 0).any()
     with pytest.raises(ValueError, match="letterbox"):
-        wikiart.decode_image(path, 12, "stretch")
+        images.decode_image(path, 12, "stretch")
 
 
 def test_unreadable_file(tmp_path, monkeypatch):
@@ -178,8 +179,8 @@ def test_unreadable_file(tmp_path, monkeypatch):
                 raise PermissionError(13, "Permission denied", path)
             return real_open(fp, *a, **k)
         monkeypatch.setattr(Image, "open", fake_open)
-    with pytest.raises(wikiart.BadImage, match="Permission denied"):
-        wikiart.decode_image(path, 8)
+    with pytest.raises(images.BadImage, match="Permission denied"):
+        images.decode_image(path, 8)
 
 
 # ---- folders: bad files are skipped and listed in ONE warning; folder problems are named
@@ -237,7 +238,7 @@ def test_test_folder_with_unknown_style(sample_root, tmp_path):
 
 def test_missing_folder_explains_the_layout(tmp_path):
     with pytest.raises(config.UserError, match="prepare_data.py"):
-        wikiart.scan_folder(str(tmp_path / "nope"))
+        images.scan_folder(str(tmp_path / "nope"))
     with pytest.raises(config.UserError, match=r"<Style>/<image>"):
         wikiart.WikiArtDataset(str(tmp_path / "nowhere"), 32)
 
@@ -245,22 +246,22 @@ def test_missing_folder_explains_the_layout(tmp_path):
 # ---- the uint8 disk cache
 
 def items_of(root):
-    files, _ = wikiart.scan_folder(str(root))
+    files, _ = images.scan_folder(str(root))
     return [(s, p) for s in sorted(files) for p in files[s]]
 
 
 def test_cache_matches_decoding_and_is_reused(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "train", bad=False)
     (root / "Cubism" / "zero.jpg").write_bytes(b"")
-    plain, kept0, skipped0 = wikiart.load_images(items_of(root), 16)
-    cached, kept1, skipped1 = wikiart.load_images(items_of(root), 16, str(tmp_path / "cache"))
+    plain, kept0, skipped0 = images.load_images(items_of(root), 16)
+    cached, kept1, skipped1 = images.load_images(items_of(root), 16, str(tmp_path / "cache"))
     assert isinstance(cached, np.memmap) and np.array_equal(plain, cached)
     assert kept0 == kept1 and skipped0 == skipped1 and len(skipped1) == 1 and len(cached) == 7
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded although the cache is valid")
-    monkeypatch.setattr(wikiart, "decode_image", no_decoding)
-    again, kept2, skipped2 = wikiart.load_images(items_of(root), 16, str(tmp_path / "cache"))
+    monkeypatch.setattr(images, "decode_image", no_decoding)
+    again, kept2, skipped2 = images.load_images(items_of(root), 16, str(tmp_path / "cache"))
     assert np.array_equal(again, plain) and kept2 == kept1 and skipped2 == skipped1
 
 
@@ -293,55 +294,55 @@ def test_reading_the_memmapped_cache_does_not_keep_it_in_this_process(tmp_path, 
 def test_cache_rebuilt_when_anything_changes(tmp_path):
     root = make_folder(tmp_path / "train", bad=False)
     cache = str(tmp_path / "cache")
-    key = wikiart._cache_key(items_of(root), 16)
-    wikiart.load_images(items_of(root), 16, cache)
-    assert wikiart._cache_key(items_of(root), 16) == key  # same input, same key
-    assert wikiart._cache_key(items_of(root), 24) != key  # image size
+    key = images._cache_key(items_of(root), 16)
+    images.load_images(items_of(root), 16, cache)
+    assert images._cache_key(items_of(root), 16) == key  # same input, same key
+    assert images._cache_key(items_of(root), 24) != key  # image size
     target = str(root / "Cubism" / "nested" / "0.jpg")
     save(solid((0, 255, 0)), target)  # new content (size and mtime change)
     os.utime(target, ns=(1, 1))
-    key2 = wikiart._cache_key(items_of(root), 16)
+    key2 = images._cache_key(items_of(root), 16)
     assert key2 != key
-    images, kept, _ = wikiart.load_images(items_of(root), 16, cache)
-    assert images[[p for _, p in kept].index(target)][8, 8, 1] > 200  # the new picture, not the old one
+    arr, kept, _ = images.load_images(items_of(root), 16, cache)
+    assert arr[[p for _, p in kept].index(target)][8, 8, 1] > 200  # the new picture, not the old one
     os.utime(target, ns=(2, 2))  # mtime only
-    assert wikiart._cache_key(items_of(root), 16) != key2
+    assert images._cache_key(items_of(root), 16) != key2
     save(solid((5, 5, 5)), str(root / "Baroque" / "new.jpg"))  # a file added
-    images, kept, _ = wikiart.load_images(items_of(root), 16, cache)
-    assert len(images) == 8
+    arr, kept, _ = images.load_images(items_of(root), 16, cache)
+    assert len(arr) == 8
 
 
 def test_interrupted_cache_build_leaves_nothing_half_written(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "train", bad=False)
     cache = tmp_path / "cache"
     other = make_folder(tmp_path / "other", bad=False)
-    wikiart.load_images(items_of(other), 16, str(cache))  # an existing cache must survive untouched
+    images.load_images(items_of(other), 16, str(cache))  # an existing cache must survive untouched
     before = {f: (cache / f).read_bytes() for f in os.listdir(cache)}
-    real, calls = wikiart.decode_image, []
+    real, calls = images.decode_image, []
 
     def dies_on_fifth(path, size, fit="squash"):
         calls.append(path)
         if len(calls) == 5:
             raise KeyboardInterrupt
         return real(path, size, fit)
-    monkeypatch.setattr(wikiart, "decode_image", dies_on_fifth)
+    monkeypatch.setattr(images, "decode_image", dies_on_fifth)
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     with pytest.raises(KeyboardInterrupt):
-        wikiart.load_images(items_of(root), 16, str(cache))
+        images.load_images(items_of(root), 16, str(cache))
     assert {f: (cache / f).read_bytes() for f in os.listdir(cache)} == before  # no new or temp files
-    monkeypatch.setattr(wikiart, "decode_image", real)
-    images, kept, _ = wikiart.load_images(items_of(root), 16, str(cache))
-    assert len(images) == 7 and len(os.listdir(cache)) == 4
+    monkeypatch.setattr(images, "decode_image", real)
+    arr, kept, _ = images.load_images(items_of(root), 16, str(cache))
+    assert len(arr) == 7 and len(os.listdir(cache)) == 4
 
 
 def test_corrupt_cache_metadata_is_rebuilt(tmp_path):
     root = make_folder(tmp_path / "train", bad=False)
     cache = tmp_path / "cache"
-    first, _, _ = wikiart.load_images(items_of(root), 16, str(cache))
+    first, _, _ = images.load_images(items_of(root), 16, str(cache))
     first = np.array(first)
     meta = [f for f in os.listdir(cache) if f.endswith(".json")][0]
     (cache / meta).write_text("{ not json")
-    again, kept, _ = wikiart.load_images(items_of(root), 16, str(cache))
+    again, kept, _ = images.load_images(items_of(root), 16, str(cache))
     assert np.array_equal(np.asarray(again), first) and len(kept) == 7
 
 
@@ -359,7 +360,7 @@ def write_images(folder, n=6, size=20, seed=0):
 def test_a_same_size_byte_change_with_restored_mtime_rebuilds_the_cache(tmp_path):
     paths = write_images(tmp_path / "Style")
     items = [("Style", p) for p in paths]
-    first, _, _ = wikiart.load_images(items, 16, str(tmp_path / "cache"))
+    first, _, _ = images.load_images(items, 16, str(tmp_path / "cache"))
     first = np.array(first)
     st = os.stat(paths[2])
     other = np.full((20, 20, 3), 7, np.uint8)
@@ -371,7 +372,7 @@ def test_a_same_size_byte_change_with_restored_mtime_rebuilds_the_cache(tmp_path
         f.write(data + b"\0" * (size - len(data)))  # same size (trailing bytes after IEND are ignored)
     os.utime(paths[2], ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back, as cp -p / rsync -t do
     assert os.stat(paths[2]).st_size == size and os.stat(paths[2]).st_mtime_ns == st.st_mtime_ns
-    again, _, _ = wikiart.load_images(items, 16, str(tmp_path / "cache"))
+    again, _, _ = images.load_images(items, 16, str(tmp_path / "cache"))
     assert np.array_equal(np.array(again)[[0, 1, 3, 4, 5]], first[[0, 1, 3, 4, 5]])
     assert (np.array(again)[2] == 7).all() and not np.array_equal(np.array(again)[2], first[2])
 
@@ -380,15 +381,15 @@ BUILD = """
 import os, sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
-import wikiart
+import images
 real_replace = os.replace
 def slow_replace(a, b):
     time.sleep(0.3)  # widen the window between writing and renaming, where the builders used to collide
     real_replace(a, b)
 os.replace = slow_replace
 items = [("Style", os.path.join({folder!r}, f)) for f in sorted(os.listdir({folder!r}))]
-images, kept, skipped = wikiart.load_images(items, 16, {cache!r})
-np.save(sys.argv[1], np.array(images))
+arr, kept, skipped = images.load_images(items, 16, {cache!r})
+np.save(sys.argv[1], np.array(arr))
 """
 
 
@@ -405,7 +406,7 @@ def test_two_processes_building_the_same_cache_both_succeed_with_identical_array
         assert p.returncode == 0, err
     a, b = np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy")
     assert a.shape == (12, 16, 16, 3) and np.array_equal(a, b)
-    cached, _, _ = wikiart.load_images([("Style", str(tmp_path / "Style" / f)) for f in
+    cached, _, _ = images.load_images([("Style", str(tmp_path / "Style" / f)) for f in
                                         sorted(os.listdir(tmp_path / "Style"))], 16, str(tmp_path / "cache"))
     assert np.array_equal(np.array(cached), a)
     assert not [f for f in os.listdir(tmp_path / "cache") if f.endswith(".tmp") or ".tmp." in f]

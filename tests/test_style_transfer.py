@@ -17,6 +17,7 @@ import metrics
 import style_transfer
 import config
 import tables
+import images
 import wikiart
 from conftest import assert_real_picture, run_main
 
@@ -430,7 +431,7 @@ def test_told_the_source_the_own_style_is_exact_in_evaluation_grid_and_for_your_
     assert report["source"] == classes[2].lower() and f"own style (given) {classes[2]}" in p.stdout
     for item in report["images"]:
         assert item["own_style"] == classes[2] and item["own_style_given"]
-        original = wikiart.load_image_inputs([item["path"]], 32)[0][0]
+        original = images.load_image_inputs([item["path"]], 32)[0][0]
         assert np.array_equal(np.asarray(Image.open(style_transfer_run.out / "zero_told" / item["outputs"][0])),
                               original)
 
@@ -576,7 +577,7 @@ def test_untold_the_generator_is_told_the_discriminators_guess_so_strength_0_ret
     G, D, ckpt = style_transfer.load_model(str(style_transfer_run.out / "residual" / "model.pt"), torch.device("cpu"))
     classes = sorted(ckpt["class_to_idx"], key=ckpt["class_to_idx"].get)
     photo = real_photos()[1]
-    x = wikiart.to_float(wikiart.load_image_inputs([photo], ckpt["config"]["image_size"])[0], torch.device("cpu"))
+    x = wikiart.to_float(images.load_image_inputs([photo], ckpt["config"]["image_size"])[0], torch.device("cpu"))
     guess = D(x)[1].argmax(1)
     target = (int(guess) + 3) % len(classes)
     use, got = use_args(style_transfer_run), {}
@@ -595,6 +596,6 @@ def test_untold_the_generator_is_told_the_discriminators_guess_so_strength_0_ret
     run_main("style_transfer.py", "--image", photo, "--style", classes[target], "--strength", "0",
              "--max-side", "96", "--out", "guess_0_full", *use)
     item = json.load(open(style_transfer_run.out / "guess_0_full" / "stylised.json"))["images"][0]
-    full = wikiart.to_float(wikiart.decode_image(photo, 96, "keep")[None], torch.device("cpu"))
+    full = wikiart.to_float(images.decode_image(photo, 96, "keep")[None], torch.device("cpu"))
     assert np.array_equal(np.asarray(Image.open(style_transfer_run.out / "guess_0_full" / item["outputs"][1])),
                           wikiart.to_uint8(full)[0])

@@ -12,7 +12,7 @@ import config
 import metrics
 import t2i_models as t2i
 import text_to_image
-import wikiart
+import images
 from conftest import run_script
 
 CPU = torch.device("cpu")
@@ -191,11 +191,11 @@ def test_the_copy_line_catches_a_copied_crop_of_a_non_square_painting(tmp_path):
         paths[split] = [str(tmp_path / f"{split}{i}.png") for i in range(len(images))]
         for path, a in zip(paths[split], images):
             Image.fromarray(a.astype(np.uint8)).save(path)
-    copy = np.array(wikiart.decode_image(paths["train"][7], 32, fit="crop"))  # a sample that reproduces a training crop
+    copy = np.array(images.decode_image(paths["train"][7], 32, fit="crop"))  # a sample that reproduces a training crop
     nearest, line, _ = text_to_image.nearest_training({"fine-tuned": copy[None]}, paths["train"], paths["test"], 32, 32)
     (d,), (i,) = nearest["fine-tuned"]
     assert i == 7 and d < line, (d, line)
-    squashed = {k: np.stack([wikiart.decode_image(p, 32) for p in v]) for k, v in paths.items()}
+    squashed = {k: np.stack([images.decode_image(p, 32) for p in v]) for k, v in paths.items()}
     old_line = np.percentile(metrics.nearest_neighbours(squashed["test"], squashed["train"])[0], 1)
     assert metrics.nearest_neighbours(copy[None], squashed["train"])[0][0] > 3 * old_line
 

@@ -16,6 +16,7 @@ import autoencoder
 import config
 import metrics
 import test as classify  # the project's test.py (tests/conftest.py puts the project first on sys.path)
+import images
 import wikiart
 from conftest import assert_real_picture, run_script
 
@@ -70,7 +71,7 @@ def test_topk_probabilities_sorted_sum_to_one_and_known_style_first(classifier, 
         assert all(row["probabilities"][t["style"]] == t["probability"] for t in row["top"])
         # the same numbers computed here: softmax of the model's logits on the decoded image
         with torch.no_grad():
-            x = wikiart.to_float(np.array(wikiart.decode_image(str(path), 32)[None]), torch.device("cpu"))
+            x = wikiart.to_float(np.array(images.decode_image(str(path), 32)[None]), torch.device("cpu"))
             expected = torch.softmax(model(x), 1)[0]
         got = torch.tensor([row["probabilities"][c] for c in sorted(ckpt["class_to_idx"], key=ckpt["class_to_idx"].get)])
         assert torch.allclose(got, expected, atol=1e-4)
@@ -146,7 +147,7 @@ def test_exif_rotated_jpeg_is_classified_upright(classifier, sample_root, tmp_pa
     upright.save(tmp_path / "upright.jpg", **keep)
     stored.save(tmp_path / "phone.jpg", exif=exif, **keep)
     stored.save(tmp_path / "sideways.jpg", **keep)  # the same pixels without the tag
-    a, b, c = (wikiart.decode_image(str(tmp_path / n), 32).astype(int) for n in ("upright.jpg", "phone.jpg", "sideways.jpg"))
+    a, b, c = (images.decode_image(str(tmp_path / n), 32).astype(int) for n in ("upright.jpg", "phone.jpg", "sideways.jpg"))
     assert np.abs(a - b).max() <= 3 and np.abs(a - c).mean() > 10
     classify_images(classifier, tmp_path / "upright.jpg", tmp_path / "phone.jpg", tmp_path / "sideways.jpg",
                     extra=["--out", str(tmp_path / "exif")])  # an absolute --out is used as is
@@ -190,7 +191,7 @@ def test_embedded_colour_profiles_are_converted_to_srgb(tmp_path):
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     img.save(tmp_path / "srgb.png", icc_profile=srgb)
     img.save(tmp_path / "broken.png", icc_profile=b"not a profile at all")
-    decoded = {n: wikiart.decode_image(str(tmp_path / n), 16)[8, 8].astype(int)
+    decoded = {n: images.decode_image(str(tmp_path / n), 16)[8, 8].astype(int)
                for n in ("plain.jpg", "swapped.jpg", "near_srgb.png", "srgb.png", "broken.png")}
     assert decoded["plain.jpg"][0] > 200 and decoded["plain.jpg"][2] < 20
     assert decoded["swapped.jpg"][2] > 200 and decoded["swapped.jpg"][0] < 20  # what the file means: blue
@@ -201,7 +202,7 @@ def test_embedded_colour_profiles_are_converted_to_srgb(tmp_path):
 @pytest.mark.parametrize("size", [(1, 1), (3000, 7), (5, 900), (333, 333)])
 def test_any_size_and_aspect_ratio_decodes_to_the_square(size, tmp_path):
     Image.new("RGB", size, (10, 200, 30)).save(tmp_path / "x.png")
-    out = wikiart.decode_image(str(tmp_path / "x.png"), 32)
+    out = images.decode_image(str(tmp_path / "x.png"), 32)
     assert out.shape == (32, 32, 3) and np.abs(out.astype(int) - [10, 200, 30]).max() <= 1
 
 
@@ -245,7 +246,7 @@ def test_autoencoder_image_writes_png_and_psnr(sample_root, tmp_path):
     assert len(result["skipped"]) == 1 and "notes.txt" in result["skipped"][0]
     model, _ = wikiart.load_autoencoder(str(ae_out / "best.pt"), torch.device("cpu"))
     for r in result["images"]:  # PSNR of this image's reconstruction, computed here
-        x = (wikiart.to_float(np.array(wikiart.decode_image(r["path"], 32)[None]), torch.device("cpu")) + 1) / 2
+        x = (wikiart.to_float(np.array(images.decode_image(r["path"], 32)[None]), torch.device("cpu")) + 1) / 2
         with torch.no_grad():
             mse = float(((model(x) - x) ** 2).mean())
         assert r["psnr"] == pytest.approx(metrics.psnr(mse), abs=1e-3)
