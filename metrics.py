@@ -50,6 +50,15 @@ def format_per_class(metrics, label_counts=None):
     return "\n".join(rows)
 
 
+def gaussian_blur(x, sigma):
+    """Separable Gaussian blur (reflection padding, stride 1, same size) of a (B, C, H, W) batch."""
+    r = max(1, int(math.ceil(2.5 * sigma)))
+    g = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma ** 2))
+    g = (g / g.sum()).view(1, 1, 1, -1).expand(x.shape[1], 1, 1, -1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), g.transpose(2, 3), groups=x.shape[1])
+
+
 def psnr(mse):
     """Peak signal-to-noise ratio in dB for images in [0, 1]."""
     return float(10 * math.log10(1.0 / max(mse, 1e-12)))

@@ -268,3 +268,25 @@ def plot_t2i_evaluation(results, nn_train, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt_.close(fig)
+
+
+def plot_calibration(table, path):
+    """The realism test's accuracy on real paintings against degraded copies, one bar group per test size."""
+    p = plt()
+    sizes = list(table)
+    kinds = list(table[sizes[0]])
+    fig, ax = p.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(sizes)
+    for j, n in enumerate(sizes):
+        acc = [100 * table[n][k]["accuracy"] for k in kinds]
+        ax.bar(np.arange(len(kinds)) + j * width, acc, width, yerr=[100 * table[n][k]["ci95"] for k in kinds],
+               label=f"{n} vs {n}")
+    ax.axhline(50, color="k", lw=0.6, ls="--")
+    ax.set_xticks(np.arange(len(kinds)) + 0.4 - width / 2, kinds)
+    ax.set_ylim(40, 101)
+    ax.set_ylabel("two-sample accuracy %")
+    ax.set_title("real paintings against the same paintings made worse (50% = indistinguishable)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    p.close(fig)

@@ -612,15 +612,6 @@ class Blur(nn.Module):
         return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel, groups=x.shape[1])
 
 
-def gaussian_blur(x, sigma):
-    """Separable Gaussian blur (reflection padding, stride 1, same size) of a (B, C, H, W) batch."""
-    r = max(1, int(math.ceil(2.5 * sigma)))
-    g = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma ** 2))
-    g = (g / g.sum()).view(1, 1, 1, -1).expand(x.shape[1], 1, 1, -1)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g, groups=x.shape[1])
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), g.transpose(2, 3), groups=x.shape[1])
-
-
 class ResidualStyleGenerator(nn.Module):
     """Image + style -> the image in that style, built so that "change nothing" is easy:
         out = x + A(x, s) [x; 1] + r(x, s)
@@ -847,7 +838,7 @@ def soft_colour_histogram(x, bins=8, sigma=1.0):
     a Gaussian (stride 1: no block grid; the 2-pixel period is filtered out, so the generator cannot
     match it by dithering) and keeps every second pixel (after the blur that loses nothing). The earlier
     2x2 block means had a gradient constant on an aligned 2x2 grid, and were blind to a 2x2 mesh."""
-    x = gaussian_blur(x, sigma)[:, :, ::2, ::2] if sigma > 0 else x
+    x = metrics.gaussian_blur(x, sigma)[:, :, ::2, ::2] if sigma > 0 else x
     v = ((x.float() + 1) / 2).clamp(0.5 / bins, 1 - 0.5 / bins).flatten(2)  # (N, 3, P); edges go to end bins
     centres = (torch.arange(bins, device=x.device, dtype=v.dtype) + 0.5) / bins
     w = (1 - (v.unsqueeze(-1) - centres).abs() * bins).clamp(min=0)  # (N, 3, P, bins), sums to 1 per value
