@@ -194,9 +194,9 @@ def main(argv=None):
     print(f"{len(data)} train images ({len(train_idx)} fit / {len(val_idx)} validation), {len(test)} test, "
           f"{size} px; {ae['mode']} autoencoder, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
           f"parameters, code {code_numel} numbers = {compression:.1f}x compression; device {device}")
-    optimizer = wikiart.make_optimizer(model, "adamw", ae["lr"], ae["weight_decay"])
+    optimizer = wikiart.make_optimizer(model, ae["lr"], ae["weight_decay"])
     total_steps = ae["epochs"] * steps_per_epoch
-    scheduler = wikiart.make_scheduler(optimizer, max(1, total_steps // 20), total_steps, "cosine")
+    scheduler = wikiart.make_scheduler(optimizer, max(1, total_steps // 20), total_steps)
     progress = runs.Progress(out_dir, ["train_loss", "val_mse", "val_psnr"],
                              f"{ae['mode']} autoencoder, {compression:.0f}x compression, {cfg['train_dir']}",
                              higher_is_better=False)

@@ -172,7 +172,7 @@ def train_throughput(images, labels, device, steps, batch_size, resident, width=
     """Images/s of resnet training steps (forward, backward, AdamW) with augmentation on `device`.
     resident=True: all uint8 images already on the device, batches indexed there (the bound)."""
     model = wikiart.ResNet(int(labels.max()) + 1, width, list(blocks)).to(device, memory_format=torch.channels_last)
-    opt = wikiart.make_optimizer(model, "adamw", 1e-3, 0.05)
+    opt = wikiart.make_optimizer(model, 1e-3, 0.05)
     g = torch.Generator().manual_seed(0)
     if resident:
         gpu_images, gpu_labels = torch.as_tensor(np.asarray(images)).to(device), labels.to(device)

@@ -404,7 +404,7 @@ def train_or_load_judge(cfg, split, device):
     robust = metrics.robust_transform(np.asarray(data.images))
     bs, epochs = runs.fit_batch_size(64, len(split.train_idx), "the style judge's batch size"), st["judge_epochs"]
     steps = len(split.train_idx) // bs
-    opt = wikiart.make_optimizer(judge, "adamw", st["judge_lr"], 0.05)
+    opt = wikiart.make_optimizer(judge, st["judge_lr"], 0.05)
     sched = wikiart.make_scheduler(opt, steps, epochs * steps)
     for epoch in range(epochs):
         order, g = runs.epoch_order(split.train_idx, cfg["seed"] + 1, epoch)

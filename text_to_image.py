@@ -356,7 +356,7 @@ def train_diffusion(cfg, pipe, data, params, objects, device, resume, argv, save
     groups = [{"params": [p for p in params if p is not words]}, {"params": [p for p in params if p is words],
                                                                   "weight_decay": 0.0}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=t["lr"], weight_decay=t["weight_decay"])
-    lr_sched = wikiart.make_scheduler(opt, t["warmup_steps"], 1, "constant")  # time-capped: EMA, not decay
+    lr_sched = wikiart.make_scheduler(opt, t["warmup_steps"])  # time-capped: EMA, not decay
     ema = EMAModel(params, decay=t["ema_decay"], use_ema_warmup=True, power=0.75) if t["ema_decay"] else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     objects = objects | {"optimizer": opt, "lr_schedule": lr_sched} | ({"ema": ema} if ema else {}) | (

@@ -111,9 +111,8 @@ def main(argv=None):
     # ---- model, optimiser, schedule, loss
     model = wikiart.make_classifier(cfg, C).to(device, memory_format=torch.channels_last)
     print(f"mode {cfg['mode']}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    optimizer = wikiart.make_optimizer(model, cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["momentum"])
-    scheduler = wikiart.make_scheduler(optimizer, cfg["warmup_epochs"] * steps_per_epoch,
-                                       cfg["epochs"] * steps_per_epoch, cfg["schedule"])
+    optimizer = wikiart.make_optimizer(model, cfg["lr"], cfg["weight_decay"])
+    scheduler = wikiart.make_scheduler(optimizer, cfg["warmup_epochs"] * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
     loss_fn = make_loss(cfg, train_counts, device)
     progress = runs.Progress(out_dir, ["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy"],
                              f"{cfg['mode']} on {cfg['train_dir']}")

@@ -300,30 +300,21 @@ def predict(model, images, indices, batch_size, device, desc="evaluating", preci
 # ----------------------------------------------------------------------------------------------
 # Optimisation
 
-def make_optimizer(model, name, lr, weight_decay, momentum=0.9):
-    """AdamW or SGD; no weight decay on biases and normalisation parameters."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
-    raise ConfigError(f"unknown optimizer '{name}'; valid: adamw, sgd")
+def make_optimizer(model, lr, weight_decay):
+    """AdamW; no weight decay on biases and normalisation parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=lr)
 
 
-def make_scheduler(optimizer, warmup_steps, total_steps, schedule="cosine"):
-    """Linear warm-up, then cosine decay to zero (or constant); stepped once per batch."""
-    if schedule not in ("cosine", "constant"):
-        raise ConfigError(f"unknown schedule '{schedule}'; valid: cosine, constant")
-
+def make_scheduler(optimizer, warmup_steps, total_steps=None):
+    """Linear warm-up, then cosine decay to zero at total_steps (None: constant); stepped once per batch."""
     def factor(step):
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        if schedule == "constant":
+        if total_steps is None:
             return 1.0
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        return 0.5 * (1 + math.cos(math.pi * min((step - warmup_steps) / max(1, total_steps - warmup_steps), 1.0)))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 

@@ -34,7 +34,7 @@ def test_each_mode_learns_a_few_steps(mode, sample_root):
     data = wikiart.WikiArtDataset(f"{sample_root}/train", 32)
     cfg = config.load_config(overrides=[f"mode={mode}", "image_size=32", "resnet_width=8"])
     model = wikiart.make_classifier(cfg, len(data.classes))
-    opt = wikiart.make_optimizer(model, "adamw", 3e-3, 0.0)
+    opt = wikiart.make_optimizer(model, 3e-3, 0.0)
     x, y = next(wikiart.iterate_batches(data.images, data.labels, np.arange(0, len(data), 4)[:64], 64,
                                         torch.device("cpu")))
     losses = []
