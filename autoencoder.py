@@ -4,24 +4,12 @@
     python autoencoder.py --set autoencoder.mode=part2      # the course's autoencoder (16x compression)
     python autoencoder.py -c configs/autoencoder_w16_128.json   # WikiArt-16 at 128 px (RESULTS.md)
     python autoencoder.py --resume                          # continue from autoencoder.out_dir/last.pt
-    python cluster.py                                       # then cluster the codes
-    torchrun --standalone --nproc_per_node=8 autoencoder.py # 8 GPUs (multi-node: see train.py)
-    python autoencoder.py --image photo.jpg my_paintings/   # your own images through the trained model
+    python autoencoder.py --image photo.jpg my_paintings/   # your images through the trained model
 
-The style labels are never used for training: a stratified validation split of the training folder
-(by image, labels only keep every style represented) measures progress and picks the best epoch.
-Images are scaled to [0, 1]; the loss is MSE (+ autoencoder.l1_weight * L1). With train_crop > 0 a
-fully-convolutional model trains on random crops (4x cheaper at half the side) and is evaluated on
-whole images. Writes to autoencoder.out_dir: best.pt, last.pt, train_log.{json,csv}, curves.png,
-metrics.json (test MSE/PSNR), reconstructions.png, codes_train.npz, codes_test.npz.
-
---image PATH... (image files, or folders of images without style sub-folders) trains nothing: each
-image goes through autoencoder.out_dir/best.pt at its image_size (decoded like the training images:
-EXIF orientation and colour profile applied, squashed). The PSNR of each is printed, and
-autoencoder.out_dir/reconstruct/ (or --out NAME) gets reconstructions.json (MSE and PSNR per image,
-with the checkpoint and command), reconstructions.png (original / code / reconstruction of the first
-8) and autoencoder_config.json. Unreadable files are named and skipped as in test.py --image (exit
-status 0 if at least one image was read, 2 if none).
+Labels only stratify the validation split (which picks best.pt). MSE on [0, 1] images; with train_crop a
+fully convolutional model trains on random crops and is scored on whole images. Writes to
+autoencoder.out_dir: best.pt, last.pt, train_log.*, curves.png, metrics.json (test PSNR),
+reconstructions.png, codes_{train,test}.npz; --image: reconstruct/ (PSNR per image, a figure).
 """
 import math
 import os
@@ -34,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import config
+import ddp
 import metrics
 import plots
 import runs
@@ -173,14 +162,13 @@ def main(argv=None):
         return reconstruct_images(args.image, cfg, device, args, argv)
     ae = cfg["autoencoder"]
     out_dir = ae["out_dir"]
-    runs.lock_out_dir(out_dir)  # a second run into out_dir stops here (--image above reads only)
 
     # ---- data: labels are only used to stratify the validation split and to label the saved codes
-    with runs.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache
+    with ddp.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache
         sample_data.ensure_sample(cfg)
         data = wikiart.load_split(cfg, "train")
         test = wikiart.load_split(cfg, "test", data.class_to_idx)
-    train_idx, val_idx = wikiart.stratified_split(data.labels, ae["val_fraction"], cfg["seed"])
+    train_idx, val_idx = wikiart.stratified_split(data.labels, cfg["val_fraction"], cfg["seed"])
     size, crop, bs = cfg["image_size"], ae["train_crop"], ae["batch_size"]
     if crop and (crop > size or (ae["mode"] == "conv" and ae["bottleneck"] == "vector")):
         raise config.UserError(f"autoencoder.train_crop={crop} needs a spatial bottleneck and crop <= image_size ({size})")
@@ -194,7 +182,7 @@ def main(argv=None):
     print(f"{len(data)} train images ({len(train_idx)} fit / {len(val_idx)} validation), {len(test)} test, "
           f"{size} px; {ae['mode']} autoencoder, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
           f"parameters, code {code_numel} numbers = {compression:.1f}x compression; device {device}")
-    optimizer = wikiart.make_optimizer(model, ae["lr"], ae["weight_decay"])
+    optimizer = wikiart.make_optimizer(model, ae["lr"], 0.0)
     total_steps = ae["epochs"] * steps_per_epoch
     scheduler = wikiart.make_scheduler(optimizer, max(1, total_steps // 20), total_steps)
     progress = runs.Progress(out_dir, ["train_loss", "val_mse", "val_psnr"],
@@ -205,13 +193,14 @@ def main(argv=None):
         return runs.training_state(epoch, progress, model=model, optimizer=optimizer, scheduler=scheduler) | {
             "config": cfg, "class_to_idx": data.class_to_idx, "compression": compression, "code_numel": code_numel}
 
+    runs.lock_out_dir(out_dir)  # a second run into out_dir stops here, before anything is written (--image reads only)
     last = os.path.join(out_dir, "last.pt")
     start_epoch = 0
     if args.resume:
         start_epoch = runs.resume(last, progress, device,
                                   lambda c: runs.mismatch(c.get("config", {}), cfg, MODEL_KEYS, last),
                                   model=model, optimizer=optimizer, scheduler=scheduler)
-    train_model = runs.wrap_ddp(model, world, device)
+    train_model = ddp.wrap_ddp(model, world, device)
     runs.save_run_config(cfg, out_dir, "autoencoder.py", argv)
 
     # ---- training loop
@@ -227,17 +216,15 @@ def main(argv=None):
                 x = random_crop_flip((x + 1) / 2, crop, g).contiguous(memory_format=torch.channels_last)
                 out = train_model(x)
                 loss = F.mse_loss(out, x)
-                if ae["l1_weight"]:
-                    loss = loss + ae["l1_weight"] * F.l1_loss(out, x)
                 runs.optimizer_step(loss, optimizer, scheduler)
                 total, seen = total + loss.item() * len(x), seen + len(x)
                 bar.set_postfix(loss=f"{total / seen:.4f}")
 
             row = runs.epoch_row(epoch, total, seen, optimizer, device)
             if len(val_idx):
-                runs.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
-                mse = run_encoder(model, data.images, runs.shard(val_idx, rank, world), device, desc="validating")[0]
-                m = recon_metrics(runs.all_gather_shards(torch.from_numpy(mse), world).numpy())
+                ddp.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
+                mse = run_encoder(model, data.images, ddp.shard(val_idx, rank, world), device, desc="validating")[0]
+                m = recon_metrics(ddp.all_gather_shards(torch.from_numpy(mse), world).numpy())
                 row.update(val_mse=m["mse"], val_psnr=m["psnr"])
             row["seconds"] = time.time() - t0
             capped = runs.time_is_up(device, epoch + 1, ae["epochs"])  # max_minutes: end after this epoch, resumable
@@ -247,7 +234,7 @@ def main(argv=None):
                 break
 
     del train_model  # the DDP wrapper holds the process group: release it first
-    runs.cleanup_distributed()
+    ddp.cleanup_distributed()
     if rank > 0:
         return  # the test metrics, figure and codes below are rank 0's work
 
@@ -267,7 +254,7 @@ def main(argv=None):
     first_of_style = {}
     for i, y in enumerate(test.labels.tolist()):
         first_of_style.setdefault(y, i)
-    show = list(first_of_style.values())[:ae["num_show"]] or [0]
+    show = list(first_of_style.values())[:6] or [0]
     plot_reconstructions(model, test.images[show], [test.classes[int(test.labels[i])] for i in show],
                          os.path.join(out_dir, "reconstructions.png"),
                          f"{ae['mode']} autoencoder: original / code / decoded ({compression:.0f}x compression)")

@@ -1,20 +1,13 @@
 """Part 2: do art styles cluster? Cluster the autoencoder's codes and score them against the true styles.
 
     python autoencoder.py && python cluster.py             # codes from autoencoder.out_dir
-    python cluster.py --set cluster.method=gmm              # kmeans | gmm | agglomerative
-    python cluster.py --set cluster.feature=code            # code | stats | code+stats
-    python cluster.py --set autoencoder.out_dir=out/ae_w16 cluster.out_dir=out/cluster_w16
+    python cluster.py --set cluster.method=gmm cluster.feature=stats
 
-Pipeline (seeded): features -> StandardScaler -> PCA (cluster.pca_dim) -> clustering with k = the number
-of styles present (cluster.k=0) -> NMI, ARI, purity, Hungarian accuracy and silhouette against the
-true styles (the labels are only used for scoring and colouring). The same pipeline runs on a
-baseline, the raw pixels at cluster.baseline_size px, so the autoencoder's contribution is visible.
-
-Features (cluster.feature): "code" is the flattened bottleneck; "stats" is the per-channel mean and
-std of every encoder feature map (texture/colour statistics, independent of where things are in the
-picture); "code+stats" is both, each block scaled to the same total variance.
-Writes to cluster.out_dir: metrics.json, comparison.png, pca.png, tsne.png, contingency.png,
-pc1_vs_cluster.png (each figure: the autoencoder feature next to the raw-pixel baseline).
+Seeded pipeline: features (code: the bottleneck; stats: per-channel mean and std of every encoder map;
+code+stats: both, equal variance) -> StandardScaler -> PCA -> k = number of styles -> NMI, ARI, purity,
+Hungarian accuracy, silhouette. The same pipeline on raw pixels at 16 px is the baseline. Labels only
+score and colour. Writes to cluster.out_dir: metrics.json, comparison.png, pca.png, tsne.png,
+contingency.png (each figure beside the raw-pixel baseline).
 """
 import os
 import sys
@@ -53,7 +46,7 @@ def cluster(x, method, k, seed):
 
 
 def plot_figures(results, views, labels, classes, cl, k, out_dir, seed):
-    """pca.png, tsne.png, contingency.png, pc1_vs_cluster.png and comparison.png: the autoencoder
+    """pca.png, tsne.png, contingency.png and comparison.png: the autoencoder
     feature next to the raw-pixel baseline (colour = true style, marker = cluster)."""
     p = plots.plt()
     present = np.unique(labels)
@@ -116,22 +109,6 @@ def plot_figures(results, views, labels, classes, cl, k, out_dir, seed):
         fig.savefig(f, dpi=110)
     p.close(fig)
 
-    fig, axes = p.subplots(1, 2, figsize=(13, 5))
-    jitter = rng.uniform(-0.25, 0.25, len(labels))
-    for ax, name in zip(axes, results):
-        _, pc2, assign = views[name]
-        for c in present:
-            sel = labels == c
-            ax.scatter(pc2[sel, 0], assign[sel] + jitter[sel], s=8, color=style_colour[c], alpha=0.7, linewidths=0)
-        ax.set_xlabel("first principal component")
-        ax.set_ylabel(f"{cl['method']} cluster id")
-        ax.set_title(f"{name}: 1D view (colour = true style)", fontsize=9)
-    style_legend(fig)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
-    with runs.atomic_file(os.path.join(out_dir, "pc1_vs_cluster.png")) as f:
-        fig.savefig(f, dpi=110)
-    p.close(fig)
-
     keys = ["nmi", "ari", "purity", "hungarian_accuracy", "silhouette"]
     fig, ax = p.subplots(figsize=(8, 4))
     for i, name in enumerate(results):
@@ -176,7 +153,7 @@ def main(argv=None):
     print(f"{len(labels)} {cl['split']} images of {len(np.unique(labels))} styles from {codes_path}; "
           f"feature '{cl['feature']}' ({sum(b.shape[1] for b in blocks[cl['feature']])} numbers), "
           f"{cl['method']} with k={k}")
-    bs = cl["baseline_size"]
+    bs = 16  # the raw-pixel baseline's side
     pixels, kept, skipped = images.load_images([(classes[y], p) for y, p in zip(labels, paths)], bs,
                                                 cfg["cache_dir"] or None, desc=f"raw pixels at {bs} px")
     if skipped:
@@ -203,7 +180,7 @@ def main(argv=None):
     runs.save_run_config(cfg, out_dir, "cluster.py", argv)
     plot_figures(results, views, labels, classes, cl, k, out_dir, seed)
     print(f"NMI autoencoder / raw pixels = {report['nmi_ratio_vs_raw_pixels']:.2f}x; wrote {out_dir}/metrics.json and "
-          "pca.png, tsne.png, contingency.png, pc1_vs_cluster.png, comparison.png")
+          "pca.png, tsne.png, contingency.png, comparison.png")
 
 
 if __name__ == "__main__":

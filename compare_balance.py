@@ -1,19 +1,13 @@
-"""Part 1: train one classifier per class-imbalance option, same seed/model/budget, and compare them.
+"""Part 1: train one classifier per class-imbalance option (same seed, model, budget) and compare them.
 
     python compare_balance.py                                   # every option on the sample data
-    python compare_balance.py --options none logit_adjust sampler sampler+posthoc --set epochs=5
+    python compare_balance.py --options none sampler sampler+posthoc --set epochs=5
     python compare_balance.py -c configs/imbalance_w16_64.json  # the WikiArt-16 comparison (RESULTS.md)
 
-Each option X runs train.py then test.py with `--set balance=X out_dir=<out_dir>/X`. `X+posthoc` is
-the same training followed by a test-time prior correction: X's finished run is calibrated on the
-validation split (tau, as train.py's posthoc=true does) into <out_dir>/X+posthoc, without training
-again. An option whose run already finished with the same config is reused and one that was
-interrupted continues from its last epoch, so re-running the same command resumes a comparison.
-Best epochs and tau are picked on the validation split; the test columns are reported, never used
-to choose.
-Writes <out_dir>/balance_comparison.{md,json,png}: accuracy, balanced accuracy, macro-F1 and the
-worst per-class recall, one row per option; and balance_per_style.png: every option's test recall per
-style, styles sorted by training count.
+Option X runs train.py and test.py with balance=X into <out_dir>/X; X+posthoc calibrates X's run on the
+validation split (tau, as posthoc=true does) into <out_dir>/X+posthoc without training again. Running the
+same command again continues an interrupted comparison (each run resumes). Writes
+<out_dir>/balance_comparison.{md,json,png} and balance_per_style.png (test recall per style).
 """
 import json
 import os
@@ -33,22 +27,6 @@ OPTIONS = [*wikiart.BALANCE_OPTIONS, *(o + "+posthoc" for o in wikiart.BALANCE_O
 DEFAULT_OPTIONS = [*wikiart.BALANCE_OPTIONS, "none+posthoc", "sampler+posthoc"]
 
 
-def earlier_run(out, run_cfg):
-    """How far an earlier run in `out` with exactly this classifier config got: "tested" (reused),
-    "trained" (only test.py is left), "interrupted" (resumed) or None (none: train from scratch)."""
-    last = os.path.join(out, "last.pt")
-    if not os.path.exists(last):
-        return None
-    saved = runs.load_checkpoint(last, "a train.py checkpoint", needs=("model", "config", "epoch"))
-    saved_cfg = config.complete(saved["config"])  # a key added after that run: it ran with the default
-    keys = [k for k, v in run_cfg.items() if not isinstance(v, dict) and k not in ("threads", "device", "stop_after")]
-    if any(saved_cfg[k] != run_cfg[k] for k in keys):
-        return None
-    if saved["epoch"] + 1 < run_cfg["epochs"] and not saved["history"][-1].get("time_cap", False):
-        return "interrupted"  # (a run its time cap, max_minutes, ended counts as finished)
-    return "tested" if os.path.exists(os.path.join(out, "test_metrics.json")) else "trained"
-
-
 def posthoc_from(plain_out, out, cfg):
     """<out>/best.pt: the plain run's best model with the post-hoc bias chosen on its validation split."""
     device = runs.get_device(cfg["device"])
@@ -59,7 +37,7 @@ def posthoc_from(plain_out, out, cfg):
     if not len(val_idx):
         raise config.UserError(f"+posthoc chooses tau on the validation split, but val_fraction="
                                f"{run_cfg['val_fraction']} leaves no validation images: raise val_fraction")
-    best = train.calibrate_posthoc(best, model, data, val_idx, cfg["posthoc_max_drop"], device=device)
+    best = train.calibrate_posthoc(best, model, data, val_idx, device=device)
     best["config"]["out_dir"] = out
     runs.atomic_save(best, os.path.join(out, "best.pt"))
 
@@ -80,13 +58,9 @@ def main(argv=None):
         balance, _, posthoc = option.partition("+")
         plain_out, out = os.path.join(base_out, balance), os.path.join(base_out, option)
         run_argv = passthrough + [f"balance={balance}", "posthoc=false", f"out_dir={plain_out}"]
-        state = earlier_run(plain_out, config.parse_config(parser, run_argv)[1])
-        if state == "tested":
-            print(f"balance={balance}: reusing the finished run in {plain_out}")
-        else:
-            if state != "trained":
-                train.main(run_argv + (["--resume"] if state == "interrupted" else []))
-            test.main(run_argv)
+        # an interrupted comparison continues: each option's run resumes (a finished one has nothing left to train)
+        train.main(run_argv + (["--resume"] if os.path.exists(os.path.join(plain_out, "last.pt")) else []))
+        test.main(run_argv)
         if posthoc:
             posthoc_from(plain_out, out, cfg)
             test.main(passthrough + [f"out_dir={out}"])

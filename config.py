@@ -1,10 +1,9 @@
-"""Which config keys exist: every key of config.json with its default, its allowed values and one line
-of help. config.json holds the values you edit; this file is the schema, so a misspelt key in
-config.json is caught ("did you mean ...") instead of being taken for a new key.
+"""Which config keys exist: every key of config.json with its default, its allowed values and one line of
+help. config.json holds the values you edit; this schema catches a misspelt key ("did you mean ...").
 
-Every script loads, in order (later wins):
-    the defaults below  <-  config.json  <-  -c FILE (repeatable)  <-  --set KEY=VALUE ...
-Section keys take a dot: --set autoencoder.epochs=3. `python train.py --help-config` prints this table.
+Every script loads, in order (later wins): the defaults below <- config.json <- -c FILE (repeatable) <-
+--set KEY=VALUE ... Section keys take a dot: --set autoencoder.epochs=3. `python train.py --help-config`
+prints this table.
 """
 import argparse
 import difflib
@@ -21,8 +20,8 @@ SCHEMA = {
         "seed": (0, "fixes the validation split, initialisation, shuffling, sampling, augmentation", ">=0"),
         "device": ("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, mps"),
         "threads": (0, "CPU threads for torch (0: torch's default); results are bit-identical per count", ">=0"),
-        "precision": ("auto", "classifier forward passes: auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 "
-                      "(bf16 autocast on CPU too), fp32", ("auto", "bf16", "fp32")),
+        "precision": ("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 (on a CPU too), fp32",
+                      ("auto", "bf16", "fp32")),
         "train_dir": ("data/sample/train", "training folder <root>/<Style>/<image> (the sample is generated)"),
         "test_dir": ("data/sample/test", "test folder, same layout; never used to choose a model"),
         "image_size": (64, "images are squashed to this square size (course: 416; WikiArt-16: 128)", ">0"),
@@ -32,33 +31,19 @@ SCHEMA = {
                  ("base", "bonusA", "resnet")),
         "resnet_width": (32, "ResNet stage widths w, 2w, 4w, 8w (64 with [2,2,2,2] = ResNet-18 body)", ">0"),
         "resnet_blocks": ([1, 1, 1, 1], "ResNet blocks per stage", ">0"),
-        "dropout": (0.2, "dropout before the ResNet's last layer", "0..<1"),
-        "epochs": (12, "length of the schedule", ">0"),
+        "epochs": (12, "length of the schedule (1 warm-up epoch, then cosine decay)", ">0"),
         "stop_after": (0, "end this run after N epochs (0: never); continue with --resume", ">=0"),
-        "max_minutes": (0.0, "time cap: end training after the epoch in which this many minutes have passed "
-                        "since the run started (0: none); continue with --resume", ">=0"),
+        "max_minutes": (0.0, "a guard: end training after the epoch in which this many minutes have passed "
+                        "(0: none); says so, --resume continues", ">=0"),
         "batch_size": (64, "images per step (the global batch under torchrun)", ">0"),
-        "optimizer": ("adamw", "adamw or sgd (Nesterov, momentum)", ("adamw", "sgd")),
-        "lr": (0.003, "peak learning rate", ">0"),
-        "weight_decay": (0.05, "weight decay (not on biases and norm parameters)", ">=0"),
-        "momentum": (0.9, "SGD momentum", "0..<1"),
-        "warmup_epochs": (1, "linear warm-up epochs", ">=0"),
-        "schedule": ("cosine", "after warm-up: cosine decay to 0, or constant", ("cosine", "constant")),
-        "label_smoothing": (0.1, "label smoothing of the cross-entropy", "0..<1"),
+        "lr": (0.003, "AdamW peak learning rate (weight decay 0.05, label smoothing 0.1)", ">0"),
         "augment": (True, "random resized crop + horizontal flip, on the batch on the training device"),
-        "crop_min_scale": (0.35, "smallest crop area of the random resized crop", "0..1"),
         "mixup": (0.0, "mixup Beta(a, a) parameter (0: off); with cutmix, one of the two per batch", ">=0"),
         "cutmix": (0.0, "cutmix Beta(a, a) parameter (0: off)", ">=0"),
         "val_fraction": (0.1, "stratified validation split carved from the training folder", "0..<1"),
-        "select_metric": ("balanced_accuracy", "validation metric that picks best.pt",
-                          ("accuracy", "balanced_accuracy", "macro_f1")),
         "balance": ("none", "class-imbalance handling (README, Part 1)",
                     ("none", "weights1", "weights2", "weights3", "effective", "sampler", "logit_adjust", "drw")),
-        "effective_beta": (0.999, "beta of the effective-number weights", "0..<1"),
-        "logit_tau": (1.0, "temperature of the logit-adjusted loss", ">=0"),
-        "drw_start": (0.6, "drw: fraction of the epochs trained without weights", "0..1"),
         "posthoc": (False, "after training: test-time prior correction, tau chosen on validation"),
-        "posthoc_max_drop": (0.02, "posthoc: largest validation-accuracy drop allowed when choosing tau", "0..1"),
     },
     "autoencoder": {  # Part 2: autoencoder.py (and the encoder style_transfer.py builds on)
         "mode": ("conv", "part2 (the course's autoencoder) or conv (residual, normalised)", ("part2", "conv")),
@@ -66,7 +51,6 @@ SCHEMA = {
         "epochs": (8, "training epochs", ">0"),
         "batch_size": (32, "images per step", ">0"),
         "lr": (0.002, "AdamW peak learning rate (5% warm-up, then cosine)", ">0"),
-        "weight_decay": (0.0, "AdamW weight decay", ">=0"),
         "width": (16, "conv: channels of the first stage (doubling per stage)", ">0"),
         "downsample": (3, "conv: stride-2 stages; code side = image_size / 2**downsample", ">0"),
         "code_channels": (12, "conv: channels of the code map", ">0"),
@@ -74,9 +58,6 @@ SCHEMA = {
                        ("spatial", "vector")),
         "code_dim": (256, "conv, vector bottleneck: numbers in the code", ">0"),
         "train_crop": (32, "random training crop side (0: whole images); spatial bottleneck only", ">=0"),
-        "l1_weight": (0.0, "weight of an extra L1 term beside the MSE", ">=0"),
-        "val_fraction": (0.1, "stratified validation split (labels only keep styles represented)", "0..<1"),
-        "num_show": (6, "test images in reconstructions.png", ">0"),
     },
     "cluster": {  # Part 2: cluster.py
         "out_dir": ("out/cluster", "metrics.json and the figures"),
@@ -87,7 +68,6 @@ SCHEMA = {
         "method": ("kmeans", "clustering method", ("kmeans", "gmm", "agglomerative")),
         "k": (0, "number of clusters (0: the number of styles)", ">=0"),
         "pca_dim": (50, "PCA dimensions before clustering (0: no PCA)", ">=0"),
-        "baseline_size": (16, "side of the raw-pixel baseline", ">0"),
         "tsne_points": (2000, "images in the t-SNE subsample", ">0"),
     },
     "style_transfer": {  # Part 3: style_transfer.py
@@ -210,8 +190,8 @@ SCHEMA = {
 
 
 class UserError(Exception):
-    """A mistake of the user's (a typo, a missing folder, a checkpoint that does not fit): the scripts
-    print it as one line and exit with status 2, without a traceback (runs.cli)."""
+    """A mistake of the user's (a typo, a missing folder, a checkpoint that does not fit): one line on stderr
+    and exit status 2, no traceback (runs.cli)."""
 
 
 class ConfigError(UserError, ValueError):
@@ -223,14 +203,12 @@ def defaults():
     cfg = {}
     for section, keys in SCHEMA.items():
         node = cfg.setdefault(section, {}) if section else cfg
-        for key, spec in keys.items():
-            node[key] = json.loads(json.dumps(spec[0]))  # a copy, lists included
+        node.update({key: json.loads(json.dumps(spec[0])) for key, spec in keys.items()})
     return cfg
 
 
 def complete(saved):
-    """A config saved in a checkpoint by an earlier version, with every key added since at its default
-    (which keeps the earlier behaviour): old checkpoints load without a KeyError."""
+    """A config saved in a checkpoint, with every key added since at its default (the old behaviour)."""
     cfg = defaults()
     for key, value in saved.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
@@ -247,20 +225,19 @@ def _spec(key):
 
 def _unknown(key, where):
     section, _, name = key.rpartition(".")
+    sections = [s for s in SCHEMA if s]
     if not section and name in SCHEMA:  # a section name where a value was expected
         first = next(iter(SCHEMA[name]))
         return ConfigError(f"{where}'{name}' is a section: in a config file it takes an object such as "
                            f'{{"{first}": ...}}; on the command line --set {name}.{first}=...')
     if section not in SCHEMA:
-        guess = difflib.get_close_matches(section, [s for s in SCHEMA if s], 1)
-        hint = f" did you mean '{guess[0]}.{name}'?" if guess else ""
-        return ConfigError(f"{where}unknown config section '{section}'.{hint} Sections: "
-                           + ", ".join(s for s in SCHEMA if s))
+        guess = difflib.get_close_matches(section, sections, 1)
+        return ConfigError(f"{where}unknown config section '{section}'." + (f" did you mean '{guess[0]}.{name}'?"
+                           if guess else "") + f" Sections: {', '.join(sections)}")
     names = list(SCHEMA[section])
-    sections = [s for s in SCHEMA if s] if not section else []  # "autoencodr": {...} is a misspelt section
-    guess = difflib.get_close_matches(name, names + sections, 1, 0.6)
-    hint = (f" did you mean the section '{guess[0]}'?" if guess and guess[0] in sections else
-            f" did you mean '{(section + '.') if section else ''}{guess[0]}'?" if guess else "")
+    guess = difflib.get_close_matches(name, names + ([] if section else sections), 1, 0.6)
+    hint = ("" if not guess else f" did you mean the section '{guess[0]}'?" if guess[0] in sections and not section
+            else f" did you mean '{(section + '.') if section else ''}{guess[0]}'?")
     what = f"section '{section}'" if section else "the top level"
     return ConfigError(f"{where}unknown config key '{key}'.{hint} Keys of {what}: {', '.join(names)}")
 
@@ -276,16 +253,19 @@ def choose(name, options, what):
                     + f" The model's {what}s: {', '.join(options)}")
 
 
+RULES = {">0": ("> 0", lambda v: v > 0), ">=0": (">= 0", lambda v: v >= 0), "0..1": ("in [0, 1]", lambda v: 0 <= v <= 1),
+         "0..<1": ("in [0, 1)", lambda v: 0 <= v < 1)}
+
+
 def check_value(key, value, where=""):
     """The value with the default's type (an int is accepted for a float), inside its allowed range."""
     spec = _spec(key)
     if spec is None:
         raise _unknown(key, where)
     default, rule = spec[0], spec[2] if len(spec) > 2 else None
-    ok = (isinstance(value, bool) if isinstance(default, bool) else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
-          isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
-          isinstance(value, type(default)))
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    ok = (isinstance(value, bool) if isinstance(default, bool) else number(value) if isinstance(default, float) else
+          number(value) and isinstance(value, int) if isinstance(default, int) else isinstance(value, type(default)))
     if not ok:
         raise ConfigError(f"{where}config key '{key}' must be {type(default).__name__} "
                           f"(like the default {json.dumps(default)}), got {json.dumps(value)}")
@@ -293,29 +273,18 @@ def check_value(key, value, where=""):
     if isinstance(value, list) and not value and default:
         raise ConfigError(f"{where}config key '{key}' must not be empty (like the default {json.dumps(default)})")
     for v in value if isinstance(value, list) else [value]:
-        bad = (isinstance(rule, tuple) and v not in rule or rule == ">0" and not v > 0
-               or rule == ">=0" and not v >= 0 or rule == "0..1" and not 0 <= v <= 1
-               or rule == "0..<1" and not 0 <= v < 1)
-        if bad:
-            allowed = ("one of " + ", ".join(rule) if isinstance(rule, tuple) else
-                       {">0": "> 0", ">=0": ">= 0", "0..1": "in [0, 1]", "0..<1": "in [0, 1)"}[rule])
+        if isinstance(rule, tuple) and v not in rule or rule in RULES and not RULES[rule][1](v):
+            allowed = "one of " + ", ".join(rule) if isinstance(rule, tuple) else RULES[rule][0]
             raise ConfigError(f"{where}config key '{key}' must be {allowed}, got {json.dumps(value)}")
     return value
 
 
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and (prefix + k) in SCHEMA:
-            out.update(_flatten(v, prefix + k + "."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def flatten(cfg):
+def flatten(cfg, prefix=""):
     """A nested config as dotted keys: {"seed": 0, ..., "autoencoder.epochs": 8, ...}."""
-    return _flatten(cfg)
+    out = {}
+    for k, v in cfg.items():
+        out.update(flatten(v, prefix + k + ".") if isinstance(v, dict) and (prefix + k) in SCHEMA else {prefix + k: v})
+    return out
 
 
 def _set(cfg, key, value):
@@ -330,8 +299,7 @@ def shown(path):
 
 
 def read_json(path):
-    """The JSON object in a config file, or a ConfigError naming the file (and the line and column of
-    a syntax error)."""
+    """The JSON object in a config file, or a ConfigError naming the file (and where its syntax breaks)."""
     try:
         with open(path) as f:
             values = json.load(f)
@@ -351,24 +319,23 @@ _noted_missing = set()
 
 
 def load_config(files=(DEFAULT_CONFIG,), overrides=(), note_missing=True):
-    """The resolved config (nested dict): schema defaults <- each file in turn <- KEY=VALUE overrides.
-    A key missing from config.json falls back to its default, said once per process."""
+    """The resolved config (nested dict): schema defaults <- each file in turn <- KEY=VALUE overrides. A key
+    missing from config.json falls back to its default, said once per process."""
     cfg = defaults()
     for path in files:
-        values = {k: v for k, v in _flatten(read_json(path)).items() if not k.startswith("_")}  # _doc, _command
-        where = f"{shown(path)}: "
+        values = {k: v for k, v in flatten(read_json(path)).items() if not k.startswith("_")}  # _doc, _command
         for key, value in values.items():
-            _set(cfg, key, check_value(key, value, where))
+            _set(cfg, key, check_value(key, value, f"{shown(path)}: "))
         if note_missing and os.path.abspath(path) == os.path.abspath(DEFAULT_CONFIG):
-            missing = [k for k in _flatten(defaults()) if k not in values and k not in _noted_missing]
+            missing = [k for k in flatten(defaults()) if k not in values and k not in _noted_missing]
             if missing:
                 _noted_missing.update(missing)
                 print(f"note: config.json has no {', '.join(missing)}; using the default "
                       f"({', '.join(json.dumps(_spec(k)[0]) for k in missing)})", file=sys.stderr)
     for item in overrides:
-        if "=" not in item:
+        key, eq, raw = item.partition("=")
+        if not eq:
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        key, raw = item.split("=", 1)
         spec = _spec(key)
         if spec is None:
             raise _unknown(key, "--set: ")
@@ -376,9 +343,7 @@ def load_config(files=(DEFAULT_CONFIG,), overrides=(), note_missing=True):
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw  # bare words are strings: --set mode=base
-        if isinstance(spec[0], str) and not isinstance(value, str):
-            value = raw  # --set out_dir=123 stays a string
-        _set(cfg, key, check_value(key, value, "--set: "))
+        _set(cfg, key, check_value(key, raw if isinstance(spec[0], str) else value, "--set: "))
     return cfg
 
 
@@ -388,10 +353,8 @@ def help_text():
     for section, keys in SCHEMA.items():
         lines.append(f"[{section or 'top level'}]")
         for name, spec in keys.items():
-            key = f"{section}.{name}" if section else name
-            rule = spec[2] if len(spec) > 2 else None
-            allowed = f" ({'|'.join(rule)})" if isinstance(rule, tuple) else ""
-            lines.append(f"  {key:34s} {json.dumps(spec[0]):22s} {spec[1]}{allowed}")
+            allowed = f" ({'|'.join(spec[2])})" if len(spec) > 2 and isinstance(spec[2], tuple) else ""
+            lines.append(f"  {(section + '.' if section else '') + name:34s} {json.dumps(spec[0]):22s} {spec[1]}{allowed}")
     return "\n".join(lines)
 
 
@@ -434,5 +397,5 @@ def explicit_keys(args):
     keys = {item.split("=", 1)[0] for item in args.set}
     for path in args.config:
         if os.path.abspath(path) != DEFAULT_CONFIG:
-            keys |= {k for k in _flatten(read_json(path)) if not k.startswith("_")}
+            keys |= {k for k in flatten(read_json(path)) if not k.startswith("_")}
     return keys

@@ -254,10 +254,9 @@ def load_images(items, size, cache_dir=None, desc="decoding"):
             runs.atomic_write_text(json.dumps({"kept": kept, "skipped": skipped}), meta)
             images = np.load(npy, mmap_mode="r")
     except OSError as e:  # a full disk or a read-only cache_dir: one line (runs.cli), naming the cache
-        error = runs.write_error(e)
-        if not cache_dir or error is None:
+        if not cache_dir or not e.errno:
             raise
-        raise runs.cannot_write(npy, error, 128 + int(np.prod(shape)))  # the .npy header and every row
+        raise UserError(f"cannot write the image cache {npy}: {os.strerror(e.errno)} (cache_dir=\"\" turns it off)")
     finally:
         if out:
             out.close()

@@ -1,33 +1,14 @@
 """Evaluate a trained classifier on a labelled folder, or classify your own images with it.
 
     python test.py                                   # out_dir/best.pt on the run's own test folder
-    python test.py --set out_dir=out/w16             # another run
     python test.py --set test_dir=../shared/data/wikiart16/test   # another labelled folder
-    python test.py --checkpoint out/w16/last.pt --set test_dir=../shared/data/wikiart16/test
-    python test.py --image photo.jpg painting.png    # your own images: the top-3 styles of each
-    python test.py --image my_paintings/ --topk 5    # every image file directly inside a folder
+    python test.py --image photo.jpg my_paintings/ --topk 5       # your images: the top styles of each
 
-The model, its image size and its style map come from the checkpoint. Results go to the checkpoint's
-folder (out_dir), or to a folder inside it named by --out NAME.
-
-A labelled folder <root>/<Style>/<image> (the test folder the run was trained alongside unless
-test_dir is set here): test images are labelled by style *name* through the stored map, so labels
-cannot shift between runs. Writes test_metrics.json, confusion.png (rows normalised),
-per_class_recall.png (styles sorted by training count) and test_config.json. For the run's own test
-folder they go to out_dir itself; any other folder's go to out_dir/eval_<folder>/ (e.g.
-eval_wikiart16_test/), so a second evaluation never overwrites the first. The JSON names the
-checkpoint, the folder, the settings and the command that made it.
-
-Your own images (--image PATH...: image files, or folders of images without style sub-folders):
-each is decoded the way the training images were (EXIF orientation and colour profile applied, then
-squashed to the checkpoint's image_size) and gets its --topk styles, with probabilities = softmax of
-the logits (plus the post-hoc bias when the checkpoint has one). The table is printed and
-out_dir/predictions/ (out_dir/predictions_<folder>/ for one folder) gets predictions.csv (one row per
-image), predictions.json (every style's probability, with the checkpoint, inputs and settings),
-predictions.png (the first 8 images beside their top-k bars) and test_config.json. This lives here
-rather than in a predict.py so that one script does everything a trained classifier is used for.
-A file that is not a readable image gets one line naming it and is skipped: the exit status is 0
-when at least one image was classified (the skipped ones are listed in the JSON), 2 when none was.
+The model, its image size and its style map come from the checkpoint; test images are labelled by style
+name through that map. A labelled folder gives test_metrics.json, confusion.png and per_class_recall.png
+(in out_dir for the run's own test folder, else out_dir/eval_<folder>/). --image decodes each file as the
+training images were (EXIF orientation, colour profile, squashed) and writes predictions.{csv,json,png} to
+out_dir/predictions/ (--out NAME); unreadable files are named and skipped (exit 2 only if none is left).
 """
 import csv
 import os

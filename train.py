@@ -1,24 +1,15 @@
 """Train a style classifier on WikiArt (or the built-in sample data, generated on first use).
 
     python train.py                                    # config.json: resnet on data/sample
-    python train.py --set mode=base epochs=5           # the course's in-class model
-    python train.py --set balance=logit_adjust         # Part 1: imbalance handling (README)
-    python train.py --set balance=sampler posthoc=true # ... then a prior correction tuned on validation
-    python train.py -c configs/classifier_w16_64.json  # a recipe: WikiArt-16 (RESULTS.md)
-    python train.py --resume                           # continue from out_dir/last.pt
-    python train.py --help-config                      # every config key, its default and meaning
-
-Several GPUs (DistributedDataParallel, one process per GPU; batch_size stays the global batch):
-    torchrun --standalone --nproc_per_node=8 train.py       # 8 GPUs on one machine
-    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 train.py
-    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=29500 train.py
-    (2 machines: the first line on the master, the second on the other; without Infiniband prepend
-    NCCL_IB_DISABLE=1; on CPU, --set device=cpu uses gloo)
+    python train.py --set mode=base epochs=5           # the course's in-class model (bonusA: its variant)
+    python train.py --set balance=sampler posthoc=true # Part 1: imbalance handling (README)
+    python train.py -c configs/classifier_w16_64.json  # a recipe: WikiArt-16 at 64 px (RESULTS.md)
+    python train.py --set stop_after=3 ; python train.py --resume   # stop after 3 epochs, then continue
+    torchrun --standalone --nproc_per_node=8 train.py  # 8 GPUs (docs/operations.md)
 
 The style map (sorted style names -> labels) comes from the training folder and is stored in every
-checkpoint. A stratified validation split of the training folder picks the best epoch; the test
-folder is never read here. Writes to out_dir: best.pt, last.pt, train_log.{json,csv}, curves.png,
-train_config.json (the resolved config and command).
+checkpoint. A stratified validation split of the training folder picks best.pt; the test folder is never
+read here. Writes to out_dir: best.pt, last.pt, train_log.{json,csv}, curves.png, train_config.json.
 """
 import os
 import sys
@@ -30,50 +21,53 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import config
+import ddp
 import metrics
 import runs
 import sample_data
 import wikiart
 
-# what a checkpoint's weights depend on: --resume refuses a checkpoint made with other values
-MODEL_KEYS = ("mode", "image_size", "resnet_width", "resnet_blocks")
+# --resume continues only a run trained with the same values of these (others may change: test_dir, threads...)
+TRAINING_KEYS = ("seed", "train_dir", "image_size", "mode", "resnet_width", "resnet_blocks", "epochs", "batch_size",
+                 "lr", "augment", "mixup", "cutmix", "val_fraction", "balance")
+WEIGHT_DECAY, WARMUP_EPOCHS, LABEL_SMOOTHING = 0.05, 1, 0.1
+DRW_START = 0.6  # drw: the first 60% of the epochs without class weights
 
 
 def make_loss(cfg, train_counts, device):
     """The training loss for cfg["balance"]: plain, class-weighted (from epoch drw_start for drw) or
     logit-adjusted cross-entropy."""
     balance = cfg["balance"]
-    weights = (wikiart.class_weights(train_counts, balance, cfg["effective_beta"]).to(device)
+    weights = (wikiart.class_weights(train_counts, balance).to(device)
                if balance in ("weights1", "weights2", "weights3", "effective", "drw") else None)
-    adjust = (wikiart.logit_adjustment(train_counts, cfg["logit_tau"]).to(device)
-              if balance == "logit_adjust" else None)
+    adjust = wikiart.logit_adjustment(train_counts).to(device) if balance == "logit_adjust" else None
 
     def loss_fn(logits, y, epoch):
         if adjust is not None:  # logit-adjusted loss: the model is pushed to give rare styles bigger margins
             logits = logits + adjust
         w = weights
-        if balance == "drw" and epoch < int(cfg["drw_start"] * cfg["epochs"]):
+        if balance == "drw" and epoch < int(DRW_START * cfg["epochs"]):
             w = None  # deferred re-weighting: plain loss first, class weights for the last epochs
-        return F.cross_entropy(logits.float(), y, weight=w, label_smoothing=cfg["label_smoothing"])
+        return F.cross_entropy(logits.float(), y, weight=w, label_smoothing=LABEL_SMOOTHING)
     return loss_fn
 
 
 def validation_logits(model, data, indices, rank, world, device, precision="auto"):
     """Logits of data.images[indices] (each process scores every world-th image; gathered)."""
-    runs.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
-    logits = wikiart.predict(model, data.images, runs.shard(indices, rank, world), 256, device, desc="validating",
+    ddp.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
+    logits = wikiart.predict(model, data.images, ddp.shard(indices, rank, world), 256, device, desc="validating",
                              precision=precision)
-    return runs.all_gather_shards(logits, world)
+    return ddp.all_gather_shards(logits, world)
 
 
-def calibrate_posthoc(best, model, data, val_idx, max_drop, rank=0, world=1, device=torch.device("cpu")):
+def calibrate_posthoc(best, model, data, val_idx, rank=0, world=1, device=torch.device("cpu")):
     """Post-hoc logit adjustment of a finished run: the checkpoint `best` with logit_bias = -tau * log
     prior added, tau chosen on the validation split (wikiart.choose_posthoc_tau); test.py applies it."""
     model.load_state_dict(best["model"])
     train_idx = np.setdiff1d(np.arange(len(data)), val_idx)
     train_counts = torch.bincount(data.labels[train_idx], minlength=len(data.classes))
     logits = validation_logits(model, data, val_idx, rank, world, device, best["config"].get("precision", "auto"))
-    tau, rows = wikiart.choose_posthoc_tau(logits, data.labels[val_idx], train_counts, data.classes, max_drop)
+    tau, rows = wikiart.choose_posthoc_tau(logits, data.labels[val_idx], train_counts, data.classes)
     print(f"post-hoc logit adjustment: tau {tau} (validation accuracy / balanced accuracy: "
           + ", ".join(f"tau {t}: {a:.3f}/{b:.3f}" for t, a, b in rows[::10]) + ")")
     return best | {"logit_bias": -wikiart.logit_adjustment(train_counts, tau), "posthoc_tau": tau,
@@ -87,10 +81,9 @@ def main(argv=None):
     args, cfg = config.parse_config(parser, argv)
     rank, world, _, device = runs.start(cfg)  # (0, 1, 0, device) without torchrun
     out_dir = cfg["out_dir"]
-    runs.lock_out_dir(out_dir)  # a second run into out_dir stops here
 
     # ---- data: the style map is fixed by the training folder; validation is carved out of it
-    with runs.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache
+    with ddp.main_first():  # rank 0 decodes and caches the images, the other ranks then read its cache
         sample_data.ensure_sample(cfg, ["train"])
         data = wikiart.load_split(cfg, "train")
     classes, C = data.classes, len(data.classes)
@@ -111,8 +104,8 @@ def main(argv=None):
     # ---- model, optimiser, schedule, loss
     model = wikiart.make_classifier(cfg, C).to(device, memory_format=torch.channels_last)
     print(f"mode {cfg['mode']}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    optimizer = wikiart.make_optimizer(model, cfg["lr"], cfg["weight_decay"])
-    scheduler = wikiart.make_scheduler(optimizer, cfg["warmup_epochs"] * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
+    optimizer = wikiart.make_optimizer(model, cfg["lr"], WEIGHT_DECAY)
+    scheduler = wikiart.make_scheduler(optimizer, WARMUP_EPOCHS * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
     loss_fn = make_loss(cfg, train_counts, device)
     progress = runs.Progress(out_dir, ["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy"],
                              f"{cfg['mode']} on {cfg['train_dir']}")
@@ -125,14 +118,15 @@ def main(argv=None):
         if ckpt.get("class_to_idx") != data.class_to_idx:
             return (f"{last} was trained on the styles {', '.join(ckpt.get('class_to_idx', {}))}; "
                     f"{cfg['train_dir']} holds {', '.join(classes)}: use another out_dir")
-        return runs.mismatch(ckpt.get("config", {}), cfg, MODEL_KEYS, last)
+        return runs.mismatch(ckpt.get("config", {}), cfg, TRAINING_KEYS, last)
 
+    runs.lock_out_dir(out_dir)  # a second run into out_dir stops here, before anything is written
     last = os.path.join(out_dir, "last.pt")
     start_epoch = 0
     if args.resume:
         start_epoch = runs.resume(last, progress, device, does_not_fit,
                                   model=model, optimizer=optimizer, scheduler=scheduler)
-    train_model = runs.wrap_ddp(model, world, device)
+    train_model = ddp.wrap_ddp(model, world, device)
     runs.save_run_config(cfg, out_dir, "train.py", argv)
 
     # ---- training loop; stop_after > 0 ends this run early (a time-limited job), --resume continues
@@ -152,7 +146,7 @@ def main(argv=None):
             for x, y in bar:
                 x = x.contiguous(memory_format=torch.channels_last)
                 if cfg["augment"]:
-                    x = wikiart.augment(x, g, cfg["crop_min_scale"])
+                    x = wikiart.augment(x, g)
                 x, y2, lam = wikiart.mix_batch(x, y, cfg["mixup"], cfg["cutmix"], g)
                 with runs.autocast(device, cfg["precision"]):
                     logits = train_model(x)
@@ -169,7 +163,7 @@ def main(argv=None):
                 row.update(val_loss=float(F.cross_entropy(logits, y)), val_accuracy=m["accuracy"],
                            val_balanced_accuracy=m["balanced_accuracy"], val_macro_f1=m["macro_f1"])
             row["seconds"] = time.time() - t0
-            score = row.get("val_" + cfg["select_metric"], epoch)  # no validation split: the last epoch wins
+            score = row.get("val_balanced_accuracy", epoch)  # no validation split: the last epoch wins
             capped = runs.time_is_up(device, epoch + 1, end_epoch)  # max_minutes: end after this epoch, resumable
             progress.end_epoch(row | ({"time_cap": True} if capped else {}), score, lambda: checkpoint(epoch))
             if capped:
@@ -179,18 +173,18 @@ def main(argv=None):
     # chosen on the validation split (a finished run can be calibrated later: --resume --set posthoc=true)
     ended = progress.epochs_done == cfg["epochs"] or progress.history and progress.history[-1].get("time_cap")
     if cfg["posthoc"] and ended and len(val_idx):
-        runs.barrier()  # rank 0 has written best.pt: every process must score that same model
+        ddp.barrier()  # rank 0 has written best.pt: every process must score that same model
         best = runs.load_checkpoint(os.path.join(out_dir, "best.pt"), "a train.py checkpoint", device=device)
-        best = calibrate_posthoc(best, model, data, val_idx, cfg["posthoc_max_drop"], rank, world, device)
-        if runs.is_main():
+        best = calibrate_posthoc(best, model, data, val_idx, rank, world, device)
+        if ddp.is_main():
             runs.atomic_save(best, os.path.join(out_dir, "best.pt"))
 
     best_text = "none" if progress.best_score is None else f"{progress.best_score:.4f}"
-    print(f"best validation {cfg['select_metric']} {best_text}; checkpoints and logs in {out_dir}")
+    print(f"best validation balanced accuracy {best_text}; checkpoints and logs in {out_dir}")
     if ended:
         print(f"next: {runs.config_command('test.py', argv)}")
     del train_model  # the DDP wrapper holds the process group: release it first
-    runs.cleanup_distributed()
+    ddp.cleanup_distributed()
 
 
 if __name__ == "__main__":

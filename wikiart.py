@@ -273,7 +273,7 @@ def make_classifier(cfg, num_classes):
     if mode == "bonusA":
         return BonusAClassifier(num_classes, cfg["image_size"])
     if mode == "resnet":
-        return ResNet(num_classes, cfg["resnet_width"], cfg["resnet_blocks"], cfg["dropout"])
+        return ResNet(num_classes, cfg["resnet_width"], cfg["resnet_blocks"])
     raise ConfigError(f"unknown mode '{mode}'; valid modes: {', '.join(MODES)}")
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from conftest import ROOT, run_main, small_config
 import config
+import ddp
 import metrics
 import runs
 import wikiart
@@ -99,7 +100,7 @@ def ddp_runs(sample_root, tmp_path_factory):
 def test_shard_gives_each_rank_a_disjoint_share_of_every_global_batch(world, n):
     batch = 4 * world
     order = np.random.default_rng(n).permutation(1000)[:n]
-    shards = [runs.shard(order, r, world, batch) for r in range(world)]
+    shards = [ddp.shard(order, r, world, batch) for r in range(world)]
     steps = n // batch
     assert all(len(s) == steps * batch // world for s in shards)  # every rank runs the same steps
     assert len(set(np.concatenate(shards).tolist())) == steps * batch  # disjoint
@@ -108,14 +109,14 @@ def test_shard_gives_each_rank_a_disjoint_share_of_every_global_batch(world, n):
         together = np.concatenate([s[k * b:(k + 1) * b] for s in shards])
         assert sorted(together) == sorted(order[k * batch:(k + 1) * batch])
     # without a batch size (validation): disjoint and covering everything, ragged lengths allowed
-    parts = [runs.shard(order, r, world) for r in range(world)]
+    parts = [ddp.shard(order, r, world) for r in range(world)]
     assert sorted(np.concatenate(parts).tolist()) == sorted(order.tolist())
 
 
 def test_shard_of_the_class_balanced_sampler_splits_its_draws():
     labels = torch.tensor([0] * 50 + [1] * 5 + [2] * 5)
     draws = wikiart.balanced_sampler_indices(labels, len(labels), torch.Generator().manual_seed(0))
-    shards = [runs.shard(np.arange(len(draws)), r, 2, 8) for r in range(2)]  # positions of draws
+    shards = [ddp.shard(np.arange(len(draws)), r, 2, 8) for r in range(2)]  # positions of draws
     assert not set(shards[0]) & set(shards[1])
     assert sorted(np.concatenate([draws[s] for s in shards]).tolist()) == sorted(draws[:56].tolist())
     assert np.bincount(labels[draws].numpy()).min() > 10  # the rare styles are drawn about as often
@@ -123,18 +124,18 @@ def test_shard_of_the_class_balanced_sampler_splits_its_draws():
 
 def test_shard_rejects_a_global_batch_the_processes_cannot_split():
     with pytest.raises(config.UserError, match="divisible"):
-        runs.shard(np.arange(100), 0, 3, 16)
+        ddp.shard(np.arange(100), 0, 3, 16)
 
 
 def test_without_torchrun_setup_is_a_no_op(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
-    assert runs.setup_distributed("cpu") == (0, 1, 0, torch.device("cpu"))
-    assert not torch.distributed.is_initialized() and runs.is_main()
-    assert runs.shard([5, 6, 7], 0, 1) == [5, 6, 7]
-    assert runs.all_reduce_sum([1.5, 2], torch.device("cpu")) == [1.5, 2]
+    assert ddp.setup_distributed("cpu") == (0, 1, 0, torch.device("cpu"))
+    assert not torch.distributed.is_initialized() and ddp.is_main()
+    assert ddp.shard([5, 6, 7], 0, 1) == [5, 6, 7]
+    assert ddp.all_reduce_sum([1.5, 2], torch.device("cpu")) == [1.5, 2]
     x = torch.arange(6.0).view(3, 2)
-    assert runs.all_gather_shards(x, 1) is x
+    assert ddp.all_gather_shards(x, 1) is x
 
 
 # ---- torchrun runs (slow: each starts two processes)
