@@ -1,12 +1,8 @@
-"""The tables of RESULTS.md, made from results/<profile>.json (reproduce.py writes both): one function per
-recipe family turns the entries of its recipes into markdown, and rewrite_tables() puts each table
-between its markers, `<!-- table:<profile>/<name> -->` and `<!-- /table -->`, leaving the rest alone.
-<name> is a table below (every recipe of its families in the profile) or one recipe.
-
-An entry (one recipe's results) holds: family, commands (as run alone; None for an overlaid profile),
-commit, date, env (cpu, threads, gpu, torch, ...), wall_s, steps (command, wall_s, config: the keys that
-differ from the defaults) and outputs (each collected JSON file by its path in the recipe's folder).
-A new kind of table: a function here and its line in TABLES.
+"""RESULTS.md's tables, made from results/<profile>.json (reproduce.py writes both): a function per recipe
+family turns its recipes' entries into markdown, put between `<!-- table:<profile>/<name> -->` and
+`<!-- /table -->`; the text around the markers is written by hand. An entry holds: family, commands (as run
+alone), commit, date, env (cpu, threads, gpu, torch), wall_s, steps (command, wall_s, config: the keys that
+differ from the defaults) and outputs (each collected JSON by its path in the recipe's folder).
 """
 import os
 import re
@@ -121,69 +117,6 @@ def autoencoder_table(entries):
                         "Hungarian acc"], rows))
 
 
-ST_COLUMNS = {  # evaluation.json key: column title; keys not listed here still get a column (defensive)
-    "robust_hit_rate": "robust hit %", "raw_hit_rate": "raw hit %", "robust_of_ceiling": "robust / ceiling",
-    "raw_of_ceiling": "raw / ceiling", "two_sample_accuracy": "two-sample acc. %",
-    "realism_gap_closed": "realism gap closed %", "lab_gap_closed": "Lab gap closed %",
-    "texture_gap_closed": "texture gap closed %", "colour_gap_closed": "colour gap closed %",
-    "ssim": "SSIM to input", "artefact_ratio": "artefact ratio", "periodic_ratio": "periodic ratio",
-    "border_ratio": "border ratio", "blotch_ratio": "blotch ratio",
-    "clipped_fraction": "clipped px %", "own_style_psnr": "own-style PSNR dB"}
-
-
-def st_cell(key, value, std=None):
-    if not isinstance(value, (int, float)):
-        return "–"
-    if key == "own_style_psnr" and value >= 119.9:  # metrics.psnr's cap: zero error, the image given back exactly
-        return "exact"
-    f = (lambda v: f"{100 * v:.1f}") if key.endswith(("_rate", "_closed", "_accuracy", "_fraction")) else (lambda v: f"{v:.3f}")
-    return f(value) + (f" ± {f(std)}" if isinstance(std, (int, float)) else "")
-
-
-def style_transfer_methods(means, stds=None, code=False):
-    """One row per method (residual, naive, colour_stats, identity) of --evaluate's numbers; with stds,
-    'mean ± std' cells. style_transfer.py prints it too."""
-    keys = [k for k in ST_COLUMNS if any(k in m for m in means.values())]
-    keys += sorted({k for m in means.values() for k, v in m.items() if k not in ST_COLUMNS
-                    and isinstance(v, (int, float))})
-    rows = [[f"`{m}`" if code else m, *(st_cell(k, means[m].get(k), ((stds or {}).get(m) or {}).get(k))
-                                        for k in keys)] for m in means]
-    return md_table(["method", *(ST_COLUMNS.get(k, k) for k in keys)], rows)
-
-
-def style_transfer_table(entries):
-    parts = []
-    for name, e in entries:
-        ev = e["outputs"]["evaluation.json"]
-        methods = {k: v for k, v in ev.items() if isinstance(v, dict)}  # residual, naive, colour_stats, identity
-        means = {k: v["mean"] if isinstance(v.get("mean"), dict) else v for k, v in methods.items()}
-        stds = {k: v.get("std") if isinstance(v.get("mean"), dict) else {} for k, v in methods.items()}
-        g = lambda k: ev.get(k) if isinstance(ev.get(k), (int, float)) else None
-        facts = [f"{g('n_outputs')} outputs ({g('n_images')} test images x every other style)",
-                 f"chance {pct(g('chance'))}%",
-                 f"judge on real test images {pct(g('judge_test_accuracy_robust'))}% robust / "
-                 f"{pct(g('judge_test_accuracy_raw'))}% raw"]
-        if g("matched_ceiling_robust") is not None:
-            facts.append(f"matched ceiling {pct(g('matched_ceiling_robust'))}% robust / "
-                         f"{pct(g('matched_ceiling_raw'))}% raw")
-        if g("clipped_fraction_real") is not None:
-            facts.append(f"real test paintings: {pct(g('clipped_fraction_real'))}% of pixels clipped")
-        if g("autoencoder_psnr") is not None:
-            facts.append(f"the Part-2 autoencoder's PSNR on the same test images {g('autoencoder_psnr'):.2f} dB")
-        if "seeds" in ev:
-            facts.append(f"mean ± std over seeds {ev['seeds']}")
-        log = e["outputs"].get("residual/train_log.json")
-        if log is not None:
-            facts.append(f"residual epochs: {epochs_done(log, setting(e, 'style_transfer.epochs'))}, "
-                         f"{setting(e, 'style_transfer.steps_per_epoch')} steps each")
-        grids = [f"![{name}: test images (rows) in every style (columns)"
-                 f"{', told their own style' if 'told_source' in p else ''}]({p})" for p in e.get("pictures", [])
-                 if os.path.basename(p).startswith("residual_grid")]  # the picture is the result: shown, not only linked
-        parts.append(f"`{name}` ({setting(e, 'image_size')} px): " + "; ".join(facts) + ".\n\n"
-                     + style_transfer_methods(means, stds, code=True) + "".join(f"\n\n{g}" for g in grids))
-    return "\n\n".join(parts)
-
-
 def bench_table(entries):
     parts = []
     for name, e in entries:
@@ -214,163 +147,36 @@ def bench_table(entries):
     return "\n\n".join(parts)
 
 
+def realism_table(entries):
+    """The two-sample test on real paintings against the same paintings made worse in known ways."""
+    c = entries[0][1]["outputs"]["calibration.json"]
+    sizes = list(c["tests"])
+    what = {"none": "other real paintings", "blur0.5": "Gaussian blur, sigma 0.5 px", "blur1": "Gaussian blur, sigma 1 px",
+            "blur1.5": "Gaussian blur, sigma 1.5 px", "down2": "2x downscale, then upscale", "jpeg30": "JPEG quality 30",
+            "noise": "colour noise (3% per channel)", "hue10": "hue rotated by 10 degrees"}
+    cell = lambda r: f"{pct(r['accuracy'])} ± {pct(r['ci95'])}"
+    rows = [[what.get(k, k), *(cell(c["tests"][n][k]) for n in sizes),
+             ", ".join(f"{g} {pct(v)}" for g, v in c["tests"][sizes[-1]][k]["by_group"].items())] for k in c["tests"][sizes[0]]]
+    return (f"Real WikiArt-16 training paintings at {c['size']} px (fakes: n paintings made worse; real: n other paintings of "
+            f"the same styles); two-sample accuracy %, mean of {c['seeds']} seeds ± the 95% interval of one test; "
+            f"{c['seconds_per_test']:.1f} s per test.\n\n"
+            + md_table(["fakes", *(f"{n} vs {n}" for n in sizes), f"each feature group alone ({sizes[-1]} vs {sizes[-1]})"], rows))
+
+
 def demo_table(entries):
     """make demo's main job: each part's table, from the part's subfolder."""
     def part(e, prefix):
         return {**e, "outputs": {k[len(prefix):]: v for k, v in e["outputs"].items() if k.startswith(prefix)}}
-    parts = ((classifier_table, "classifier/"), (autoencoder_table, "autoencoder/"),
-             (style_transfer_table, "style_transfer/"))
+    parts = ((classifier_table, "classifier/"), (autoencoder_table, "autoencoder/"))
     return "\n\n".join(fn([(n, part(e, prefix)) for n, e in entries]) for fn, prefix in parts)
-
-
-def training_minutes(e):
-    """(VAE epochs, VAE minutes, diffusion epochs, diffusion minutes) of a text_to_image recipe's logs; the
-    VAE's count its decoder stage too (vae_decoder_minutes)."""
-    log, vae_log = e["outputs"].get("train_log.json") or [], e["outputs"].get("vae/train_log.json") or []
-    vae_log = vae_log + (e["outputs"].get("vae_decoder/train_log.json") or [])
-    return len(vae_log), log_minutes(vae_log), len(log), log_minutes(log)
-
-
-def log_minutes(log):
-    return sum(r.get("seconds", 0) for r in log) / 60
-
-
-def hit_cell(m, kind):
-    """'hit (x ceiling)' of a text-to-image model's robust or raw hit rate."""
-    x = m.get(f"{kind}_of_ceiling")
-    return f"{pct(m.get(f'{kind}_hit_rate'))} ({'–' if x is None else f'{x:.2f}'}x)"
-
-
-def text_to_image_table(entries):
-    parts = []
-    for name, e in entries:
-        ev = e["outputs"]["evaluation.json"]
-        n_styles = len(ev.get("styles", []))
-        num = lambda v, f: "–" if v is None else f"{v:{f}}"
-        rows, per_style = [], []
-        for model, m in ev.get("models", {}).items():
-            nn = m.get("nn_train_distance", {})
-            rows.append([f"`{model}`", hit_cell(m, "robust"), hit_cell(m, "raw"),
-                         f"{m.get('styles_above_chance_robust', '–')} / {m.get('styles_above_chance_raw', '–')}",
-                         pct(m.get("two_sample_accuracy")), num(m.get("lab_gap_closed"), ".2f"),
-                         f"{m.get('styles_specific_texture+colour', '–')} / {n_styles}",
-                         " / ".join(f"{nn[k]:.3f}" if k in nn else "–" for k in ("median", "p5", "min")),
-                         pct(m.get("closer_than_test_p1"))])
-        models = ev.get("models", {})
-        for style in ev.get("styles", []):
-            per_style.append([style] + [f"{pct(m.get('robust_hit_per_style', {}).get(style))} / "
-                                        f"{pct(m.get('raw_hit_per_style', {}).get(style))}" for m in models.values()]
-                             + [num(models.get("fine-tuned", {}).get("lab_gap_closed_per_style", {}).get(style), ".2f")])
-        vae_epochs, vae_min, epochs, minutes = training_minutes(e)
-        facts = [f"{ev.get('images_per_style')} images per style, {ev.get('steps')} sampling steps, guidance "
-                 f"{ev.get('guidance')}", f"chance {pct(ev.get('chance'))}%",
-                 "training: " + (f"VAE {vae_epochs} epochs ({vae_min:.1f} min), " if vae_epochs else "")
-                 + f"diffusion {epochs} epochs ({minutes:.1f} min)"]
-        size = ev.get("training")
-        if size:
-            facts.append(f"{size['trainable_parameters'] / 1e6:.2f}M parameters trained, "
-                         f"{size['trainable_parameters'] / size['unet_parameters']:.1%} of the UNet's "
-                         f"{size['unet_parameters'] / 1e6:.2f}M"
-                         + (f", adapter file {size['adapter_file_bytes'] / 1e6:.2f} MB" if size.get("adapter_file_bytes") else ""))
-        vae = ev.get("vae")
-        if vae:
-            facts.append(f"its VAE on unseen test paintings: {vae['psnr']:.2f} dB, chroma {vae['chroma_ratio']:.2f}x "
-                         f"the inputs', Lab-moment error {vae['lab_moment_error']:.2f}")
-        parts.append(f"`{name}` ({ev.get('image_size')} px): " + "; ".join(facts) + ". The `real` row is unseen "
-                     "real test paintings: its hit rate is the judge's matched ceiling (x: a model's hit over it). "
-                     "Two-sample: a fresh CNN's held-out accuracy telling the samples from real training paintings "
-                     "of their styles (50 = it cannot); Lab gap closed: from the base's samples (0) to real paintings "
-                     "of the prompted styles (1).\n\n"
-                     + md_table(["model", "robust hit", "raw hit", "styles above chance (robust / raw)", "two-sample",
-                                 "Lab gap closed", "specific styles (texture+colour)",
-                                 "NN distance to train (median / p5 / min)", "closer than test p1"], rows)
-                     + ("\n\nHit per style, robust / raw:\n\n" + md_table(
-                         ["style", *(f"`{m}`" for m in models), "Lab gap closed (`fine-tuned`)"], per_style)
-                        if per_style and "raw_hit_per_style" in next(iter(models.values()), {}) else ""))
-    return "\n\n".join(parts)
-
-
-def text_to_image_pretrain_table(entries):
-    """The pretrained base's training alone (it stands in for a download): no style prompt, no evaluation."""
-    rows = []
-    for name, e in entries:
-        vae_epochs, vae_min, epochs, minutes = training_minutes(e)
-        decoder = e["outputs"].get("vae_decoder/train_log.json") or []
-        rows.append([f"`{name}`", f"{vae_epochs - len(decoder)} ({vae_min - log_minutes(decoder):.1f} min)",
-                     f"{len(decoder)} ({log_minutes(decoder):.1f} min)" if decoder else "–",
-                     f"{epochs} ({minutes:.1f} min)", f"{vae_min + minutes:.1f} min"])
-    return md_table(["pretrained base", "VAE epochs", "VAE decoder alone", "diffusion epochs", "training in all"], rows)
-
-
-def text_to_image_lora_table(entries):
-    """Issue 34's one table: the pretrained base (style prompts, before LoRA), base + LoRA at scale 0.5 and
-    1, and the whole-model training of the same styles and size, each recipe with its judge's ceiling;
-    (markdown, the recipes it used), or None without a LoRA recipe."""
-    evs = {n: e["outputs"]["evaluation.json"] for n, e in entries if "evaluation.json" in e["outputs"]}
-    loras = [n for n, ev in evs.items() if (ev.get("training") or {}).get("adapter_file_bytes")]
-    if not loras:
-        return None
-    lora_ev = evs[loras[0]]
-    whole = [n for n, ev in evs.items() if n not in loras and ev.get("styles") == lora_ev.get("styles")
-             and ev.get("image_size") == lora_ev.get("image_size")]
-    pretrain = [training_minutes(e) for n, e in entries if e["family"] == "text_to_image_pretrain"]
-    num = lambda v, f: "–" if v is None else f"{v:{f}}"
-    rows = []
-
-    def row(label, m, size, minutes):
-        share = "" if not size else (f" ({size['trainable_parameters'] / size['unet_parameters']:.1%} of the UNet)"
-                                     if size["trainable_parameters"] < size["unet_parameters"] else
-                                     " (UNet and text encoder)")
-        rows.append([label, hit_cell(m, "robust"), hit_cell(m, "raw"),
-                     f"{m.get('styles_above_chance_robust', '–')} / {m.get('styles_above_chance_raw', '–')}",
-                     pct(m.get("two_sample_accuracy")), pct(m.get("lab_gap_closed")), pct(m.get("closer_than_test_p1")),
-                     f"{size['trainable_parameters'] / 1e6:.2f}M{share}" if size else "–",
-                     f"{size['adapter_file_bytes'] / 1e6:.2f} MB" if size and size.get("adapter_file_bytes") else "–",
-                     minutes])
-
-    base_minutes = f"{sum(p[1] + p[3] for p in pretrain):.0f} min pretraining" if pretrain else "–"
-    models, size = lora_ev["models"], lora_ev["training"]
-    _, _, epochs, minutes = training_minutes(dict(entries)[loras[0]])
-    row(f"`{loras[0]}` base (before LoRA)", models["base"], None, base_minutes)
-    for name, label in (("fine-tuned@0.5", "base + LoRA, scale 0.5"), ("fine-tuned", "base + LoRA, scale 1")):
-        if name in models:
-            row(label, models[name], size, f"{minutes:.0f} min ({epochs} epochs)")
-    for n in whole:
-        vae_epochs, vae_min, epochs, minutes = training_minutes(dict(entries)[n])
-        row(f"`{n}`: whole model", evs[n]["models"]["fine-tuned"], evs[n].get("training"),
-            f"{vae_min + minutes:.0f} min (VAE {vae_min:.0f}, diffusion {epochs} epochs)" if vae_epochs else
-            f"{minutes:.0f} min ({epochs} epochs)")
-    row("real test paintings", models["real"], None, "")
-    styles = lora_ev["styles"]
-    per_style = [[s] + [f"{pct(m.get('robust_hit_per_style', {}).get(s))} / {pct(m.get('raw_hit_per_style', {}).get(s))}"
-                        for m in (models["base"], models["fine-tuned"], *(evs[n]["models"]["fine-tuned"] for n in whole))]
-                 + [pct(models["fine-tuned"].get("lab_gap_closed_per_style", {}).get(s))] for s in styles]
-    v = lora_ev.get("vae") or {}
-    body = (f"{lora_ev['images_per_style']} samples per style (the same seeds for every model), "
-            f"{lora_ev['steps']} sampling steps, guidance {lora_ev['guidance']}; chance {pct(lora_ev['chance'])}%; "
-            f"x: a hit rate over real test paintings' (the judge's matched ceiling); two-sample: a fresh CNN's held-out "
-            f"accuracy telling the samples from real training paintings of the prompted styles (50 = it cannot); "
-            f"Lab gap closed from the base's samples (0) to real paintings of the style (100); copy line: samples "
-            f"closer to a training image than the closest 1% of real test paintings. The base's VAE on unseen test "
-            f"paintings: {num(v.get('psnr'), '.2f')} dB, chroma {num(v.get('chroma_ratio'), '.2f')}x the inputs'.\n\n"
-            + md_table(["model", "robust hit (x ceiling)", "raw hit (x ceiling)", "styles above chance (robust / raw)",
-                        "two-sample %", "Lab gap closed %", "copy line %", "trained parameters", "adapter file",
-                        "training"], rows)
-            + "\n\nHit per style, robust / raw (%):\n\n"
-            + md_table(["style", "base", "base + LoRA", *(f"whole model (`{n}`)" for n in whole),
-                        "Lab gap closed % (LoRA)"], per_style))
-    return body, [n for n, e in entries if n in (*loras[:1], *whole) or e["family"] == "text_to_image_pretrain"]
 
 
 # table name -> (function, the recipe families it reads: the first makes the table, the others it also uses);
 # a marker may also name one recipe
 TABLES = {"classifier": (classifier_table, ("classifier",)), "imbalance": (imbalance_table, ("imbalance",)),
           "imbalance_seeds": (imbalance_seeds_table, ("imbalance_seeds", "imbalance")),
-          "autoencoder": (autoencoder_table, ("autoencoder",)),
-          "style_transfer": (style_transfer_table, ("style_transfer",)), "bench": (bench_table, ("bench",)),
-          "demo": (demo_table, ("demo",)), "text_to_image": (text_to_image_table, ("text_to_image",)),
-          "text_to_image_pretrain": (text_to_image_pretrain_table, ("text_to_image_pretrain",)),
-          "text_to_image_lora": (text_to_image_lora_table, ("text_to_image", "text_to_image_pretrain"))}
+          "autoencoder": (autoencoder_table, ("autoencoder",)), "realism": (realism_table, ("realism",)),
+          "bench": (bench_table, ("bench",)), "demo": (demo_table, ("demo",))}
 
 
 def duration(seconds):
@@ -392,8 +198,6 @@ def footer(entries, profile):
         commands = " (" + ", then ".join(f"`{c}`" for c in e["commands"]) + ")" if e.get("commands") else ""
         lines.append(f"- `{name}`{commands}: {duration(e['wall_s'])}; {hardware(e['env'])}; torch "
                      f"{e['env']['torch']}; commit {e['commit']}; {e['date']}."
-                     + (f" **Made by an earlier version of its recipe** ({'; '.join(e['recipe_changed'])}): "
-                        f"rerun it for the current one." if e.get("recipe_changed") else "")
                      + ("" if not e.get("pictures") else " Pictures: " + ", ".join(
                          f"[{os.path.basename(p)}]({p})" for p in e["pictures"]) + "."))
     return "\n".join(lines)
