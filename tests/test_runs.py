@@ -181,8 +181,7 @@ def test_a_slip_is_one_line_on_stderr_status_2_and_writes_nothing(slip, sample_r
         pytest.skip("CUDA is here")
     user_files(user_dir, sample_root)
     before = snapshot(user_dir)
-    p = run_main(script, *shlex.split(args.format(data=DATA, sample=sample_root).format(sample=sample_root)),
-                 check=False)
+    p = run_main(script, *shlex.split(args.format(data=DATA.format(sample=sample_root), sample=sample_root)), check=False)
     assert_user_error(p, script, says)
     assert snapshot(user_dir) == before  # no out/..., no data/sample, no cache/, no results beside a checkpoint
 
