@@ -193,13 +193,13 @@ def main(argv=None):
         return runs.training_state(epoch, progress, model=model, optimizer=optimizer, scheduler=scheduler) | {
             "config": cfg, "class_to_idx": data.class_to_idx, "compression": compression, "code_numel": code_numel}
 
-    runs.lock_out_dir(out_dir)  # a second run into out_dir stops here, before anything is written (--image reads only)
     last = os.path.join(out_dir, "last.pt")
     start_epoch = 0
     if args.resume:
         start_epoch = runs.resume(last, progress, device,
                                   lambda c: runs.mismatch(c.get("config", {}), cfg, MODEL_KEYS, last),
                                   model=model, optimizer=optimizer, scheduler=scheduler)
+    runs.lock_out_dir(out_dir)  # a second run into out_dir stops here, before anything is written (--image reads only)
     train_model = ddp.wrap_ddp(model, world, device)
     runs.save_run_config(cfg, out_dir, "autoencoder.py", argv)
 

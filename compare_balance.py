@@ -17,8 +17,10 @@ import numpy as np
 from tqdm import tqdm
 
 import config
+import images
 import plots
 import runs
+import sample_data
 import test
 import train
 import wikiart
@@ -50,6 +52,8 @@ def main(argv=None):
                              f"{', '.join(wikiart.BALANCE_OPTIONS)}, each optionally +posthoc")
     args, cfg = config.parse_config(parser, argv)
     base_out = cfg["out_dir"] if "out_dir" in config.explicit_keys(args) else "out/balance"
+    sample_data.ensure_sample(cfg, ["train"])
+    images.scan_folder(cfg["train_dir"])  # a missing training folder is one line, before base_out is made
     runs.lock_out_dir(base_out)  # a second comparison into it stops here (each train.py run locks its own)
     passthrough = [a for p in args.config for a in ("-c", p)] + ["--set", *args.set]
 

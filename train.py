@@ -120,12 +120,12 @@ def main(argv=None):
                     f"{cfg['train_dir']} holds {', '.join(classes)}: use another out_dir")
         return runs.mismatch(ckpt.get("config", {}), cfg, TRAINING_KEYS, last)
 
-    runs.lock_out_dir(out_dir)  # a second run into out_dir stops here, before anything is written
     last = os.path.join(out_dir, "last.pt")
     start_epoch = 0
     if args.resume:
         start_epoch = runs.resume(last, progress, device, does_not_fit,
                                   model=model, optimizer=optimizer, scheduler=scheduler)
+    runs.lock_out_dir(out_dir)  # a second run into out_dir stops here, before anything is written
     train_model = ddp.wrap_ddp(model, world, device)
     runs.save_run_config(cfg, out_dir, "train.py", argv)
 

@@ -1,10 +1,12 @@
 """Shared fixtures and helpers: the tiny synthetic dataset, ways to run the scripts (as a subprocess, or
-in-process through runs.cli as the command line would), and the tiny trained models the tests share:
-one classifier, one autoencoder (with its codes) and one style-transfer run."""
+in-process through runs.cli as the command line would), what a user's slip must look like (one line,
+status 2, nothing written), and the tiny trained models the tests share: one classifier, one autoencoder
+(with its codes) and one style-transfer run."""
 import contextlib
 import importlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -90,10 +92,54 @@ def ae_args(sample_root, out_dir, **extra):
     """--set arguments for a fast autoencoder run on the tiny 32 px sample."""
     keys = {"train_dir": f"{sample_root}/train", "test_dir": f"{sample_root}/test", "image_size": 32,
             "cache_dir": "", "device": "cpu", "autoencoder.out_dir": str(out_dir), "autoencoder.epochs": 3,
-            "autoencoder.batch_size": 16, "autoencoder.width": 8, "autoencoder.train_crop": 0,
-            "autoencoder.num_show": 4}
+            "autoencoder.batch_size": 16, "autoencoder.width": 8, "autoencoder.train_crop": 0}
     keys.update(extra)
     return ["--set"] + [f"{k}={v}" for k, v in keys.items()]
+
+
+def snapshot(root):
+    """Every file and folder under root (empty folders too) with size and modification time."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.stat(path)
+            found[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns) if name in filenames else "dir"
+    return found
+
+
+def assert_user_error(p, script, *phrases):
+    """Exit status 2, no traceback, and the error is one line (the last on stderr; before it only
+    progress bars and notes) holding every phrase. Returns that line."""
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and lines[-1].startswith(f"{script}: error: "), p.stderr[-2000:]
+    assert not [line for line in lines[:-1] if ": error:" in line], p.stderr[-2000:]  # one error, said once
+    for phrase in phrases:
+        assert phrase in lines[-1], (phrase, lines[-1])
+    return lines[-1]
+
+
+@pytest.fixture
+def user_dir(tmp_path, monkeypatch):
+    """A clean current folder for a user's command: default outputs (out/, data/sample, cache/) land
+    here, so 'nothing written' is: it is as it was."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+def small_folder(sample_root, root, styles=("Impressionism", "Realism", "Expressionism"), n=18, test_n=None):
+    """<root>/{train,test}/<Style>/ with the first n training images of each style (and test_n test
+    images) of the tiny sample."""
+    for split, count in (("train", n), ("test", test_n)):
+        for style in styles if count else ():
+            os.makedirs(root / split / style, exist_ok=True)
+            for name in sorted(os.listdir(f"{sample_root}/{split}/{style}"))[:count]:
+                shutil.copy(f"{sample_root}/{split}/{style}/{name}", root / split / style / name)
+    return root
 
 
 def assert_same_training(straight, resumed, epochs):

@@ -1,5 +1,5 @@
-"""train.py under torchrun (DistributedDataParallel, gloo on CPU) and the distributed helpers of runs.py;
-posthoc calibration under torchrun.
+"""train.py under torchrun (DistributedDataParallel, gloo on CPU) and the helpers of ddp.py; posthoc
+calibration under torchrun.
 
 The runs go through a small wrapper that runs train.py's main unchanged and records the sample indices
 of every training batch each process used (and the post-hoc tau each chose), so the tests check what
@@ -20,7 +20,6 @@ from conftest import ROOT, run_main, small_config
 import config
 import ddp
 import metrics
-import runs
 import wikiart
 
 RECORD = '''
@@ -48,22 +47,20 @@ with open(os.environ["RECORD_TO"] + "_rank" + rank + ".json", "w") as f:
     json.dump(batches, f)
 '''
 
-# augment off and dropout 0: a 2-process and a 1-process run then differ only by BatchNorm's batch
-# statistics (8 images per process instead of 16) and float summation order
-CONFIG = dict(epochs=2, batch_size=16, augment="false", dropout=0.0)
+# augment off: a 2-process and a 1-process run then differ only by BatchNorm's batch statistics (8 images
+# per process instead of 16) and float summation order
+CONFIG = dict(epochs=2, batch_size=16, augment="false")
 
 
-def train(tmp_path, name, *args, nproc=1, check=True):
-    """train.py on the tiny sample, with 1 process (plain python) or `nproc` (torchrun)."""
+def torchrun(tmp_path, name, *args, nproc=2):
+    """train.py on the tiny sample under torchrun, `nproc` processes (recording each one's batches)."""
     wrapper = tmp_path / "record.py"
     wrapper.write_text(RECORD)
     record_to = str(tmp_path / f"{name}_batches")
     env = dict(os.environ, REPO=ROOT, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", RECORD_TO=record_to)
-    launcher = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    p = subprocess.run(launcher + [str(wrapper), *args], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=600)
-    if check and p.returncode != 0:
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                        str(wrapper), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
         raise AssertionError(f"{name} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p, record_to
 
@@ -80,16 +77,24 @@ def history(out_dir):
 
 @pytest.fixture(scope="module")
 def ddp_runs(sample_root, tmp_path_factory):
-    """One 2-process run (interrupted after epoch 1, then --resume with posthoc=true, which calibrates
-    the finished run under torchrun) and one 1-process run, same seed."""
+    """One 2-process run (stopped after epoch 1, then --resume with posthoc=true, which calibrates the
+    finished run under torchrun) and the same run in one process (this one), same seed."""
     tmp = tmp_path_factory.mktemp("ddp")
-    one = small_config(sample_root, tmp / "one", **CONFIG)
+    one_batches, iterate = [], wikiart.iterate_batches
+
+    def recording(images, labels, indices, batch_size, device, drop_last=False):  # as RECORD does
+        if drop_last:
+            n = len(indices) - len(indices) % batch_size
+            one_batches.append([[int(i) for i in indices[k:k + batch_size]] for k in range(0, n, batch_size)])
+        return iterate(images, labels, indices, batch_size, device, drop_last)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(wikiart, "iterate_batches", recording)
+        run_main("train.py", *small_config(sample_root, tmp / "one", **CONFIG))
     two = small_config(sample_root, tmp / "two", **CONFIG)
-    _, one_rec = train(tmp, "one", *one)
-    first, first_rec = train(tmp, "two_a", *two, "stop_after=1", nproc=2)
+    first, first_rec = torchrun(tmp, "two_a", *two, "stop_after=1")
     shutil.copytree(tmp / "two", tmp / "two_after_epoch1")
-    resumed, resumed_rec = train(tmp, "two_b", *two, "posthoc=true", "--resume", nproc=2)
-    return dict(tmp=tmp, one=tmp / "one", two=tmp / "two", one_rec=one_rec, first_rec=first_rec,
+    resumed, resumed_rec = torchrun(tmp, "two_b", *two, "posthoc=true", "--resume")
+    return dict(tmp=tmp, one=tmp / "one", two=tmp / "two", one_batches=one_batches, first_rec=first_rec,
                 resumed_rec=resumed_rec, stdout=first.stdout + resumed.stdout)
 
 
@@ -160,7 +165,7 @@ def test_two_process_run_writes_one_checkpoint_that_test_py_loads(ddp_runs, samp
 
 @pytest.mark.slow
 def test_ranks_train_on_disjoint_shards_that_cover_each_epoch(ddp_runs):
-    one = batches(ddp_runs["one_rec"], 0)
+    one = ddp_runs["one_batches"]
     two = [batches(ddp_runs["first_rec"], r) + batches(ddp_runs["resumed_rec"], r) for r in range(2)]
     assert len(one) == len(two[0]) == len(two[1]) == 2  # epochs (the second one after --resume)
     for epoch in range(2):
@@ -218,5 +223,5 @@ def test_posthoc_under_torchrun_every_rank_scores_the_saved_model(ddp_runs):
     data = wikiart.WikiArtDataset(cfg["train_dir"], cfg["image_size"])
     _, val_idx = wikiart.stratified_split(data.labels, cfg["val_fraction"], cfg["seed"])
     model = wikiart.make_classifier(cfg, len(data.classes))
-    again = train.calibrate_posthoc(best, model, data, val_idx, cfg["posthoc_max_drop"])
+    again = train.calibrate_posthoc(best, model, data, val_idx)
     assert again["posthoc_tau"] == taus[0]

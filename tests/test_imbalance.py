@@ -1,11 +1,15 @@
 """Part 1, class imbalance: the class weights, the balanced sampler, the logit adjustment and the
-post-hoc prior correction (formulas, on known numbers), then the options trained end to end (slow)."""
+post-hoc prior correction (formulas, on known numbers), the loss each option trains with, then
+compare_balance.py end to end (slow)."""
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+import runs
+import train
 import wikiart
 from conftest import assert_real_picture, run_main, small_config
 
@@ -73,67 +77,73 @@ def test_the_three_inverse_frequency_weightings_give_the_same_loss():
     assert not torch.allclose(losses[0], torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1))
 
 
-# ---- end to end (train.py, test.py, compare_balance.py on the tiny sample)
+def test_each_balance_option_trains_with_its_loss():
+    """train.make_loss: none and sampler (which balances the batches instead) are plain cross-entropy,
+    the weightings weigh each style, drw only from 60% of the epochs, logit_adjust adds the log prior."""
+    counts = torch.tensor([80, 15, 5])
+    logits, y = torch.randn(12, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2] * 4)
+    ce = lambda z, weight=None: F.cross_entropy(z, y, weight=weight, label_smoothing=train.LABEL_SMOOTHING)
+    loss = lambda balance, epoch=9: train.make_loss({"balance": balance, "epochs": 10}, counts, "cpu")(logits, y, epoch)
+    for balance in ("none", "sampler"):
+        assert loss(balance) == ce(logits)
+    for balance in ("weights1", "weights2", "weights3", "effective"):
+        assert torch.allclose(loss(balance), ce(logits, wikiart.class_weights(counts, balance)))
+    assert loss("drw", epoch=5) == ce(logits)
+    assert torch.allclose(loss("drw", epoch=6), ce(logits, wikiart.class_weights(counts, "drw")))
+    assert torch.allclose(loss("logit_adjust"), ce(logits + wikiart.logit_adjustment(counts)))
+    assert set(wikiart.BALANCE_OPTIONS) == {"none", "sampler", "weights1", "weights2", "weights3", "effective", "drw",
+                                            "logit_adjust"}  # every option is one of the above
+
+
+# ---- end to end (compare_balance.py runs train.py and test.py)
 
 @pytest.mark.slow
-def test_logit_adjust_training_raises_rare_recall_on_the_sample(sample_root, tmp_path):
-    results = {}
-    for balance in ("none", "logit_adjust"):
-        args = small_config(sample_root, tmp_path / balance, epochs=3, balance=balance, resnet_width=8,
-                            cache_dir=tmp_path / "cache")
-        run_main("train.py", *args)
-        run_main("test.py", *args)
-        m = json.loads((tmp_path / balance / "test_metrics.json").read_text())
-        counts = torch.load(tmp_path / balance / "best.pt", weights_only=False)["label_counts"]
-        rare = [s for s, n in counts.items() if n <= 8]
-        # how many test images of rare styles are predicted as something rare: the adjustment shifts predictions
-        results[balance] = sum(m["confusion_matrix"][i][j] for i, s in enumerate(m["classes"]) if s in rare
-                               for j, t in enumerate(m["classes"]))
-        results[balance + "_pred_rare"] = sum(sum(m["confusion_matrix"][i][j] for i in range(len(m["classes"])))
-                                              for j, t in enumerate(m["classes"]) if t in rare)
-    assert results["logit_adjust_pred_rare"] > results["none_pred_rare"]
+def test_compare_balance_continues_when_run_again_and_calibrates_posthoc_without_retraining(sample_root, tmp_path,
+                                                                                           monkeypatch):
+    """Ctrl-C inside compare_balance.py names the command that continues: compare_balance.py itself, which
+    resumes that option's run. X+posthoc is X's best model with the prior correction chosen on validation,
+    and test.py applies it."""
+    out = tmp_path / "cmp"
+    args = ["--options", "none", "sampler+posthoc", *small_config(sample_root, out, epochs=2, threads=1)]
+    end_epoch = runs.Progress.end_epoch
 
+    def then_interrupt(self, row, score, checkpoint):  # Ctrl-C once epoch 1 of the first option is saved
+        best = end_epoch(self, row, score, checkpoint)
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+        return best
+    with monkeypatch.context() as m:
+        m.setattr(runs.Progress, "end_epoch", then_interrupt)
+        p = run_main("compare_balance.py", *args, check=False)
+    assert p.returncode == 130 and "Traceback" not in p.stderr
+    assert (f"interrupted: epoch 1 is the last finished one, saved in {out}/none/last.pt; continue with: "
+            f"{runs.command_line('compare_balance.py', args)}") in p.stderr
+    p = run_main("compare_balance.py", *args)
+    assert f"resumed from {out}/none/last.pt after epoch 1" in p.stdout
 
-@pytest.mark.slow
-def test_compare_balance_runs_every_option(sample_root, tmp_path):
-    args = small_config(sample_root, tmp_path / "cmp", epochs=1, cache_dir=tmp_path / "cache")  # decoded once
-    run_main("compare_balance.py", *args)
-    table = (tmp_path / "cmp" / "balance_comparison.md").read_text().splitlines()
+    table = (out / "balance_comparison.md").read_text().splitlines()
     rows = [line for line in table if line.startswith("| ") and not line.startswith("| balance")]
-    assert [r.split("|")[1].strip() for r in rows] == [*wikiart.BALANCE_OPTIONS, "none+posthoc", "sampler+posthoc"]
-    data = json.loads((tmp_path / "cmp" / "balance_comparison.json").read_text())
-    assert all(0 <= r["worst_recall"] <= r["balanced_accuracy"] <= 1 for r in data["rows"])
+    assert [r.split("|")[1].strip() for r in rows] == ["none", "sampler+posthoc"]
+    data = json.loads((out / "balance_comparison.json").read_text())
     for r in data["rows"]:  # the per-style recalls are the ones the balanced accuracy averages
+        assert 0 <= r["worst_recall"] <= r["balanced_accuracy"] <= 1 and r["epochs"] == 2
         assert np.mean(list(r["recall_per_style"].values())) == pytest.approx(r["balanced_accuracy"])
     for name in ("balance_comparison.png", "balance_per_style.png"):
-        assert_real_picture(tmp_path / "cmp" / name)
+        assert_real_picture(out / name)
 
-
-@pytest.mark.slow
-def test_posthoc_calibrates_a_finished_run_and_test_py_applies_the_bias(sample_root, tmp_path):
-    """A sampler run finished without posthoc, then `--resume --set posthoc=true`: nothing is retrained,
-    best.pt gets logit_bias = -tau * log prior (tau chosen on validation), and test.py applies it."""
-    args = small_config(sample_root, tmp_path / "run", balance="sampler")
-    run_main("train.py", *args)
-    before = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
-    assert "logit_bias" not in before
-    p = run_main("train.py", "--resume", *args, "posthoc=true")
-    assert "epoch 1 " not in p.stdout and "post-hoc logit adjustment: tau" in p.stdout  # nothing retrained
-    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
-    assert all(torch.equal(before["model"][k], ckpt["model"][k]) for k in before["model"])
-    counts = torch.bincount(torch.tensor([ckpt["class_to_idx"][s] for s, n in ckpt["label_counts"].items()
-                                          for _ in range(n)]))
+    plain = torch.load(out / "sampler" / "best.pt", weights_only=False)
+    ckpt = torch.load(out / "sampler+posthoc" / "best.pt", weights_only=False)
+    assert "logit_bias" not in plain and all(torch.equal(plain["model"][k], ckpt["model"][k]) for k in plain["model"])
     tau = ckpt["posthoc_tau"]
-    assert ckpt["logit_bias"].shape == (27,) and ckpt["config"]["posthoc"]
+    assert tau == data["rows"][1]["posthoc_tau"] and ckpt["config"]["posthoc"]
+    counts = torch.tensor([ckpt["label_counts"][s] for s in sorted(ckpt["class_to_idx"], key=ckpt["class_to_idx"].get)])
     rare, frequent = int(counts.argmin()), int(counts.argmax())
     assert torch.sign(ckpt["logit_bias"][rare] - ckpt["logit_bias"][frequent]) == np.sign(tau)
-    run_main("test.py", *args)
-    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
-    assert metrics["balance"] == "sampler" and metrics["posthoc_tau"] == tau
-    # test.py's figures are those of argmax(logits + bias), recomputed here
-    data = wikiart.WikiArtDataset(f"{sample_root}/test", 32, ckpt["class_to_idx"], verbose=False)
-    model = wikiart.make_classifier(ckpt["config"], 27)
+    # test.py's numbers are those of argmax(logits + bias), recomputed here
+    result = json.loads((out / "sampler+posthoc" / "test_metrics.json").read_text())
+    test = wikiart.WikiArtDataset(f"{sample_root}/test", 32, ckpt["class_to_idx"], verbose=False)
+    model = wikiart.make_classifier(ckpt["config"], len(counts))
     model.load_state_dict(ckpt["model"])
-    logits = wikiart.predict(model, data.images, list(range(len(data))), 64, torch.device("cpu"))
-    accuracy = float(((logits + ckpt["logit_bias"]).argmax(1) == data.labels).float().mean())
-    assert accuracy == pytest.approx(metrics["accuracy"])
+    logits = wikiart.predict(model, test.images, list(range(len(test))), 64, torch.device("cpu"))
+    assert result["posthoc_tau"] == tau
+    assert float(((logits + ckpt["logit_bias"]).argmax(1) == test.labels).float().mean()) == pytest.approx(result["accuracy"])

@@ -1,7 +1,7 @@
 """prepare_data.py on a tiny fake ArtGAN WikiArt release (folder, zip, CSVs), on plain style folders, and
 on files written the way the real release writes them: style_class.txt says Art_Nouveau where the
 folders say Art_Nouveau_Modern, CRLF line ends, non-ASCII and mis-encoded file names (grã©goire-...),
-and a zip that does not flag its UTF-8 names. (Its usage mistakes: test_misuse.py.)"""
+and a zip that does not flag its UTF-8 names. (Its usage mistakes: test_runs.py's one-line table.)"""
 import hashlib
 import os
 import shutil
@@ -191,7 +191,7 @@ def test_fit_modes(tmp_path):
         assert abs(int(img[6, 0, 0]) - corner) < 40 and img[6, 6, 0] > 200
     letter = np.asarray(Image.open(tmp_path / "letterbox/train/Minimalism/w.jpg"))
     assert letter[0, 6, 0] < 40  # bar above the picture
-    # (an output folder inside the source, a missing source: test_misuse.py)
+    # (an output folder inside the source, a missing source: test_runs.py)
 
 
 # ---- the ArtGAN release as it is really written
