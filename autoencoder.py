@@ -250,7 +250,7 @@ def main(argv=None):
           f"PSNR {results['test']['psnr']:.2f} dB (mean per image {results['test']['psnr_mean_per_image']:.2f}) "
           f"at {compression:.1f}x compression")
 
-    # one test image from each of the first num_show styles present (the first image of each)
+    # one test image from each of the first 6 styles present (the first image of each)
     first_of_style = {}
     for i, y in enumerate(test.labels.tolist()):
         first_of_style.setdefault(y, i)

@@ -262,11 +262,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     files, _ = images.scan_folder(args.folder)
     items = [(s, p) for s in sorted(files) for p in files[s]]
+    if max(args.n) * 2 > len(items):
+        raise runs.UserError(f"--n {max(args.n)} needs {2 * max(args.n)} images; {args.folder} has {len(items)}")
     u8, kept, _ = images.load_images(items, args.size, args.cache_dir or None)
     classes = sorted(files)
     labels = np.array([classes.index(s) for s, _ in kept])
-    if max(args.n) * 2 > len(labels):
-        raise runs.UserError(f"--n {max(args.n)} needs {2 * max(args.n)} images; {args.folder} has {len(labels)}")
     t0 = time.time()
     results = calibrate(np.asarray(u8), labels, args.n, range(args.seeds))
     seconds = (time.time() - t0) / (len(args.n) * args.seeds * len(DEGRADATIONS))
