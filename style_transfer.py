@@ -3,18 +3,16 @@
     python style_transfer.py                      # train the generator (sample data): grids, embeddings
     python style_transfer.py --evaluate val       # score it on validation images (choose settings there)
     python style_transfer.py --evaluate           # score it on test images: evaluation.json, strength_curve.png
-    python style_transfer.py --resume             # continue the training from last.pt
-    python style_transfer.py -c configs/style_transfer_w16_64_real.json --seeds 3   # then --evaluate --seeds 3
+    python style_transfer.py -c configs/style_transfer_w16_64_real.json --seeds 3   # --resume continues it
     python style_transfer.py --image photo.jpg --style Cubism         # your images, with the trained model
     python style_transfer.py --image photos/ --style all              # one strip per image: every style
     python style_transfer.py --image monet.jpg --source Impressionism --style Cubism --strength 0.5
     python style_transfer.py --image photo.jpg --mix Cubism:0.7 Ukiyo_e:0.3 --keep-colour
 
 Trains transfer_models.ResidualStyleGenerator (the image plus a smooth colour transform and a detail residual,
-both zero at the start, driven by style embeddings initialised from the Part-2 encoder's per-style mean codes)
-and, with naive_epochs > 0, the naive baseline. Writes out_dir/residual/ (model.pt, last.pt, train_log.*,
-curves.png, grid.png, grid_told_source.png, embeddings.png), out_dir/naive/; --seeds N: out_dir/seed<k>/.
-"""
+both zero at the start, driven by style embeddings initialised from the Part-2 encoder's mean codes) and, with
+naive_epochs > 0, the naive baseline: out_dir/{residual,naive}/ (model.pt, last.pt, train_log, curves.png,
+grid.png, grid_told_source.png, embeddings.png; --seeds N: the other seeds in out_dir/seed<k>/)."""
 import copy
 import os
 import sys
@@ -51,17 +49,20 @@ class Split:
 
 
 def initial_values(cfg, mode, split, device):
-    """naive: each style's mean training image; residual: each style's mean code under the Part-2 encoder."""
-    data, S, path = split.data, cfg["image_size"], cfg["style_transfer"]["autoencoder_path"]
+    """What a new model starts from: naive, each style's mean training image; residual, each style's mean code
+    under the Part-2 encoder and its average channel means and stds (on [-1, 1], for the colour prior)."""
+    data, S, path, train = split.data, cfg["image_size"], cfg["style_transfer"]["autoencoder_path"], split.train_idx
     if mode == "naive":
         return torch.stack([wikiart.to_float(data.images[np.sort(idx)], torch.device("cpu")).mean(0)
-                            if len(idx) else torch.zeros(3, S, S) for idx in split.by_style])
+                            if len(idx) else torch.zeros(3, S, S) for idx in split.by_style]), None
     ae, ckpt = wikiart.load_autoencoder(path, device)
     if ckpt["config"]["image_size"] != S:
         raise config.UserError(f"{path} was trained at {ckpt['config']['image_size']} px but image_size is {S}: "
                                "train a matching one (autoencoder.py --set image_size=...)")
-    return wikiart.mean_code_per_style(ae.requires_grad_(False), data.images[split.train_idx],
-                                       data.labels[split.train_idx], split.C, device, 2)
+    colour = metrics.style_channel_statistics(data.images[train], data.labels[train].numpy(), split.C)
+    return (wikiart.mean_code_per_style(ae.requires_grad_(False), data.images[train], data.labels[train], split.C,
+                                        device, 2),
+            torch.from_numpy(colour).float() / 127.5 - torch.tensor([1.0] * 3 + [0.0] * 3))
 
 
 def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
@@ -176,10 +177,7 @@ def train(cfg, mode, split, device, resume, argv):
     """Train one mode (residual or naive), or resume it; writes <mode>/model.pt, returns (G, D or None)."""
     st, seed = cfg["style_transfer"], cfg["seed"]
     mdir = os.path.join(st["out_dir"], mode)
-    colour = metrics.style_channel_statistics(split.data.images[split.train_idx],
-                                              split.data.labels[split.train_idx].numpy(), split.C)
-    colour = torch.from_numpy(colour).float() / 127.5 - torch.tensor([1.0] * 3 + [0.0] * 3)  # on [-1, 1]
-    G, D = tm.build(cfg, mode, split.C, initial_values(cfg, mode, split, device), colour)
+    G, D = tm.build(cfg, mode, split.C, *initial_values(cfg, mode, split, device))
     G = G.to(device)
     objects = {"model": G, "opt_g": torch.optim.Adam(G.parameters(), lr=NAIVE_LR if mode == "naive" else st["lr"],
                                                      betas=BETAS)}
@@ -194,7 +192,8 @@ def train(cfg, mode, split, device, resume, argv):
     if resume and os.path.exists(last):
         keys = ["train_dir", "image_size", "seed", "val_fraction"] + [
             f"style_transfer.{k}" for k in st if k not in NOT_TRAINING]
-        start = runs.resume(last, progress, device, lambda c: runs.mismatch(c.get("config", {}), cfg, keys, last), **objects)
+        start = runs.resume(last, progress, device, lambda c: runs.mismatch(c.get("config", {}), cfg, keys, last),
+                            **objects)
     bs = runs.fit_batch_size(st["batch_size"], len(split.train_idx), "style_transfer.batch_size")
     steps = st["steps_per_epoch"] or len(split.train_idx) // bs
     print(f"training {mode} (seed {seed}): {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M generator "
@@ -227,17 +226,19 @@ def train(cfg, mode, split, device, resume, argv):
     return G.eval(), D.eval() if D is not None else None
 
 
-def plot_grid(G, D, mode, images_u8, labels, classes, rows, path, seed, device, told_source=False):
+def plot_grids(G, D, mode, images_u8, labels, classes, rows, out_dir, seed, device):
     """Validation images (rows) x target styles (columns), the source column first, a red frame on the own
-    style; the generator is told each image's true style (told_source, as --source), else D's guess."""
+    style: grid.png, the generator told D's guess of each image's style (as --image without --source);
+    residual, also grid_told_source.png, told the true style (as --source)."""
     idx = transfer_eval.pick_images(labels, rows, seed)
     src, src_y = images_u8[idx], labels[idx]
-    told = src_y if told_source else tm.guess_styles(D, src, device) if D is not None else None
-    columns = [tm.transfer(G, src, np.full(len(idx), s), told, device) for s in range(len(classes))]
-    what = ", told the source style" if told_source else ", told the discriminator's guess" if D is not None else ""
-    with runs.atomic_file(path) as f:
-        plots.plot_transfer_grid(src, columns, src_y.tolist(), classes, f, f"{mode}{what}: validation image (left, true style at the row start) rendered in each "
-                                 "style; red frame = its own style")
+    guess = transfer_eval.guess_styles(D, src, device) if D is not None else None
+    for name, told, what in (("grid", guess, ", told the discriminator's guess" if D is not None else ""),
+                             ("grid_told_source", src_y, ", told the source style"))[:2 if D is not None else 1]:
+        columns = [transfer_eval.transfer(G, src, np.full(len(idx), s), told, device) for s in range(len(classes))]
+        with runs.atomic_file(os.path.join(out_dir, name + ".png")) as f:
+            plots.plot_transfer_grid(src, columns, src_y.tolist(), classes, f, f"{mode}{what}: validation image "
+                                     "(left, true style at the row start) rendered in each style; red frame = its own")
 
 
 @torch.no_grad()
@@ -256,11 +257,6 @@ def plot_embeddings(G, mode, classes, S, path, device):
                                     if mode == "naive" else "generator output for a flat grey input")
 
 
-def seed_dir(out_dir, k, seed):
-    """Where seed k of --seeds N lives: out_dir itself for the first, out_dir/seed<seed> for the others."""
-    return os.path.join(out_dir, f"seed{seed}") if k else out_dir
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = config.config_parser(__doc__)
@@ -268,18 +264,7 @@ def main(argv=None):
                         help="score the trained models on validation or test images (default: test)")
     parser.add_argument("--resume", action="store_true", help="continue training from <out_dir>/<mode>/last.pt")
     parser.add_argument("--seeds", type=int, default=1, help="generator seeds seed..seed+N-1 (evaluated: mean, std)")
-    use = parser.add_argument_group("your own images (with the trained out_dir/residual/model.pt)")
-    use.add_argument("--image", nargs="+", metavar="PATH", help="image files, or folders of them")
-    use.add_argument("--style", default="all", metavar="NAME", help="target style, or all (default: a strip of all)")
-    use.add_argument("--mix", nargs="+", metavar="NAME:W", help="a weighted mixture of styles instead of --style")
-    use.add_argument("--strength", type=float, default=1.0, help="0: own-style reconstruction ... 1: the target")
-    use.add_argument("--source", metavar="NAME", help="the inputs' own style, if known (else the discriminator's guess)")
-    use.add_argument("--keep-colour", action="store_true", help="keep the input's colours (luminance-only transfer)")
-    use.add_argument("--max-side", type=int, default=512, metavar="SIDE",
-                     help="also save at the input's own aspect and resolution, longer side at most SIDE (0: off)")
-    use.add_argument("--paint", type=int, metavar="PX", help="brush radius at full resolution (default: 6 px for "
-                     "an image of unknown style, a photo; 0 with --source: a painting keeps its own surface)")
-    use.add_argument("--out", metavar="NAME", help="results folder inside out_dir (default: stylised)")
+    stylise.add_arguments(parser)
     args, cfg = config.parse_config(parser, argv)
     st = cfg["style_transfer"]
     _, _, _, device = runs.start(cfg)
@@ -288,7 +273,7 @@ def main(argv=None):
     if args.seeds < 1:
         raise config.UserError(f"--seeds must be >= 1, got {args.seeds}")
     modes = ["residual"] + (["naive"] if st["naive_epochs"] else [])
-    dirs = [seed_dir(st["out_dir"], k, cfg["seed"] + k) for k in range(args.seeds)]
+    dirs = [os.path.join(st["out_dir"], f"seed{cfg['seed'] + k}") if k else st["out_dir"] for k in range(args.seeds)]
     if args.evaluate:
         models = [os.path.join(d, mode, "model.pt") for d in dirs for mode in modes]
         missing = [p for p in models if not os.path.exists(p)]
@@ -325,11 +310,7 @@ def main(argv=None):
         for mode in modes:
             t_start, mdir = time.time(), os.path.join(out_dir, mode)
             G, D = train(run_cfg, mode, split, device, args.resume, argv)
-            grid = lambda name, told: plot_grid(G, D, mode, val_u8, val_y, split.classes, st["grid_rows"],
-                                                os.path.join(mdir, name), cfg["seed"], device, told)
-            grid("grid.png", False)
-            if mode == "residual":  # the same generator told each image's true style (as --source does)
-                grid("grid_told_source.png", True)
+            plot_grids(G, D, mode, val_u8, val_y, split.classes, st["grid_rows"], mdir, cfg["seed"], device)
             plot_embeddings(G, mode, split.classes, cfg["image_size"], os.path.join(mdir, "embeddings.png"), device)
             print(f"{mode} (seed {run_cfg['seed']}): {mdir}/grid.png, embeddings.png ({time.time() - t_start:.0f} s)")
 

@@ -1,12 +1,9 @@
 """style_transfer.py --image: your images rendered with the trained out_dir/residual/model.pt.
 
-Images are decoded like the training images and squashed to the model's size. --style NAME|all or --mix
-NAME:W ...; --strength A moves from the image's own style (0) to the target (1); --source NAME tells the
-generator the images' own style (the own style then returns the image exactly), else the discriminator's
-guess of it; --keep-colour keeps the input's colours. One style is also saved at the input's aspect, longer
-side --max-side, with brush marks when the source is not given (--paint, a radius in pixels; 0: none).
-Results: out_dir/stylised/ (or --out NAME) with stylised.json; an unreadable file is named and skipped.
-"""
+Images are decoded like the training images and squashed to the model's size; one style is also rendered at
+the input's own aspect (longer side --max-side), with brush marks when its style is unknown (a photo). The
+generator is told each image's own style: --source NAME, else the discriminator's guess. Results go to
+out_dir/stylised/ (or --out NAME) with stylised.json; an unreadable file is named and skipped."""
 import math
 import os
 
@@ -20,6 +17,22 @@ import plots
 import runs
 import transfer_models as tm
 import wikiart
+
+
+def add_arguments(parser):
+    """style_transfer.py's options for your own images."""
+    use = parser.add_argument_group("your own images (with the trained out_dir/residual/model.pt)")
+    use.add_argument("--image", nargs="+", metavar="PATH", help="image files, or folders of them")
+    use.add_argument("--style", default="all", metavar="NAME", help="target style, or all (default: a strip of all)")
+    use.add_argument("--mix", nargs="+", metavar="NAME:W", help="a weighted mixture of styles instead of --style")
+    use.add_argument("--strength", type=float, default=1.0, help="0: own-style reconstruction ... 1: the target")
+    use.add_argument("--source", metavar="NAME", help="the inputs' own style if known (else the discriminator's guess)")
+    use.add_argument("--keep-colour", action="store_true", help="keep the input's colours (luminance-only transfer)")
+    use.add_argument("--max-side", type=int, default=512, metavar="SIDE",
+                     help="also save at the input's own aspect and resolution, longer side at most SIDE (0: off)")
+    use.add_argument("--paint", type=int, metavar="PX", help="brush radius at full resolution (default: 6 px for "
+                     "an image of unknown style, a photo; 0 with --source: a painting keeps its own surface)")
+    use.add_argument("--out", metavar="NAME", help="results folder inside out_dir (default: stylised)")
 
 
 def keep_colour(out, x):

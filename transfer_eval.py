@@ -77,6 +77,25 @@ def pick_images(labels, n, seed):
     return np.array(picked, np.int64)
 
 
+@torch.no_grad()
+def transfer(G, images_u8, styles, sources, device, batch_size=128):
+    """uint8 outputs of G for images_u8[i] in styles[i] (an index or a row of weights); sources: None, or
+    each image's own style (the generator is told it)."""
+    outs = []
+    for i in range(0, len(styles), batch_size):
+        x = wikiart.to_float(images_u8[i:i + batch_size], device)
+        s = None if sources is None else torch.as_tensor(sources[i:i + batch_size], device=device)
+        outs.append(wikiart.to_uint8(G(x, torch.as_tensor(styles[i:i + batch_size], device=device), s)))
+    return np.concatenate(outs) if outs else np.zeros((0, *images_u8.shape[1:]), np.uint8)
+
+
+@torch.no_grad()
+def guess_styles(D, images_u8, device, batch_size=256):
+    """The discriminator's guess of each image's own style: what the generator is told when it is not given."""
+    return np.concatenate([D(wikiart.to_float(images_u8[i:i + batch_size], device))[1].argmax(1).cpu().numpy()
+                           for i in range(0, len(images_u8), batch_size)] or [np.zeros(0, np.int64)])
+
+
 def evaluate_saved(cfg, split_name, dirs, modes, split, device):
     """Load <dir>/<mode>/model.pt of each seed, evaluate them on the validation split or the test folder, write
     evaluation_val.json / evaluation.json and strength_curve_val.png / strength_curve.png in out_dir."""
@@ -98,6 +117,10 @@ def evaluate_saved(cfg, split_name, dirs, modes, split, device):
     else:
         test = wikiart.load_split(cfg, "test", data.class_to_idx)
         real_u8, real_y = np.asarray(test.images), test.labels.numpy()
+    n = min(cfg["style_transfer"]["eval_images"], len(real_y))
+    if n < 5:  # the two-sample test keeps each image's renderings in one of 5 folds
+        raise config.UserError(f"--evaluate {split_name} renders {n} image(s); the two-sample test needs at least 5 "
+                               f"(style_transfer.eval_images, {'val_fraction' if split_name == 'val' else 'test_dir'})")
     results = {"split": split_name} | evaluate(cfg, seed_models, np.asarray(data.images[train]),
                                                data.labels[train].numpy(), real_u8, real_y, split.C, device)
     out, suffix = cfg["style_transfer"]["out_dir"], "_val" if split_name == "val" else ""
@@ -126,7 +149,8 @@ def evaluate(cfg, seed_models, train_u8, train_y, real_u8, real_y, num_styles, d
     t0 = time.time()
     judge = train_judge(train_u8, train_y, np.arange(len(train_y)), C, st["judge_width"], st["judge_epochs"],
                         cfg["seed"], device)
-    fixed = {"n_images": len(idx), "n_outputs": len(pi), "styles": C, "chance": 1 / C, "judge_seconds": time.time() - t0}
+    fixed = {"n_images": len(idx), "n_outputs": len(pi), "styles": C, "chance": 1 / C,
+             "judge_seconds": time.time() - t0}
     for kind, u8 in (("robust", metrics.robust_transform(real_u8)), ("raw", real_u8)):
         pred = judge_styles(judge, u8, device)
         fixed |= {f"judge_accuracy_{kind}": float((pred == real_y).mean()),
@@ -145,20 +169,21 @@ def evaluate(cfg, seed_models, train_u8, train_y, real_u8, real_y, num_styles, d
         r |= {f"{kind}_of_ceiling": r[f"{kind}_hit_rate"] / max(fixed[f"matched_ceiling_{kind}"], 1e-9)
               for kind in ("robust", "raw")}
         r |= reality.measure(inputs, outputs, pi, pt)
-        r |= {"ssim": float(metrics.ssim(outputs, inputs).mean()), "clipped_fraction": metrics.clipped_fraction(outputs)}
+        r |= {"ssim": float(metrics.ssim(outputs, inputs).mean()),
+              "clipped_fraction": metrics.clipped_fraction(outputs)}
         return r | {f"{k}_ratio": v for k, v in metrics.artefact_ratio(outputs, pt, real_u8, real_y).items()}
 
     per_seed = []
     for seed, models, D in tqdm(seed_models, desc="scoring seeds", leave=False):
-        row, guess, G = {"seed": seed}, tm.guess_styles(D, inputs, device), models["residual"]
+        row, guess, G = {"seed": seed}, guess_styles(D, inputs, device), models["residual"]
         told = {"residual": guess, TOLD: src_y[pi]}
         for name, model in list(models.items()) + [(TOLD, G)]:
-            row[name] = score(tm.transfer(model, inputs, pt, told.get(name), device))
+            row[name] = score(transfer(model, inputs, pt, told.get(name), device))
             own = lambda x, y: model(x, y, y if name == TOLD else D(x)[1].argmax(1) if name == "residual" else None)
             row[name]["own_style_psnr"] = metrics.own_style_psnr(own, real_u8, real_y, device)
         for a in STRENGTHS:  # (1 - a) own style + a target, as embedding weights (--strength a)
             weights = ((1 - a) * np.eye(C)[src_y[pi]] + a * np.eye(C)[pt]).astype(np.float32)
-            row[f"{TOLD}@{a:g}"] = score(tm.transfer(G, inputs, weights, src_y[pi], device))
+            row[f"{TOLD}@{a:g}"] = score(transfer(G, inputs, weights, src_y[pi], device))
         per_seed.append(row)
     baselines = {"colour_stats": score(metrics.colour_statistics_transfer(inputs, pt, train_u8, train_y, C)),
                  "identity": score(inputs)}

@@ -261,25 +261,6 @@ def load_model(path, device):
     return G.to(device).eval(), D.to(device).eval() if D is not None else None, ckpt
 
 
-@torch.no_grad()
-def transfer(G, images_u8, styles, sources, device, batch_size=128):
-    """uint8 outputs of G for images_u8[i] in styles[i] (an index or a row of weights); sources: None, or
-    each image's own style (the generator is told it)."""
-    outs = []
-    for i in range(0, len(styles), batch_size):
-        x = wikiart.to_float(images_u8[i:i + batch_size], device)
-        s = None if sources is None else torch.as_tensor(sources[i:i + batch_size], device=device)
-        outs.append(wikiart.to_uint8(G(x, torch.as_tensor(styles[i:i + batch_size], device=device), s)))
-    return np.concatenate(outs) if outs else np.zeros((0, *images_u8.shape[1:]), np.uint8)
-
-
-@torch.no_grad()
-def guess_styles(D, images_u8, device, batch_size=256):
-    """The discriminator's guess of each image's own style: what the generator is told when it is not given."""
-    return np.concatenate([D(wikiart.to_float(images_u8[i:i + batch_size], device))[1].argmax(1).cpu().numpy()
-                           for i in range(0, len(images_u8), batch_size)] or [np.zeros(0, np.int64)])
-
-
 # ----------------------------------------------------------------------------------------------
 # The training losses' pieces (style_transfer.train_step composes them)
 

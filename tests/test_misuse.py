@@ -201,11 +201,6 @@ def test_4_a_file_that_is_not_a_checkpoint_says_what_was_expected(sample_root, t
     torch.save(ckpt, files / "edited.pt")
     p = run_main("test.py", "--checkpoint", str(files / "edited.pt"), check=False)
     assert_user_error(p, "test.py", f"the weights in {files / 'edited.pt'} do not fit a ResNet built from its config")
-    # ... and a classifier where style transfer expects the autoencoder
-    p = run_main("style_transfer.py", "--set", f"train_dir={sample_root}/train", f"test_dir={sample_root}/test",
-                 "image_size=32", "cache_dir=", f"style_transfer.autoencoder_path={tiny_classifier.out}/best.pt",
-                 check=False)
-    assert_user_error(p, "style_transfer.py", f"the weights in {tiny_classifier.out}/best.pt do not fit a ConvAutoencoder")
     p = run_main("test.py", "--checkpoint", str(files / "missing.pt"), check=False)
     assert_user_error(p, "test.py", f"no checkpoint at {files / 'missing.pt'}: train one first (python train.py)")
     files_after = snapshot(files)
@@ -413,10 +408,6 @@ def test_8_next_step_commands_repeat_the_users_config(sample_root, tmp_path, use
     assert_user_error(p, "cluster.py", "no codes at out/ae_mini/codes_test.npz; run autoencoder.py first "
                       f"(python autoencoder.py --set {' '.join(data)} cluster.codes_dir=out/ae_mini "
                       "autoencoder.out_dir=out/ae_mini)")
-    p = run_main("style_transfer.py", "--set", *data, "style_transfer.autoencoder_path=out/ae_mini/best.pt", check=False)
-    assert_user_error(p, "style_transfer.py", "no autoencoder checkpoint at out/ae_mini/best.pt",
-                      f"train it first: python autoencoder.py --set {' '.join(data)} "
-                      "style_transfer.autoencoder_path=out/ae_mini/best.pt autoencoder.out_dir=out/ae_mini")
     p = run_main("test.py", "--set", "out_dir=out/mine", check=False)
     assert_user_error(p, "test.py", "no checkpoint at out/mine/best.pt: train one first (python train.py --set out_dir=out/mine)")
     assert snapshot(user_dir) == {}
@@ -443,31 +434,10 @@ def test_9_a_54_image_training_folder_trains_with_a_smaller_batch(sample_root, t
     assert not (tmp_path / "cl").exists() and snapshot(user_dir) == {}
 
 
-@pytest.mark.slow
-def test_9_style_transfer_evaluates_one_test_image(style_transfer_run, sample_root, tmp_path):
-    """--evaluate with a single test image: the gap measures are nan (no gap to close), no
-    ZeroDivisionError; the trained models are reused from a copy of the run."""
-    one = tmp_path / "one" / "Impressionism"
-    one.mkdir(parents=True)
-    first = sorted(os.listdir(f"{sample_root}/test/Impressionism"))[0]
-    shutil.copy(f"{sample_root}/test/Impressionism/{first}", one)
-    copy = tmp_path / "st"
-    shutil.copytree(style_transfer_run.out, copy)
-    args = [a.replace(f"style_transfer.out_dir={style_transfer_run.out}", f"style_transfer.out_dir={copy}")
-            .replace(f"test_dir={sample_root}/test", f"test_dir={one.parent}") for a in style_transfer_run.args]
-    p = run_main("style_transfer.py", *args)
-    assert "residual: reusing" in p.stdout and "judge: reusing" in p.stdout
-    ev = json.load(open(copy / "evaluation.json"))
-    assert ev["n_images"] == 1 and ev["n_outputs"] == ev["styles"] - 1
-    assert np.isnan(ev["residual"]["texture_gap_closed"]) and np.isnan(ev["identity"]["colour_gap_closed"])
-    assert ev["identity"]["ssim"] == pytest.approx(1.0, abs=1e-6)
-
-
 @pytest.mark.parametrize("script,args,says", [
     ("train.py", ["--set", "train_dir=missing"], "data folder not found: 'missing'"),
     ("autoencoder.py", ["--set", "train_dir=missing", "test_dir=missing"], "data folder not found"),
     ("cluster.py", [], "no codes at out/autoencoder/codes_test.npz"),
-    ("style_transfer.py", [], "no autoencoder checkpoint at out/autoencoder/best.pt"),
     ("test.py", [], "no checkpoint at out/classifier/best.pt"),
     ("compare_balance.py", ["--options", "none", "--set", "train_dir=missing"], "data folder not found"),
     ("bench.py", ["missing", "--size", "32"], "data folder not found"),
@@ -690,15 +660,6 @@ def test_cluster_py_bad_options_unreadable_and_too_few_codes(sample_root, tmp_pa
     p = run_main("cluster.py", *where, f"cluster.codes_dir={codes}", check=False)
     assert_user_error(p, "cluster.py", "holds 3 image(s): clustering into k=3 groups needs more than 3")
     assert not (tmp_path / "out").exists() and snapshot(user_dir) == {}
-
-
-def test_style_transfer_py_bad_mode_and_nothing_to_resume(tmp_path, user_dir):
-    p = run_main("style_transfer.py", "--set", "style_transfer.mode=fancy", check=False)
-    assert_user_error(p, "style_transfer.py", "must be one of residual, naive")
-    p = run_main("style_transfer.py", "--resume", "--set", "style_transfer.mode=naive",
-                 f"style_transfer.out_dir={tmp_path / 'st'}", check=False)
-    assert_user_error(p, "style_transfer.py", f"--resume: nothing to resume: no {tmp_path}/st/naive/last.pt")
-    assert not (tmp_path / "st").exists() and snapshot(user_dir) == {}
 
 
 def test_compare_balance_py_unknown_option(user_dir):
