@@ -570,6 +570,8 @@ def test_training_misuse_is_one_line_and_writes_nothing(sample_root, tmp_path, m
     assert p.returncode == 2 and f"--resume: nothing to resume: no {tmp_path}/none/residual/last.pt" in p.stderr
     p = run_main("style_transfer.py", "--seeds", "0", check=False)
     assert p.returncode == 2 and "--seeds must be >= 1, got 0" in p.stderr
+    p = run_main("style_transfer.py", check=False)  # config.json's paths: no data/sample, cache or out/ made
+    assert p.returncode == 2 and "no autoencoder checkpoint at out/autoencoder/best.pt" in p.stderr
     assert os.listdir(tmp_path) == ["classifier.pt"]
 
 
