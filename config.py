@@ -70,67 +70,51 @@ SCHEMA = {
         "pca_dim": (50, "PCA dimensions before clustering (0: no PCA)", ">=0"),
         "tsne_points": (2000, "images in the t-SNE subsample", ">0"),
     },
-    "style_transfer": {  # Part 3: style_transfer.py
-        "mode": ("residual", "what a plain run trains: residual (working) or naive (the earlier approach)",
-                 ("residual", "naive")),
-        "out_dir": ("out/style_transfer", "models, figures, judge.pt, evaluation.json, stylised images"),
+    "style_transfer": {  # Part 3: style_transfer.py (defaults: the recommended recipe's method settings)
+        "out_dir": ("out/style_transfer", "models, figures, evaluation.json, stylised images"),
         "autoencoder_path": ("out/autoencoder/best.pt", "Part-2 checkpoint: its per-style mean codes initialise "
                              "the style embeddings (the generator itself has no encoder)"),
-        "embed_pool": (2, "the code map is average-pooled to this x this to become a style vector", ">0"),
-        "width": (32, "generator channels at 1/4 of the side (1/4 of it at full size, twice it at 1/8)", ">0"),
-        "res_blocks": (2, "AdaIN residual blocks at 1/8 of the side", ">=0"),
+        "width": (32, "generator channels at 1/4 of the side (1/4 of it at full size, twice it at 1/8); also "
+                  "the naive baseline's", ">0"),
         "style_dim": (64, "width of the style MLP", ">0"),
-        "colour_cells": (0, "the colour change is averaged to this x this cells (0: one cell per 8x8 pixels; "
-                         "1: one colour transform per image)", ">=0"),
-        "luminance_detail": (False, "the detail residual changes luminance only (one channel, added to R, G and "
+        "source_known_fraction": (0.5, "0: the generator never sees the source style (told it later, the change "
+                                  "towards it is subtracted); >0: the source is a generator input, known in this "
+                                  "fraction of training samples (the rest: unknown, as for a photo)", "0..1"),
+        "luminance_detail": (True, "the detail residual changes luminance only (one channel, added to R, G and "
                              "B alike): every change of hue goes through the smooth colour transform, so the "
                              "detail cannot draw rainbow fringes"),
-        "colour_prior": (False, "the colour transform starts from moving the image's channel means and stds by "
+        "colour_prior": (True, "the colour transform starts from moving the image's channel means and stds by "
                          "the target style's average offset from the source style's (none for the own style), "
                          "scaled back where it would push the image's whites or blacks off the scale; the network "
                          "learns what to change beyond that"),
+        "colour_cells": (1, "the colour change is averaged to this x this cells (0: one cell per 8x8 pixels; "
+                         "1: one colour transform per image)", ">=0"),
         "d_width": (16, "discriminator base width", ">0"),
-        "d_blur": (True, "anti-aliased discriminator: [1,2,1] blur before each stride (false: plain stride-2 "
-                   "convs, which send back a 2-pixel-period gradient: the old mesh)"),
-        "teacher_steps": (0, "0: the style-classification term follows the discriminator's style head; >0: a "
-                          "separate style classifier (the discriminator's architecture, teacher_width), trained "
-                          "this many steps (of 64) on real training paintings first, then frozen", ">=0"),
-        "teacher_width": (32, "that classifier's base width", ">0"),
-        "d_warmup_steps": (0, "steps (of 64 real paintings) that train the discriminator's style head alone "
+        "teacher_steps": (1500, "0: the style-classification term follows the discriminator's style head; >0: a "
+                          "separate style classifier (the discriminator's architecture, width 32), trained this "
+                          "many steps (of 64) on real training paintings first, then frozen", ">=0"),
+        "d_warmup_steps": (300, "steps (of 64 real paintings) that train the discriminator's style head alone "
                            "before the generator starts", ">=0"),
-        "epochs": (4, "residual training epochs", ">0"),
+        "epochs": (4, "generator training epochs", ">0"),
         "steps_per_epoch": (60, "random batches per epoch (0: one pass over the training split)", ">=0"),
         "batch_size": (16, "images per step", ">0"),
-        "lr": (0.0005, "generator Adam learning rate", ">0"),
-        "d_lr": (0.0005, "discriminator Adam learning rate", ">0"),
-        "same_style_fraction": (0.25, "fraction of training targets equal to the source style", "0..1"),
-        "source_known_fraction": (0.0, "0: the generator never sees the source style (told it later, the change "
-                                  "towards it is subtracted); >0: the source is a generator input, known in this "
-                                  "fraction of training samples (the rest: unknown, as for a photo)", "0..1"),
-        "w_adv": (1.0, "loss weight: adversarial", ">=0"),
+        "lr": (0.0005, "Adam learning rate of the generator, the discriminator (and twice it, the teacher)", ">0"),
+        "same_style_fraction": (0.4, "fraction of training targets equal to the source style", "0..1"),
         "w_cls": (3.0, "loss weight: style classification of the outputs (and of real paintings for D)", ">=0"),
-        "w_stats": (10.0, "loss weight: discriminator feature statistics vs a real painting of the target style",
-                    ">=0"),
-        "w_rec": (30.0, "loss weight: L1 reconstruction when target = source", ">=0"),
-        "w_structure": (2.0, "loss weight: coarse luminance layout kept", ">=0"),
-        "w_range": (0.0, "loss weight: how far the output goes beyond the colour range before it is clipped "
+        "w_rec": (50.0, "loss weight: L1 reconstruction when target = source", ">=0"),
+        "w_structure": (20.0, "loss weight: coarse luminance layout kept", ">=0"),
+        "w_range": (100.0, "loss weight: how far the output goes beyond the colour range before it is clipped "
                     "(clipped pixels get no gradient from the other terms: without it, whites blow out)", ">=0"),
         "w_colour": (8.0, "loss weight: colour histogram of each other-style output vs its target style's mean",
                      ">=0"),
-        "colour_sigma": (1.0, "the colour histogram is taken after a Gaussian blur of this sigma (px; 0: none)",
-                         ">=0"),
-        "w_texture": (3.0, "loss weight: random-net Gram matrices, each style's running mean of its outputs "
+        "w_texture": (0.0, "loss weight: random-net Gram matrices, each style's running mean of its outputs "
                       "pulled to the style's mean", ">=0"),
-        "moment_rate": (0.05, "update rate of those running means", "0..1"),
-        "naive_epochs": (2, "naive mode: epochs", ">0"),
-        "naive_width": (32, "naive mode: channels", ">0"),
-        "naive_lr": (0.01, "naive mode: learning rate", ">0"),
-        "eval_naive": (True, "--evaluate also trains and scores naive"),
-        "judge_width": (16, "style judge (a ResNet): width", ">0"),
+        "naive_epochs": (0, "epochs of the naive baseline (the course's first attempt), trained and evaluated "
+                         "beside the generator (0: none)", ">=0"),
+        "judge_width": (16, "style judge (a ResNet, trained in each evaluation): width", ">0"),
         "judge_epochs": (4, "style judge: epochs", ">0"),
-        "judge_lr": (0.003, "style judge: learning rate", ">0"),
-        "eval_images": (40, "--evaluate: test images, each rendered in every other style", ">0"),
-        "grid_rows": (8, "test images in grid.png", ">0"),
+        "eval_images": (40, "--evaluate: images, each rendered in every other style", ">0"),
+        "grid_rows": (8, "validation images in grid.png", ">0"),
     },
     "text_to_image": {  # Bonus B: text_to_image.py (diffusers pipelines; LoRA or from scratch)
         "init": ("pretrained", "pretrained: LoRA on a downloaded pipeline; scratch: build a small one and train it all",

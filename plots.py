@@ -144,7 +144,7 @@ def plot_transfer_grid(sources, columns, source_styles, classes, path, title):
 
 
 def plot_strength_curve(curves, path, title=""):
-    """Hit and realism against --strength: curves = {method: {strength: {measure: value}}}."""
+    """Hit and realism against --strength: curves = {method: {strength: evaluation row}}."""
     p = plt()
     measures = [("robust_of_ceiling", "robust hit / ceiling"), ("raw_of_ceiling", "raw hit / ceiling"),
                 ("two_sample_accuracy", "two-sample accuracy (0.5 = real)"),
@@ -153,7 +153,8 @@ def plot_strength_curve(curves, path, title=""):
     for (key, label), colour in zip(measures, ("C0", "C1", "C3", "C2", "C4")):
         for (method, curve), style in zip(curves.items(), ("-", "--", ":")):
             a = sorted(curve)
-            ax.plot(a, [curve[x].get(key, float("nan")) for x in a], style, marker="o", color=colour,
+            value = lambda r: r["two_sample"]["accuracy"] if key == "two_sample_accuracy" else r.get(key, float("nan"))
+            ax.plot(a, [value(curve[x]) for x in a], style, marker="o", color=colour,
                     label=f"{label}" + (f" ({method})" if len(curves) > 1 else ""))
     ax.set_xlabel("strength (0: the input, 1: the target style)")
     ax.axhline(0.5, color="grey", lw=0.5)
