@@ -48,19 +48,26 @@ class Split:
         self.by_style = [self.train_idx[(data.labels[self.train_idx] == s).numpy()] for s in range(self.C)]
 
 
+def load_encoder(cfg, device):
+    """The Part-2 autoencoder whose per-style mean codes initialise the style embeddings."""
+    path, size = cfg["style_transfer"]["autoencoder_path"], cfg["image_size"]
+    ae, ckpt = wikiart.load_autoencoder(path, device)
+    if ckpt["config"]["image_size"] != size:
+        raise config.UserError(f"{path} was trained at {ckpt['config']['image_size']} px but image_size is {size}: "
+                               "train a matching one (autoencoder.py --set image_size=...)")
+    return ae.requires_grad_(False)
+
+
 def initial_values(cfg, mode, split, device):
     """What a new model starts from: naive, each style's mean training image; residual, each style's mean code
     under the Part-2 encoder and its average channel means and stds (on [-1, 1], for the colour prior)."""
-    data, S, path, train = split.data, cfg["image_size"], cfg["style_transfer"]["autoencoder_path"], split.train_idx
+    data, S, train = split.data, cfg["image_size"], split.train_idx
     if mode == "naive":
         return torch.stack([wikiart.to_float(data.images[np.sort(idx)], torch.device("cpu")).mean(0)
                             if len(idx) else torch.zeros(3, S, S) for idx in split.by_style]), None
-    ae, ckpt = wikiart.load_autoencoder(path, device)
-    if ckpt["config"]["image_size"] != S:
-        raise config.UserError(f"{path} was trained at {ckpt['config']['image_size']} px but image_size is {S}: "
-                               "train a matching one (autoencoder.py --set image_size=...)")
+    ae = load_encoder(cfg, device)
     colour = metrics.style_channel_statistics(data.images[train], data.labels[train].numpy(), split.C)
-    return (wikiart.mean_code_per_style(ae.requires_grad_(False), data.images[train], data.labels[train], split.C,
+    return (wikiart.mean_code_per_style(ae, data.images[train], data.labels[train], split.C,
                                         device, 2),
             torch.from_numpy(colour).float() / 127.5 - torch.tensor([1.0] * 3 + [0.0] * 3))
 
@@ -290,11 +297,12 @@ def main(argv=None):
     if args.resume and not any(os.path.exists(p) for p in lasts):
         raise config.UserError(f"--resume: nothing to resume: no {' or '.join(lasts)} (no epoch of a run with "
                                "this style_transfer.out_dir has finished); run without --resume to start")
-    runs.lock_out_dir(st["out_dir"])  # a second run into out_dir stops here (--image above reads only)
-
     # ---- data: validation carved out of the training folder; the test folder only for --evaluate test
     sample_data.ensure_sample(cfg, ("train", "test") if args.evaluate == "test" else ("train",))
     split = Split(wikiart.load_split(cfg, "train"), cfg)
+    if not args.evaluate:
+        load_encoder(cfg, device)  # an encoder that does not fit stops here, before out_dir exists
+    runs.lock_out_dir(st["out_dir"])  # a second run into out_dir stops here (--image above reads only)
     print(f"{len(split.data)} training images of {split.C} styles in {cfg['train_dir']} ({len(split.train_idx)} "
           f"train / {len(split.val_idx)} validation), {cfg['image_size']} px, device {device}")
     if args.evaluate:

@@ -117,6 +117,60 @@ def autoencoder_table(entries):
                         "Hungarian acc"], rows))
 
 
+ST_COLUMNS = {"robust_of_ceiling": "robust / raw hit ÷ ceiling", "two_sample_accuracy": "two-sample %",
+              "realism_gap_closed": "realism gap closed %", "lab_gap_closed": "Lab gap closed %",
+              "ssim": "SSIM to input", "blotch_ratio": "blotch / clipped px %", "own_style_psnr": "own style"}
+
+
+def st_cell(key, m, s):
+    """One cell of a Part 3 row (m: the numbers, s: their std over seeds or None)."""
+    get = lambda d, k: (d or {}).get(k)
+    if key == "robust_of_ceiling":
+        return f"{get(m, key):.2f} / {get(m, 'raw_of_ceiling'):.2f}"
+    if key == "two_sample_accuracy":
+        t, ts = m.get("two_sample") or {}, (s or {}).get("two_sample") or {}
+        spread = ts.get("accuracy") if ts else t.get("ci95")  # seeds: their std; one run: the test's 95% interval
+        return f"{pct(t.get('accuracy'))} ± {pct(spread)}"
+    if key == "blotch_ratio":
+        return f"{get(m, key):.2f} / {100 * get(m, 'clipped_fraction'):.1f}"
+    v, sd = get(m, key), get(s, key)
+    if not isinstance(v, (int, float)):
+        return "–"
+    if key == "own_style_psnr":  # metrics.psnr's cap: zero error, the image given back exactly
+        return "exact" if v >= 119.9 else f"{v:.1f} dB"
+    f = (lambda x: f"{100 * x:.0f}") if key.endswith("_closed") else (lambda x: f"{x:.2f}")
+    return f(v) + (f" ± {f(sd)}" if isinstance(sd, (int, float)) else "")
+
+
+def style_transfer_methods(means, stds=None):
+    """Part 3's methods, one row each (means: {method: evaluation row}; stds: their std over seeds)."""
+    return md_table(["method", *ST_COLUMNS.values()],
+                    [[f"`{n}`", *(st_cell(k, m, (stds or {}).get(n)) for k in ST_COLUMNS)] for n, m in means.items()])
+
+
+def style_transfer_table(entries):
+    """Each Part 3 recipe's test-split evaluation (seeds: mean ± std), after the facts of its run."""
+    parts = []
+    for name, e in entries:
+        ev = e["outputs"]["evaluation.json"]
+        rows = {k: v for k, v in ev.items() if isinstance(v, dict) and k != "runs"}
+        means = {k: v.get("mean", v) for k, v in rows.items()}
+        stds = {k: v.get("std") for k, v in rows.items()}
+        told = means.get("residual_told_source", {})
+        groups = ", ".join(f"{g} {pct(a)}" for g, a in (told.get("two_sample") or {}).get("by_group", {}).items())
+        facts = (f"`{name}` ({setting(e, 'image_size')} px, {ev['split']} split): {ev['n_outputs']} outputs "
+                 f"({ev['n_images']} images x every other style), seeds {ev.get('seeds', [setting(e, 'seed')])}; "
+                 f"chance {pct(ev['chance'])}%; judge on the real images {pct(ev['judge_accuracy_robust'])}% robust / "
+                 f"{pct(ev['judge_accuracy_raw'])}% raw, matched ceiling {pct(ev['matched_ceiling_robust'])} / "
+                 f"{pct(ev['matched_ceiling_raw'])}%; real paintings: {pct(ev['clipped_fraction_real'])}% of pixels "
+                 f"clipped" + (f"; told the source, the two-sample test on each feature group alone: {groups}" if groups else ""))
+        grids = [f"![{name}: images (rows) in every style (columns)"
+                 f"{', told their own style' if 'told_source' in p else ''}]({p})" for p in e.get("pictures", [])
+                 if os.path.basename(p).startswith("residual_grid")]
+        parts.append(facts + ".\n\n" + style_transfer_methods(means, stds) + "".join(f"\n\n{g}" for g in grids))
+    return "\n\n".join(parts)
+
+
 def bench_table(entries):
     parts = []
     for name, e in entries:
@@ -176,6 +230,7 @@ def demo_table(entries):
 TABLES = {"classifier": (classifier_table, ("classifier",)), "imbalance": (imbalance_table, ("imbalance",)),
           "imbalance_seeds": (imbalance_seeds_table, ("imbalance_seeds", "imbalance")),
           "autoencoder": (autoencoder_table, ("autoencoder",)), "realism": (realism_table, ("realism",)),
+          "style_transfer": (style_transfer_table, ("style_transfer",)),
           "bench": (bench_table, ("bench",)), "demo": (demo_table, ("demo",))}
 
 

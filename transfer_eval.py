@@ -61,8 +61,6 @@ def judge_features(judge, device):
 
 TOLD = "residual_told_source"  # the generator told each image's true style (as --source does)
 STRENGTHS = (0.25, 0.5, 0.75)  # told the source, also at these --strength values (strength_curve.png)
-SHOWN = ("robust_of_ceiling", "raw_of_ceiling", "two_sample_accuracy", "realism_gap_closed", "lab_gap_closed",
-         "ssim", "blotch_ratio", "clipped_fraction", "own_style_psnr")  # the printed table's columns
 
 
 def pick_images(labels, n, seed):
@@ -204,14 +202,8 @@ def evaluate(cfg, seed_models, train_u8, train_y, real_u8, real_y, num_styles, d
           f"{fixed['matched_ceiling_robust']:.1%} / {fixed['matched_ceiling_raw']:.1%}; autoencoder PSNR "
           f"{fixed['autoencoder_psnr'] or float('nan'):.2f} dB" + (f"; mean ± std over seeds {results['seeds']}"
                                                                   if len(per_seed) > 1 else ""))
-    shown = lambda rows: {n: {k: flat(r).get(k) for k in SHOWN} for n, r in rows.items()}
-    print(tables.style_transfer_methods(shown(means), shown(stds) if stds else None))
+    print(tables.style_transfer_methods(means, stds or None))
     return results
-
-
-def flat(r):
-    """A row with the two-sample test's accuracy as a number (what a table shows)."""
-    return r | {"two_sample_accuracy": r["two_sample"]["accuracy"]} if "two_sample" in r else r
 
 
 def mean_std(rows):

@@ -181,19 +181,3 @@ def tiny_autoencoder(sample_root, tmp_path_factory):
     args = ae_args(sample_root, out, **{"autoencoder.epochs": 1})
     p = run_main("autoencoder.py", *args)
     return SimpleNamespace(out=out, args=args, stdout=p.stdout)
-
-
-@pytest.fixture(scope="session")
-def style_transfer_run(sample_root, tiny_autoencoder, tmp_path_factory):
-    """style_transfer.py --evaluate on the tiny sample with the tiny autoencoder: residual, naive, the judge
-    and evaluation.json. Copy the folder before changing it (the models are reused from a copy)."""
-    out = tmp_path_factory.mktemp("style_transfer") / "st"
-    args = ["--evaluate", "--set", f"train_dir={sample_root}/train", f"test_dir={sample_root}/test",
-            "image_size=32", "cache_dir=", "device=cpu", f"style_transfer.out_dir={out}",
-            f"style_transfer.autoencoder_path={tiny_autoencoder.out}/best.pt",
-            "style_transfer.epochs=3", "style_transfer.steps_per_epoch=25", "style_transfer.width=16",
-            "style_transfer.naive_epochs=2", "style_transfer.judge_epochs=2", "style_transfer.judge_width=8",
-            "style_transfer.eval_images=12", "style_transfer.grid_rows=3", "style_transfer.lr=0.002",
-            "style_transfer.d_lr=0.002"]
-    p = run_main("style_transfer.py", *args)
-    return SimpleNamespace(out=out, args=args, stdout=p.stdout)

@@ -500,7 +500,7 @@ def test_an_evaluation_reports_the_two_sample_test_with_its_interval_and_feature
         test = evaluated_val.ev[row].get("mean", evaluated_val.ev[row])["two_sample"]
         assert 0 <= test["accuracy"] <= 1 and 0 <= test["ci95"] < 0.2, (row, test)
         assert set(test["by_group"]) == {"sharpness", "spectrum", "blocks", "colour"}
-    assert "two-sample acc. %" in evaluated_val.stdout
+    assert "two-sample %" in evaluated_val.stdout
 
 
 @pytest.mark.slow  # the module's training run
@@ -521,7 +521,7 @@ def test_evaluation_rows_the_strength_curve_and_the_mean_over_seeds(evaluated_va
     assert mean[told]["own_style_psnr"] >= 100 > mean["residual"]["own_style_psnr"]
     ssims = [mean[f"{told}@{a}"]["ssim"] for a in (0.25, 0.5, 0.75)] + [mean[told]["ssim"]]
     assert ssims == sorted(ssims, reverse=True) and ssims[0] > ssims[-1], ssims
-    assert "| residual_told_source | " in evaluated_val.stdout and "| exact |" in evaluated_val.stdout
+    assert "| `residual_told_source` | " in evaluated_val.stdout and "| exact |" in evaluated_val.stdout
 
 
 @pytest.mark.slow  # the module's training run
