@@ -37,7 +37,8 @@ TEXT_WIDTH, TEXT_LAYERS, UNET_LAYERS = 128, 2, 1
 VAE_LR, VAE_BATCH = 0.002, 16
 KL_WEIGHT = 1e-6  # a light KL pull keeps the latent smooth without blurring it (Stable Diffusion's value)
 SATURATION_WEIGHT = 2.0
-COLOUR_WORDS = ("dark", "light", "grey", "vivid", "red", "orange", "yellow", "green", "blue", "purple", "flat", "contrasty")
+COLOUR_WORDS = ("dark", "light", "grey", "vivid", "red", "orange", "yellow", "green", "blue", "purple", "flat",
+                "contrasty")
 HUES = ((20, "red"), (45, "orange"), (75, "yellow"), (165, "green"), (270, "blue"), (330, "purple"), (360, "red"))
 
 
@@ -47,10 +48,12 @@ def colour_words(images_u8):
     x = np.asarray(images_u8, np.float32) / 255
     luma, chroma = x @ np.array([0.299, 0.587, 0.114], np.float32), x.max(-1) - x.min(-1)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    hue = np.degrees(np.arctan2((np.sqrt(3) * (g - b) * chroma).sum((1, 2)), ((2 * r - g - b) * chroma).sum((1, 2)))) % 360
+    hue = np.degrees(np.arctan2((np.sqrt(3) * (g - b) * chroma).sum((1, 2)),
+                                ((2 * r - g - b) * chroma).sum((1, 2)))) % 360
     out = []
     for lm, ls, cm, h in zip(luma.mean((1, 2)), luma.std((1, 2)), chroma.mean((1, 2)), hue):
-        words = ["dark" if lm < 0.39 else "light" if lm > 0.60 else "", "grey" if cm < 0.095 else "vivid" if cm > 0.21 else "",
+        words = ["dark" if lm < 0.39 else "light" if lm > 0.60 else "",
+                 "grey" if cm < 0.095 else "vivid" if cm > 0.21 else "",
                  "" if cm < 0.095 else next(name for top, name in HUES if h < top),
                  "flat" if ls < 0.137 else "contrasty" if ls > 0.206 else ""]
         out.append(" ".join(w for w in words if w))
@@ -109,16 +112,18 @@ def build_pipeline(b, prompts, resolution, seed):
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = word_tokenizer(prompts, tmp)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH, num_hidden_layers=TEXT_LAYERS,
-        num_attention_heads=TEXT_WIDTH // 32, max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * len(vae_ch), up_block_types=("UpDecoderBlock2D",) * len(vae_ch),
-                        block_out_channels=tuple(vae_ch), layers_per_block=1, latent_channels=latent, sample_size=resolution,
-                        norm_num_groups=max(1, math.gcd(*vae_ch) // 4),  # 4 channels a group (1: each channel's mean, the colour, normalised away)
-                        mid_block_add_attention=False)
+        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH,
+        num_hidden_layers=TEXT_LAYERS, num_attention_heads=TEXT_WIDTH // 32,
+        max_position_embeddings=tokenizer.model_max_length, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * len(vae_ch),
+                        up_block_types=("UpDecoderBlock2D",) * len(vae_ch), block_out_channels=tuple(vae_ch),
+                        layers_per_block=1, latent_channels=latent, sample_size=resolution,
+                        # 4 channels a group (1 would normalise each channel's mean away: the colour)
+                        norm_num_groups=max(1, math.gcd(*vae_ch) // 4), mid_block_add_attention=False)
     unet = UNet2DConditionModel(
-        sample_size=resolution // 2 ** (len(vae_ch) - 1), in_channels=latent, out_channels=latent, layers_per_block=UNET_LAYERS,
-        block_out_channels=tuple(unet_ch), down_block_types=("CrossAttnDownBlock2D",) * len(unet_ch),
+        sample_size=resolution // 2 ** (len(vae_ch) - 1), in_channels=latent, out_channels=latent,
+        layers_per_block=UNET_LAYERS, block_out_channels=tuple(unet_ch),
+        down_block_types=("CrossAttnDownBlock2D",) * len(unet_ch),
         up_block_types=("CrossAttnUpBlock2D",) * len(unet_ch), cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=tuple(c // 32 for c in unet_ch),  # diffusers' name for the number of heads
         norm_num_groups=math.gcd(*unet_ch) // 8,
@@ -126,10 +131,12 @@ def build_pipeline(b, prompts, resolution, seed):
         addition_embed_type="text", addition_embed_type_num_heads=TEXT_WIDTH // 32)
     # cosine schedule, v-prediction, trailing timesteps: sampling starts from (nearly) pure noise, where
     # training ended, so dark or bright styles keep their overall brightness
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-                              timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                              prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False,
+                              set_alpha_to_one=True, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -137,7 +144,8 @@ def build_pipeline(b, prompts, resolution, seed):
 def train_vae(run, vae, images, device, epochs, decoder_only):
     """The AutoencoderKL on L1 in YIQ + a light KL; decoder_only: the decoder alone, at a tenth of the
     learning rate, with each image's saturation (mean per-pixel chroma) error added."""
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()) if decoder_only else list(vae.parameters())
+    params = list(vae.parameters()) if not decoder_only else (list(vae.decoder.parameters())
+                                                               + list(vae.post_quant_conv.parameters()))
     vae.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
@@ -151,8 +159,10 @@ def train_vae(run, vae, images, device, epochs, decoder_only):
             z = post.sample(generator=g)
         out = vae.decode(z).sample
         rec = metrics.to_yiq(out - x).abs().mean((0, 2, 3)).sum()
-        extra = SATURATION_WEIGHT * (saturation(out) - saturation(x)).abs().mean() if decoder_only else KL_WEIGHT * post.kl().mean()
-        runs.optimizer_step(rec + extra, opt)
+        if decoder_only:
+            runs.optimizer_step(rec + SATURATION_WEIGHT * (saturation(out) - saturation(x)).abs().mean(), opt)
+        else:
+            runs.optimizer_step(rec + KL_WEIGHT * post.kl().mean(), opt)
         return {"loss": rec.item()}
 
     @torch.no_grad()
@@ -186,9 +196,9 @@ def main(argv=None):
     data = wikiart.load_split(cfg, "train")
     images, labels = np.asarray(data.images), data.labels.numpy()
     train_idx, val_idx = t2i.training_split(labels, cfg)
-    run = SimpleNamespace(out_dir=out, labels=labels, train_idx=train_idx, val_idx=val_idx, seed=cfg["seed"],
-                          steps=b["steps_per_epoch"], resume=args.resume, script="pretrain_base.py", argv=argv,
-                          deadline=time.time() + 60 * b["max_minutes"] if b["max_minutes"] else None)
+    run = SimpleNamespace(out_dir=out, device=device, labels=labels, train_idx=train_idx, val_idx=val_idx,
+                          seed=cfg["seed"], steps=b["steps_per_epoch"], resume=args.resume, script="pretrain_base.py",
+                          argv=argv, deadline=time.time() + 60 * b["max_minutes"] if b["max_minutes"] else None)
     if not args.resume:  # a fresh start: no stage may resume an earlier run's checkpoint later
         for folder in ("vae", "vae_decoder", "."):
             with contextlib.suppress(FileNotFoundError):

@@ -31,11 +31,12 @@ JUDGE_WIDTH, JUDGE_EPOCHS = 16, 4  # Part 3's judge
 
 def evaluate(cfg, split, device, models, info):
     """models: {name: (pipeline, LoRA scale)} as text_to_image.load_trained gives them; info: the training's."""
-    t, S, N, out = cfg["text_to_image"], cfg["image_size"], cfg["text_to_image"]["eval_images"], cfg["text_to_image"]["out_dir"]
-    suffix = "_val" if split == "val" else ""
+    t, S = cfg["text_to_image"], cfg["image_size"]
+    N, out, suffix = t["eval_images"], t["out_dir"], "_val" if split == "val" else ""
     data = wikiart.load_split(cfg, "train")
     if data.classes != info["styles"]:
-        raise config.UserError(f"the model was trained on the styles {info['styles']}, but {cfg['train_dir']} has {data.classes}")
+        raise config.UserError(f"the model was trained on the styles {info['styles']}, but {cfg['train_dir']} "
+                               f"has {data.classes}")
     y, C, classes = data.labels.numpy(), len(data.classes), data.classes
     train_idx, val_idx = wikiart.stratified_split(y, cfg["val_fraction"], cfg["seed"])
     if split == "val":
@@ -45,8 +46,8 @@ def evaluate(cfg, split, device, models, info):
         real_u8, real_y = np.asarray(test.images), test.labels.numpy()
     train_u8, train_y = np.asarray(data.images[train_idx]), y[train_idx]
     judge = transfer_eval.train_judge(data.images, y, train_idx, C, JUDGE_WIDTH, JUDGE_EPOCHS, cfg["seed"], device)
-    reference = realism.RealismReference(transfer_eval.judge_features(judge, device), real_u8, real_y, train_u8, train_y,
-                                         cfg["seed"])
+    features = transfer_eval.judge_features(judge, device)
+    reference = realism.RealismReference(features, real_u8, real_y, train_u8, train_y, cfg["seed"])
 
     styles, seeds = np.repeat(np.arange(C), N), cfg["seed"] + np.tile(np.arange(N), C)
     prompts = [t2i.make_prompt(classes[s], t["prompt_template"]) for s in styles]
@@ -56,10 +57,11 @@ def evaluate(cfg, split, device, models, info):
     nearest = {name: metrics.nearest_neighbours(u8, train_u8) for name, u8 in sets.items()}
     copy_line = float(np.percentile(nearest["real"][0], 1))  # 1% of unseen real paintings are this close
     present = [s for s in range(C) if (real_y == s).any()]
+    vae = evaluate_vae(models["base"][0].vae, real_u8, real_y, classes, device,
+                       os.path.join(out, f"vae_reconstructions{suffix}.png"))
     results = {"split": split, "styles": classes, "chance": 1 / C, "images_per_style": N, "steps": t["steps"],
-               "guidance": t["guidance"], "image_size": S, "training": training(models, info, t),
-               "vae": evaluate_vae(models["base"][0].vae, real_u8, real_y, classes, device,
-                                   os.path.join(out, f"vae_reconstructions{suffix}.png")), "copy_line": copy_line, "models": {}}
+               "guidance": t["guidance"], "image_size": S, "training": training(models, info, t), "vae": vae,
+               "copy_line": copy_line, "models": {}}
     for name, u8 in sets.items():
         target, r = real_y if name == "real" else styles, {}
         for kind, images in (("robust", metrics.robust_transform(u8)), ("raw", u8)):
@@ -68,8 +70,9 @@ def evaluate(cfg, split, device, models, info):
             r |= {f"{kind}_hit_rate": float(np.mean(list(per_style.values()))), f"{kind}_hit_per_style": per_style,
                   f"styles_above_chance_{kind}": int(sum(v > 1 / C for v in per_style.values()))}
         d = nearest[name][0]
-        r |= {"nn_train_distance": {"median": float(np.median(d)), "p5": float(np.percentile(d, 5)), "min": float(d.min())},
-              "closer_than_copy_line": float((d < copy_line).mean())}
+        r["nn_train_distance"] = {"median": float(np.median(d)), "p5": float(np.percentile(d, 5)),
+                                  "min": float(d.min())}
+        r["closer_than_copy_line"] = float((d < copy_line).mean())
         if name != "real":  # against real paintings of the prompted styles; the gaps closed from the base's samples
             m = reference.measure(sets["base"], u8, seeds, styles, per_style=True)
             r |= m | {"lab_gap_closed_per_style": {classes[s]: v for s, v in m["lab_gap_closed_per_style"].items()}}
@@ -96,7 +99,8 @@ def training(models, info, t):
     tuned, count = models["fine-tuned"][0], lambda m, f: sum(p.numel() for n, p in m.named_parameters() if f(n))
     unet = count(tuned.unet, lambda n: "lora_" not in n)
     if t["lora_rank"]:
-        trained = {"trainable_parameters": sum(count(m, lambda n: "lora_" in n) for m in (tuned.unet, tuned.text_encoder)),
+        adapters = sum(count(m, lambda n: "lora_" in n) for m in (tuned.unet, tuned.text_encoder))
+        trained = {"trainable_parameters": adapters,
                    "adapter_file_bytes": os.path.getsize(os.path.join(t["out_dir"], "lora", t2i.LORA_FILE))}
     else:
         trained = {"trainable_parameters": unet + count(tuned.text_encoder, lambda n: True)}
@@ -107,12 +111,14 @@ def training(models, info, t):
 
 
 def evaluate_vae(vae, real_u8, real_y, classes, device, path):
-    """The VAE on real paintings it never trained on: metrics.reconstruction_measures, and one painting per
-    style (the first) above its reconstruction (each posterior's mean, decoded: the colour diffusion can paint)."""
+    """The VAE on real paintings it never trained on: PSNR and chroma ratio (the reconstructions' mean per-pixel
+    chroma over the paintings': < 1, colour averaged away), and one painting per style (the first) above its
+    reconstruction (each posterior's mean, decoded: the colour diffusion can paint)."""
     with torch.no_grad():
         rec = np.concatenate([wikiart.to_uint8(vae.decode(vae.encode(x).latent_dist.mean).sample) for x in
                               (wikiart.to_float(real_u8[i:i + 64], device) for i in range(0, len(real_u8), 64))])
-    r = metrics.reconstruction_measures(real_u8, rec)
+    mse = float(((real_u8.astype(np.float64) - rec) ** 2).mean()) / 255 ** 2
+    r = {"psnr": metrics.psnr(mse), "chroma_ratio": metrics.chroma(rec) / max(metrics.chroma(real_u8), 1e-9)}
     shown = [int(np.flatnonzero(real_y == s)[0]) for s in range(len(classes)) if (real_y == s).any()]
     with runs.atomic_file(path) as f:
         plots.plot_reconstruction_pairs(real_u8[shown], rec[shown], [classes[real_y[i]] for i in shown], f,
@@ -131,6 +137,6 @@ def show(results):
     for name, r in results["models"].items():
         two = f"{r['two_sample']['accuracy']:.1%}" if "two_sample" in r else "-"
         lab = f"{r['lab_gap_closed']:.2f}" if "lab_gap_closed" in r else "-"
-        print(f"{name:15s} {r['robust_hit_rate']:10.1%} {r['raw_hit_rate']:8.1%} {r['styles_above_chance_robust']:>7d} / "
-              f"{r['styles_above_chance_raw']:<2d}of {C:<2d} {two:>11s} {lab:>10s} {r['nn_train_distance']['median']:9.3f} "
-              f"{r['closer_than_copy_line']:7.1%}")
+        above = f"{r['styles_above_chance_robust']} / {r['styles_above_chance_raw']} of {C}"
+        print(f"{name:15s} {r['robust_hit_rate']:10.1%} {r['raw_hit_rate']:8.1%} {above:>16s} {two:>11s} {lab:>10s} "
+              f"{r['nn_train_distance']['median']:9.3f} {r['closer_than_copy_line']:7.1%}")

@@ -191,8 +191,9 @@ def load_lora(pipe, folder):
         saved = load_file(path)
     except Exception as e:  # a foreign or damaged file
         raise UserError(f"cannot load the LoRA weights {path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
-    loaded = {f"{n}.{k}": v for n in ("unet", "text_encoder") for adapter in getattr(getattr(pipe, n), "peft_config", {})
-              for k, v in get_peft_model_state_dict(getattr(pipe, n), adapter_name=adapter).items()}
+    modules = {n: getattr(pipe, n) for n in ("unet", "text_encoder")}
+    loaded = {f"{n}.{k}": v for n, m in modules.items() for adapter in getattr(m, "peft_config", {})
+              for k, v in get_peft_model_state_dict(m, adapter_name=adapter).items()}
     lost = [k for k, v in saved.items() if k not in loaded or loaded[k].is_meta or not torch.equal(loaded[k].cpu(), v)]
     if lost:
         raise UserError(f"{path}: {len(lost)} of its {len(saved)} adapter tensors do not load into this pipeline "
@@ -238,7 +239,8 @@ def diffusion_loss(pipe, noise_sched, data, idx, g, dropout=CAPTION_DROPOUT):
     with runs.autocast(device):
         pred = pipe.unet(noise_sched.add_noise(z0, noise, ts), ts, pipe.text_encoder(ids)[0]).sample
     kind = noise_sched.config.prediction_type
-    target = noise_sched.get_velocity(z0, noise, ts) if kind == "v_prediction" else {"epsilon": noise, "sample": z0}[kind]
+    target = (noise_sched.get_velocity(z0, noise, ts) if kind == "v_prediction" else
+              {"epsilon": noise, "sample": z0}[kind])
     return F.mse_loss(pred.float(), target.float())
 
 
@@ -251,9 +253,9 @@ def train_epochs(run, folder, title, objects, step, validate, batch_size, epochs
     progress, extra = runs.Progress(folder, ["loss", "val_loss", "val_l1", "lr"], title, False), extra or {}
     last, start = os.path.join(folder, "last.pt"), 0
     if resume:
-        start = runs.resume(last, progress, "cpu", lambda ckpt: None if all(ckpt.get(k) == v for k, v in extra.items())
-                            else f"{last} was trained on another base or with other settings: start again without --resume",
-                            **objects)
+        why = f"{last} was trained on another base or with other settings: start again without --resume"
+        start = runs.resume(last, progress, run.device,
+                            lambda ckpt: None if all(ckpt.get(k) == v for k, v in extra.items()) else why, **objects)
     labels = torch.as_tensor(run.labels[run.train_idx])
     draw = lambda g: wikiart.balanced_sampler_indices(labels, run.steps * batch_size, g)
     with runs.on_interrupt(progress, run.script, run.argv):
@@ -309,11 +311,12 @@ def train_diffusion(run, pipe, params, data, hp, objects, resume, ema_decay=0.0,
     def validate():  # the same images, noise and timesteps every epoch; with the averaged weights
         if not len(run.val_idx):
             return {}
-        g, batches = torch.Generator().manual_seed(run.seed), np.array_split(run.val_idx, -(-len(run.val_idx) // hp["batch_size"]))
+        g, n = torch.Generator().manual_seed(run.seed), len(run.val_idx)
         pipe.unet.eval(), pipe.text_encoder.eval()
         if ema:
             ema.store(params), ema.copy_to(params)
-        loss = sum(diffusion_loss(pipe, noise_sched, data, b, g, 0.0).item() * len(b) for b in batches) / len(run.val_idx)
+        loss = sum(diffusion_loss(pipe, noise_sched, data, b, g, 0.0).item() * len(b)
+                   for b in np.array_split(run.val_idx, -(-n // hp["batch_size"]))) / n
         if ema:
             ema.restore(params)
         pipe.unet.train(), pipe.text_encoder.train(trains_text)

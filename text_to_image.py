@@ -1,8 +1,8 @@
 """Bonus B: fine-tune a Stable-Diffusion-style pipeline to paint in the WikiArt styles, prompted with the style.
 
     python pretrain_base.py                                  # first, a base (nothing can be downloaded here)
-    python text_to_image.py                                  # LoRA on text_to_image.pretrained -> out_dir/lora, grid.png
-    python text_to_image.py --pretrained FOLDER_OR_HUB_ID    # any StableDiffusionPipeline folder or hub id
+    python text_to_image.py                                  # LoRA on it -> out_dir/lora, grid.png
+    python text_to_image.py --pretrained FOLDER_OR_HUB_ID    # on any StableDiffusionPipeline folder or hub id
     python text_to_image.py --resume                         # continue training from out_dir/last.pt
     python text_to_image.py --evaluate val                   # base vs fine-tuned on validation paintings
     python text_to_image.py --evaluate                       # ... on test paintings -> evaluation.json
@@ -65,18 +65,20 @@ def train(cfg, device, resume, argv):
         pipe.vae.requires_grad_(False), pipe.unet.requires_grad_(True), pipe.text_encoder.requires_grad_(True)
         params = [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters()]
         objects = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
-    run = SimpleNamespace(out_dir=out, labels=labels, train_idx=train_idx, val_idx=val_idx, seed=cfg["seed"],
-                          steps=t["steps_per_epoch"], script="text_to_image.py", argv=argv,
+    run = SimpleNamespace(out_dir=out, device=device, labels=labels, train_idx=train_idx, val_idx=val_idx,
+                          seed=cfg["seed"], steps=t["steps_per_epoch"], script="text_to_image.py", argv=argv,
                           deadline=time.time() + 60 * t["max_minutes"] if t["max_minutes"] else None)
-    settings = [t[k] for k in ("resolution", "lora_rank", "lora_alpha", "lora_targets", "lora_text_encoder", "batch_size")]
-    done = t2i.train_diffusion(run, pipe, params, latents, t, objects, resume, extra={"base": base, "settings": settings})
+    settings = [t[k] for k in ("resolution", "lora_rank", "lora_alpha", "lora_targets", "lora_text_encoder")]
+    done = t2i.train_diffusion(run, pipe, params, latents, t, objects, resume, extra={"base": base, "lora": settings})
 
     info = {"pretrained": t["pretrained"], "base_fingerprint": base, "styles": data.classes, "cut_short": not done}
     if t["lora_rank"]:
         t2i.save_lora(pipe, os.path.join(out, "lora"), info)
     else:
-        t2i.save_folder(os.path.join(out, "pipeline"), lambda tmp: (pipe.save_pretrained(tmp),
-                                                                     runs.atomic_save(info, os.path.join(tmp, "info.json"))))
+        def write(folder):
+            pipe.save_pretrained(folder)
+            runs.atomic_save(info, os.path.join(folder, "info.json"))
+        t2i.save_folder(os.path.join(out, "pipeline"), write)
     print(f"wrote {os.path.join(out, 'lora' if t['lora_rank'] else 'pipeline')}"
           + ("" if done else " (training CUT SHORT by max_minutes)"))
     return pipe
@@ -110,10 +112,11 @@ def draw_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path,
         panels[name] = flat.reshape(len(prompts), len(seeds), *flat.shape[1:])
         for r, label in enumerate(labels if images_dir else []):
             for c, s in enumerate(seeds):
-                runs.save_png(panels[name][r, c], os.path.join(images_dir, name, f"{label[:40].replace(' ', '_')}_seed{s}.png"))
+                file = f"{label[:40].replace(' ', '_')}_seed{s}.png"
+                runs.save_png(panels[name][r, c], os.path.join(images_dir, name, file))
     R, pad = flat.shape[1], 2
-    fig, axes = plt.subplots(1, len(panels), figsize=(2 + len(panels) * max(3, 0.9 * len(seeds)), 1.2 + 0.9 * len(prompts)),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(2 + len(panels) * max(3, 0.9 * len(seeds)),
+                                                                     1.2 + 0.9 * len(prompts)))
     for k, (ax, (name, grid)) in enumerate(zip(axes[0], panels.items())):
         canvas = np.full((len(prompts) * (R + pad), len(seeds) * (R + pad), 3), 255, np.uint8)
         for r in range(len(prompts)):
@@ -124,7 +127,7 @@ def draw_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path,
         ax.set_yticks([r * (R + pad) + R / 2 for r in range(len(prompts))], labels if k == 0 else [], fontsize=7)
         ax.set_title(name, fontsize=10)
     fig.suptitle(f"same seeds in every panel; {steps} steps, guidance {guidance:g}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     with runs.atomic_file(path) as f:
         fig.savefig(f, dpi=110)
     plt.close(fig)
@@ -134,7 +137,7 @@ def draw_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path,
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = config.config_parser(__doc__)
-    parser.add_argument("--pretrained", metavar="ID_OR_FOLDER", help="the pipeline to fine-tune (text_to_image.pretrained)")
+    parser.add_argument("--pretrained", metavar="ID_OR_FOLDER", help="pipeline to fine-tune (text_to_image.pretrained)")
     parser.add_argument("--resume", action="store_true", help="continue training from out_dir/last.pt")
     parser.add_argument("--evaluate", nargs="?", const="test", choices=("val", "test"),
                         help="score the trained model: on validation paintings (val) or test paintings (default)")
@@ -143,7 +146,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, help="seeds per row (default: text_to_image.grid_seeds)")
     parser.add_argument("--seed", type=int, help="first seed of the grid (default: seed)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: text_to_image.steps)")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: text_to_image.guidance)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance (default: text_to_image.guidance)")
     parser.add_argument("--save-images", action="store_true", help="also save each image of the grid as a PNG")
     args, cfg = config.parse_config(parser, argv)
     t = cfg["text_to_image"]
@@ -172,8 +175,9 @@ def main(argv=None):
         prompts, name = [t2i.make_prompt(s, t["prompt_template"]) for s in labels], (
             "grid.png" if args.style in (None, "all") else f"grid_{labels[0]}.png")
     seeds = (cfg["seed"] if args.seed is None else args.seed) + np.arange(args.n or t["grid_seeds"])
-    draw_grid(models, labels, prompts, seeds.tolist(), args.steps or t["steps"],
-              t["guidance"] if args.guidance is None else args.guidance, t["batch_size"], os.path.join(t["out_dir"], name),
+    guidance = t["guidance"] if args.guidance is None else args.guidance
+    draw_grid({k: models[k] for k in ("base", "fine-tuned")}, labels, prompts, seeds.tolist(), args.steps or t["steps"],
+              guidance, t["batch_size"], os.path.join(t["out_dir"], name),
               os.path.join(t["out_dir"], "images") if args.save_images else None)
 
 
