@@ -38,7 +38,7 @@ def evaluate(cfg, split, device, models, info):
         raise config.UserError(f"the model was trained on the styles {info['styles']}, but {cfg['train_dir']} "
                                f"has {data.classes}")
     y, C, classes = data.labels.numpy(), len(data.classes), data.classes
-    train_idx, val_idx = wikiart.stratified_split(y, cfg["val_fraction"], cfg["seed"])
+    train_idx, val_idx = t2i.split(y, cfg)
     if split == "val":
         real_u8, real_y = np.asarray(data.images[val_idx]), y[val_idx]
     else:

@@ -204,10 +204,14 @@ def load_lora(pipe, folder):
 # ----------------------------------------------------------------------------------------------
 # Training: VAE latents, the denoising loss, epochs of steps
 
+def split(labels, cfg):
+    """(training, validation) indices of the training folder's images: the split every part makes."""
+    return wikiart.stratified_split(labels, cfg["val_fraction"], cfg["seed"])
+
+
 def training_split(labels, cfg):
-    """(training indices, validation-loss indices): the split of every part (wikiart.stratified_split), and a
-    seeded draw of VAL_IMAGES of its validation images across the styles."""
-    train_idx, val_idx = wikiart.stratified_split(labels, cfg["val_fraction"], cfg["seed"])
+    """(training indices, validation-loss indices: a seeded draw of VAL_IMAGES validation images)."""
+    train_idx, val_idx = split(labels, cfg)
     return train_idx, np.sort(np.random.default_rng(cfg["seed"]).permutation(val_idx)[:VAL_IMAGES])
 
 

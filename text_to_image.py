@@ -92,11 +92,10 @@ def load_trained(cfg, device, train_command):
     if not os.path.isfile(os.path.join(folder, "info.json")):
         raise config.UserError(f"no trained {'adapters' if t['lora_rank'] else 'pipeline'} in {folder}: "
                                f"train them first: {train_command}")
-    info = config.read_json(os.path.join(folder, "info.json"))
+    info, base = config.read_json(os.path.join(folder, "info.json")), load_base(t, device)
     if info["base_fingerprint"] != t2i.fingerprint(t["pretrained"]):
         raise config.UserError(f"{folder} was trained on another base than {t['pretrained']} holds now (it was "
                                f"retrained or replaced since): train again: {train_command}")
-    base = load_base(t, device)
     if not t["lora_rank"]:
         return {"base": (base, 0), "fine-tuned": (t2i.load_pipeline(folder, device), 0)}, info
     tuned = t2i.load_lora(load_base(t, device), folder)

@@ -126,11 +126,15 @@ def test_the_base_learns_its_captions_not_the_styles_and_the_decoder_stage_keeps
     assert [epochs(base.out / d) for d in ("vae", "vae_decoder", ".")] == [[1], [1], [1, 2]]
 
 
-def test_pretraining_resumes_at_the_stage_it_reached(base, tmp_path):
-    shutil.copytree(base.out, tmp_path / "base", symlinks=True)
-    run_main("pretrain_base.py", "--resume", *changed(base.args, base__out_dir=tmp_path / "base", base__epochs=3))
-    assert [epochs(tmp_path / "base" / d) for d in ("vae", ".")] == [[1], [1, 2, 3]]
-    assert t2i.fingerprint(str(tmp_path / "base" / "pipeline")) != t2i.fingerprint(base.pipeline)
+def test_pretraining_cut_short_by_the_guard_resumes_at_the_stage_it_reached(base, tmp_path):
+    """base.max_minutes ends the run after the epoch in which it passes, loudly, before any pipeline is
+    written; --resume continues that stage, then runs the others."""
+    args = changed(base.args, base__out_dir=tmp_path, base__vae_epochs=2)
+    p = run_main("pretrain_base.py", *args, "base.max_minutes=0.0001")
+    assert "VAE CUT SHORT after epoch 1 of 2" in p.stderr and not (tmp_path / "pipeline").exists()
+    run_main("pretrain_base.py", "--resume", *args)
+    assert [epochs(tmp_path / d) for d in ("vae", "vae_decoder", ".")] == [[1, 2], [1], [1, 2]]
+    assert (tmp_path / "pipeline" / "model_index.json").exists()
 
 
 def test_the_adapter_file_loads_whole_into_a_fresh_pipeline(lora, base, tmp_path):
