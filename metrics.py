@@ -514,17 +514,6 @@ def chroma(images_u8):
     return float(a.std(-1).mean()) if a.size else float("nan")
 
 
-def reconstruction_measures(inputs_u8, outputs_u8):
-    """How well outputs (an autoencoder's reconstructions) keep their inputs, light and colour apart:
-    PSNR (dB, of the mean MSE on [0, 1]), chroma ratio (chroma of outputs / of inputs: 1 = as colourful,
-    < 1 = colour averaged away), Lab-moment error (mean |difference| of each image's Lab mean/std moments,
-    lab_moments: L, a, b means then stds, CIELAB units) and its share in a and b alone."""
-    x, y = (np.asarray(v, np.float64) / 255 for v in (inputs_u8, outputs_u8))
-    err = np.abs(lab_moments(inputs_u8) - lab_moments(outputs_u8))
-    return {"psnr": psnr(float(((x - y) ** 2).mean())), "chroma_ratio": chroma(outputs_u8) / max(chroma(inputs_u8), 1e-9),
-            "lab_moment_error": float(err.mean()), "lab_moment_error_ab": float(err[:, [1, 2, 4, 5]].mean())}
-
-
 class RealismReference:
     """The real paintings the realism measures compare generated images with, prepared once:
     `features(u8) -> (n, d)` (a style judge's penultimate features), real test paintings (the reference

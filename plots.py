@@ -221,7 +221,7 @@ def plot_nearest(pairs, copy_line, path):
                             va="center", fontsize=9)
         axes[2 * r + 1, 0].text(-0.1, 0.5, "nearest\ntraining", transform=axes[2 * r + 1, 0].transAxes,
                                 rotation=90, ha="right", va="center", fontsize=8)
-    fig.suptitle(f"samples nearest to a training image (RMS distance at 32 px; 1% of real test paintings are "
+    fig.suptitle(f"samples nearest to a training image (RMS distance at 32 px; 1% of unseen real paintings are "
                  f"closer than {copy_line:.3f})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -244,25 +244,26 @@ def plot_reconstruction_pairs(inputs_u8, outputs_u8, labels, path, title):
 
 
 def plot_t2i_evaluation(results, nn_train, path):
-    """Bonus B's evaluation: judge hit rate and style specificity per style for each model, and the
-    distances to the nearest training image."""
+    """Bonus B's evaluation: the judge's hit rate of the prompted style and the Lab gap closed, per style for
+    each model, and the distances to the nearest training image."""
     plt_ = plt()
     models, styles = results["models"], list(results["models"]["real"]["robust_hit_per_style"])
     fig, axes = plt_.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [3, 3, 2]})
     x, w = np.arange(len(styles)), 0.8 / len(models)
     for k, (name, r) in enumerate(models.items()):
         axes[0].bar(x + k * w, [r["robust_hit_per_style"][s] for s in styles], w, label=f"{name} ({r['robust_hit_rate']:.1%})")
-        if name != "real":
-            axes[1].bar(x + k * w, [r["specificity_texture+colour"][s] for s in styles], w, label=name)
+        if name not in ("real", "base"):
+            axes[1].bar(x + k * w, [r["lab_gap_closed_per_style"].get(s, np.nan) for s in styles], w, label=name)
     axes[0].axhline(results["chance"], color="k", ls=":", label="chance")
-    axes[0].set_title("judge: robust hit rate of the prompted style (real: recall on test paintings)", fontsize=9)
+    axes[0].set_title(f"judge: robust hit rate of the prompted style (real: recall on {results['split']} paintings)", fontsize=9)
     axes[1].axhline(0, color="k", lw=0.8)
-    axes[1].set_title("style specificity, texture+colour (1 = like unseen real paintings, > 0 = closer to its style)", fontsize=9)
+    axes[1].axhline(1, color="k", lw=0.8, ls=":")
+    axes[1].set_title("Lab colour gap closed from the base's samples (0) to real paintings of the style (1)", fontsize=9)
     for ax in axes[:2]:
         ax.set_xticks(x + 0.4 - w / 2, styles, rotation=90, fontsize=7)
         ax.legend(fontsize=7)
     for name, d in nn_train.items():
-        axes[2].hist(d, bins=40, histtype="step", density=True, label=name if name != "real" else "real test")
+        axes[2].hist(d, bins=40, histtype="step", density=True, label=name if name != "real" else f"real ({results['split']})")
     axes[2].set_xlabel("RMS distance to the nearest training image (32 px)")
     axes[2].set_title("nearest training image (a copy: near 0; blur alone also lowers it)", fontsize=9)
     axes[2].legend(fontsize=7)

@@ -1,273 +1,133 @@
-"""Bonus B's model side (text_to_image.py is the script): load a Stable-Diffusion-style pipeline from
-the hub or a folder, build a small one of the same classes from the config (--init scratch), prompts
-from style names and WikiArt file names, LoRA adapters, atomic saving of adapters and pipelines, VAE
-latents and seeded generation.
-
-Every pipeline here is a diffusers StableDiffusionPipeline (UNet2DConditionModel, AutoencoderKL,
-CLIPTextModel, CLIPTokenizer, a noise scheduler), so training, generation and evaluation run the same
-code whether the weights were downloaded or built here.
-"""
+"""Bonus B's models and training loop, shared by pretrain_base.py and text_to_image.py: Stable-Diffusion-style
+pipelines (diffusers' StableDiffusionPipeline: UNet, AutoencoderKL, CLIP text encoder and tokenizer, a noise
+scheduler) loaded from a folder or the hub and saved atomically, prompts from style names, LoRA adapters
+(add, save, load and check), VAE latents, the denoising loss and its epochs, seeded generation."""
 import contextlib
-import json
-import math
+import glob
+import hashlib
 import os
 import re
 import shutil
+import sys
 import tempfile
+import time
+import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
+import runs
 import wikiart
 from config import UserError
 
-def quiet_hf():
-    """Silence the libraries' per-call progress bars and deprecation chatter (our own tqdm bars stay)."""
-    import diffusers
-    import transformers
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-# ----------------------------------------------------------------------------------------------
-# Prompts
-
-def style_phrase(style):
-    """Folder name -> words: "Post_Impressionism" -> "Post Impressionism", "Ukiyo_e" -> "Ukiyo-e"."""
-    parts = style.split("_")
-    out = parts[0]
-    for p in parts[1:]:
-        out += ("-" if len(p) == 1 else " ") + p
-    return out
-
-
-def parse_wikiart_filename(path):
-    """WikiArt's "<artist>_<title>-<year>.jpg" -> (artist, title) in words, or None for other names:
-    "claude-monet_water-lilies-1917.jpg" -> ("claude monet", "water lilies")."""
-    stem = os.path.splitext(os.path.basename(path))[0]
-    if "_" not in stem:
-        return None
-    artist, title = stem.split("_", 1)
-    title = re.sub(r"\(\d+\)$", "", title)           # "-1889(1)": a duplicate's suffix
-    title = re.sub(r"(-\d{4})+$", "", title)         # trailing year(s)
-    artist, title = artist.replace("-", " ").strip(), title.replace("-", " ").replace("_", " ").strip()
-    return (artist, title) if artist and title else None
-
-
-def make_prompt(style, template, named_template="", path=None):
-    """The training/generation prompt for an image of `style`: `template` with {style}, or, when the
-    file name gives an artist and a title and named_template is set, that one ({artist}, {title})."""
-    named = parse_wikiart_filename(path) if (path and named_template) else None
-    if named:
-        return named_template.format(style=style_phrase(style), artist=named[0], title=named[1])
-    return template.format(style=style_phrase(style))
-
-
-# caption words for a base pretrained without the styles: brightness, saturation, dominant hue, contrast
-COLOUR_WORDS = ("dark", "light", "grey", "vivid", "red", "orange", "yellow", "green", "blue", "purple", "flat", "contrasty")
-HUES = ((20, "red"), (45, "orange"), (75, "yellow"), (165, "green"), (270, "blue"), (330, "purple"), (360, "red"))
-
-
-def colour_words(images_u8):
-    """Each image's look in words, measured from its pixels: "dark vivid orange contrasty". Captions for a
-    base pretrained without the styles, so that its UNet learns to follow the prompt (as a downloaded
-    base does) and LoRA has a text path to teach the style words on. Thresholds: WikiArt-16's quartiles
-    at 64 px (mean luminance 0.39 / 0.60, mean chroma 0.095 / 0.21, luminance std 0.137 / 0.206); the
-    middle half of each gets no word. Hue: the chroma-weighted mean hue angle, named when not grey."""
-    x = np.asarray(images_u8, np.float32) / 255
-    luma = x @ np.array([0.299, 0.587, 0.114], np.float32)
-    chroma = x.max(-1) - x.min(-1)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    hue = np.degrees(np.arctan2((np.sqrt(3) * (g - b) * chroma).sum((1, 2)),
-                                ((2 * r - g - b) * chroma).sum((1, 2)))) % 360
-    out = []
-    for lm, ls, cm, h in zip(luma.mean((1, 2)), luma.std((1, 2)), chroma.mean((1, 2)), hue):
-        words = ["dark" if lm < 0.39 else "light" if lm > 0.60 else "",
-                 "grey" if cm < 0.095 else "vivid" if cm > 0.21 else "",
-                 "" if cm < 0.095 else next(name for top, name in HUES if h < top),
-                 "flat" if ls < 0.137 else "contrasty" if ls > 0.206 else ""]
-        out.append(" ".join(w for w in words if w))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading a pipeline (the real path: a hub id or a folder written by save_pretrained)
-
+LORA_FILE = "pytorch_lora_weights.safetensors"
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "token_embedding"]
+CAPTION_DROPOUT = 0.1  # training prompts replaced by "": the unconditional model classifier-free guidance needs
+WEIGHT_DECAY = 0.01
+VAL_IMAGES = 256  # validation images of the per-epoch validation loss
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LAYOUT = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (what save_pretrained writes)"
 
 
-def pipeline_dtype(device, name="auto"):
-    """auto: bf16 on CUDA (fp16 where bf16 is missing), fp32 elsewhere (CPU kernels are fp32)."""
-    if name == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+def quiet_hf():
+    """Silence the libraries' per-call progress bars and chatter (our own tqdm bars stay)."""
+    import diffusers
+    import transformers
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
 
 
-def load_pipeline(source, device, dtype=torch.float32):
-    """A StableDiffusionPipeline from a local folder or a hub id, on `device` in `dtype`; a missing
-    or unreadable folder is a UserError saying what was expected."""
-    if not source:
-        raise UserError("no pretrained model given: pass --pretrained HUB_ID_OR_FOLDER (e.g. a folder saved "
-                        "with save_pretrained, or stable-diffusion-v1-5/stable-diffusion-v1-5 with internet), "
-                        "or --init scratch")
-    local = os.path.exists(source)
-    if not local and not HUB_ID.match(source):
-        raise UserError(f"pretrained model folder not found: '{source}'. Expected a diffusers pipeline folder: "
-                        f"{LAYOUT}, or a hub id like org/name")
-    if local and not os.path.isfile(os.path.join(source, "model_index.json")):
-        raise UserError(f"'{source}' is not a diffusers pipeline folder (no model_index.json). Expected: {LAYOUT}")
-    from diffusers import StableDiffusionPipeline  # imported here: a wrong path fails fast, without it
+def style_phrase(style):
+    """Folder name -> words: "Post_Impressionism" -> "Post Impressionism", "Ukiyo_e" -> "Ukiyo-e"."""
+    parts = style.split("_")
+    return parts[0] + "".join(("-" if len(p) == 1 else " ") + p for p in parts[1:])
+
+
+def make_prompt(style, template):
+    return template.format(style=style_phrase(style))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pipelines: loaded from a folder (or the hub), saved as one folder swapped in whole
+
+def load_pipeline(source, device):
+    """A StableDiffusionPipeline (fp32) from a save_pretrained folder or a hub id; a missing or unreadable
+    folder is one line saying what was expected."""
+    if not os.path.exists(source) and not HUB_ID.match(source):
+        raise UserError(f"pretrained pipeline not found: '{source}'. Make one with python pretrain_base.py, or give "
+                        f"--pretrained a diffusers pipeline folder ({LAYOUT}) or a hub id like org/name")
+    if os.path.exists(source):
+        source = os.path.realpath(source)  # one version of a folder that save_folder may replace meanwhile
+        if not os.path.isfile(os.path.join(source, "model_index.json")):
+            raise UserError(f"'{source}' is not a diffusers pipeline folder (no model_index.json). Expected: {LAYOUT}")
+    from diffusers import StableDiffusionPipeline
     quiet_hf()
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None,
-                                                       requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
     except Exception as e:  # foreign files: any failure to read them is the user's to fix, in one line
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        where = f"the folder '{source}'" if local else f"'{source}' from the Hugging Face hub (no internet here?)"
-        raise UserError(f"cannot load a pipeline from {where}: {type(e).__name__}: {first}. Expected: {LAYOUT}")
+        raise UserError(f"cannot load a pipeline from '{source}': {type(e).__name__}: "
+                        f"{(str(e).strip().splitlines() or [''])[0][:300]}. Expected: {LAYOUT}")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-# ----------------------------------------------------------------------------------------------
-# A small pipeline of the same classes, built from the config (--init scratch)
-
-def bpe(word, ranks):
-    """CLIP's byte-pair encoding of one word: the lowest-ranked adjacent pair merged everywhere, again."""
-    symbols = list(word[:-1]) + [word[-1] + "</w>"]
-    while len(symbols) > 1:
-        rank, pair = min((ranks.get(p, math.inf), p) for p in zip(symbols, symbols[1:]))
-        if rank == math.inf:
-            break
-        merged, i = [], 0
-        while i < len(symbols):
-            if tuple(symbols[i:i + 2]) == pair:
-                merged.append(pair[0] + pair[1])
-                i += 2
-            else:
-                merged.append(symbols[i])
-                i += 1
-        symbols = merged
-    return symbols
-
-
-def word_tokenizer(prompts, folder):
-    """A CLIPTokenizer whose vocabulary is the prompts' words (BPE merges that spell each word as one
-    token, checked word by word: a chain of prefixes alone breaks "baroque" at the "a r" of "art") plus
-    single characters, so any other word still tokenizes, letter by letter."""
-    from transformers import CLIPTokenizer
-    words = sorted({w for p in prompts for w in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]", p.lower())})
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in sorted(set("abcdefghijklmnopqrstuvwxyz0123456789-,.'") | set("".join(words))):
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    ranks = {}
-    for w in words:  # while BPE leaves a word in pieces, one more merge (ranked last: no whole word changes)
-        while len(pieces := bpe(w, ranks)) > 1:
-            ranks[pieces[0], pieces[1]] = len(ranks)
-            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
-    merges = [f"{a} {b}" for a, b in ranks]
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(folder, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=1024)
-    longest = max(len(tok(p).input_ids) for p in prompts)
-    tok.model_max_length = 8 * math.ceil(longest / 8)  # room for start and end tokens, a tidy length
-    return tok
-
-
-def build_scratch_pipeline(t, prompts, resolution, seed):
-    """An untrained StableDiffusionPipeline sized by the config's scratch_* keys."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-    quiet_hf()
-    vae_ch, unet_ch, width = t["scratch_vae_channels"], t["scratch_unet_channels"], t["scratch_text_width"]
-    factor = 2 ** (len(vae_ch) - 1)
-    if resolution % (factor * 2 ** (len(unet_ch) - 1)):
-        raise UserError(f"resolution {resolution} must be divisible by {factor * 2 ** (len(unet_ch) - 1)} "
-                        f"(VAE x{factor}, then {len(unet_ch) - 1} UNet downsamplings)")
-    if width % 32 or any(c % 32 for c in unet_ch):
-        raise UserError("scratch_text_width and scratch_unet_channels must be multiples of 32 (attention heads of 32)")
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = word_tokenizer(prompts, tmp)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
-        num_hidden_layers=t["scratch_text_layers"], num_attention_heads=width // 32,
-        max_position_embeddings=tokenizer.model_max_length, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    groups = max(1, math.gcd(*vae_ch) // 4)  # 4 channels a group (1 would normalise each channel's mean: the colour)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(vae_ch),
-                        up_block_types=("UpDecoderBlock2D",) * len(vae_ch), block_out_channels=tuple(vae_ch),
-                        layers_per_block=1, latent_channels=t["scratch_latent_channels"], norm_num_groups=groups,
-                        sample_size=resolution, mid_block_add_attention=False)
-    n = len(unet_ch)
-    unet = UNet2DConditionModel(
-        sample_size=resolution // factor, in_channels=t["scratch_latent_channels"],
-        out_channels=t["scratch_latent_channels"], layers_per_block=t["scratch_unet_layers"],
-        block_out_channels=tuple(unet_ch), down_block_types=("CrossAttnDownBlock2D",) * n,
-        up_block_types=("CrossAttnUpBlock2D",) * n, cross_attention_dim=width,
-        attention_head_dim=tuple(c // 32 for c in unet_ch),  # diffusers' name for the number of heads
-        norm_num_groups=math.gcd(*unet_ch) // 8,  # 8 channels a group: a colour cast is not normalised away
-        # the prompt, attention-pooled, is also added to the timestep embedding (Imagen's pooled text
-        # embedding): every ResNet block sees the style from the first steps on, not only cross-attention
-        addition_embed_type="text", addition_embed_type_num_heads=width // 32)
-    # cosine schedule, v-prediction, trailing timesteps: the last step is (nearly) pure noise, so sampling
-    # starts where training ended, and dark or bright styles keep their overall brightness
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                              prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False,
-                              set_alpha_to_one=True, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def save_pipeline(pipe, folder):
-    """save_pretrained into a temp folder beside `folder`, then swapped in: never half a pipeline."""
-    parent = os.path.dirname(os.path.abspath(folder))
+def save_folder(folder, write):
+    """write(path) fills a new folder beside `folder`, which becomes a symlink to it in one os.replace: a
+    reader finds the old whole folder or the new one, never none. The version before stays (a reader may be
+    inside it); older ones go."""
+    parent, name = os.path.split(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(folder) + ".")
+    new = tempfile.mkdtemp(dir=parent, prefix=f".{name}.")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes a private folder; give it the usual permissions
-        pipe.save_pretrained(tmp)
-        old = tmp + ".old"
-        if os.path.exists(folder):
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write(new)
+        for root, _, files in os.walk(new):  # on disk before the link names it
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o666 & ~umask)  # some writers make private files
+                fd = os.open(os.path.join(root, f), os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+        os.chmod(new, 0o777 & ~umask)  # mkdtemp makes a private folder
+        os.symlink(os.path.basename(new), new + ".link")
+        if os.path.isdir(folder) and not os.path.islink(folder):  # a plain folder of an older version
+            shutil.rmtree(folder)
+        previous = os.path.realpath(folder)
+        os.replace(new + ".link", folder)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.remove(new + ".link")
+        raise
+    for old in glob.glob(os.path.join(parent, f".{name}.*")):
+        if old not in (new, previous):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def fingerprint(source):
+    """A content hash of a pipeline's UNet and text-encoder files: the base adapters were trained on (a hub
+    id stands for itself). About 1 s per GB."""
+    if not os.path.isdir(source):
+        return source
+    h = hashlib.sha256()
+    for part in ("unet", "text_encoder"):
+        for path in sorted(glob.glob(os.path.join(os.path.realpath(source), part, "*"))):
+            with open(path, "rb") as f:
+                h.update(os.path.basename(path).encode() + hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------
 # LoRA
 
-TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "token_embedding"]
-
-
 def add_lora(pipe, t):
-    """Freeze the pipeline and add trainable LoRA adapters (fp32) to the UNet's attention projections
-    (t["lora_targets"]) and, if t["lora_text_encoder"], to the text encoder's. Returns the trainables.
-
-    A base that never saw the style words (pretrained under "a painting") is taught them by the text
-    encoder's adapters, the word embeddings included (token_embedding: a rank-r change of each word's
-    input vector, the low-rank form of textual inversion; on a base pretrained here it raised LoRA's
-    hit from 6.5% to 9.4% in the same 10 minutes, RESULTS.md). Every trained weight then lives in the one adapter file that
-    load_lora_weights reads, the base stays byte for byte the same, and the LoRA scale (0 = the base
-    exactly) covers the whole change; trained embedding rows instead would need a second file and loader
-    (diffusers' load_textual_inversion refuses words the tokenizer already has), and scale 0 would not
-    undo them."""
+    """Freeze the pipeline and add trainable fp32 LoRA adapters to the UNet's t["lora_targets"] and, with
+    t["lora_text_encoder"], to the text encoder's attention and word embeddings (a rank-r change of each
+    word's input vector: the low-rank form of textual inversion, in the same file, so that scale 0 is the
+    base exactly). Returns the trainable parameters."""
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig, inject_adapter_in_model
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -276,23 +136,18 @@ def add_lora(pipe, t):
                                       init_lora_weights="gaussian")
     try:
         pipe.unet.add_adapter(lora(t["lora_targets"]))
-    except ValueError as e:  # peft: none of the target modules exist in the model
-        raise UserError(f"lora_targets {t['lora_targets']}: {str(e).splitlines()[0]}")
-    modules = [pipe.unet]
-    if t["lora_text_encoder"]:
-        try:  # peft itself: transformers' text_encoder.add_adapter wants a newer peft than the pinned one
+        if t["lora_text_encoder"]:  # peft itself: transformers' add_adapter wants another peft version
             inject_adapter_in_model(lora(TEXT_ENCODER_TARGETS), pipe.text_encoder)
-        except ValueError as e:
-            raise UserError(f"lora_text_encoder: no adapters on this text encoder's {TEXT_ENCODER_TARGETS}: "
-                            f"{str(e).splitlines()[0]}")
-        modules.append(pipe.text_encoder)
-    cast_training_params(modules, torch.float32)  # adapters train in fp32 even on an fp16/bf16 base
+    except ValueError as e:  # peft: none of the target modules exist in the model
+        raise UserError(f"no LoRA targets {t['lora_targets']} (or, for the text encoder, {TEXT_ENCODER_TARGETS}) "
+                        f"in this pipeline: {str(e).splitlines()[0]}")
+    modules = [pipe.unet] + ([pipe.text_encoder] if t["lora_text_encoder"] else [])
+    cast_training_params(modules, torch.float32)
     return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
 class LoraState:
-    """The adapters of one module as a state_dict/load_state_dict object, so checkpoints (last.pt)
-    hold the adapters only: megabytes, not the gigabytes of the base model."""
+    """One module's adapters as a state_dict/load_state_dict object: last.pt holds the adapters only."""
 
     def __init__(self, module):
         self.module = module
@@ -306,91 +161,204 @@ class LoraState:
         set_peft_model_state_dict(self.module, state)
 
 
-def save_lora(pipe, folder):
-    """<folder>/pytorch_lora_weights.safetensors (diffusers' format, with rank and alpha), written
-    atomically; StableDiffusionPipeline.load_lora_weights(folder) reads it back."""
+def save_lora(pipe, folder, info):
+    """folder/pytorch_lora_weights.safetensors with info.json beside it, swapped in whole. peft's state dicts
+    are saved as they are, the one format load_lora_weights reads whole whatever the targets (converted to
+    diffusers' names, attention adapters became lora.down/up but add_embedding.proj kept lora_A/B, and
+    load_lora_weights read one of the two)."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
-    layers, meta = {}, {}
-    for name in ("unet", "text_encoder"):
-        m = getattr(pipe, name)
-        if getattr(m, "peft_config", None):
-            adapter = next(iter(m.peft_config))
-            layers[name] = convert_state_dict_to_diffusers(get_peft_model_state_dict(m, adapter_name=adapter))
-            meta[name] = m.peft_config[adapter].to_dict()
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp") as tmp:
+    parts = {n: m for n in ("unet", "text_encoder") if getattr(m := getattr(pipe, n), "peft_config", None)}
+
+    def write(tmp):
         StableDiffusionPipeline.save_lora_weights(
-            tmp, unet_lora_layers=layers.get("unet"), text_encoder_lora_layers=layers.get("text_encoder"),
-            unet_lora_adapter_metadata=meta.get("unet"), text_encoder_lora_adapter_metadata=meta.get("text_encoder"))
-        os.replace(os.path.join(tmp, "pytorch_lora_weights.safetensors"),
-                   os.path.join(folder, "pytorch_lora_weights.safetensors"))
-    return os.path.join(folder, "pytorch_lora_weights.safetensors")
+            tmp, **{f"{n}_lora_layers": get_peft_model_state_dict(m) for n, m in parts.items()},
+            **{f"{n}_lora_adapter_metadata": m.peft_config["default"].to_dict() for n, m in parts.items()})
+        runs.atomic_save(info, os.path.join(tmp, "info.json"))
+    save_folder(folder, write)
 
 
 def load_lora(pipe, folder):
-    path = os.path.join(folder, "pytorch_lora_weights.safetensors")
-    if not os.path.exists(path):
-        raise UserError(f"no LoRA weights at {path}: train them first (python text_to_image.py --pretrained ...)")
+    """pipe.load_lora_weights(folder), checked: every tensor of the file must be in the model with the
+    file's values (peft only warns about keys it cannot place, and drops them), else one line."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+    path = os.path.join(folder, LORA_FILE)
     try:
-        pipe.load_lora_weights(folder)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe.load_lora_weights(os.path.realpath(folder))
+        saved = load_file(path)
     except Exception as e:  # a foreign or damaged file
         raise UserError(f"cannot load the LoRA weights {path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+    modules = {n: getattr(pipe, n) for n in ("unet", "text_encoder")}
+    loaded = {f"{n}.{k}": v for n, m in modules.items() for adapter in getattr(m, "peft_config", {})
+              for k, v in get_peft_model_state_dict(m, adapter_name=adapter).items()}
+    lost = [k for k, v in saved.items() if k not in loaded or loaded[k].is_meta or not torch.equal(loaded[k].cpu(), v)]
+    if lost:
+        raise UserError(f"{path}: {len(lost)} of its {len(saved)} adapter tensors do not load into this pipeline "
+                        f"(e.g. {lost[0]}): adapters of another model, or a damaged file")
     return pipe
 
 
-def has_lora(pipe):
-    return bool(getattr(pipe.unet, "peft_config", None))
-
-
 # ----------------------------------------------------------------------------------------------
-# Latents and generation
+# Training: VAE latents, the denoising loss, epochs of steps
+
+def split(labels, cfg):
+    """(training, validation) indices of the training folder's images: the split every part makes."""
+    return wikiart.stratified_split(labels, cfg["val_fraction"], cfg["seed"])
+
+
+def training_split(labels, cfg):
+    """(training indices, validation-loss indices: a seeded draw of VAL_IMAGES validation images)."""
+    train_idx, val_idx = split(labels, cfg)
+    return train_idx, np.sort(np.random.default_rng(cfg["seed"]).permutation(val_idx)[:VAL_IMAGES])
+
 
 def resolution(pipe):
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
 @torch.no_grad()
-def encode_latents(pipe, batches, n, device):
-    """The VAE posterior (mean, std) of every image, float16 on the CPU; positions without a readable image
-    get std 0 and are dropped by the caller."""
-    vae, dtype = pipe.vae.eval(), pipe.vae.dtype
-    mean = std = None
-    kept = []
-    for pos, u8 in tqdm(batches, desc="VAE latents (once)", leave=False):
-        dist = vae.encode(wikiart.to_float(u8, device).to(dtype)).latent_dist
-        if mean is None:
-            mean = torch.zeros((n, *dist.mean.shape[1:]), dtype=torch.float16)
-            std = torch.zeros_like(mean)
-        mean[pos], std[pos] = dist.mean.half().cpu(), dist.std.half().cpu()
-        kept += pos.tolist()
-    return mean, std, np.array(sorted(kept))
+def encode_latents(vae, images_u8, device, batch_size=64):
+    """(mean, std) of each image's VAE posterior, float16 on the CPU: diffusion draws a latent from each per
+    step and never runs the encoder again."""
+    mean, std = [], []
+    for i in tqdm(range(0, len(images_u8), batch_size), desc="VAE latents", leave=False):
+        post = vae.encode(wikiart.to_float(images_u8[i:i + batch_size], device)).latent_dist
+        mean.append(post.mean.half().cpu()), std.append(post.std.half().cpu())
+    return torch.cat(mean), torch.cat(std)
 
+
+def diffusion_loss(pipe, noise_sched, data, idx, g, dropout=CAPTION_DROPOUT):
+    """The denoising loss on images `idx`: a latent drawn from each posterior, noise, a timestep and the
+    captions dropped drawn from `g`; the target is what the scheduler's prediction_type names."""
+    device, idx = pipe.unet.device, np.sort(idx)
+    mean, std = data["mean"][idx].float(), data["std"][idx].float()
+    z0 = (mean + std * torch.randn(mean.shape, generator=g)) * pipe.vae.config.scaling_factor
+    noise = torch.randn(z0.shape, generator=g)
+    ts = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=g)
+    ids = torch.where((torch.rand(len(idx), generator=g) < dropout)[:, None], data["empty_ids"], data["ids"][idx])
+    z0, noise, ts, ids = z0.to(device), noise.to(device), ts.to(device), ids.to(device)
+    with runs.autocast(device):
+        pred = pipe.unet(noise_sched.add_noise(z0, noise, ts), ts, pipe.text_encoder(ids)[0]).sample
+    kind = noise_sched.config.prediction_type
+    target = (noise_sched.get_velocity(z0, noise, ts) if kind == "v_prediction" else
+              {"epsilon": noise, "sample": z0}[kind])
+    return F.mse_loss(pred.float(), target.float())
+
+
+def train_epochs(run, folder, title, objects, step, validate, batch_size, epochs, resume, extra=None):
+    """Epochs of run.steps calls of step(indices, generator) -> {name: number}, the images drawn balanced over
+    the styles from run.train_idx with the epoch's own generator (an epoch replays exactly after --resume).
+    After each: validate()'s numbers, folder/last.pt (objects and `extra`, which a resumed run must match),
+    train_log, curves.png. The max_minutes guard (run.deadline) ends training after the epoch in which it
+    passes and says so loudly (the log's row: cut_short). True if every epoch ran."""
+    progress, extra = runs.Progress(folder, ["loss", "val_loss", "val_l1", "lr"], title, False), extra or {}
+    last, start = os.path.join(folder, "last.pt"), 0
+    if resume:
+        why = f"{last} was trained on another base or with other settings: start again without --resume"
+        start = runs.resume(last, progress, run.device,
+                            lambda ckpt: None if all(ckpt.get(k) == v for k, v in extra.items()) else why, **objects)
+    labels = torch.as_tensor(run.labels[run.train_idx])
+    draw = lambda g: wikiart.balanced_sampler_indices(labels, run.steps * batch_size, g)
+    with runs.on_interrupt(progress, run.script, run.argv):
+        for epoch in range(start, epochs):
+            order, g = runs.epoch_order(run.train_idx, run.seed, epoch, draw=draw)
+            t0, logs = time.time(), []
+            for i in tqdm(range(run.steps), desc=f"{title} epoch {epoch + 1}/{epochs}", leave=False):
+                logs.append(step(order[i * batch_size:(i + 1) * batch_size], g))
+            row = {"epoch": epoch + 1} | {k: float(np.mean([r[k] for r in logs])) for k in logs[0]} | validate()
+            row["seconds"] = time.time() - t0
+            cut = bool(run.deadline) and time.time() > run.deadline and epoch + 1 < epochs
+            row |= {"cut_short": True} if cut else {}
+            progress.end_epoch(row, None, lambda: runs.training_state(epoch, progress, **objects) | extra)
+            if cut:
+                print(f"\n{run.script}: WARNING: max_minutes passed: {title} CUT SHORT after epoch {epoch + 1} of "
+                      f"{epochs}, not the recipe's training; continue with: "
+                      f"{runs.command_line(run.script, run.argv, ['--resume'])}", file=sys.stderr)
+                return False
+    return True
+
+
+def train_diffusion(run, pipe, params, data, hp, objects, resume, ema_decay=0.0, extra=None):
+    """Train `params` (adapters, or the whole UNet and text encoder) on data's latents and prompt ids, in
+    epochs of hp["steps_per_epoch"] steps of hp["batch_size"]: AdamW (no weight decay on the word embeddings:
+    a style-blind base's style words stay as they were), warm-up then constant, gradients clipped at 1, and
+    with ema_decay an average of the weights, the result. True if every epoch ran (train_epochs)."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)  # the pipeline's own noise schedule
+    words = pipe.text_encoder.get_input_embeddings().weight
+    groups = [{"params": [p for p in params if p is not words]},
+              {"params": [p for p in params if p is words], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp["lr"], weight_decay=WEIGHT_DECAY)
+    lr_sched = wikiart.make_scheduler(opt, hp["warmup_steps"])
+    ema = EMAModel(params, decay=ema_decay, use_ema_warmup=True, power=0.75) if ema_decay else None
+    objects |= {"optimizer": opt, "lr_schedule": lr_sched} | ({"ema": ema} if ema else {})
+    trains_text = any(p.requires_grad for p in pipe.text_encoder.parameters())
+    print(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters on {len(run.train_idx)} images "
+          f"at {resolution(pipe)} px")
+
+    def step(idx, g):
+        loss = diffusion_loss(pipe, noise_sched, data, idx, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        if ema:
+            ema.step(params)
+        return {"loss": loss.item(), "lr": lr_sched.get_last_lr()[0]}
+
+    @torch.no_grad()
+    def validate():  # the same images, noise and timesteps every epoch; with the averaged weights
+        if not len(run.val_idx):
+            return {}
+        g, n = torch.Generator().manual_seed(run.seed), len(run.val_idx)
+        pipe.unet.eval(), pipe.text_encoder.eval()
+        if ema:
+            ema.store(params), ema.copy_to(params)
+        loss = sum(diffusion_loss(pipe, noise_sched, data, b, g, 0.0).item() * len(b)
+                   for b in np.array_split(run.val_idx, -(-n // hp["batch_size"]))) / n
+        if ema:
+            ema.restore(params)
+        pipe.unet.train(), pipe.text_encoder.train(trains_text)
+        return {"val_loss": loss}
+
+    pipe.unet.train(), pipe.text_encoder.train(trains_text)
+    done = train_epochs(run, run.out_dir, "diffusion", objects, step, validate, hp["batch_size"], hp["epochs"],
+                        resume, extra)
+    if ema:
+        ema.copy_to(params)
+    pipe.unet.eval(), pipe.text_encoder.eval()
+    return done
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
 
 @torch.no_grad()
-def generate(pipe, lora, prompts, seeds, steps, guidance, batch_size, desc="generating"):
-    """uint8 (N, R, R, 3): image i from prompts[i] and its own generator seeded with seeds[i], so an
-    image does not depend on its batch, and the base and fine-tuned models start from the same noise.
-    lora: the LoRA scale (False/0: the base model, True/1: the adapters as trained, 0.5: half their update),
-    diffusers' cross_attention_kwargs scale, which scales the text encoder's adapters too."""
-    scale = float(lora) if has_lora(pipe) else 0.0
+def generate(pipe, scale, prompts, seeds, steps, guidance, batch_size, desc="generating"):
+    """uint8 (N, R, R, 3): image i from prompts[i] and its own generator seeded with seeds[i], so an image
+    does not depend on its batch and every model starts from the same noise. scale: the LoRA scale (0: the
+    base exactly, 1: the adapters as trained), diffusers' cross_attention_kwargs scale, text encoder too."""
+    lora = bool(getattr(pipe.unet, "peft_config", None))
     R, out = resolution(pipe), []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]
-        with word_adapters_scaled(pipe, scale):
+        with word_adapters_scaled(pipe, float(scale)), runs.autocast(pipe.device):
             images = pipe(list(prompts[i:i + batch_size]), height=R, width=R, num_inference_steps=steps,
                           guidance_scale=guidance, generator=gens, output_type="np",
-                          cross_attention_kwargs={"scale": scale} if has_lora(pipe) else None).images
+                          cross_attention_kwargs={"scale": float(scale)} if lora else None).images
         out.append(np.clip(np.round(images * 255), 0, 255).astype(np.uint8))
     return np.concatenate(out)
 
 
 @contextlib.contextmanager
 def word_adapters_scaled(pipe, scale):
-    """The LoRA scale applied to the word embeddings' adapters too: diffusers scales the text encoder's
-    adapters through peft's scale_layer, which (peft 0.21) skips embedding layers (it looks for the
-    adapter among lora_A, where an embedding keeps lora_embedding_A), so scale 0 would not be the base."""
+    """The LoRA scale applied to the word embeddings' adapters too: peft's scale_layer (0.22), through which
+    diffusers scales the text encoder, skips embedding layers, so scale 0 would not be the base."""
     layers = [m for m in pipe.text_encoder.modules() if getattr(m, "lora_embedding_A", None)]
     saved = [dict(m.scaling) for m in layers]
     for m in layers:
