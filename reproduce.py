@@ -91,6 +91,20 @@ def text_to_image(name, seeds=(0,)):
                   [f"out/{name}/{f}.png" for f in ("grid", "nearest", "vae_reconstructions", "evaluation")])
 
 
+PROBES = {"no_teacher": "style_transfer.teacher_steps=0", "no_teacher_no_range": "style_transfer.teacher_steps=0 "
+          "style_transfer.w_range=0", "w_cls_10": "style_transfer.w_cls=10",
+          "teacher_4000_w_cls_6": "style_transfer.teacher_steps=4000 style_transfer.w_cls=6"}
+
+
+def probes(name, base):
+    """What was tried around a recipe, each setting trained (seed 0) and scored on the validation split only."""
+    sets = {p: f" --set style_transfer.out_dir=out/{name}/{p} {v}" for p, v in PROBES.items()}
+    return recipe("style_transfer_probes", [c for p in PROBES for c in (
+        f"style_transfer.py -c configs/{base}.json{sets[p]}",
+        f"style_transfer.py --evaluate val -c configs/{base}.json{sets[p]}")],
+        [f"out/{name}/{p}/evaluation_val.json" for p in PROBES])
+
+
 IMBALANCE_64 = "none weights1 sampler logit_adjust drw none+posthoc sampler+posthoc logit_adjust+posthoc"
 RECIPES = {
     "sample": recipe(None, ["sample_data.py --out out/sample --size 32 --scale 0.03"], ["out/sample/train"]),
@@ -110,8 +124,10 @@ RECIPES = {
     "style_transfer_w16_64": style_transfer("style_transfer_w16_64"),
     "style_transfer_w16_64_real": style_transfer("style_transfer_w16_64_real", photos=True),
     "style_transfer_w16_128_real": style_transfer("style_transfer_w16_128_real", photos=True),
+    "style_transfer_w16_64_probes": probes("style_transfer_w16_64_probes", "style_transfer_w16_64_real"),
     "text_to_image_pretrain_w16": recipe("text_to_image_pretrain", ["pretrain_base.py -c configs/text_to_image_pretrain_w16.json"],
-                                         ["out/text_to_image_pretrain_w16/pipeline/model_index.json"],
+                                         ["out/text_to_image_pretrain_w16/pipeline/model_index.json"] + [
+                                             f"out/text_to_image_pretrain_w16/{d}train_log.json" for d in ("", "vae/", "vae_decoder/")],
                                          ["out/text_to_image_pretrain_w16/grid.png"]),
     "text_to_image_lora_w16": text_to_image("text_to_image_lora_w16", seeds=(0, 1, 2)),
     "text_to_image_full_w16": text_to_image("text_to_image_full_w16"),
@@ -140,11 +156,11 @@ RECIPES = {
                                   "bench.py out/bench_gpu/images/train {bench} --out out/bench_gpu"],
                         ["out/bench_gpu/bench.json"], alone=True),
 }
-# longest first (two recipes run at once), so that both slots end together
-CPU = ["text_to_image_pretrain_w16", "style_transfer_w16_128_real", "autoencoder_w16_128", "imbalance_w16_64",
-       "imbalance_w16_64_seeds", "classifier_w16_64", "classifier_w16_64_base", "classifier_w16_64_bonusA",
-       "autoencoder_w16_64", "style_transfer_w16_64", "style_transfer_w16_64_real", "text_to_image_lora_w16",
-       "text_to_image_full_w16", "text_to_image_sample", "realism_w16", "demo_sample", "bench_416"]
+# the order they start in, two at a time: the long chains (Bonus B, Part 3) first
+CPU = ["text_to_image_pretrain_w16", "autoencoder_w16_64", "style_transfer_w16_64_real", "style_transfer_w16_64",
+       "text_to_image_lora_w16", "text_to_image_full_w16", "style_transfer_w16_64_probes", "autoencoder_w16_128",
+       "imbalance_w16_64", "imbalance_w16_64_seeds", "classifier_w16_64", "classifier_w16_64_base", "classifier_w16_64_bonusA",
+       "realism_w16", "text_to_image_sample", "demo_sample", "style_transfer_w16_128_real", "bench_416"]
 PROFILES = {  # configs: overlaid on every config-driven step; set: --set items for each; data, prepare, bench:
     # the recipes' {placeholders}; jobs: recipes at once; pictures: key PNGs kept beside results/<profile>.json
     "smoke": {"recipes": ["sample", *[n for n in CPU if n not in ("bench_416", "style_transfer_w16_128_real")]],
@@ -182,6 +198,7 @@ def placeholders(command, prof):
     """{data}, {prepare}, {bench}, {realism} from the profile; {photos}: scikit-learn's china.jpg and flower.jpg."""
     import sklearn.datasets
     folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+    folder = os.path.relpath(folder, HERE) if folder.startswith(HERE + os.sep) else folder  # the same in any clone
     photos = " ".join(shlex.quote(os.path.join(folder, f)) for f in ("china.jpg", "flower.jpg"))
     return command.format(photos=photos, **{k: prof.get(k, "") for k in ("data", "prepare", "bench", "realism")})
 
@@ -208,8 +225,9 @@ def expand(name, command, prof, root, extra_set):
 def fingerprint(script, argv, cfg, inputs):
     """A finished step stays valid while this is unchanged: its arguments, the config sections it reads, and
     the fingerprints of the steps that wrote what it reads from other recipes."""
-    if cfg is not None:
+    if cfg is not None:  # the config by its resolved values (of what the script reads), the other arguments as given
         cfg = {k: v for k, v in cfg.items() if not isinstance(v, dict) or k in READS.get(script, ())}
+        argv = config.config_parser(None).parse_known_args(argv)[1]
     return hashlib.sha256(json.dumps([script, argv, cfg] + ([inputs] if inputs else []), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -401,7 +419,8 @@ def main(argv=None):
     if unknown:
         raise UserError(f"no recipe {', '.join(unknown)} in profile {args.profile}; its recipes: {', '.join(prof['recipes'])}")
     names = [n for n in prof["recipes"] if not args.only or n in args.only]
-    root = os.path.relpath(os.path.join(in_repo(args.out), profile), HERE)
+    out = os.path.abspath(in_repo(args.out))  # inside the repository: as a relative path, as recipes name it
+    root = os.path.join(os.path.relpath(out, HERE) if out.startswith(HERE + os.sep) else out, profile)
     results_path = in_repo(os.path.join(args.results if not args.scale_down else args.out, f"{profile}.json"))
     markdown = None if args.scale_down else in_repo(args.markdown)
     plans = {}

@@ -171,6 +171,103 @@ def style_transfer_table(entries):
     return "\n\n".join(parts)
 
 
+def style_transfer_probes_table(entries):
+    """What was tried, read on the validation split (told the source): the recipes (mean of their seeds) and each
+    probe (seed 0), the probe's settings as the command gives them."""
+    rows, stds = {}, {}
+    for name, e in entries:
+        if e["family"] == "style_transfer" and "evaluation_val.json" in e["outputs"]:
+            row = e["outputs"]["evaluation_val.json"]["residual_told_source"]
+            rows[f"recipe {name}"], stds[f"recipe {name}"] = row.get("mean", row), row.get("std")
+        elif e["family"] == "style_transfer_probes":
+            for step in e["steps"][::2]:
+                probe = step["command"].split("style_transfer.out_dir=")[1].split()[0].rstrip("/").split("/")[-1]
+                own = step["command"].split("--set", 1)[1].split()  # the probe's own --set items, up to the next option
+                own = own[:next((i for i, a in enumerate(own) if a.startswith("-")), len(own))]
+                sets = [a for a in own if not a.startswith("style_transfer.out_dir")]
+                rows[f"probe: {' '.join(s.replace('style_transfer.', '') for s in sets)}"] = \
+                    e["outputs"][f"{probe}/evaluation_val.json"]["residual_told_source"]
+    return None if not rows else md_table(["validation split, told the source", *ST_COLUMNS.values()],
+                                          [[n, *(st_cell(k, m, stds.get(n)) for k in ST_COLUMNS)] for n, m in rows.items()])
+
+
+def log_minutes(log):
+    return sum(r.get("seconds", 0) for r in log or []) / 60
+
+
+def text_to_image_pretrain_table(entries):
+    """The stand-in base's pretraining alone: epochs (and minutes) of each stage."""
+    rows = []
+    for name, e in entries:
+        o = e["outputs"]
+        stage = lambda log: f"{len(log or [])} ({log_minutes(log):.1f} min)" + (" CUT SHORT" if any(
+            r.get("cut_short") for r in log or []) else "")
+        rows.append([f"`{name}`", stage(o.get("vae/train_log.json")), stage(o.get("vae_decoder/train_log.json")),
+                     stage(o.get("train_log.json")), f"{sum(log_minutes(o.get(k)) for k in o if k.endswith('train_log.json')):.0f} min"])
+    return md_table(["pretrained base", "VAE epochs", "VAE decoder alone", "diffusion epochs", "training in all"], rows)
+
+
+def t2i_row(label, m, s=None, trained="–", training="–"):
+    """A Bonus B row: hits (x ceiling), styles above chance, two-sample, gaps; s: std over seeds."""
+    sd = lambda k, f: f" ± {f(s[k])}" if s and isinstance(s.get(k), (int, float)) else ""
+    hit = lambda k: f"{pct(m[f'{k}_hit_rate'])}{sd(f'{k}_hit_rate', pct)} ({m.get(f'{k}_of_ceiling', 0):.2f}x)"
+    two = m.get("two_sample")
+    two = "–" if not two else f"{pct(two['accuracy'])} ± {pct((s or {}).get('two_sample', {}).get('accuracy', two['ci95']))}"
+    gaps = "–" if "lab_gap_closed" not in m else f"{pct(m['realism_gap_closed'])} / {pct(m['lab_gap_closed'])}"
+    return [label, hit("robust"), hit("raw"), f"{m['styles_above_chance_robust']:g} / {m['styles_above_chance_raw']:g}",
+            two, gaps, trained, training]
+
+
+def text_to_image_table(entries):
+    """Bonus B's one table: the base, LoRA (scale 0.5 and 1; seed 0, then the mean over seeds), the whole model
+    and the real paintings, all on the test split; the same seeds for every model."""
+    evs = {n: e["outputs"] for n, e in entries if "evaluation.json" in e["outputs"]}
+    loras = [n for n, o in evs.items() if o["evaluation.json"]["training"].get("adapter_file_bytes")]
+    if not loras:
+        return None
+    lora, ev = loras[0], evs[loras[0]]["evaluation.json"]
+    models, tr = ev["models"], ev["training"]
+    size = lambda t: (f"{t['trainable_parameters'] / 1e6:.2f}M ({t['trainable_parameters'] / t['unet_parameters']:.1%} "
+                      f"of the UNet)" if t.get("adapter_file_bytes") else f"{t['trainable_parameters'] / 1e6:.2f}M (UNet + text)")
+    steps = lambda t: f"{t['epochs']} epochs, {t['minutes']:.0f} min" + (" CUT SHORT" if t.get("cut_short") else "")
+    rows = [t2i_row("base (before LoRA)", models["base"]),
+            t2i_row("base + LoRA, scale 0.5", models["fine-tuned@0.5"], trained=size(tr), training=steps(tr)),
+            t2i_row("base + LoRA, scale 1", models["fine-tuned"], trained=size(tr), training=steps(tr))]
+    seeds = [ev] + [o for k, o in evs[lora].items() if k.startswith("seed") and k.endswith("evaluation.json")]
+    if len(seeds) > 1:
+        import numpy as np
+        ms = [e["models"]["fine-tuned"] for e in seeds]
+        keys = ("robust_hit_rate", "raw_hit_rate", "styles_above_chance_robust", "styles_above_chance_raw",
+                "robust_of_ceiling", "raw_of_ceiling", "realism_gap_closed", "lab_gap_closed")
+        mean = {k: float(np.mean([m[k] for m in ms])) for k in keys}
+        std = {k: float(np.std([m[k] for m in ms], ddof=1)) for k in keys}
+        mean["two_sample"] = {"accuracy": float(np.mean([m["two_sample"]["accuracy"] for m in ms])), "ci95": 0}
+        std["two_sample"] = {"accuracy": float(np.std([m["two_sample"]["accuracy"] for m in ms], ddof=1))}
+        rows.append(t2i_row(f"base + LoRA, scale 1, mean ± std of {len(seeds)} seeds", mean, std, size(tr), steps(tr)))
+    whole = [n for n in evs if n not in loras and evs[n]["evaluation.json"]["styles"] == ev["styles"]]
+    for n in whole:
+        w = evs[n]["evaluation.json"]
+        rows.append(t2i_row(f"the whole model (`{n}`)", w["models"]["fine-tuned"], trained=size(w["training"]),
+                            training=steps(w["training"])))
+    rows.append(t2i_row("real test paintings", models["real"]))
+    per_style = [[s, *(f"{pct(m['robust_hit_per_style'].get(s))} / {pct(m['raw_hit_per_style'].get(s))}" for m in (
+        models["base"], models["fine-tuned"], *(evs[n]["evaluation.json"]["models"]["fine-tuned"] for n in whole),
+        models["real"])), pct(models["fine-tuned"]["lab_gap_closed_per_style"].get(s))] for s in ev["styles"]]
+    val = evs[lora].get("evaluation_val.json")
+    chosen = "" if not val else ("On validation (seed 0), where the LoRA scale is chosen: scale 0.5 " + ", ".join(
+        f"{pct(val['models'][k]['robust_hit_rate'])}% robust hit, two-sample {pct(val['models'][k]['two_sample']['accuracy'])}%"
+        for k in ("fine-tuned@0.5",)) + "; scale 1 " + f"{pct(val['models']['fine-tuned']['robust_hit_rate'])}% robust hit, "
+        f"two-sample {pct(val['models']['fine-tuned']['two_sample']['accuracy'])}%. ")
+    return (f"{ev['images_per_style']} samples per style and model, {ev['steps']} sampling steps, guidance {ev['guidance']}; "
+            f"chance {pct(ev['chance'])}%; x: over the real paintings' hit (the judge's matched ceiling). The base's VAE on "
+            f"unseen test paintings: {ev['vae']['psnr']:.2f} dB, chroma {ev['vae']['chroma_ratio']:.2f}x the inputs'. {chosen}\n\n"
+            + md_table(["model", "robust hit % (x ceiling)", "raw hit % (x ceiling)", "styles above chance (robust / raw)",
+                        "two-sample %", "realism / Lab gap closed %", "trained parameters", "training"], rows)
+            + "\n\nHit per style, robust / raw (%), and the Lab gap LoRA closes:\n\n"
+            + md_table(["style", "base", "base + LoRA", *(f"whole model" for n in whole), "real", "Lab gap closed % (LoRA)"],
+                       per_style)), [n for n, _ in entries if n in (lora, *whole)]
+
+
 def bench_table(entries):
     parts = []
     for name, e in entries:
@@ -231,6 +328,9 @@ TABLES = {"classifier": (classifier_table, ("classifier",)), "imbalance": (imbal
           "imbalance_seeds": (imbalance_seeds_table, ("imbalance_seeds", "imbalance")),
           "autoencoder": (autoencoder_table, ("autoencoder",)), "realism": (realism_table, ("realism",)),
           "style_transfer": (style_transfer_table, ("style_transfer",)),
+          "style_transfer_probes": (style_transfer_probes_table, ("style_transfer_probes", "style_transfer")),
+          "text_to_image": (text_to_image_table, ("text_to_image",)),
+          "text_to_image_pretrain": (text_to_image_pretrain_table, ("text_to_image_pretrain",)),
           "bench": (bench_table, ("bench",)), "demo": (demo_table, ("demo",))}
 
 

@@ -88,12 +88,12 @@ def test_a_recipe_reruns_when_its_config_or_an_input_it_reads_changes(tmp_path, 
         reproduce.main(["cpu", "--dry-run", "--only", *names, "--out", str(out), "--results", str(tmp_path),
                         "--markdown", str(tmp_path / "R.md"), *extra])
         return capsys.readouterr().out
-    assert dry_run().count("skipped") == 2
+    assert dry_run().count("finished with the same config") == 2
     changed = dry_run("--set", "autoencoder.epochs=99")  # a section style_transfer.py does not read: its input changed
     assert "running: python autoencoder.py" in changed and "running: python style_transfer.py" in changed
     assert "skipped" not in changed
     unread = dry_run("--set", "cluster.k=5")  # read by neither
-    assert unread.count("skipped") == 2
+    assert unread.count("finished with the same config") == 2
 
 
 def test_a_stop_signal_lets_the_running_step_finish_its_epoch_and_starts_no_new_step(tmp_path, monkeypatch):
