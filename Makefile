@@ -25,6 +25,7 @@ demo: $(VENV)/.installed
 	$(PY) autoencoder.py
 	$(PY) autoencoder.py --image $(DEMO_IMAGES)
 	$(PY) cluster.py
+	$(PY) style_transfer.py
 	$(PY) style_transfer.py --evaluate
 	$(PY) style_transfer.py --image $(DEMO_IMAGES) --style all
 	@echo "plots and metrics: out/classifier (predictions/: your images) out/autoencoder (reconstruct/) out/cluster out/style_transfer (stylised/)"

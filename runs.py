@@ -50,22 +50,18 @@ def cli(main):
     try:
         with stop_signals():
             main()
-    except UserError as e:
-        print(f"{script}: error: {e}", file=sys.stderr)
+    except (UserError, OSError) as e:  # an OSError: a folder or a library's file not written, in the OS's words
+        if isinstance(e, OSError) and (e.errno is None or e.filename is None):
+            raise
+        print(f"{script}: error: {e if isinstance(e, UserError) else f'{e.filename}: {e.strerror}'}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # outside a training loop (those say what was saved): nothing to resume
         why, status = stop_reason(e)
         print(f"\n{script}: {why}", file=sys.stderr)
         sys.exit(status)
-    except OSError as e:  # a folder or a library's file that could not be written: the OS's own words
-        if e.errno is None or e.filename is None:
-            raise
-        print(f"{script}: error: {e.filename}: {e.strerror}", file=sys.stderr)
-        sys.exit(2)
     finally:
-        for lock in _locks:
-            lock.release()
-        _locks.clear()
+        while _locks:
+            _locks.pop().release()
         warnings.formatwarning = default_format
         _entry.clear()
 
