@@ -318,7 +318,8 @@ def demo_table(entries):
     """make demo's main job: each part's table, from the part's subfolder."""
     def part(e, prefix):
         return {**e, "outputs": {k[len(prefix):]: v for k, v in e["outputs"].items() if k.startswith(prefix)}}
-    parts = ((classifier_table, "classifier/"), (autoencoder_table, "autoencoder/"))
+    parts = ((classifier_table, "classifier/"), (autoencoder_table, "autoencoder/"),
+             (style_transfer_table, "style_transfer/"))
     return "\n\n".join(fn([(n, part(e, prefix)) for n, e in entries]) for fn, prefix in parts)
 
 
