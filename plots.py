@@ -1,6 +1,5 @@
-"""Figures (matplotlib without a display): training curves, confusion matrices, per-style recall, style
-transfer grids and embeddings, strips of stylised images. Each is saved as a PNG to `path`: a file name,
-or the open file of runs.atomic_file, as the scripts pass it (a failed write keeps the previous figure)."""
+"""Figures (matplotlib without a display), each saved as a PNG to `path`: a file name, or the open file of
+runs.atomic_file, as the scripts pass it (a failed write keeps the previous figure)."""
 import numpy as np
 
 
@@ -11,50 +10,44 @@ def plt():
     return pyplot
 
 
+def save(fig, path, tight=True):  # tight: lay the panels out (else the caller placed them)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt().close(fig)
+
+
 def plot_curves(history, keys, path, title=""):
     """One panel per key of the per-epoch history (list of dicts)."""
-    p = plt()
     keys = [k for k in keys if any(k in h for h in history)]
-    fig, axes = p.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    fig, axes = plt().subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, k in zip(axes[0], keys):
         ax.plot([h["epoch"] for h in history if k in h], [h[k] for h in history if k in h], marker="o")
-        ax.set_xlabel("epoch")
-        ax.set_title(k)
+        ax.set(xlabel="epoch", title=k)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    p.close(fig)
+    save(fig, path)
 
 
 def plot_confusion(cm, classes, path, title="confusion matrix (rows normalised)"):
-    p = plt()
-    cm = np.asarray(cm, dtype=np.float64)
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    n = len(classes)
-    fig, ax = p.subplots(figsize=(0.35 * n + 3, 0.35 * n + 2.5))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    cm, n = np.asarray(cm, dtype=np.float64), len(classes)
+    fig, ax = plt().subplots(figsize=(0.35 * n + 3, 0.35 * n + 2.5))
+    im = ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
     ax.set_yticks(range(n), classes, fontsize=7)
-    ax.set_xlabel("predicted style")
-    ax.set_ylabel("true style")
-    ax.set_title(title)
+    ax.set(xlabel="predicted style", ylabel="true style", title=title)
     fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    p.close(fig)
+    save(fig, path)
 
 
 def plot_per_class_recall(runs, label_counts, path, title="per-class recall (sorted by training count)"):
     """Test recall per style, styles sorted by training count. `runs` is one metrics dict (bars and its
     balanced accuracy) or {run name: metrics} to compare several runs (one line each)."""
-    p = plt()
     if "per_class" in runs:
         runs = {None: runs}
-    first = next(iter(runs.values()))
-    names = sorted((n for n in first["per_class"] if first["per_class"][n]["support"]),
-                   key=lambda n: -label_counts.get(n, 0))
-    fig, ax = p.subplots(figsize=(0.35 * len(names) + (3 if len(runs) == 1 else 6), 4.5))
+    first = next(iter(runs.values()))["per_class"]
+    names = sorted((n for n in first if first[n]["support"]), key=lambda n: -label_counts.get(n, 0))
+    fig, ax = plt().subplots(figsize=(0.35 * len(names) + (3 if len(runs) == 1 else 6), 4.5))
     for run, m in runs.items():
         recall = [m["per_class"][n]["recall"] for n in names]
         if len(runs) == 1:
@@ -63,26 +56,19 @@ def plot_per_class_recall(runs, label_counts, path, title="per-class recall (sor
         else:
             ax.plot(range(len(names)), recall, marker="o", ms=3, lw=1,
                     label=f"{run} (bal. acc. {100 * m['balanced_accuracy']:.1f})")
-    ax.set_xticks(range(len(names)), [f"{n} ({label_counts.get(n, 0)})" for n in names],
-                  rotation=90, fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("test recall")
+    ax.set_xticks(range(len(names)), [f"{n} ({label_counts.get(n, 0)})" for n in names], rotation=90, fontsize=7)
+    ax.set(ylim=(0, 1), ylabel="test recall", title=title)
     ax.legend(fontsize=7, **({} if len(runs) == 1 else {"loc": "upper left", "bbox_to_anchor": (1.01, 1)}))
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    p.close(fig)
+    save(fig, path)
 
 
 SHOW_IMAGES = 8  # images drawn in the figure of an --image run (all of them are in its CSV/JSON)
 
 
 def plot_top_styles(pictures, names, tops, path, title=""):
-    """One row per image: the picture beside a bar chart of its top-k styles. tops[i] is a list of
-    {"style", "probability"}, most probable first."""
-    p = plt()
-    fig, axes = p.subplots(len(pictures), 2, figsize=(8, 2.0 * len(pictures) + 0.6), squeeze=False,
-                           gridspec_kw={"width_ratios": [1, 2.2]})
+    """Each picture beside a bar chart of its top-k styles (tops[i]: [{"style", "probability"}], most likely first)."""
+    fig, axes = plt().subplots(len(pictures), 2, figsize=(8, 2.0 * len(pictures) + 0.6), squeeze=False,
+                               gridspec_kw={"width_ratios": [1, 2.2]})
     for (ax_img, ax_bar), picture, name, top in zip(axes, pictures, names, tops):
         ax_img.imshow(picture)
         ax_img.set_title(name if len(name) <= 28 else "..." + name[-25:], fontsize=8)
@@ -96,31 +82,25 @@ def plot_top_styles(pictures, names, tops, path, title=""):
         ax_bar.tick_params(axis="x", labelsize=7)
     axes[-1][1].set_xlabel("probability")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    p.close(fig)
+    save(fig, path)
 
 
 def plot_strip(tiles, labels, path, title=""):
     """Images side by side in one row, each with its label above it (style_transfer.py --style all)."""
-    p = plt()
-    fig, axes = p.subplots(1, len(tiles), figsize=(1.1 * len(tiles) + 0.4, 2.0), squeeze=False)
+    fig, axes = plt().subplots(1, len(tiles), figsize=(1.1 * len(tiles) + 0.4, 2.0), squeeze=False)
     for ax, tile, label in zip(axes[0], tiles, labels):
         ax.imshow(tile, interpolation="nearest")
         ax.set_title(label.replace("_", " "), fontsize=6, rotation=30, ha="left", x=0.1)
         ax.axis("off")
     fig.suptitle(title, fontsize=8, y=0.98)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.62, wspace=0.08)
-    fig.savefig(path, dpi=110)
-    p.close(fig)
+    save(fig, path, tight=False)
 
 
 def plot_transfer_grid(sources, columns, source_styles, classes, path, title):
-    """Style transfer grid: source images (rows) beside their renderings in every style (columns[s] for
-    style s); a red frame marks each row's own style."""
+    """Source images (rows) beside their renderings in every style (columns[s]); a red frame marks their own style."""
     p = plt()
-    C, S, n = len(classes), sources.shape[1], len(sources)
-    pad = 2
+    C, S, n, pad = len(classes), sources.shape[1], len(sources), 2
     canvas = np.full((n * (S + pad), (C + 1) * (S + pad) + pad * 2, 3), 255, np.uint8)
     for r in range(n):
         for c, col in enumerate([sources] + list(columns)):
@@ -138,18 +118,15 @@ def plot_transfer_grid(sources, columns, source_styles, classes, path, title):
     ax.xaxis.tick_top()
     ax.set_yticks([])
     ax.set_title(title, fontsize=9, pad=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    p.close(fig)
+    save(fig, path)
 
 
 def plot_strength_curve(curves, path, title=""):
     """Hit and realism against --strength: curves = {method: {strength: evaluation row}}."""
-    p = plt()
     measures = [("robust_of_ceiling", "robust hit / ceiling"), ("raw_of_ceiling", "raw hit / ceiling"),
                 ("two_sample_accuracy", "two-sample accuracy (0.5 = real)"),
                 ("realism_gap_closed", "realism gap closed"), ("lab_gap_closed", "Lab gap closed")]
-    fig, ax = p.subplots(figsize=(6.5, 4))
+    fig, ax = plt().subplots(figsize=(6.5, 4))
     for (key, label), colour in zip(measures, ("C0", "C1", "C3", "C2", "C4")):
         for (method, curve), style in zip(curves.items(), ("-", "--", ":")):
             a = sorted(curve)
@@ -160,9 +137,7 @@ def plot_strength_curve(curves, path, title=""):
     ax.axhline(0.5, color="grey", lw=0.5)
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    p.close(fig)
+    save(fig, path)
 
 
 def plot_style_embeddings(weights, initial, prototypes, classes, path, mode, rendered_as):
@@ -172,9 +147,8 @@ def plot_style_embeddings(weights, initial, prototypes, classes, path, mode, ren
     p = plt()
     C, S = len(classes), prototypes.shape[1]
     both = torch.cat([weights, initial]) if initial is not None else weights
-    centred = both - both.mean(0)
-    _, _, v = torch.linalg.svd(centred.double(), full_matrices=False)
-    xy = (centred.double() @ v[:2].T).numpy()
+    centred = (both - both.mean(0)).double()
+    xy = (centred @ torch.linalg.svd(centred, full_matrices=False)[2][:2].T).numpy()
     fig = p.figure(figsize=(14, 6.5))
     ax = fig.add_subplot(1, 2, 1)
     colours = p.cm.tab20(np.linspace(0, 1, C))
@@ -191,47 +165,35 @@ def plot_style_embeddings(weights, initial, prototypes, classes, path, mode, ren
     for s in range(C):
         r, c = divmod(s, n_col)
         sheet[r * (S + 12):r * (S + 12) + S, c * (S + 4):c * (S + 4) + S] = prototypes[s]
-    ax.imshow(sheet)
-    for s in range(C):
-        r, c = divmod(s, n_col)
         ax.text(c * (S + 4) + S / 2, r * (S + 12) + S + 6, classes[s][:14], ha="center", fontsize=5)
+    ax.imshow(sheet)
     ax.axis("off")
     ax.set_title("each embedding rendered: " + rendered_as, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    p.close(fig)
+    save(fig, path)
 
 
 def plot_nearest(pairs, copy_line, path):
-    """For each model, its samples nearest to a training image (top) above that training image (bottom),
-    labelled with the prompted style and the distance: whether the closest ones are copies."""
-    plt_ = plt()
+    """Per model: its samples nearest to a training image (top) above that image (bottom): are they copies?"""
     n = max(len(v) for v in pairs.values())
-    fig, axes = plt_.subplots(2 * len(pairs), n, figsize=(1.6 * n, 3.6 * len(pairs)), squeeze=False)
+    fig, axes = plt().subplots(2 * len(pairs), n, figsize=(1.6 * n, 3.6 * len(pairs)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
     for r, (name, items) in enumerate(pairs.items()):
-        for c in range(n):
-            for k in (0, 1):
-                ax = axes[2 * r + k, c]
-                ax.axis("off")
-                if c < len(items):
-                    ax.imshow(items[c][k])
-                    if k == 0:
-                        ax.set_title(items[c][2], fontsize=7)
-        axes[2 * r, 0].text(-0.1, 0.5, name, transform=axes[2 * r, 0].transAxes, rotation=90, ha="right",
-                            va="center", fontsize=9)
-        axes[2 * r + 1, 0].text(-0.1, 0.5, "nearest\ntraining", transform=axes[2 * r + 1, 0].transAxes,
-                                rotation=90, ha="right", va="center", fontsize=8)
+        for c, (sample, nearest, label) in enumerate(items):
+            axes[2 * r, c].imshow(sample)
+            axes[2 * r, c].set_title(label, fontsize=7)
+            axes[2 * r + 1, c].imshow(nearest)
+        for k, text, size in ((0, name, 9), (1, "nearest\ntraining", 8)):
+            axes[2 * r + k, 0].text(-0.1, 0.5, text, transform=axes[2 * r + k, 0].transAxes, rotation=90, ha="right",
+                                    va="center", fontsize=size)
     fig.suptitle(f"samples nearest to a training image (RMS distance at 32 px; 1% of unseen real paintings are "
                  f"closer than {copy_line:.3f})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt_.close(fig)
+    save(fig, path)
 
 
 def plot_reconstruction_pairs(inputs_u8, outputs_u8, labels, path, title):
     """Inputs (top row) above their reconstructions (bottom row), each column labelled."""
-    p = plt()
-    fig, axes = p.subplots(2, len(inputs_u8), figsize=(max(6.0, 1.1 * len(inputs_u8) + 0.6), 3.2), squeeze=False)
+    fig, axes = plt().subplots(2, len(inputs_u8), figsize=(max(6.0, 1.1 * len(inputs_u8) + 0.6), 3.2), squeeze=False)
     for c, (a, b, label) in enumerate(zip(inputs_u8, outputs_u8, labels)):
         for r, img in enumerate((a, b)):
             axes[r, c].imshow(img, interpolation="nearest")
@@ -239,56 +201,50 @@ def plot_reconstruction_pairs(inputs_u8, outputs_u8, labels, path, title):
         axes[0, c].set_title(label.replace("_", " "), fontsize=6, rotation=30, ha="left", x=0.1)
     fig.suptitle(title, fontsize=8, y=0.98)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.72, wspace=0.08, hspace=0.05)
-    fig.savefig(path, dpi=110)
-    p.close(fig)
+    save(fig, path, tight=False)
 
 
 def plot_t2i_evaluation(results, nn_train, path):
     """Bonus B's evaluation: the judge's hit rate of the prompted style and the Lab gap closed, per style for
     each model, and the distances to the nearest training image."""
-    plt_ = plt()
-    models, styles = results["models"], list(results["models"]["real"]["robust_hit_per_style"])
-    fig, axes = plt_.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [3, 3, 2]})
+    models, split = results["models"], results["split"]
+    styles = list(models["real"]["robust_hit_per_style"])
+    fig, axes = plt().subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [3, 3, 2]})
     x, w = np.arange(len(styles)), 0.8 / len(models)
     for k, (name, r) in enumerate(models.items()):
-        axes[0].bar(x + k * w, [r["robust_hit_per_style"][s] for s in styles], w, label=f"{name} ({r['robust_hit_rate']:.1%})")
+        hits = [r["robust_hit_per_style"][s] for s in styles]
+        axes[0].bar(x + k * w, hits, w, label=f"{name} ({r['robust_hit_rate']:.1%})")
         if name not in ("real", "base"):
             axes[1].bar(x + k * w, [r["lab_gap_closed_per_style"].get(s, np.nan) for s in styles], w, label=name)
     axes[0].axhline(results["chance"], color="k", ls=":", label="chance")
-    axes[0].set_title(f"judge: robust hit rate of the prompted style (real: recall on {results['split']} paintings)", fontsize=9)
+    axes[0].set_title(f"judge: robust hit rate of the prompted style (real: recall on {split} paintings)", fontsize=9)
     axes[1].axhline(0, color="k", lw=0.8)
     axes[1].axhline(1, color="k", lw=0.8, ls=":")
-    axes[1].set_title("Lab colour gap closed from the base's samples (0) to real paintings of the style (1)", fontsize=9)
+    axes[1].set_title("Lab colour gap closed from the base's samples (0) to real paintings of the style (1)",
+                      fontsize=9)
     for ax in axes[:2]:
         ax.set_xticks(x + 0.4 - w / 2, styles, rotation=90, fontsize=7)
         ax.legend(fontsize=7)
     for name, d in nn_train.items():
-        axes[2].hist(d, bins=40, histtype="step", density=True, label=name if name != "real" else f"real ({results['split']})")
+        axes[2].hist(d, bins=40, histtype="step", density=True, label=f"real ({split})" if name == "real" else name)
     axes[2].set_xlabel("RMS distance to the nearest training image (32 px)")
     axes[2].set_title("nearest training image (a copy: near 0; blur alone also lowers it)", fontsize=9)
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt_.close(fig)
+    save(fig, path)
 
 
 def plot_calibration(table, path):
     """The realism test's accuracy on real paintings against degraded copies, one bar group per test size."""
-    p = plt()
     sizes = list(table)
     kinds = list(table[sizes[0]])
-    fig, ax = p.subplots(figsize=(9, 3.6))
+    fig, ax = plt().subplots(figsize=(9, 3.6))
     width = 0.8 / len(sizes)
     for j, n in enumerate(sizes):
-        acc = [100 * table[n][k]["accuracy"] for k in kinds]
-        ax.bar(np.arange(len(kinds)) + j * width, acc, width, yerr=[100 * table[n][k]["ci95"] for k in kinds],
-               label=f"{n} vs {n}")
+        ax.bar(np.arange(len(kinds)) + j * width, [100 * table[n][k]["accuracy"] for k in kinds], width,
+               yerr=[100 * table[n][k]["ci95"] for k in kinds], label=f"{n} vs {n}")
     ax.axhline(50, color="k", lw=0.6, ls="--")
     ax.set_xticks(np.arange(len(kinds)) + 0.4 - width / 2, kinds)
-    ax.set_ylim(40, 101)
-    ax.set_ylabel("two-sample accuracy %")
-    ax.set_title("real paintings against the same paintings made worse (50% = indistinguishable)")
+    ax.set(ylim=(40, 101), ylabel="two-sample accuracy %",
+           title="real paintings against the same paintings made worse (50% = indistinguishable)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    p.close(fig)
+    save(fig, path)

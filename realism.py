@@ -1,20 +1,10 @@
-"""Can generated images be told from real paintings? A two-sample test of known power, and its calibration.
+"""Can generated images be told from real paintings? A classifier two-sample test, and its calibration.
 
     python realism.py ../shared/data/wikiart16/train --size 64 --n 384 960 --seeds 3 --out out/realism_w16
 
-The test (Lopez-Paz & Oquab 2017, a classifier two-sample test): every image is described by 39 fixed
-statistics in four groups (sharpness at three scales, the luminance power spectrum, JPEG-style block and
-pixel-period edges, colour), a logistic regression tells fakes from as many real paintings of the same
-styles, and its held-out accuracy over 5 folds is the number: 50% = it cannot tell them apart. The folds
-keep all renderings of one source image together. The accuracy comes with a 95% interval (binomial over
-the held-out predictions) and per feature group, which says what gives the fakes away. The command above
-calibrates it: real paintings against the same paintings made worse in known ways (calibration.json).
-Part 3 and Bonus B read their numbers against that table; RealismReference bundles the test with the
-Fréchet and Lab-colour gaps both parts report.
-"""
+The command tests real paintings against the same paintings made worse in known ways (calibration.json and
+.png): what an accuracy of two_sample_test means. RealismReference adds the Fréchet and Lab-colour gaps."""
 import argparse
-import io
-import json
 import os
 import time
 
@@ -31,29 +21,27 @@ import metrics
 import runs
 
 GROUPS = {"sharpness": slice(0, 9), "spectrum": slice(9, 16), "blocks": slice(16, 22), "colour": slice(22, 39)}
-LAPLACE = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]])
 
 
 def _laplacian(x):
-    k = LAPLACE.to(x).view(1, 1, 3, 3).repeat(x.shape[1], 1, 1, 1)
+    k = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]).to(x).view(1, 1, 3, 3).repeat(x.shape[1], 1, 1, 1)
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=x.shape[1])
 
 
 @torch.no_grad()
 def image_features(images_u8, batch_size=512):
-    """(N, 39) float64: the statistics of each uint8 image (N, H, W, 3) the test compares (GROUPS)."""
-    return np.concatenate([_features(images_u8[i:i + batch_size]) for i in range(0, len(images_u8), batch_size)])
-
-
-def _features(u8):
-    u8 = np.asarray(u8)
-    yiq = metrics.to_yiq(torch.from_numpy(u8).float().permute(0, 3, 1, 2) / 255)
+    """(N, 39) float64: the statistics of uint8 images (N, H, W, 3) that the test compares, in GROUPS."""
+    if len(images_u8) > batch_size:
+        starts = range(0, len(images_u8), batch_size)
+        return np.concatenate([image_features(images_u8[i:i + batch_size]) for i in starts])
+    u8 = np.asarray(images_u8)
+    yiq = metrics.to_yiq(metrics.u8_to_float(u8))
     y, eps, f = yiq[:, :1], 1e-4, []
     spread = y.std((2, 3))[:, 0] + eps
     for s in (1, 2, 4):  # sharpness: Laplacian (mean, median) and gradient energy at three scales, per contrast
         ys = F.avg_pool2d(y, s) if s > 1 else y
         lap = _laplacian(ys).abs().flatten(1)
-        grad = (ys[..., :, 1:] - ys[..., :, :-1]).abs().mean((1, 2, 3)) + (ys[..., 1:, :] - ys[..., :-1, :]).abs().mean((1, 2, 3))
+        grad = ys.diff(dim=3).abs().mean((1, 2, 3)) + ys.diff(dim=2).abs().mean((1, 2, 3))
         f += [lap.mean(1) / spread, lap.median(1).values / spread, grad / spread]
     h, w = y.shape[-2:]  # the luminance power spectrum in 7 radial bands, as shares of the total
     window = torch.hann_window(h, periodic=True)[:, None] * torch.hann_window(w, periodic=True)[None]
@@ -62,17 +50,16 @@ def _features(u8):
     edges = (0.02, 0.05, 0.1, 0.17, 0.25, 0.35, 0.5, 0.8)
     total = power.flatten(1).sum(1) + 1e-8
     f += [power[:, (radius >= lo) & (radius < hi)].sum(1) / total + 1e-10 for lo, hi in zip(edges, edges[1:])]
-    dx = (y[..., :, 1:] - y[..., :, :-1]).abs().mean((1, 2))  # (N, W - 1): steps between neighbouring columns
-    dy = (y[..., 1:, :] - y[..., :-1, :]).abs().mean((1, 3))
+    dx = y.diff(dim=3).abs().mean((1, 2))  # (N, W - 1): steps between neighbouring columns
+    dy = y.diff(dim=2).abs().mean((1, 3))
     for period in (8, 4, 2):  # block edges (JPEG: 8), and the 2/4-px periods of upsampling and meshes
         for d in (dx, dy):
             on = torch.arange(d.shape[1]) % period == period - 1
             f.append((d[:, on].mean(1) + eps) / (d[:, ~on].mean(1) + eps))
     f = [torch.log(v.clamp(min=1e-10)) for v in f]
-    lab = torch.from_numpy(lab_moments(u8)).float()
     i, q = yiq[:, 1:2], yiq[:, 2:3]
     chroma = (i ** 2 + q ** 2).sqrt()
-    f += list(lab.T) + [chroma.mean((1, 2, 3)), chroma.std((1, 2, 3))]
+    f += list(torch.from_numpy(lab_moments(u8)).float().T) + [chroma.mean((1, 2, 3)), chroma.std((1, 2, 3))]
     lap_y = _laplacian(y).abs().mean((1, 2, 3)) + eps
     for c in (i, q):  # colour noise: fine chroma detail, against the luminance's
         lap_c = _laplacian(c).abs()
@@ -85,9 +72,8 @@ def _features(u8):
 
 
 def two_sample_test(fake_u8, real_u8, fake_groups=None, seed=0, folds=5):
-    """{"accuracy", "ci95", "by_group"}: held-out accuracy (over `folds` folds) of a logistic regression on
-    image_features telling fake_u8 from real_u8 (0.5: it cannot), the half-width of its 95% interval, and
-    the accuracy on each feature group alone. fake_groups: each fake's source (kept in one fold)."""
+    """{"accuracy", "ci95", "by_group"}: held-out accuracy (`folds` folds) of a logistic regression on image_features
+    telling fake_u8 from real_u8 (0.5: it cannot), its 95% half-width, per GROUPS. fake_groups: sources (one fold)."""
     x = np.concatenate([image_features(fake_u8), image_features(real_u8)])
     y = np.r_[np.ones(len(fake_u8)), np.zeros(len(real_u8))]
     groups = np.arange(len(fake_u8)) if fake_groups is None else np.unique(fake_groups, return_inverse=True)[1]
@@ -97,8 +83,8 @@ def two_sample_test(fake_u8, real_u8, fake_groups=None, seed=0, folds=5):
     def accuracy(columns):
         hit = np.zeros(len(y), bool)
         for train, test in split:
-            model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[train][:, columns], y[train])
-            hit[test] = model.predict(x[test][:, columns]) == y[test]
+            model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+            hit[test] = model.fit(x[train][:, columns], y[train]).predict(x[test][:, columns]) == y[test]
         return float(hit.mean())
     acc = accuracy(slice(None))
     return {"accuracy": acc, "ci95": float(1.96 * np.sqrt(acc * (1 - acc) / len(y))),
@@ -109,19 +95,13 @@ DEGRADATIONS = ("none", "blur0.5", "blur1", "blur1.5", "down2", "jpeg30", "noise
 
 
 def degrade(images_u8, kind, seed=0):
-    """uint8 images made worse in a known way: Gaussian blur of sigma 0.5/1/1.5 px, 2x down- and upscaling
-    (box, bilinear), JPEG quality 30, colour noise (Gaussian, 3% per channel), a 10-degree hue rotation."""
+    """uint8 images made worse: Gaussian blur (sigma 0.5/1/1.5 px), 2x down and up, JPEG 30, 3% noise, 10° hue turn."""
     u8 = np.asarray(images_u8)
     if kind == "none":
         return u8.copy()
     if kind == "jpeg30":
-        out = []
-        for a in u8:
-            buf = io.BytesIO()
-            Image.fromarray(a).save(buf, "JPEG", quality=30)
-            out.append(np.asarray(Image.open(buf).convert("RGB")))
-        return np.stack(out)
-    x = torch.from_numpy(u8).float().permute(0, 3, 1, 2) / 255
+        return np.stack([np.asarray(metrics.jpeg_round_trip(Image.fromarray(a), 30)) for a in u8])
+    x = metrics.u8_to_float(u8)
     if kind.startswith("blur"):
         x = metrics.gaussian_blur(x, float(kind[4:]))
     elif kind == "down2":
@@ -130,16 +110,12 @@ def degrade(images_u8, kind, seed=0):
         x = x + 0.03 * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
     elif kind == "hue10":
         yiq, a = metrics.to_yiq(x), np.radians(10)
-        i, q = yiq[:, 1].clone(), yiq[:, 2].clone()
-        yiq[:, 1], yiq[:, 2] = np.cos(a) * i - np.sin(a) * q, np.sin(a) * i + np.cos(a) * q
-        x = metrics.from_yiq(yiq)
+        i, q = yiq[:, 1], yiq[:, 2]
+        x = metrics.from_yiq(torch.stack([yiq[:, 0], np.cos(a) * i - np.sin(a) * q, np.sin(a) * i + np.cos(a) * q], 1))
     else:
         raise ValueError(f"unknown degradation '{kind}'; known: {', '.join(DEGRADATIONS)}")
     return (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
 
-
-# ----------------------------------------------------------------------------------------------
-# The gaps both generative parts report beside the test: Fréchet distance in a judge's features, Lab colour
 
 def frechet_distance(a, b):
     """Fréchet distance between Gaussians fitted to the rows of a and b (n, d) (as FID computes it)."""
@@ -174,8 +150,7 @@ def lab_moments(images_u8, chunk=256):
 
 
 def real_sample(styles, real_u8, real_styles, seed):
-    """As many real images of each style as `styles` holds (with replacement only where a style has too
-    few), seeded: the real side of the test and the 100% point of the gaps. (images, their styles)"""
+    """(images, styles): as many real images of each style as `styles` holds, seeded (with replacement if too few)."""
     rng, styles, real_styles = np.random.default_rng(seed), np.asarray(styles), np.asarray(real_styles)
     picked = [rng.choice(pool, int((styles == s).sum()), replace=(styles == s).sum() > len(pool))
               for s in np.unique(styles) if len(pool := np.flatnonzero(real_styles == s))]
@@ -195,10 +170,8 @@ def gap_closed(inputs, outputs, styles, reference, reference_styles, real, real_
 
 
 class RealismReference:
-    """The real paintings generated images are compared with, prepared once: `features(u8) -> (n, d)` (a
-    style judge's penultimate features, PCA to pca_dim fitted on `reference_u8`), the reference paintings
-    the gaps are measured to (test paintings, or validation ones while choosing), and real training
-    paintings (the real side of the two-sample test, and the gaps' 100% point)."""
+    """Real paintings prepared once: the reference the gaps are measured to (in `features(u8) -> (n, d)`, a judge's,
+    PCA to pca_dim fitted on it) and training paintings (the test's real side, the gaps' 100% point)."""
 
     def __init__(self, features, reference_u8, reference_styles, train_u8, train_styles, seed=0, pca_dim=16):
         self.features, self.seed = features, seed
@@ -214,10 +187,8 @@ class RealismReference:
         return {"judge": (f - self.mean) @ self.components, "lab": lab_moments(images_u8)}
 
     def measure(self, inputs_u8, outputs_u8, groups, styles, per_style=False):
-        """{"two_sample": two_sample_test of the outputs against real training paintings of their styles,
-        "realism_gap_closed": the Fréchet distance to the reference paintings of each style in the judge's
-        features (0 = the inputs, 1 = other real paintings), "lab_gap_closed": the same with the mean Lab
-        moments}; per_style: also "lab_gap_closed_per_style". groups: each output's source (folds)."""
+        """{"two_sample": two_sample_test against training paintings of `styles`, gap_closed of "realism_gap_closed"
+        (Fréchet, judge features), "lab_gap_closed" (mean Lab)[, "lab_gap_closed_per_style"]}. groups: sources."""
         styles = np.asarray(styles)
         real_u8, real_styles = real_sample(styles, self.train_u8, self.train_styles, self.seed)
         d_in, d_out, d_real = self.describe(inputs_u8), self.describe(outputs_u8), self.describe(real_u8)
@@ -234,16 +205,13 @@ class RealismReference:
 
 
 def calibrate(images_u8, labels, sizes, seeds):
-    """{n: {degradation: [two_sample_test per seed]}}: n paintings, degraded, against n other real ones of
-    the same styles."""
-    out = {}
+    """{n: {degradation: [two_sample_test per seed]}}: n paintings, degraded, against n others of their styles."""
+    out = {n: {kind: [] for kind in DEGRADATIONS} for n in sizes}
     for n in sizes:
-        out[n] = {kind: [] for kind in DEGRADATIONS}
         for seed in seeds:
-            rng = np.random.default_rng(seed)
-            order = rng.permutation(len(labels))
-            fake, rest = np.sort(order[:n]), order[n:]
-            real_u8, _ = real_sample(labels[fake], images_u8[np.sort(rest)], labels[np.sort(rest)], seed)
+            order = np.random.default_rng(seed).permutation(len(labels))
+            fake, rest = np.sort(order[:n]), np.sort(order[n:])
+            real_u8, _ = real_sample(labels[fake], images_u8[rest], labels[rest], seed)
             for kind in DEGRADATIONS:
                 out[n][kind].append(two_sample_test(degrade(images_u8[fake], kind, seed), real_u8, seed=seed))
     return out
@@ -271,7 +239,8 @@ def main(argv=None):
     results = calibrate(np.asarray(u8), labels, args.n, range(args.seeds))
     seconds = (time.time() - t0) / (len(args.n) * args.seeds * len(DEGRADATIONS))
     table = {n: {kind: {"accuracy": float(np.mean([r["accuracy"] for r in rs])),
-                        "seed_std": float(np.std([r["accuracy"] for r in rs])), "ci95": float(np.mean([r["ci95"] for r in rs])),
+                        "seed_std": float(np.std([r["accuracy"] for r in rs])),
+                        "ci95": float(np.mean([r["ci95"] for r in rs])),
                         "by_group": {g: float(np.mean([r["by_group"][g] for r in rs])) for g in GROUPS}}
                  for kind, rs in per.items()} for n, per in results.items()}
     for n, per in table.items():

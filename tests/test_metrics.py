@@ -1,6 +1,6 @@
 """metrics.py: classification (as scikit-learn defines it), reconstruction (PSNR), clustering (NMI, ARI,
-purity, Hungarian accuracy) and the style-transfer measures (random-network texture statistics, colour
-histograms, style distance, gap closed, SSIM, the robust transform). Realism: test_realism.py."""
+purity, Hungarian accuracy) and the style-transfer measures (random-network texture statistics and their
+per-style references, colour histograms, SSIM, the robust transform). Realism: test_realism.py."""
 import math
 
 import numpy as np
@@ -46,14 +46,13 @@ def test_purity_and_hungarian_by_hand():
 def test_random_network_statistics_are_identical_across_runs():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    a = metrics.texture_descriptors(images, metrics.random_texture_net(0))
-    b = metrics.texture_descriptors(images, metrics.random_texture_net(0))
-    c = metrics.texture_descriptors(images, metrics.random_texture_net(1))
+    grams = lambda u8, seed: metrics.texture_grams(metrics.u8_to_float(u8), metrics.random_texture_net(seed))
+    a, b, c = grams(images, 0), grams(images, 0), grams(images, 1)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.allclose(a[-1], c[-1])
     # brightness and contrast do not count: the luminance is standardised per image
     brighter = np.clip(images.astype(np.float64) * 0.5 + 60, 0, 255).astype(np.uint8)
-    d = metrics.texture_descriptors(brighter, metrics.random_texture_net(0))
+    d = grams(brighter, 0)
     assert torch.allclose(a[0], d[0], rtol=0.05, atol=0.05)
     h = metrics.colour_histograms(images)[0]
     assert h.shape == (6, 512) and torch.allclose(h.sum(1), torch.ones(6, dtype=h.dtype))
@@ -70,22 +69,11 @@ def test_metric_helpers():
     assert not np.array_equal(robust, images)  # high-frequency noise does not survive
     flat = np.full((1, 32, 32, 3), (200, 40, 90), np.uint8)
     assert np.abs(metrics.robust_transform(flat).astype(int) - flat).max() <= 3  # colour survives
-    assert metrics.gap_closed([3.0, 2.0], [3.0, 2.0], [1.0, 1.0]) == 0.0
-    assert metrics.gap_closed([3.0, 2.0], [1.0, 1.0], [1.0, 1.0]) == 1.0
-    assert metrics.gap_closed([3.0, 2.0], [2.0, 2.0], [1.0, 0.0]) == 0.25  # summed before dividing
-    # style distance: X with the style's mean descriptor is at 0, one spread away is at 1 per layer
+    # a style's reference: the mean of its images' descriptors and their RMS distance to it (its spread);
+    # style 1 has no images and borrows the average spread
     desc = [torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)]
-    refs = metrics.style_references(desc, torch.tensor([0, 0]), 1)
-    assert abs(metrics.style_distance([desc[0].mean(0, keepdim=True)], refs, 0)) < 1e-12
-    assert abs(metrics.style_distance([torch.tensor([[2.0, 0.0]], dtype=torch.float64)], refs, 0) - 1.0) < 1e-9
-
-
-def test_gap_closed_is_nan_when_there_is_no_gap_to_close():
-    """One test image (or inputs no farther from the styles than real paintings): nan, not a
-    ZeroDivisionError (issue 13, item 9)."""
-    assert math.isnan(metrics.gap_closed([1.0], [0.5], [1.0]))
-    assert math.isnan(metrics.gap_closed([], [], []))
-    assert math.isnan(metrics.gap_closed([1.0, 1.0], [0.0, 0.0], [1.5, 1.0]))  # real ones farther: no gap
+    [(means, spreads)] = metrics.style_references(desc, torch.tensor([0, 0]), 2)
+    assert means.tolist() == [[1.0, 0.0], [0.0, 0.0]] and spreads.tolist() == [1.0, 1.0]
 
 
 def test_nearest_neighbours_finds_the_copy_and_its_index():

@@ -1,8 +1,9 @@
-"""realism.py (issue 43): the two-sample test on images whose answer is known -- built-in sample paintings
+"""realism.py: the two-sample test on images whose answer is known -- built-in sample paintings
 against other ones (it cannot tell them apart), against themselves blurred by 1 px or with a planted
 2-px checkerboard (it must) -- seeded; the degradations and the calibration command; and the gaps beside
 the test (Fréchet distance, Lab moments, the share of a gap outputs closed)."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -95,6 +96,9 @@ def test_frechet_gap_is_zero_for_the_inputs_and_about_one_for_other_real_paintin
     assert closed(inputs) == 0
     assert abs(closed(draw(styles)) - 1) < 0.1  # a fresh real sample: the 100% point, within sampling noise
     assert 0.3 < closed((inputs + draw(styles)) / 2 * np.sqrt(2)) < 0.9  # half way in the mean: partly closed
+    # inputs no farther from the styles than real paintings (e.g. one image per style): nothing to close, nan
+    no_gap = realism.gap_closed(inputs, inputs, styles, reference, styles, inputs, styles, realism.frechet_distance)
+    assert math.isnan(no_gap)
 
 
 def test_lab_moments_of_known_colours_by_hand():
