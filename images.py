@@ -25,27 +25,20 @@ except ImportError:
     ImageCms = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+FITS = ("squash", "letterbox", "crop", "keep")
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's default decompression-bomb limit (about 9459 x 9459)
+# PIL only warns between 1x and 2x its limit; decode_image skips anything above it, so the warning is
+# silenced once here (catch_warnings is not thread-safe).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
-
-# ----------------------------------------------------------------------------------------------
-# Images: decode anything PIL reads into RGB uint8 at a fixed size
 
 class BadImage(Exception):
     pass
 
 
-# PIL only warns between 1x and 2x its pixel limit; we skip any image above it ourselves (below), so the
-# warning is silenced once here rather than with catch_warnings, which is not thread-safe.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-MAX_IMAGE_PIXELS = 89_478_485  # PIL's default decompression-bomb limit (about 9459 x 9459)
-
-
-FITS = ("squash", "letterbox", "crop", "keep")
-
-
 def _fit(img, size, fit):
-    """Resize an RGB image to size x size: squash (stretch), letterbox (pad black) or crop (centre); or
-    keep its aspect ratio, the longer side shrunk to `size` if it is longer (keep)."""
+    """Resize an RGB image to size x size: squash (stretch), letterbox (pad black) or crop (centre); keep: its
+    own aspect ratio, the longer side shrunk to `size`."""
     w, h = img.size
     if fit == "keep":
         scale = min(1.0, size / max(w, h))
@@ -63,16 +56,11 @@ def _fit(img, size, fit):
         canvas = Image.new("RGB", (size, size), (0, 0, 0))
         canvas.paste(img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0), ((size - nw) // 2, (size - nh) // 2))
         return canvas
-    raise ValueError(f"unknown fit '{fit}'; valid: {', '.join(FITS)}")
-
-
-EXIF_ORIENTATION = 0x0112
 
 
 @functools.lru_cache(maxsize=64)
 def _to_srgb(icc, mode):
-    """A LittleCMS transform from an embedded ICC profile (bytes) to sRGB for images of `mode`, built
-    once per profile; None for a profile that is sRGB already, is broken or does not fit the mode."""
+    """A transform from an ICC profile (bytes) to sRGB, or None for sRGB itself or a broken or unfitting one."""
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if (profile.profile.profile_description or "").startswith("sRGB"):
@@ -83,28 +71,9 @@ def _to_srgb(icc, mode):
         return None  # a broken profile is ignored rather than making the picture unreadable
 
 
-def _upright_srgb(img):
-    """Apply the EXIF orientation (phone photos are stored sideways with a tag saying so) and convert
-    an embedded ICC colour profile (Adobe RGB, Display P3, CMYK, ...) to sRGB. Images with neither
-    (every WikiArt file) only pay for a dictionary lookup and an EXIF check."""
-    if img.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
-        ImageOps.exif_transpose(img, in_place=True)
-    icc = img.info.get("icc_profile")
-    if icc and ImageCms is not None and img.mode in ("RGB", "RGBA", "CMYK", "L"):
-        transform = _to_srgb(icc, img.mode)
-        if transform is not None:
-            img = transform.apply(img)
-    return img
-
-
 def decode_image(path, size, fit="squash"):
-    """Open one file (path or binary file object) as an RGB uint8 array of shape (size, size, 3).
-
-    Raises BadImage for anything that is not a readable image: truncated or empty files, text named
-    .jpg, images over MAX_IMAGE_PIXELS (decompression bombs), unreadable files. The EXIF orientation
-    is applied and an embedded colour profile converted to sRGB first; 16-bit, CMYK, palette and
-    alpha images are then converted to 8-bit RGB (transparent pixels become white). Any size and
-    aspect ratio: `fit` makes it size x size (keep: at most size on its longer side, its own aspect)."""
+    """One file (path or binary file object) as RGB uint8 (size, size, 3), upright (EXIF) and in sRGB; 16-bit,
+    CMYK, palette and alpha become 8-bit RGB (transparent: white). Anything unreadable raises BadImage."""
     if fit not in FITS:
         raise ValueError(f"unknown fit '{fit}'; valid: {', '.join(FITS)}")
     try:
@@ -115,13 +84,16 @@ def decode_image(path, size, fit="squash"):
                                f"limit of {limit} pixels; skipped without decoding")
             img.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
             img.load()
-            img = _upright_srgb(img)
-            if img.mode.startswith("I;16"):  # 16-bit greyscale (PNG/TIFF): scale 0..65535 to 0..255
-                a = np.asarray(img, dtype=np.float64) / 65535.0 * 255
-                img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
-            elif img.mode in ("I", "F"):  # 32-bit: 16-bit data stored wide, or plain 8-bit values
+            if img.getexif().get(0x0112, 1) in range(2, 9):  # EXIF orientation: phone photos are stored sideways
+                ImageOps.exif_transpose(img, in_place=True)
+            icc = img.info.get("icc_profile")  # Adobe RGB, Display P3, CMYK, ... to sRGB
+            if icc and ImageCms is not None and img.mode in ("RGB", "RGBA", "CMYK", "L"):
+                transform = _to_srgb(icc, img.mode)
+                if transform is not None:
+                    img = transform.apply(img)
+            if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit, or 32-bit holding 16- or 8-bit values
                 a = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if a.max() > 255 else 255.0
+                top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
                 img = Image.fromarray(np.clip(a / top * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
             elif img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
@@ -137,29 +109,24 @@ def decode_image(path, size, fit="squash"):
 def scan_folder(root):
     """List <root>/<Style>/**/<file>. Returns (files_by_style, problems)."""
     if not os.path.isdir(root):
-        raise UserError(
-            f"data folder not found: '{root}'. Expected one folder per art style with the images "
-            f"inside: {root}/<Style>/<image>.jpg (e.g. {root}/Impressionism/monet_1.jpg). "
-            "See README 'Using real data' or run prepare_data.py.")
+        raise UserError(f"data folder not found: '{root}'. Expected one folder per art style with the images "
+                        f"inside: {root}/<Style>/<image>.jpg (e.g. {root}/Impressionism/monet_1.jpg). "
+                        "See README 'Using real data' or run prepare_data.py.")
     files_by_style, problems = {}, []
-    for style in sorted(os.listdir(root)):
-        path = os.path.join(root, style)
-        if style.startswith("."):
-            continue
+    for style in sorted(s for s in os.listdir(root) if not s.startswith(".")):
+        path, files = os.path.join(root, style), []
         if os.path.islink(path) and not os.path.exists(path):
             problems.append(f"{path}: style folder is a dangling symlink")
-            continue
-        if not os.path.isdir(path):
+        elif not os.path.isdir(path):
             problems.append(f"{path}: not a folder (images must be inside <Style>/ folders)")
-            continue
-        files = []
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
-        if not files:
-            problems.append(f"{path}: empty style folder, ignored")
-            continue
-        files_by_style[style] = files
+        else:
+            for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+            if files:
+                files_by_style[style] = files
+            else:
+                problems.append(f"{path}: empty style folder, ignored")
     if not files_by_style:
         raise UserError(f"no style folders with files in '{root}'. Expected {root}/<Style>/<image>.jpg "
                         "(one folder per style with the images inside)")
@@ -167,10 +134,8 @@ def scan_folder(root):
 
 
 def _cache_key(items, size):
-    """Hash of everything the decoded array depends on: the file list (style, absolute path), each
-    file's size, mtime, ctime and inode, the image size and the decoder version. Any change of a
-    file's bytes gives a new key, even at the same size with the mtime put back (cp -p, rsync -t,
-    unzip): writing a file sets its ctime, which no tool can restore. Costs one stat per file."""
+    """Hash of the file list, each file's size, mtime, ctime and inode, the size and the decoder version. A
+    write sets a file's ctime, which no tool restores, so a change is seen even with the mtime put back."""
     h = hashlib.sha1(f"v4 size={size}".encode())  # v4: EXIF orientation and ICC profiles applied
     for style, path in items:
         try:
@@ -197,19 +162,11 @@ def _read_cache(npy, meta, size):
 
 
 def load_images(items, size, cache_dir=None, desc="decoding"):
-    """Decode (style, path) items to one uint8 array (N, size, size, 3), skipping bad files.
-
-    With cache_dir, the array is stored once as .npy (keyed by file list, sizes, mtimes and size)
-    and memory-mapped afterwards, so later runs start instantly and share pages between processes.
-    Decoded images are written straight to a temp file (never all held in RAM), which is renamed
-    into place only when complete, so an interrupted run leaves no half-written cache. Processes that
-    build the same cache at once (e.g. one per node) each write their own temp file; the arrays are
-    identical, so whichever rename comes last leaves the same cache.
-    Returns (images, kept_items, skipped) where skipped is a list of 'path: reason'.
-    """
+    """Decode (style, path) items to uint8 (N, size, size, 3), skipping bad files: (images, kept_items, skipped
+    'path: reason' lines). With cache_dir the array is written once to a .npy (a temp file renamed when whole,
+    so processes building it at once do not collide) and memory-mapped afterwards."""
     items = list(items)
     key = _cache_key(items, size)
-    npy = meta = None
     if cache_dir:
         npy, meta = os.path.join(cache_dir, key + ".npy"), os.path.join(cache_dir, key + ".json")
         cached = _read_cache(npy, meta, size)
@@ -222,17 +179,14 @@ def load_images(items, size, cache_dir=None, desc="decoding"):
         except BadImage as e:
             return None, f"{item[1]}: {e}"
 
-    shape = (len(items), size, size, 3)
-    tmp = out = None
+    shape, tmp, out = (len(items), size, size, 3), None, None
     kept, skipped = [], []
     try:
         if cache_dir:  # rows are written with plain file writes: page cache, not this process's memory
             os.makedirs(cache_dir, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp.npy")
             os.close(fd)
-            header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            offset = header.offset
-            del header
+            offset = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).offset  # the header
             out = open(tmp, "r+b")
             out.seek(offset)
         else:
@@ -266,12 +220,9 @@ def load_images(items, size, cache_dir=None, desc="decoding"):
 
 
 def load_image_inputs(paths, size, folder_hint=""):
-    """Decode the images of a command line's --image PATH...: files as given, and the files directly
-    inside a folder (a folder of photos, no style sub-folders), squashed to size x size like the
-    training images. A file that cannot be read gets one line on stderr naming it and the others are
-    still used; none readable is a UserError (exit status 2). `folder_hint` ends the note about a
-    folder's sub-folders ({folder} is replaced by its path).
-    Returns (uint8 images (N, size, size, 3), their paths, skipped 'path: reason' lines)."""
+    """The images of --image PATH... (files, and the files directly inside a folder), squashed to size: (uint8
+    images, their paths, skipped 'path: reason' lines, each also said on stderr). None readable: UserError.
+    `folder_hint` ends the note about a folder's sub-folders ({folder}: its path)."""
     files, why = [], {}  # why: file -> the reason it was skipped
     for p in paths:
         if os.path.isdir(p):
