@@ -35,6 +35,8 @@ from config import UserError
 HERE = os.path.dirname(os.path.abspath(__file__))
 _entry = []  # (script, argv) of the command runs.cli runs: the command a resume hint repeats
 _locks = []  # the out_dir locks this process holds
+UMASK = os.umask(0)  # read once at import: setting it back and forth races between threads
+os.umask(UMASK)
 
 
 def cli(main):
@@ -242,9 +244,7 @@ def write_atomically(path, write, mode="wb"):
             write(f)
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the name points at it
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except Exception as e:  # torch.save reports a full disk as a RuntimeError: the OSError is behind it
         error = e
