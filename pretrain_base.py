@@ -5,13 +5,10 @@ on train_dir WITHOUT the styles, for text_to_image.py to fine-tune with the styl
     python pretrain_base.py -c configs/text_to_image_pretrain_w16.json
     python pretrain_base.py --resume                             # continue where Ctrl-C stopped it
 
-The classes of Stable Diffusion: a word-level CLIPTokenizer (the captions' words and the style prompts'
-words, the latter never trained), a small CLIPTextModel, an AutoencoderKL and a UNet2DConditionModel.
-Three stages: the VAE (vae_epochs); its decoder alone with each image's saturation error weighed in
-(vae_decoder_epochs: an L1 decoder greys uncertain colour; the encoder, so the latents, stay); then the
-UNet and text encoder on the latents (epochs), each painting captioned with its look in words measured
-from its pixels (train_prompt "a {colours} painting": "a dark vivid orange painting"), so that the base
-follows its prompt as a downloaded one does. Writes base.out_dir/{pipeline/,vae/,vae_decoder/,train_log.*}.
+Stable Diffusion's classes, small, with a word-level tokenizer (the style words stay untrained). Three stages:
+the VAE (vae_epochs); its decoder alone, each image's saturation error weighed in (vae_decoder_epochs); then
+the UNet and text encoder on the latents (epochs), each painting captioned with its look measured from its
+pixels ("a dark vivid orange painting"). Writes base.out_dir/{pipeline/,vae/,vae_decoder/,train_log.*}.
 """
 import contextlib
 import json
@@ -20,8 +17,6 @@ import os
 import re
 import sys
 import tempfile
-import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -142,13 +137,12 @@ def build_pipeline(b, prompts, resolution, seed):
 
 
 def train_vae(run, vae, images, device, epochs, decoder_only):
-    """The AutoencoderKL on L1 in YIQ + a light KL; decoder_only: the decoder alone, at a tenth of the
-    learning rate, with each image's saturation (mean per-pixel chroma) error added."""
-    params = list(vae.parameters()) if not decoder_only else (list(vae.decoder.parameters())
-                                                               + list(vae.post_quant_conv.parameters()))
-    vae.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    """The AutoencoderKL on L1 in YIQ + a light KL; decoder_only: the decoder alone, at a tenth of the learning
+    rate, with each image's saturation (mean per-pixel chroma) error added: an L1 decoder greys uncertain colour."""
+    vae.requires_grad_(not decoder_only)
+    if decoder_only:
+        vae.decoder.requires_grad_(True), vae.post_quant_conv.requires_grad_(True)
+    params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=VAE_LR / (10 if decoder_only else 1), weight_decay=0.0)
     saturation = lambda x: x.std(1).mean((1, 2))
 
@@ -159,27 +153,21 @@ def train_vae(run, vae, images, device, epochs, decoder_only):
             z = post.sample(generator=g)
         out = vae.decode(z).sample
         rec = metrics.to_yiq(out - x).abs().mean((0, 2, 3)).sum()
-        if decoder_only:
-            runs.optimizer_step(rec + SATURATION_WEIGHT * (saturation(out) - saturation(x)).abs().mean(), opt)
-        else:
-            runs.optimizer_step(rec + KL_WEIGHT * post.kl().mean(), opt)
+        penalty = SATURATION_WEIGHT * (saturation(out) - saturation(x)).abs().mean() if decoder_only else (
+            KL_WEIGHT * post.kl().mean())
+        runs.optimizer_step(rec + penalty, opt)
         return {"loss": rec.item()}
 
     @torch.no_grad()
-    def validate():
-        vae.eval()
+    def validate():  # no dropout in the VAE: train and eval modes are the same
         err = [(vae(x).sample - x).abs().mean().item() for x in (wikiart.to_float(images[run.val_idx[i:i + 64]], device)
                                                               for i in range(0, len(run.val_idx), 64))]
-        vae.train()
         return {"val_l1": float(np.mean(err))} if err else {}
 
     folder = "vae_decoder" if decoder_only else "vae"
-    vae.train()
     resume = run.resume and (not decoder_only or os.path.exists(os.path.join(run.out_dir, folder, "last.pt")))
-    done = t2i.train_epochs(run, os.path.join(run.out_dir, folder), f"VAE{' decoder' if decoder_only else ''}",
+    return t2i.train_epochs(run, os.path.join(run.out_dir, folder), f"VAE{' decoder' if decoder_only else ''}",
                             {"model": vae, "optimizer": opt}, step, validate, VAE_BATCH, epochs, resume)
-    vae.eval(), vae.requires_grad_(False)
-    return done
 
 
 def main(argv=None):
@@ -192,13 +180,9 @@ def main(argv=None):
     runs.lock_out_dir(out)
     sample_data.ensure_sample(cfg, ("train",))
     runs.save_run_config(cfg, out, "pretrain_base.py", argv)
-    t2i.quiet_hf()
     data = wikiart.load_split(cfg, "train")
-    images, labels = np.asarray(data.images), data.labels.numpy()
-    train_idx, val_idx = t2i.training_split(labels, cfg)
-    run = SimpleNamespace(out_dir=out, device=device, labels=labels, train_idx=train_idx, val_idx=val_idx,
-                          seed=cfg["seed"], steps=b["steps_per_epoch"], resume=args.resume, script="pretrain_base.py",
-                          argv=argv, deadline=time.time() + 60 * b["max_minutes"] if b["max_minutes"] else None)
+    images = np.asarray(data.images)
+    run = t2i.training_run(cfg, b, data.labels.numpy(), device, "pretrain_base.py", argv, args.resume)
     if not args.resume:  # a fresh start: no stage may resume an earlier run's checkpoint later
         for folder in ("vae", "vae_decoder", "."):
             with contextlib.suppress(FileNotFoundError):
@@ -216,16 +200,11 @@ def main(argv=None):
         z = torch.cat([pipe.vae.encode(wikiart.to_float(sub[i:i + 64], device)).latent_dist.sample(generator=g)
                        for i in range(0, len(sub), 64)])
     pipe.vae.register_to_config(scaling_factor=float(1 / z.std()))
-    mean, std = t2i.encode_latents(pipe.vae, images, device)
     captions = [" ".join(b["train_prompt"].format(colours=c).split()) for c in colour_words(images)]
-    tok = lambda texts: pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                                       truncation=True, return_tensors="pt").input_ids
-    latents = {"mean": mean, "std": std, "ids": tok(captions), "empty_ids": tok([""])}
+    latents = t2i.training_data(pipe, images, captions, device)
     print(f"captions: {len(set(captions))} distinct, e.g. '{captions[0]}'")
-    pipe.unet.requires_grad_(True), pipe.text_encoder.requires_grad_(True)
-    params = [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters()]
-    done = t2i.train_diffusion(run, pipe, params, latents, b, {"unet": pipe.unet, "text_encoder": pipe.text_encoder},
-                               args.resume and os.path.exists(os.path.join(out, "last.pt")), b["ema_decay"])
+    done = t2i.train_diffusion(run, pipe, latents, b, args.resume and os.path.exists(os.path.join(out, "last.pt")),
+                               b["ema_decay"])
     t2i.save_folder(os.path.join(out, "pipeline"), pipe.save_pretrained)
     print(f"wrote {os.path.join(out, 'pipeline')}{'' if done else ' (training CUT SHORT by max_minutes)'}; "
           f"fine-tune it: python text_to_image.py --pretrained {os.path.join(out, 'pipeline')}")

@@ -1,15 +1,11 @@
 """Bonus B's evaluation, text_to_image.py --evaluate [val|test]: eval_images per style from the base and the
-fine-tuned model (LoRA also at scale 0.5), the same seeds for each, measured against real paintings:
-  hit      a style judge (transfer_eval, trained on the training split) names the prompted style, on the
-           images as they are (raw) and after metrics.robust_transform (robust); per style, styles above
-           chance, and x its matched ceiling: the real paintings' hit
-  realism  realism.RealismReference: a two-sample test against real training paintings of the prompted
-           styles (50%: indistinguishable); Fréchet (judge features) and Lab gaps closed from the base's
-           samples (0) to real paintings (1), Lab per style
-  VAE      the pipeline's VAE on the real paintings (PSNR, chroma ratio): vae_reconstructions.png
-  copies   each sample's nearest training image, beside the copy line (nearest.png)
-On "val" the real paintings are the training folder's validation split (the test folder is never read), on
-"test" the test folder's. Writes out_dir/evaluation.json (val: evaluation_val.json) and its pictures.
+fine-tuned model (LoRA also at scale 0.5), the same seeds for each, against real paintings (val: the training
+folder's validation split, never the test folder; test: the test folder's) -> out_dir/evaluation[_val].json:
+  hit      a style judge (transfer_eval, trained on the training split) names the prompted style, raw and after
+           metrics.robust_transform; per style, styles above chance, x the real paintings' hit (the ceiling)
+  realism  a two-sample test against real training paintings of the prompted styles (realism.py); Fréchet
+           (judge features) and Lab gaps closed from the base's samples (0) to real paintings (1)
+  VAE      its PSNR and chroma ratio on the real paintings; copies: each sample's nearest training image
 """
 import json
 import os
@@ -38,7 +34,7 @@ def evaluate(cfg, split, device, models, info):
         raise config.UserError(f"the model was trained on the styles {info['styles']}, but {cfg['train_dir']} "
                                f"has {data.classes}")
     y, C, classes = data.labels.numpy(), len(data.classes), data.classes
-    train_idx, val_idx = t2i.split(y, cfg)
+    train_idx, val_idx = wikiart.stratified_split(y, cfg["val_fraction"], cfg["seed"])
     if split == "val":
         real_u8, real_y = np.asarray(data.images[val_idx]), y[val_idx]
     else:
@@ -94,8 +90,7 @@ def evaluate(cfg, split, device, models, info):
 
 
 def training(models, info, t):
-    """What was trained and for how long: parameters (LoRA: the adapters and their file), the epochs of
-    train_log.json and whether the max_minutes guard cut the training short."""
+    """What was trained (LoRA: the adapters and their file), for how many epochs, whether max_minutes cut it short."""
     tuned, count = models["fine-tuned"][0], lambda m, f: sum(p.numel() for n, p in m.named_parameters() if f(n))
     unet = count(tuned.unet, lambda n: "lora_" not in n)
     if t["lora_rank"]:
@@ -111,9 +106,7 @@ def training(models, info, t):
 
 
 def evaluate_vae(vae, real_u8, real_y, classes, device, path):
-    """The VAE on real paintings it never trained on: PSNR and chroma ratio (the reconstructions' mean per-pixel
-    chroma over the paintings': < 1, colour averaged away), and one painting per style (the first) above its
-    reconstruction (each posterior's mean, decoded: the colour diffusion can paint)."""
+    """The VAE on unseen paintings: PSNR, chroma ratio (< 1: colour averaged away), one per style pictured."""
     with torch.no_grad():
         rec = np.concatenate([wikiart.to_uint8(vae.decode(vae.encode(x).latent_dist.mean).sample) for x in
                               (wikiart.to_float(real_u8[i:i + 64], device) for i in range(0, len(real_u8), 64))])

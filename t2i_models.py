@@ -1,7 +1,5 @@
-"""Bonus B's models and training loop, shared by pretrain_base.py and text_to_image.py: Stable-Diffusion-style
-pipelines (diffusers' StableDiffusionPipeline: UNet, AutoencoderKL, CLIP text encoder and tokenizer, a noise
-scheduler) loaded from a folder or the hub and saved atomically, prompts from style names, LoRA adapters
-(add, save, load and check), VAE latents, the denoising loss and its epochs, seeded generation."""
+"""Bonus B's pipelines (diffusers' StableDiffusionPipeline: loaded, saved atomically), LoRA adapters, the
+diffusion training loop and seeded generation, shared by pretrain_base.py and text_to_image.py."""
 import contextlib
 import glob
 import hashlib
@@ -12,6 +10,7 @@ import sys
 import tempfile
 import time
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -31,15 +30,6 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LAYOUT = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (what save_pretrained writes)"
 
 
-def quiet_hf():
-    """Silence the libraries' per-call progress bars and chatter (our own tqdm bars stay)."""
-    import diffusers
-    import transformers
-    for lib in (diffusers, transformers):
-        lib.utils.logging.set_verbosity_error()
-        lib.utils.logging.disable_progress_bar()
-
-
 def style_phrase(style):
     """Folder name -> words: "Post_Impressionism" -> "Post Impressionism", "Ukiyo_e" -> "Ukiyo-e"."""
     parts = style.split("_")
@@ -50,12 +40,8 @@ def make_prompt(style, template):
     return template.format(style=style_phrase(style))
 
 
-# ----------------------------------------------------------------------------------------------
-# Pipelines: loaded from a folder (or the hub), saved as one folder swapped in whole
-
 def load_pipeline(source, device):
-    """A StableDiffusionPipeline (fp32) from a save_pretrained folder or a hub id; a missing or unreadable
-    folder is one line saying what was expected."""
+    """A StableDiffusionPipeline (fp32) from a save_pretrained folder or a hub id; else one line saying what's wrong."""
     if not os.path.exists(source) and not HUB_ID.match(source):
         raise UserError(f"pretrained pipeline not found: '{source}'. Make one with python pretrain_base.py, or give "
                         f"--pretrained a diffusers pipeline folder ({LAYOUT}) or a hub id like org/name")
@@ -63,8 +49,11 @@ def load_pipeline(source, device):
         source = os.path.realpath(source)  # one version of a folder that save_folder may replace meanwhile
         if not os.path.isfile(os.path.join(source, "model_index.json")):
             raise UserError(f"'{source}' is not a diffusers pipeline folder (no model_index.json). Expected: {LAYOUT}")
+    import transformers
     from diffusers import StableDiffusionPipeline
-    quiet_hf()
+    from diffusers.utils import logging as diffusers_logging
+    for lib in (diffusers_logging, transformers.logging):  # no per-call progress bars or chatter (ours stay)
+        lib.set_verbosity_error(), lib.disable_progress_bar()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
     except Exception as e:  # foreign files: any failure to read them is the user's to fix, in one line
@@ -75,9 +64,8 @@ def load_pipeline(source, device):
 
 
 def save_folder(folder, write):
-    """write(path) fills a new folder beside `folder`, which becomes a symlink to it in one os.replace: a
-    reader finds the old whole folder or the new one, never none. The version before stays (a reader may be
-    inside it); older ones go."""
+    """write(path) fills a new folder beside `folder`, which becomes a symlink to it in one os.replace: a reader
+    finds the old whole folder or the new one, never none. The version before stays (a reader may be in it)."""
     parent, name = os.path.split(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     new = tempfile.mkdtemp(dir=parent, prefix=f".{name}.")
@@ -86,11 +74,10 @@ def save_folder(folder, write):
     try:
         write(new)
         for root, _, files in os.walk(new):  # on disk before the link names it
-            for f in files:
-                os.chmod(os.path.join(root, f), 0o666 & ~umask)  # some writers make private files
-                fd = os.open(os.path.join(root, f), os.O_RDONLY)
-                os.fsync(fd)
-                os.close(fd)
+            for path in (os.path.join(root, f) for f in files):
+                os.chmod(path, 0o666 & ~umask)  # some writers make private files
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
         os.chmod(new, 0o777 & ~umask)  # mkdtemp makes a private folder
         os.symlink(os.path.basename(new), new + ".link")
         if os.path.isdir(folder) and not os.path.islink(folder):  # a plain folder of an older version
@@ -108,8 +95,7 @@ def save_folder(folder, write):
 
 
 def fingerprint(source):
-    """A content hash of a pipeline's UNet and text-encoder files: the base adapters were trained on (a hub
-    id stands for itself). About 1 s per GB."""
+    """A content hash of a pipeline's UNet and text-encoder files (a hub id stands for itself)."""
     if not os.path.isdir(source):
         return source
     h = hashlib.sha256()
@@ -120,18 +106,11 @@ def fingerprint(source):
     return h.hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------------------------
-# LoRA
-
 def add_lora(pipe, t):
-    """Freeze the pipeline and add trainable fp32 LoRA adapters to the UNet's t["lora_targets"] and, with
-    t["lora_text_encoder"], to the text encoder's attention and word embeddings (a rank-r change of each
-    word's input vector: the low-rank form of textual inversion, in the same file, so that scale 0 is the
-    base exactly). Returns the trainable parameters."""
-    from diffusers.training_utils import cast_training_params
+    """LoRA adapters, the only trainable weights, on the UNet's t["lora_targets"] and, with t["lora_text_encoder"],
+    the text encoder's attention and word embeddings (in the file, so that scale 0 is the base)."""
     from peft import LoraConfig, inject_adapter_in_model
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
-        m.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)  # peft freezes the modules it adapts
     lora = lambda targets: LoraConfig(r=t["lora_rank"], lora_alpha=t["lora_alpha"], target_modules=targets,
                                       init_lora_weights="gaussian")
     try:
@@ -141,41 +120,18 @@ def add_lora(pipe, t):
     except ValueError as e:  # peft: none of the target modules exist in the model
         raise UserError(f"no LoRA targets {t['lora_targets']} (or, for the text encoder, {TEXT_ENCODER_TARGETS}) "
                         f"in this pipeline: {str(e).splitlines()[0]}")
-    modules = [pipe.unet] + ([pipe.text_encoder] if t["lora_text_encoder"] else [])
-    cast_training_params(modules, torch.float32)
-    return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
-class LoraState:
-    """One module's adapters as a state_dict/load_state_dict object: last.pt holds the adapters only."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def state_dict(self):
-        from peft.utils import get_peft_model_state_dict
-        return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.module).items()}
-
-    def load_state_dict(self, state):
-        from peft.utils import set_peft_model_state_dict
-        set_peft_model_state_dict(self.module, state)
+def adapted(pipe):
+    """{name: module} of the pipeline's UNet and text encoder where they carry LoRA adapters."""
+    return {n: m for n in ("unet", "text_encoder") if getattr(m := getattr(pipe, n), "peft_config", None)}
 
 
-def save_lora(pipe, folder, info):
-    """folder/pytorch_lora_weights.safetensors with info.json beside it, swapped in whole. peft's state dicts
-    are saved as they are, the one format load_lora_weights reads whole whatever the targets (converted to
-    diffusers' names, attention adapters became lora.down/up but add_embedding.proj kept lora_A/B, and
-    load_lora_weights read one of the two)."""
-    from diffusers import StableDiffusionPipeline
-    from peft.utils import get_peft_model_state_dict
-    parts = {n: m for n in ("unet", "text_encoder") if getattr(m := getattr(pipe, n), "peft_config", None)}
-
-    def write(tmp):
-        StableDiffusionPipeline.save_lora_weights(
-            tmp, **{f"{n}_lora_layers": get_peft_model_state_dict(m) for n, m in parts.items()},
-            **{f"{n}_lora_adapter_metadata": m.peft_config["default"].to_dict() for n, m in parts.items()})
-        runs.atomic_save(info, os.path.join(tmp, "info.json"))
-    save_folder(folder, write)
+def lora_state(module):
+    """The module's adapters as a state_dict/load_state_dict object: last.pt holds the adapters only."""
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    return SimpleNamespace(state_dict=lambda: {k: v.cpu() for k, v in get_peft_model_state_dict(module).items()},
+                           load_state_dict=lambda state: set_peft_model_state_dict(module, state))
 
 
 def load_lora(pipe, folder):
@@ -185,14 +141,12 @@ def load_lora(pipe, folder):
     from safetensors.torch import load_file
     path = os.path.join(folder, LORA_FILE)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(action="ignore"):
             pipe.load_lora_weights(os.path.realpath(folder))
         saved = load_file(path)
     except Exception as e:  # a foreign or damaged file
         raise UserError(f"cannot load the LoRA weights {path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
-    modules = {n: getattr(pipe, n) for n in ("unet", "text_encoder")}
-    loaded = {f"{n}.{k}": v for n, m in modules.items() for adapter in getattr(m, "peft_config", {})
+    loaded = {f"{n}.{k}": v for n, m in adapted(pipe).items() for adapter in m.peft_config
               for k, v in get_peft_model_state_dict(m, adapter_name=adapter).items()}
     lost = [k for k, v in saved.items() if k not in loaded or loaded[k].is_meta or not torch.equal(loaded[k].cpu(), v)]
     if lost:
@@ -201,18 +155,13 @@ def load_lora(pipe, folder):
     return pipe
 
 
-# ----------------------------------------------------------------------------------------------
-# Training: VAE latents, the denoising loss, epochs of steps
-
-def split(labels, cfg):
-    """(training, validation) indices of the training folder's images: the split every part makes."""
-    return wikiart.stratified_split(labels, cfg["val_fraction"], cfg["seed"])
-
-
-def training_split(labels, cfg):
-    """(training indices, validation-loss indices: a seeded draw of VAL_IMAGES validation images)."""
-    train_idx, val_idx = split(labels, cfg)
-    return train_idx, np.sort(np.random.default_rng(cfg["seed"]).permutation(val_idx)[:VAL_IMAGES])
+def training_run(cfg, hp, labels, device, script, argv, resume=False):
+    """What train_epochs needs; the validation loss is on a seeded draw of VAL_IMAGES validation images."""
+    train_idx, val_idx = wikiart.stratified_split(labels, cfg["val_fraction"], cfg["seed"])
+    val_idx = np.sort(np.random.default_rng(cfg["seed"]).permutation(val_idx)[:VAL_IMAGES])
+    return SimpleNamespace(out_dir=hp["out_dir"], device=device, labels=labels, train_idx=train_idx, val_idx=val_idx,
+                           seed=cfg["seed"], steps=hp["steps_per_epoch"], resume=resume, script=script, argv=argv,
+                           deadline=time.time() + 60 * hp["max_minutes"] if hp["max_minutes"] else None)
 
 
 def resolution(pipe):
@@ -220,14 +169,14 @@ def resolution(pipe):
 
 
 @torch.no_grad()
-def encode_latents(vae, images_u8, device, batch_size=64):
-    """(mean, std) of each image's VAE posterior, float16 on the CPU: diffusion draws a latent from each per
-    step and never runs the encoder again."""
+def training_data(pipe, images_u8, captions, device, batch_size=64):
+    """What diffusion_loss draws from: each image's VAE posterior (float16 on the CPU), its caption's tokens, ""'s."""
+    tokens = lambda texts: pipe.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").input_ids
     mean, std = [], []
     for i in tqdm(range(0, len(images_u8), batch_size), desc="VAE latents", leave=False):
-        post = vae.encode(wikiart.to_float(images_u8[i:i + batch_size], device)).latent_dist
+        post = pipe.vae.encode(wikiart.to_float(images_u8[i:i + batch_size], device)).latent_dist
         mean.append(post.mean.half().cpu()), std.append(post.std.half().cpu())
-    return torch.cat(mean), torch.cat(std)
+    return {"mean": torch.cat(mean), "std": torch.cat(std), "ids": tokens(captions), "empty_ids": tokens([""])}
 
 
 def diffusion_loss(pipe, noise_sched, data, idx, g, dropout=CAPTION_DROPOUT):
@@ -249,19 +198,15 @@ def diffusion_loss(pipe, noise_sched, data, idx, g, dropout=CAPTION_DROPOUT):
 
 
 def train_epochs(run, folder, title, objects, step, validate, batch_size, epochs, resume, extra=None):
-    """Epochs of run.steps calls of step(indices, generator) -> {name: number}, the images drawn balanced over
-    the styles from run.train_idx with the epoch's own generator (an epoch replays exactly after --resume).
-    After each: validate()'s numbers, folder/last.pt (objects and `extra`, which a resumed run must match),
-    train_log, curves.png. The max_minutes guard (run.deadline) ends training after the epoch in which it
-    passes and says so loudly (the log's row: cut_short). True if every epoch ran."""
+    """Epochs of run.steps step(indices, the epoch's generator) calls on style-balanced draws, validate(), last.pt
+    (with `extra`, which --resume must match); a loud stop after run.deadline (cut_short). True if all epochs ran."""
     progress, extra = runs.Progress(folder, ["loss", "val_loss", "val_l1", "lr"], title, False), extra or {}
     last, start = os.path.join(folder, "last.pt"), 0
     if resume:
         why = f"{last} was trained on another base or with other settings: start again without --resume"
         start = runs.resume(last, progress, run.device,
                             lambda ckpt: None if all(ckpt.get(k) == v for k, v in extra.items()) else why, **objects)
-    labels = torch.as_tensor(run.labels[run.train_idx])
-    draw = lambda g: wikiart.balanced_sampler_indices(labels, run.steps * batch_size, g)
+    draw = lambda g: wikiart.balanced_sampler_indices(run.labels[run.train_idx], run.steps * batch_size, g)
     with runs.on_interrupt(progress, run.script, run.argv):
         for epoch in range(start, epochs):
             order, g = runs.epoch_order(run.train_idx, run.seed, epoch, draw=draw)
@@ -281,22 +226,22 @@ def train_epochs(run, folder, title, objects, step, validate, batch_size, epochs
     return True
 
 
-def train_diffusion(run, pipe, params, data, hp, objects, resume, ema_decay=0.0, extra=None):
-    """Train `params` (adapters, or the whole UNet and text encoder) on data's latents and prompt ids, in
-    epochs of hp["steps_per_epoch"] steps of hp["batch_size"]: AdamW (no weight decay on the word embeddings:
-    a style-blind base's style words stay as they were), warm-up then constant, gradients clipped at 1, and
-    with ema_decay an average of the weights, the result. True if every epoch ran (train_epochs)."""
+def train_diffusion(run, pipe, data, hp, resume, ema_decay=0.0, extra=None):
+    """Train the UNet's and text encoder's parameters that require grad (no dropout in these models: no train or
+    eval mode), the word embeddings without weight decay (untrained style words stay). True if all epochs ran."""
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)  # the pipeline's own noise schedule
+    params = [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters() if p.requires_grad]
     words = pipe.text_encoder.get_input_embeddings().weight
     groups = [{"params": [p for p in params if p is not words]},
               {"params": [p for p in params if p is words], "weight_decay": 0.0}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp["lr"], weight_decay=WEIGHT_DECAY)
     lr_sched = wikiart.make_scheduler(opt, hp["warmup_steps"])
     ema = EMAModel(params, decay=ema_decay, use_ema_warmup=True, power=0.75) if ema_decay else None
+    objects = {f"lora_{n}": lora_state(m) for n, m in adapted(pipe).items()} or {
+        "unet": pipe.unet, "text_encoder": pipe.text_encoder}
     objects |= {"optimizer": opt, "lr_schedule": lr_sched} | ({"ema": ema} if ema else {})
-    trains_text = any(p.requires_grad for p in pipe.text_encoder.parameters())
     print(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters on {len(run.train_idx)} images "
           f"at {resolution(pipe)} px")
 
@@ -316,55 +261,40 @@ def train_diffusion(run, pipe, params, data, hp, objects, resume, ema_decay=0.0,
         if not len(run.val_idx):
             return {}
         g, n = torch.Generator().manual_seed(run.seed), len(run.val_idx)
-        pipe.unet.eval(), pipe.text_encoder.eval()
         if ema:
             ema.store(params), ema.copy_to(params)
         loss = sum(diffusion_loss(pipe, noise_sched, data, b, g, 0.0).item() * len(b)
                    for b in np.array_split(run.val_idx, -(-n // hp["batch_size"]))) / n
         if ema:
             ema.restore(params)
-        pipe.unet.train(), pipe.text_encoder.train(trains_text)
         return {"val_loss": loss}
 
-    pipe.unet.train(), pipe.text_encoder.train(trains_text)
     done = train_epochs(run, run.out_dir, "diffusion", objects, step, validate, hp["batch_size"], hp["epochs"],
                         resume, extra)
     if ema:
         ema.copy_to(params)
-    pipe.unet.eval(), pipe.text_encoder.eval()
     return done
 
 
-# ----------------------------------------------------------------------------------------------
-# Generation
-
 @torch.no_grad()
 def generate(pipe, scale, prompts, seeds, steps, guidance, batch_size, desc="generating"):
-    """uint8 (N, R, R, 3): image i from prompts[i] and its own generator seeded with seeds[i], so an image
-    does not depend on its batch and every model starts from the same noise. scale: the LoRA scale (0: the
-    base exactly, 1: the adapters as trained), diffusers' cross_attention_kwargs scale, text encoder too."""
-    lora = bool(getattr(pipe.unet, "peft_config", None))
-    R, out = resolution(pipe), []
-    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]
-        with word_adapters_scaled(pipe, float(scale)), runs.autocast(pipe.device):
-            images = pipe(list(prompts[i:i + batch_size]), height=R, width=R, num_inference_steps=steps,
-                          guidance_scale=guidance, generator=gens, output_type="np",
-                          cross_attention_kwargs={"scale": float(scale)} if lora else None).images
-        out.append(np.clip(np.round(images * 255), 0, 255).astype(np.uint8))
-    return np.concatenate(out)
-
-
-@contextlib.contextmanager
-def word_adapters_scaled(pipe, scale):
-    """The LoRA scale applied to the word embeddings' adapters too: peft's scale_layer (0.22), through which
-    diffusers scales the text encoder, skips embedding layers, so scale 0 would not be the base."""
-    layers = [m for m in pipe.text_encoder.modules() if getattr(m, "lora_embedding_A", None)]
-    saved = [dict(m.scaling) for m in layers]
-    for m in layers:
-        m.scaling.update({k: v * scale for k, v in m.scaling.items()})
+    """uint8 (N, R, R, 3): image i from prompts[i] and its own generator seeded with seeds[i], whatever its batch;
+    scale: the LoRA scale (0: the base exactly, 1: the adapters as trained)."""
+    lora, R, out = bool(adapted(pipe)), resolution(pipe), []
+    # the word embeddings' adapters scaled here: peft's scale_layer (0.22), through which diffusers scales the
+    # text encoder, skips embedding layers, so scale 0 would not be the base
+    words = [(m, dict(m.scaling)) for m in pipe.text_encoder.modules() if getattr(m, "lora_embedding_A", None)]
+    for m, old in words:
+        m.scaling.update({k: v * float(scale) for k, v in old.items()})
     try:
-        yield
+        for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]
+            with runs.autocast(pipe.device):
+                images = pipe(list(prompts[i:i + batch_size]), height=R, width=R, num_inference_steps=steps,
+                              guidance_scale=guidance, generator=gens, output_type="np",
+                              cross_attention_kwargs={"scale": float(scale)} if lora else None).images
+            out.append(np.clip(np.round(images * 255), 0, 255).astype(np.uint8))
     finally:
-        for m, old in zip(layers, saved):
+        for m, old in words:
             m.scaling.update(old)
+    return np.concatenate(out)

@@ -15,8 +15,6 @@ out_dir/lora/pytorch_lora_weights.safetensors, load in any script with diffusers
 """
 import os
 import sys
-import time
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -43,44 +41,36 @@ def load_base(t, device):
 def train(cfg, device, resume, argv):
     """Adapters on the frozen pipeline -> out_dir/lora/ (lora_rank 0: the whole UNet and text encoder ->
     out_dir/pipeline/), beside info.json naming the base by a hash of its weights. Returns the pipeline."""
-    t, out = cfg["text_to_image"], cfg["text_to_image"]["out_dir"]
+    t = cfg["text_to_image"]
     base = t2i.fingerprint(t["pretrained"])
     pipe = load_base(t, device)
 
     # the training folder at the pipeline's resolution, its VAE latents computed once
     data = wikiart.WikiArtDataset(cfg["train_dir"], t2i.resolution(pipe), cache_dir=cfg["cache_dir"] or None)
-    labels = data.labels.numpy()
-    train_idx, val_idx = t2i.training_split(labels, cfg)
-    mean, std = t2i.encode_latents(pipe.vae, data.images, device)
-    tok = lambda texts: pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                                       truncation=True, return_tensors="pt").input_ids
-    prompts = [t2i.make_prompt(data.classes[y], t["prompt_template"]) for y in labels]
-    latents = {"mean": mean, "std": std, "ids": tok(prompts), "empty_ids": tok([""])}
-
+    prompts = [t2i.make_prompt(data.classes[y], t["prompt_template"]) for y in data.labels.numpy()]
+    latents = t2i.training_data(pipe, data.images, prompts, device)
     if t["lora_rank"]:
-        params = t2i.add_lora(pipe, t)
-        objects = {"lora_unet": t2i.LoraState(pipe.unet)}
-        objects |= {"lora_text_encoder": t2i.LoraState(pipe.text_encoder)} if t["lora_text_encoder"] else {}
+        t2i.add_lora(pipe, t)
     else:
-        pipe.vae.requires_grad_(False), pipe.unet.requires_grad_(True), pipe.text_encoder.requires_grad_(True)
-        params = [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters()]
-        objects = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
-    run = SimpleNamespace(out_dir=out, device=device, labels=labels, train_idx=train_idx, val_idx=val_idx,
-                          seed=cfg["seed"], steps=t["steps_per_epoch"], script="text_to_image.py", argv=argv,
-                          deadline=time.time() + 60 * t["max_minutes"] if t["max_minutes"] else None)
+        pipe.unet.requires_grad_(True), pipe.text_encoder.requires_grad_(True)
+    run = t2i.training_run(cfg, t, data.labels.numpy(), device, "text_to_image.py", argv)
     settings = [t[k] for k in ("resolution", "lora_rank", "lora_alpha", "lora_targets", "lora_text_encoder")]
-    done = t2i.train_diffusion(run, pipe, params, latents, t, objects, resume, extra={"base": base, "lora": settings})
+    done = t2i.train_diffusion(run, pipe, latents, t, resume, extra={"base": base, "lora": settings})
 
+    folder = os.path.join(t["out_dir"], "lora" if t["lora_rank"] else "pipeline")
     info = {"pretrained": t["pretrained"], "base_fingerprint": base, "styles": data.classes, "cut_short": not done}
-    if t["lora_rank"]:
-        t2i.save_lora(pipe, os.path.join(out, "lora"), info)
-    else:
-        def write(folder):
-            pipe.save_pretrained(folder)
-            runs.atomic_save(info, os.path.join(folder, "info.json"))
-        t2i.save_folder(os.path.join(out, "pipeline"), write)
-    print(f"wrote {os.path.join(out, 'lora' if t['lora_rank'] else 'pipeline')}"
-          + ("" if done else " (training CUT SHORT by max_minutes)"))
+
+    def write(tmp):  # the adapters as peft's state dicts: the one format load_lora_weights reads whole
+        from peft.utils import get_peft_model_state_dict
+        if parts := t2i.adapted(pipe):
+            pipe.save_lora_weights(
+                tmp, **{f"{n}_lora_layers": get_peft_model_state_dict(m) for n, m in parts.items()},
+                **{f"{n}_lora_adapter_metadata": m.peft_config["default"].to_dict() for n, m in parts.items()})
+        else:
+            pipe.save_pretrained(tmp)
+        runs.atomic_save(info, os.path.join(tmp, "info.json"))
+    t2i.save_folder(folder, write)
+    print(f"wrote {folder}" + ("" if done else " (training CUT SHORT by max_minutes)"))
     return pipe
 
 
@@ -117,11 +107,8 @@ def draw_grid(models, labels, prompts, seeds, steps, guidance, batch_size, path,
     fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(2 + len(panels) * max(3, 0.9 * len(seeds)),
                                                                      1.2 + 0.9 * len(prompts)))
     for k, (ax, (name, grid)) in enumerate(zip(axes[0], panels.items())):
-        canvas = np.full((len(prompts) * (R + pad), len(seeds) * (R + pad), 3), 255, np.uint8)
-        for r in range(len(prompts)):
-            for c in range(len(seeds)):
-                canvas[r * (R + pad):r * (R + pad) + R, c * (R + pad):c * (R + pad) + R] = grid[r, c]
-        ax.imshow(canvas, interpolation="nearest")
+        tiles = np.pad(grid, ((0, 0), (0, 0), (0, pad), (0, pad), (0, 0)), constant_values=255)  # white gutters
+        ax.imshow(tiles.transpose(0, 2, 1, 3, 4).reshape(len(prompts) * (R + pad), -1, 3), interpolation="nearest")
         ax.set_xticks([c * (R + pad) + R / 2 for c in range(len(seeds))], [f"seed {s}" for s in seeds], fontsize=6)
         ax.set_yticks([r * (R + pad) + R / 2 for r in range(len(prompts))], labels if k == 0 else [], fontsize=7)
         ax.set_title(name, fontsize=10)
