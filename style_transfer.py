@@ -4,16 +4,11 @@
     python style_transfer.py --evaluate val       # score it on validation images (choose settings there)
     python style_transfer.py --evaluate           # score it on test images: evaluation.json, strength_curve.png
     python style_transfer.py -c configs/style_transfer_w16_64_real.json --seeds 3   # --resume continues it
-    python style_transfer.py --image photo.jpg --style Cubism         # your images, with the trained model
-    python style_transfer.py --image photos/ --style all              # one strip per image: every style
+    python style_transfer.py --image photo.jpg photos/ --style Cubism  # your images (--style all: every style)
     python style_transfer.py --image monet.jpg --source Impressionism --style Cubism --strength 0.5
     python style_transfer.py --image photo.jpg --mix Cubism:0.7 Ukiyo_e:0.3 --keep-colour
 
-Trains transfer_models.ResidualStyleGenerator (the image plus a smooth colour transform and a detail residual,
-both zero at the start, driven by style embeddings initialised from the Part-2 encoder's mean codes) and, with
-naive_epochs > 0, the naive baseline: out_dir/{residual,naive}/ (model.pt, last.pt, train_log, curves.png,
-grid.png, grid_told_source.png, embeddings.png; --seeds N: the other seeds in out_dir/seed<k>/)."""
-import copy
+Writes out_dir/{residual,naive}/ (the generator; with naive_epochs, the naive baseline; --seeds N: seed<k>/)."""
 import os
 import sys
 import time
@@ -35,8 +30,7 @@ import transfer_models as tm
 import wikiart
 
 NOT_TRAINING = ("out_dir", "epochs", "naive_epochs", "judge_width", "judge_epochs", "eval_images", "grid_rows")
-BETAS = (0.5, 0.999)  # the usual GAN setting: less momentum, steadier two-player updates
-W_ADV, W_STATS, TEACHER_WIDTH, NAIVE_LR = 1.0, 10.0, 32, 0.01
+W_ADV, W_STATS, TEACHER_WIDTH, NAIVE_LR, BETAS = 1.0, 10.0, 32, 0.01, (0.5, 0.999)  # BETAS: as usual for GANs
 
 
 class Split:
@@ -48,9 +42,13 @@ class Split:
         self.by_style = [self.train_idx[(data.labels[self.train_idx] == s).numpy()] for s in range(self.C)]
 
 
-def load_encoder(cfg, device):
+def load_encoder(cfg, argv, device):
     """The Part-2 autoencoder whose per-style mean codes initialise the style embeddings."""
     path, size = cfg["style_transfer"]["autoencoder_path"], cfg["image_size"]
+    if not os.path.exists(path):
+        raise config.UserError(f"no autoencoder checkpoint at {path}: style transfer initialises its style embeddings "
+                               "from the Part-2 encoder; train it first: " + runs.config_command(
+                                   "autoencoder.py", argv, [f"autoencoder.out_dir={os.path.dirname(path) or '.'}"]))
     ae, ckpt = wikiart.load_autoencoder(path, device)
     if ckpt["config"]["image_size"] != size:
         raise config.UserError(f"{path} was trained at {ckpt['config']['image_size']} px but image_size is {size}: "
@@ -58,18 +56,17 @@ def load_encoder(cfg, device):
     return ae.requires_grad_(False)
 
 
-def initial_values(cfg, mode, split, device):
+def initial_values(cfg, mode, split, encoder, device):
     """What a new model starts from: naive, each style's mean training image; residual, each style's mean code
-    under the Part-2 encoder and its average channel means and stds (on [-1, 1], for the colour prior)."""
+    under the Part-2 encoder and (colour_prior) its average channel means and stds on [-1, 1]."""
     data, S, train = split.data, cfg["image_size"], split.train_idx
     if mode == "naive":
         return torch.stack([wikiart.to_float(data.images[np.sort(idx)], torch.device("cpu")).mean(0)
                             if len(idx) else torch.zeros(3, S, S) for idx in split.by_style]), None
-    ae = load_encoder(cfg, device)
     colour = metrics.style_channel_statistics(data.images[train], data.labels[train].numpy(), split.C)
-    return (wikiart.mean_code_per_style(ae, data.images[train], data.labels[train], split.C,
-                                        device, 2),
-            torch.from_numpy(colour).float() / 127.5 - torch.tensor([1.0] * 3 + [0.0] * 3))
+    colour = torch.from_numpy(colour).float() / 127.5 - torch.tensor([1.0] * 3 + [0.0] * 3)
+    return (wikiart.mean_code_per_style(encoder, data.images[train], data.labels[train], split.C, device),
+            colour if cfg["style_transfer"]["colour_prior"] else None)
 
 
 def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
@@ -106,9 +103,9 @@ def train_step(G, D, opt_g, opt_d, x, y, g, split, refs, st):
               "g_rec": (fake - x).abs()[same].mean() if same.any() else fake.sum() * 0,
               "g_structure": (tm.coarse_structure(fake) - tm.coarse_structure(x)).abs().mean(),
               "g_range": (unclipped.abs() - 1).clamp(min=0).mean()}
-    other = ~same  # the own style is the reconstruction's business: absolute colour targets for the others
-    if st["w_colour"] > 0 and other.any():  # L1 between each output's colour histogram and its style's mean
-        losses["g_colour"] = (tm.soft_colour_histogram(fake[other]) - refs.colour[t[other]]).abs().sum(1).mean()
+    # L1 from each output's colour histogram to its style's mean (the own style is the reconstruction's business)
+    if st["w_colour"] > 0 and (~same).any():
+        losses["g_colour"] = (tm.soft_colour_histogram(fake[~same]) - refs.colour[t[~same]]).abs().sum(1).mean()
     if st["w_texture"] > 0:
         grams = metrics.texture_grams(fake[styled], refs.texture_net)
         losses["g_texture"] = tm.texture_moment_loss(grams, refs.texture, t[styled], refs.moments)
@@ -127,11 +124,9 @@ def train_step_naive(model, opt, x, y, g, C):
 
 
 def warm_up_classifier(D, opt_d, split, steps, seed, device, batch_size=64, desc="discriminator warm-up"):
-    """D's style head first learns the styles from real training paintings alone (flips as augmentation):
-    trained only jointly, it still calls 80% of real paintings wrongly after 8 epochs. Also trains the teacher."""
-    g = torch.Generator().manual_seed(seed + 2000)
+    """D's style head (or the teacher) trained on real training paintings alone, flips as augmentation."""
+    g, correct = torch.Generator().manual_seed(seed + 2000), 0
     idx_all = split.train_idx[torch.randint(len(split.train_idx), (steps * batch_size,), generator=g).numpy()]
-    correct = 0
     for i in tqdm(range(steps), desc=desc, leave=False):
         idx = np.sort(idx_all[i * batch_size:(i + 1) * batch_size])
         x, y = wikiart.to_float(split.data.images[idx], device), split.data.labels[idx].to(device)
@@ -145,32 +140,28 @@ def warm_up_classifier(D, opt_d, split, steps, seed, device, batch_size=64, desc
 
 @torch.no_grad()
 def validate(G, D, split, seed, device):
-    """Reconstruction L1 (target = source) on the validation split and how often D's style head calls a
-    fake its (uniform random) target style."""
+    """Validation reconstruction L1 (target = source) and how often D calls a fake its random target style."""
     G.eval()
-    g, rec, hit, n = torch.Generator().manual_seed(seed), 0.0, 0, 0
+    g, rec, hit, n = torch.Generator().manual_seed(seed), 0.0, 0, max(len(split.val_idx), 1)
     for x, y in wikiart.iterate_batches(split.data.images, split.data.labels, split.val_idx, 64, device):
         rec += (G(x, y) - x).abs().mean().item() * len(y)
         if D is not None:
             t = torch.randint(split.C, y.shape, generator=g).to(device)
             hit += (D(G(x, t))[1].argmax(1) == t).sum().item()
-        n += len(y)
     G.train()
-    return {"val_rec_l1": rec / max(n, 1)} | ({"val_fake_style_acc": hit / max(n, 1)} if D is not None else {})
+    return {"val_rec_l1": rec / n} | ({"val_fake_style_acc": hit / n} if D is not None else {})
 
 
 def references(cfg, split, device):
-    """What the generator's style terms pull towards, from training images: each style's colour histogram
-    (w_colour) and random-net texture statistics (w_texture), and the frozen style teacher (teacher_steps)."""
-    st, seed, data = cfg["style_transfer"], cfg["seed"], split.data
+    """The style terms' targets from training images: colour histograms, texture statistics, the frozen teacher."""
+    st, seed, images, labels = cfg["style_transfer"], cfg["seed"], split.data.images, split.data.labels.numpy()
     refs = SimpleNamespace(teacher=None, moments=tm.RunningMoments(split.C))
     if st["w_colour"] > 0:
-        refs.colour = tm.mean_colour_histograms(data.images, data.labels.numpy(), split.train_idx, split.C, device,
-                                                seed=seed)
+        refs.colour = tm.mean_colour_histograms(images, labels, split.train_idx, split.C, device, seed=seed)
     if st["w_texture"] > 0:
         refs.texture_net = metrics.random_texture_net(seed + 1000).to(device)  # the evaluation's has seed 0
-        refs.texture = tm.style_texture_references(refs.texture_net, data.images, data.labels.numpy(),
-                                                   split.train_idx, split.C, device, seed=seed)
+        refs.texture = tm.style_texture_references(refs.texture_net, images, labels, split.train_idx, split.C, device,
+                                                   seed=seed)
     if st["teacher_steps"]:  # trained again on --resume (seeded: the same teacher)
         torch.manual_seed(seed + 3000)
         refs.teacher = tm.StyleDiscriminator(split.C, TEACHER_WIDTH).to(device)
@@ -180,17 +171,15 @@ def references(cfg, split, device):
     return refs
 
 
-def train(cfg, mode, split, device, resume, argv):
+def train(cfg, mode, split, encoder, device, resume, argv):
     """Train one mode (residual or naive), or resume it; writes <mode>/model.pt, returns (G, D or None)."""
-    st, seed = cfg["style_transfer"], cfg["seed"]
-    mdir = os.path.join(st["out_dir"], mode)
-    G, D = tm.build(cfg, mode, split.C, *initial_values(cfg, mode, split, device))
-    G = G.to(device)
+    st, seed, mdir = cfg["style_transfer"], cfg["seed"], os.path.join(cfg["style_transfer"]["out_dir"], mode)
+    G, D = tm.build(cfg, mode, split.C, *initial_values(cfg, mode, split, encoder, device))
+    G, D = G.to(device), D.to(device) if D is not None else None
     objects = {"model": G, "opt_g": torch.optim.Adam(G.parameters(), lr=NAIVE_LR if mode == "naive" else st["lr"],
                                                      betas=BETAS)}
     if D is not None:
         refs = references(cfg, split, device)
-        D = D.to(device)
         objects |= {"discriminator": D, "opt_d": torch.optim.Adam(D.parameters(), lr=st["lr"], betas=BETAS)}
         objects |= {"moments": refs.moments} if st["w_texture"] > 0 else {}
     progress = runs.Progress(mdir, ["val_rec_l1", "val_fake_style_acc", "g_adv", "g_colour", "g_texture"],
@@ -209,7 +198,6 @@ def train(cfg, mode, split, device, resume, argv):
     if D is not None and start == 0 and st["d_warmup_steps"]:  # resumed: D already has it in its state
         warm_up_classifier(D, objects["opt_d"], split, st["d_warmup_steps"], seed, device)
     draw = lambda g: torch.randint(len(split.train_idx), (steps * bs,), generator=g).numpy()
-    G.train()
     with runs.on_interrupt(progress, "style_transfer.py", argv):
         for epoch in range(start, epochs):
             t0, sums = time.time(), {}
@@ -233,35 +221,27 @@ def train(cfg, mode, split, device, resume, argv):
     return G.eval(), D.eval() if D is not None else None
 
 
-def plot_grids(G, D, mode, images_u8, labels, classes, rows, out_dir, seed, device):
-    """Validation images (rows) x target styles (columns), the source column first, a red frame on the own
-    style: grid.png, the generator told D's guess of each image's style (as --image without --source);
-    residual, also grid_told_source.png, told the true style (as --source)."""
-    idx = transfer_eval.pick_images(labels, rows, seed)
-    src, src_y = images_u8[idx], labels[idx]
+@torch.no_grad()
+def plot_figures(G, D, mode, split, cfg, out_dir, device):
+    """grid.png (validation images x every style, G told D's guess as --image does; residual, also grid_told_source.png,
+    told the true style as --source) and embeddings.png (the learned style embeddings, each one rendered)."""
+    C, S, val = len(split.classes), cfg["image_size"], split.val_idx
+    idx = transfer_eval.pick_images(split.data.labels[val].numpy(), cfg["style_transfer"]["grid_rows"], cfg["seed"])
+    src, src_y = split.data.images[val[idx]], split.data.labels[val[idx]].numpy()
     guess = transfer_eval.guess_styles(D, src, device) if D is not None else None
     for name, told, what in (("grid", guess, ", told the discriminator's guess" if D is not None else ""),
                              ("grid_told_source", src_y, ", told the source style"))[:2 if D is not None else 1]:
-        columns = [transfer_eval.transfer(G, src, np.full(len(idx), s), told, device) for s in range(len(classes))]
+        columns = [transfer_eval.transfer(G, src, np.full(len(idx), s), told, device) for s in range(C)]
         with runs.atomic_file(os.path.join(out_dir, name + ".png")) as f:
-            plots.plot_transfer_grid(src, columns, src_y.tolist(), classes, f, f"{mode}{what}: validation image "
+            plots.plot_transfer_grid(src, columns, src_y.tolist(), split.classes, f, f"{mode}{what}: validation image "
                                      "(left, true style at the row start) rendered in each style; red frame = its own")
-
-
-@torch.no_grad()
-def plot_embeddings(G, mode, classes, S, path, device):
-    """The learned style embeddings: a 2D PCA (arrows from their initial values) and each one rendered
-    (residual: the generator on a flat grey image; naive: its style image)."""
-    C = len(classes)
-    if mode == "naive":
-        weights, initial = G.style_images.weight.detach().cpu(), None
-        protos = wikiart.to_uint8(G.style_image(torch.arange(C, device=device)))
-    else:
-        weights, initial = G.embedder.embedding.weight.detach().cpu(), G.embedder.initial.cpu()
-        protos = wikiart.to_uint8(G(torch.zeros(C, 3, S, S, device=device), torch.arange(C, device=device)))
-    with runs.atomic_file(path) as f:
-        plots.plot_style_embeddings(weights, initial, protos, classes, f, mode, "its learned style image"
-                                    if mode == "naive" else "generator output for a flat grey input")
+    styles, naive = torch.arange(C, device=device), mode == "naive"
+    weights = (G.style_images if naive else G.embedder.embedding).weight.detach().cpu()
+    protos = wikiart.to_uint8(G.style_image(styles) if naive else G(torch.zeros(C, 3, S, S, device=device), styles))
+    with runs.atomic_file(os.path.join(out_dir, "embeddings.png")) as f:
+        plots.plot_style_embeddings(weights, None if naive else G.embedder.initial.cpu(), protos, split.classes, f,
+                                    mode, "its learned style image" if naive
+                                    else "generator output for a flat grey input")
 
 
 def main(argv=None):
@@ -281,27 +261,19 @@ def main(argv=None):
         raise config.UserError(f"--seeds must be >= 1, got {args.seeds}")
     modes = ["residual"] + (["naive"] if st["naive_epochs"] else [])
     dirs = [os.path.join(st["out_dir"], f"seed{cfg['seed'] + k}") if k else st["out_dir"] for k in range(args.seeds)]
-    if args.evaluate:
-        models = [os.path.join(d, mode, "model.pt") for d in dirs for mode in modes]
-        missing = [p for p in models if not os.path.exists(p)]
-        if missing:
-            raise config.UserError(f"no trained model at {missing[0]}: train it first: "
-                                   + runs.config_command("style_transfer.py", argv)
-                                   + (f" --seeds {args.seeds}" if args.seeds > 1 else ""))
-    elif not os.path.exists(st["autoencoder_path"]):
-        raise config.UserError(
-            f"no autoencoder checkpoint at {st['autoencoder_path']}: style transfer initialises its style "
-            "embeddings from the Part-2 encoder; train it first: " + runs.config_command(
-                "autoencoder.py", argv, [f"autoencoder.out_dir={os.path.dirname(st['autoencoder_path']) or '.'}"]))
-    lasts = [os.path.join(d, mode, "last.pt") for d in dirs for mode in modes]
+    paths = lambda name: [os.path.join(d, mode, name) for d in dirs for mode in modes]
+    missing = [p for p in paths("model.pt") if not os.path.exists(p)]
+    if args.evaluate and missing:
+        raise config.UserError(f"no trained model at {missing[0]}: train it first: " + runs.config_command(
+            "style_transfer.py", argv) + (f" --seeds {args.seeds}" if args.seeds > 1 else ""))
+    lasts = paths("last.pt")
     if args.resume and not any(os.path.exists(p) for p in lasts):
         raise config.UserError(f"--resume: nothing to resume: no {' or '.join(lasts)} (no epoch of a run with "
                                "this style_transfer.out_dir has finished); run without --resume to start")
+    encoder = None if args.evaluate else load_encoder(cfg, argv, device)  # missing or unfit: stop before any output
     # ---- data: validation carved out of the training folder; the test folder only for --evaluate test
     sample_data.ensure_sample(cfg, ("train", "test") if args.evaluate == "test" else ("train",))
     split = Split(wikiart.load_split(cfg, "train"), cfg)
-    if not args.evaluate:
-        load_encoder(cfg, device)  # an encoder that does not fit stops here, before out_dir exists
     runs.lock_out_dir(st["out_dir"])  # a second run into out_dir stops here (--image above reads only)
     print(f"{len(split.data)} training images of {split.C} styles in {cfg['train_dir']} ({len(split.train_idx)} "
           f"train / {len(split.val_idx)} validation), {cfg['image_size']} px, device {device}")
@@ -309,17 +281,13 @@ def main(argv=None):
         return transfer_eval.evaluate_saved(cfg, args.evaluate, dirs, modes, split, device)
 
     # ---- train, draw; --seeds N: once per generator seed (the split stays)
-    val_u8, val_y = split.data.images[split.val_idx], split.data.labels[split.val_idx].numpy()
     for k, out_dir in enumerate(dirs):
-        run_cfg = copy.deepcopy(cfg)
-        run_cfg["seed"] += k
-        run_cfg["style_transfer"]["out_dir"] = out_dir
+        run_cfg = cfg | {"seed": cfg["seed"] + k, "style_transfer": st | {"out_dir": out_dir}}
         runs.restart_time_cap()
         for mode in modes:
             t_start, mdir = time.time(), os.path.join(out_dir, mode)
-            G, D = train(run_cfg, mode, split, device, args.resume, argv)
-            plot_grids(G, D, mode, val_u8, val_y, split.classes, st["grid_rows"], mdir, cfg["seed"], device)
-            plot_embeddings(G, mode, split.classes, cfg["image_size"], os.path.join(mdir, "embeddings.png"), device)
+            G, D = train(run_cfg, mode, split, encoder, device, args.resume, argv)
+            plot_figures(G, D, mode, split, cfg, mdir, device)
             print(f"{mode} (seed {run_cfg['seed']}): {mdir}/grid.png, embeddings.png ({time.time() - t_start:.0f} s)")
 
 

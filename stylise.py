@@ -1,9 +1,7 @@
 """style_transfer.py --image: your images rendered with the trained out_dir/residual/model.pt.
 
-Images are decoded like the training images and squashed to the model's size; one style is also rendered at
-the input's own aspect (longer side --max-side), with brush marks when its style is unknown (a photo). The
-generator is told each image's own style: --source NAME, else the discriminator's guess. Results go to
-out_dir/stylised/ (or --out NAME) with stylised.json; an unreadable file is named and skipped."""
+Images are squashed to the model's size (one style also at their own aspect, --max-side, brush marks on a photo);
+the generator is told their style (--source NAME, else the discriminator's guess). Results: out_dir/stylised/."""
 import math
 import os
 
@@ -20,7 +18,6 @@ import wikiart
 
 
 def add_arguments(parser):
-    """style_transfer.py's options for your own images."""
     use = parser.add_argument_group("your own images (with the trained out_dir/residual/model.pt)")
     use.add_argument("--image", nargs="+", metavar="PATH", help="image files, or folders of them")
     use.add_argument("--style", default="all", metavar="NAME", help="target style, or all (default: a strip of all)")
@@ -36,16 +33,14 @@ def add_arguments(parser):
 
 
 def keep_colour(out, x):
-    """Gatys et al. 2016, luminance-only transfer: the output's luminance (Y of YIQ) with the input's colour
-    (I, Q), per pixel. [-1, 1] batches of one size."""
+    """Luminance-only transfer (Gatys et al. 2016): the output's Y (of YIQ) with the input's I and Q, per pixel."""
     to = lambda img: metrics.to_yiq((img + 1) / 2)
     return metrics.from_yiq(torch.cat([to(out)[:, :1], to(x)[:, 1:]], 1)).clamp(0, 1) * 2 - 1
 
 
 def paint_strokes(x, radius, sectors=8, sharpness=8.0):
-    """The generalised Kuwahara filter (Papari et al. 2007): each pixel becomes the mean of the most uniform of
-    8 overlapping sectors of a disc around it, so flat areas turn into patches of paint and edges stay sharp.
-    A model made at 64 px cannot draw brush marks into a 512-px photo; this gives it a painting's surface."""
+    """Brush marks a 64-px model cannot draw into a photo: the generalised Kuwahara filter (Papari et al. 2007),
+    each pixel the mean of the most uniform of 8 sectors of a disc around it (flat patches, sharp edges)."""
     if radius < 1:
         return x
     dy, dx = torch.meshgrid(torch.arange(-radius, radius + 1.0), torch.arange(-radius, radius + 1.0), indexing="ij")
@@ -66,19 +61,16 @@ def paint_strokes(x, radius, sectors=8, sharpness=8.0):
 
 def targets_of(args, classes):
     """[(label, weights over styles (C,))] from --style NAME|all or --mix NAME:w ..."""
-    C = len(classes)
     if not args.mix:
         names = classes if args.style == "all" else [config.choose(args.style, classes, "style")]
-        return [(n, F.one_hot(torch.tensor(classes.index(n)), C).float()) for n in names]
-    w = torch.zeros(C)
+        return [(n, torch.eye(len(classes))[classes.index(n)]) for n in names]
+    w = torch.zeros(len(classes))
     for item in args.mix:
         name, sep, weight = item.rpartition(":")
         try:
-            weight = float(weight) if sep else None
+            weight = float(weight if sep else "")  # no ':' is a ValueError too
         except ValueError:
-            weight = None
-        if weight is None:
-            raise config.UserError(f"--mix expects NAME:WEIGHT items (e.g. Cubism:0.7), got '{item}'")
+            raise config.UserError(f"--mix expects NAME:WEIGHT items (e.g. Cubism:0.7), got '{item}'") from None
         w[classes.index(config.choose(name, classes, "style"))] += weight
     if (w < 0).any() or w.sum() <= 0:
         raise config.UserError("--mix weights must be >= 0 with a positive sum")
@@ -102,43 +94,37 @@ def stylise(cfg, args, argv, device):
     S, C, targets = ckpt["config"]["image_size"], len(classes), targets_of(args, classes)
     given = classes.index(config.choose(args.source, classes, "style")) if args.source else None
     pictures, paths, skipped = images.load_image_inputs(args.image, S)
-    results_dir = os.path.join(os.path.dirname(os.path.dirname(path)), args.out or "stylised")
-    os.makedirs(results_dir, exist_ok=True)
+    results_dir = os.path.join(cfg["style_transfer"]["out_dir"], args.out or "stylised")
     x = wikiart.to_float(pictures, device)
     probs = torch.softmax(D(x)[1], 1).cpu()  # the own style: the jointly trained discriminator's style head
     own = probs.argmax(1) if given is None else torch.full((len(x),), given)  # the start, and what G is told
     report, a, how = [], args.strength, "predicted" if given is None else "given"
     paint = args.paint if args.paint is not None else (0 if given is not None else 6)  # a photo gets brush marks
+    recolour = keep_colour if args.keep_colour else (lambda out, x: out)
     for i, p in enumerate(paths):
-        stem = f"{i:02d}_{os.path.splitext(os.path.basename(p))[0]}"
-        full = (wikiart.to_float(images.decode_image(p, args.max_side, "keep")[None], device)
-                if args.max_side and len(targets) == 1 else None)  # a strip of every style is at the model's size
-        tiles, outputs = [pictures[i]], []
-        for label, w in targets:  # strength a: (1 - a) own style + a target, as embedding weights
-            source = F.one_hot(own[i], C).float()[None].to(device)
-            weights = (1 - a) * source + a * w[None].to(device)
-            small = G(x[i:i + 1], weights, source)
-            tiles.append(wikiart.to_uint8(keep_colour(small, x[i:i + 1]) if args.keep_colour else small)[0])
-            if len(targets) > 1:
-                continue
-            outputs.append(f"{stem}_{label}_{S}px.png")
-            runs.save_png(tiles[-1], os.path.join(results_dir, outputs[-1]))
-            if full is not None:
-                big = G.render_full(x[i:i + 1], full, weights, source)
-                big = keep_colour(big, full) if args.keep_colour else big
+        stem, guess = f"{i:02d}_{os.path.splitext(os.path.basename(p))[0]}", f"{classes[own[i]]} {probs[i, own[i]]:.0%}"
+        source = F.one_hot(own[i], C).float()[None].to(device)
+        mixes = [(1 - a) * source + a * w[None].to(device) for _, w in targets]  # strength a, as embedding weights
+        tiles = [wikiart.to_uint8(recolour(G(x[i:i + 1], m, source), x[i:i + 1]))[0] for m in mixes]
+        if len(targets) > 1:  # a strip of every style, at the model's size
+            outputs = [f"{stem}_all_styles.png"]
+            with runs.atomic_file(os.path.join(results_dir, outputs[0])) as f:
+                plots.plot_strip([pictures[i]] + tiles, ["input"] + [t[0] for t in targets], f,
+                                 f"{os.path.basename(p)} (own style, {how}: {guess}); strength {a:g}"
+                                 + (", colours kept" if args.keep_colour else ""))
+        else:
+            outputs = [f"{stem}_{targets[0][0]}_{S}px.png"]
+            runs.save_png(tiles[0], os.path.join(results_dir, outputs[0]))
+            if args.max_side:  # also at the input's own aspect and resolution
+                full = wikiart.to_float(images.decode_image(p, args.max_side, "keep")[None], device)
+                big = recolour(G.render_full(x[i:i + 1], full, mixes[0], source), full)
                 big = torch.lerp(big, paint_strokes(big, paint), a)  # strength 0: the image as it was
-                outputs.append(f"{stem}_{label}.png")
+                outputs.append(f"{stem}_{targets[0][0]}.png")
                 runs.save_png(wikiart.to_uint8(big)[0], os.path.join(results_dir, outputs[-1]))
-        if len(targets) > 1:
-            outputs.append(f"{stem}_all_styles.png")
-            with runs.atomic_file(os.path.join(results_dir, outputs[-1])) as f:
-                plots.plot_strip(tiles, ["input"] + [t[0] for t in targets], f,
-                                 f"{os.path.basename(p)} (own style, {how}: {classes[own[i]]} {probs[i, own[i]]:.0%}); "
-                                 f"strength {a:g}" + (", colours kept" if args.keep_colour else ""))
         report.append({"path": p, "own_style": classes[own[i]], "own_style_given": given is not None,
                        "own_probability": float(probs[i, own[i]]), "outputs": outputs})
-        print(f"{p}: own style ({how}) {classes[own[i]]} {probs[i, own[i]]:.0%} -> "
-              f"{targets[0][0] if len(targets) == 1 else 'every style'}: {', '.join(outputs)}")
+        print(f"{p}: own style ({how}) {guess} -> {targets[0][0] if len(targets) == 1 else 'every style'}: "
+              f"{', '.join(outputs)}")
     runs.atomic_save({"checkpoint": path, "command": runs.command_line("style_transfer.py", argv), "image_size": S,
                       "style": args.style if not args.mix else None, "mix": args.mix,
                       "targets": {label: w.tolist() for label, w in targets}, "strength": a, "source": args.source,

@@ -1,9 +1,7 @@
 """Part 3's evaluation (style_transfer.py --evaluate [val|test]), and the style judge Bonus B's evaluation shares.
 
-The judge is a ResNet trained on the training split only (an architecture the generators never train
-against), half of each batch seen through metrics.robust_transform, so that its hit rates read colour and
-texture rather than pixel-level patterns. It is trained inside every evaluation (seeded: the same judge).
-"""
+The judge: a ResNet (an architecture the generators never train against) trained, seeded, inside every evaluation
+on the training split, half of each batch through metrics.robust_transform (it reads colour and texture)."""
 import os
 import time
 
@@ -21,8 +19,6 @@ import tables
 import transfer_models as tm
 import wikiart
 
-JUDGE_LR = 0.003
-
 
 def train_judge(images_u8, labels, train_idx, num_styles, width, epochs, seed, device):
     """A style judge (ResNet of `width`, eval mode) trained `epochs` epochs on images_u8[train_idx]."""
@@ -32,7 +28,7 @@ def train_judge(images_u8, labels, train_idx, num_styles, width, epochs, seed, d
     robust = metrics.robust_transform(np.asarray(images_u8))
     bs = runs.fit_batch_size(64, len(train_idx), "the style judge's batch size")
     steps = len(train_idx) // bs
-    opt = wikiart.make_optimizer(judge, JUDGE_LR, 0.05)
+    opt = wikiart.make_optimizer(judge, 0.003, 0.05)  # learning rate, weight decay
     sched = wikiart.make_scheduler(opt, steps, epochs * steps)
     for epoch in range(epochs):
         order, g = runs.epoch_order(train_idx, seed + 1, epoch)
@@ -66,13 +62,9 @@ STRENGTHS = (0.25, 0.5, 0.75)  # told the source, also at these --strength value
 def pick_images(labels, n, seed):
     """n positions into labels, seeded, taken round-robin over styles so that every style appears."""
     labels, rng = np.asarray(labels), np.random.default_rng(seed)
-    pools = [list(rng.permutation(np.flatnonzero(labels == s))) for s in range(labels.max(initial=-1) + 1)]
-    picked = []
-    while len(picked) < min(n, len(labels)):
-        for p in pools:
-            if p and len(picked) < n:
-                picked.append(p.pop())
-    return np.array(picked, np.int64)
+    pools = [rng.permutation(np.flatnonzero(labels == s))[::-1] for s in range(labels.max(initial=-1) + 1)]
+    order = sorted((rank, s, i) for s, pool in enumerate(pools) for rank, i in enumerate(pool))  # round-robin
+    return np.array([i for _, _, i in order[:n]], np.int64)
 
 
 @torch.no_grad()
@@ -132,13 +124,10 @@ def evaluate_saved(cfg, split_name, dirs, modes, split, device):
 
 
 def evaluate(cfg, seed_models, train_u8, train_y, real_u8, real_y, num_styles, device):
-    """eval_images of real_u8 (validation or test paintings) rendered in every other style by each seed's
-    models [(seed, {"residual": G, "naive": G}, the residual's discriminator)] and the baselines (identity,
-    colour_stats: each image's channel means and stds moved to the target style's): the judge's hit rates
-    (robust and raw, and their share of its matched ceiling), realism.RealismReference (real_u8 as reference,
-    train_u8 as the two-sample test's real side), SSIM to the input, artefact ratios, clipped pixels,
-    own-style PSNR. Untold, the generator gets the discriminator's guess of each input's style (as --image
-    without --source). Several seeds: per method "mean" and "std" (sample), each seed's rows in "runs"."""
+    """eval_images of real_u8 rendered in every other style by each seed's models [(seed, {mode: G}, the residual's
+    discriminator)] and the baselines (identity, colour_stats), scored by the judge's hit rates, realism (real_u8 the
+    reference, train_u8 the two-sample test's real side), SSIM, artefacts, own-style PSNR. Untold, G gets D's guess
+    (as --image does); several seeds: each method's "mean" and (sample) "std", each seed's rows in "runs"."""
     st, C = cfg["style_transfer"], num_styles
     idx = pick_images(real_y, st["eval_images"], cfg["seed"])
     src_u8, src_y = real_u8[idx], real_y[idx]
@@ -187,32 +176,24 @@ def evaluate(cfg, seed_models, train_u8, train_y, real_u8, real_y, num_styles, d
                  "identity": score(inputs)}
     names = [k for k in per_seed[0] if k != "seed"]
     if len(per_seed) == 1:
-        results, stds = fixed | per_seed[0] | baselines, {}
-        means = {n: per_seed[0][n] for n in names} | baselines
+        results, means, stds = fixed | per_seed[0] | baselines, {n: per_seed[0][n] for n in names}, None
     else:
-        results = fixed | {"seeds": [r["seed"] for r in per_seed], "runs": per_seed}
-        for name in names:
-            results[name] = dict(zip(("mean", "std"), mean_std([r[name] for r in per_seed])))
-        results |= baselines
-        means = {n: results[n]["mean"] for n in names} | baselines
-        stds = {n: results[n]["std"] for n in names}
+        means, stds = mean_std([{n: r[n] for n in names} for r in per_seed])
+        results = fixed | {"seeds": [r["seed"] for r in per_seed], "runs": per_seed} | {
+            n: {"mean": means[n], "std": stds[n]} for n in names} | baselines
     print(f"\n{len(idx)} images x {C - 1} other styles = {len(pi)} outputs; chance {1 / C:.1%}; judge "
           f"({fixed['judge_seconds']:.0f} s) on the real images {fixed['judge_accuracy_robust']:.1%} robust / "
           f"{fixed['judge_accuracy_raw']:.1%} raw, matched to the targets (the ceiling) "
           f"{fixed['matched_ceiling_robust']:.1%} / {fixed['matched_ceiling_raw']:.1%}; autoencoder PSNR "
           f"{fixed['autoencoder_psnr'] or float('nan'):.2f} dB" + (f"; mean ± std over seeds {results['seeds']}"
                                                                   if len(per_seed) > 1 else ""))
-    print(tables.style_transfer_methods(means, stds or None))
+    print(tables.style_transfer_methods(means | baselines, stds))
     return results
 
 
 def mean_std(rows):
     """(mean, sample std) of each number in a list of alike nested dicts."""
-    mean, std = {}, {}
-    for k, v in rows[0].items():
-        if isinstance(v, dict):
-            mean[k], std[k] = mean_std([r[k] for r in rows])
-        elif isinstance(v, (int, float)):
-            vals = [r[k] for r in rows]
-            mean[k], std[k] = float(np.mean(vals)), float(np.std(vals, ddof=1))
-    return mean, std
+    if not isinstance(rows[0], dict):
+        return float(np.mean(rows)), float(np.std(rows, ddof=1))
+    pairs = {k: mean_std([r[k] for r in rows]) for k, v in rows[0].items() if isinstance(v, (dict, int, float))}
+    return {k: m for k, (m, _) in pairs.items()}, {k: s for k, (_, s) in pairs.items()}

@@ -1,8 +1,5 @@
-"""Part 3's networks and training losses: the residual generator (own style = identity), the jointly trained
-anti-aliased discriminator, the naive baseline, and the style statistics the generator is pulled towards.
-
-Generators take and return [-1, 1] batches; styles and sources are indices (B,) or weights (B, num_styles).
-"""
+"""Part 3's networks (residual generator, anti-aliased discriminator, naive baseline) and training losses.
+Generators take and return [-1, 1] batches; styles and sources are indices (B,) or weights (B, num_styles)."""
 import numpy as np
 import torch
 import torch.nn as nn
@@ -39,8 +36,7 @@ class AdaINBlock(nn.Module):
 
 
 class Blur(nn.Module):
-    """Fixed [1,2,1] x [1,2,1] / 16 low-pass per channel, reflection padding, same size: zero response at the
-    2-pixel period (anti-aliasing before a stride, so no gradient with a 2x2 pattern reaches the generator)."""
+    """Fixed [1,2,1] x [1,2,1] / 16 low-pass per channel, same size: no response at the 2-pixel period."""
 
     def __init__(self, channels):
         super().__init__()
@@ -51,28 +47,27 @@ class Blur(nn.Module):
         return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel, groups=x.shape[1])
 
 
+def down(cin, cout):
+    """An anti-aliased stride-2 conv stage (Blur first, reflection padding: no pixel-parity gradient)."""
+    return nn.Sequential(Blur(cin), nn.Conv2d(cin, cout, 3, 2, 1, padding_mode="reflect"), nn.LeakyReLU(0.2))
+
+
 class ResidualStyleGenerator(nn.Module):
-    """Image + style -> the image in that style, built so that "change nothing" is easy: out = x + A [x; 1] + r.
-    A: a 3x4 colour transform per pixel from a 1/8-side grid, upsampled bilinearly (colour_cells n: averaged
-    to n x n cells; style_colour: plus the colour prior, colour_prior()); r: a detail residual (one channel
-    for R, G and B with luminance_detail) from a small U-Net whose decoder the style modulates through AdaIN.
-    Both heads start at zero: untrained, it returns its input. The style vector is an MLP of the embedding
-    and the input's channel means and stds. Told the source style too, either it subtracts the change towards
-    the source (source_input=False: the own style is then exact), or the source is an MLP input and the change
-    is scaled by a gate that is 0 for the own style (source_input=True; a row of zero weights: unknown)."""
+    """Image + style -> the image in that style: out = x + A [x; 1] + r, both heads zero at the start (the
+    identity). A: a 3x4 colour transform per pixel on a 1/8-side grid (colour_cells n: n x n cells), plus
+    colour_prior() from style_colour (num_styles, 6); r: a detail residual (luminance_detail: one channel) from a
+    U-Net modulated by the style through AdaIN. Told the source, it subtracts the change towards it
+    (source_input=False), or takes it as an input, the change gated to 0 for the own style (source_input=True)."""
 
     def __init__(self, embedder, width=32, res_blocks=2, style_dim=64, source_input=False, colour_cells=0,
                  luminance_detail=False, style_colour=None):
         super().__init__()
         self.embedder, w, self.source_input, self.colour_cells = embedder, width, source_input, colour_cells
-        # style_colour (num_styles, 6): each style's average channel means and stds on [-1, 1] (colour_prior)
         self.register_buffer("style_colour", style_colour.clone() if style_colour is not None else None)
         told_dim = embedder.dim + 1 if source_input else 0
         self.mapping = nn.Sequential(nn.Linear(embedder.dim + told_dim + 6, style_dim), nn.ReLU(),
                                      nn.Linear(style_dim, style_dim), nn.ReLU())
         conv = lambda cin, cout: nn.Conv2d(cin, cout, 3, 1, 1, padding_mode="reflect")
-        down = lambda cin, cout: nn.Sequential(Blur(cin), nn.Conv2d(cin, cout, 3, 2, 1, padding_mode="reflect"),
-                                               nn.LeakyReLU(0.2))
         c = [w // 4, w // 2, w, 2 * w]  # channels at 1, 1/2, 1/4, 1/8 of the side (narrow where it is big)
         self.enc = nn.ModuleList([nn.Sequential(conv(3, c[0]), nn.LeakyReLU(0.2)),
                                   down(c[0], c[1]), down(c[1], c[2]), down(c[2], c[3])])
@@ -82,16 +77,17 @@ class ResidualStyleGenerator(nn.Module):
         self.dec = nn.ModuleList(conv(cin, cout) for cin, cout in chans)
         self.dec_norm = nn.ModuleList(AdaIN(cout, style_dim) for _, cout in chans)
         self.to_detail = nn.Conv2d(c[0], 1 if luminance_detail else 3, 1)  # 1: broadcast to R, G, B (no hue)
-        for head in (self.to_coeffs, self.to_detail):
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
+        for p in [*self.to_coeffs.parameters(), *self.to_detail.parameters()]:  # both heads start at zero
+            nn.init.zeros_(p)
 
     def coarse(self, x, styles, sources=None):
         """(colour-change coefficients (B, 12, H/8, W/8), detail residual (B, 3 or 1, H, W))."""
         prior = self.colour_prior(x, styles, sources) if self.style_colour is not None else 0
-        e, gate = self.embedder(styles), None
-        if self.source_input:
-            offset, known = self.offset_from(e, sources)
+        e, gate = self.embedder(styles), 1
+        if self.source_input:  # the source is an input (a row of zero weights: unknown)
+            w = e.new_zeros(len(e), len(self.embedder.initial)) if sources is None else self.weights(sources, e.dtype)
+            known = w.sum(1, keepdim=True).clamp(max=1)
+            offset = known * (e - self.embedder(w))  # the target embedding minus the source's, 0 if unknown
             e = torch.cat([e, offset, known], 1)
             d2 = offset.pow(2).mean(1)  # standardised embeddings of two styles differ by ~1.4 per dimension
             gate = torch.where(known[:, 0] > 0, d2 / (d2 + 0.01), torch.ones_like(d2))[:, None, None, None]
@@ -119,21 +115,15 @@ class ResidualStyleGenerator(nn.Module):
         if sources is not None:  # towards the target minus towards the source: zero for the same style
             (c_t, c_s), (d_t, d_s) = coeffs.chunk(2), detail.chunk(2)
             coeffs, detail = c_t - c_s, d_t - d_s
-        if gate is not None:
-            coeffs, detail = coeffs * gate, detail * gate
-        return coeffs + prior, detail
+        return coeffs * gate + prior, detail * gate
 
     def colour_prior(self, x, styles, sources):
-        """(B, 12, 1, 1): the transform moving each image's channel means and stds by the target style's average
-        offset from the source style's (Reinhard et al. 2001, relative to the source; an unknown source: the
-        average style), scaled back by one factor <= 1 where it would push the 2-98% range off [-1, 1]."""
-        C = len(self.style_colour)
-        as_weights = lambda s: s.to(x.dtype) if s.is_floating_point() else F.one_hot(s, C).to(x.dtype)
-        w_t = as_weights(styles)
-        w_s = torch.zeros_like(w_t) if sources is None else as_weights(sources)
-        w_s = torch.where(w_s.sum(1, keepdim=True) > 0, w_s, torch.full_like(w_s, 1 / C))
-        mu_t, sd_t = (w_t @ self.style_colour).split(3, 1)
-        mu_s, sd_s = (w_s @ self.style_colour).split(3, 1)
+        """(B, 12, 1, 1): moves each image's channel means and stds by the target style's average offset from the
+        source's (Reinhard et al. 2001; unknown source: the average style), scaled back to keep the 2-98% range."""
+        w_t = self.weights(styles, x.dtype)
+        w_s = torch.zeros_like(w_t) if sources is None else self.weights(sources, x.dtype)
+        w_s = torch.where(w_s.sum(1, keepdim=True) > 0, w_s, torch.full_like(w_s, 1 / len(self.style_colour)))
+        (mu_t, sd_t), (mu_s, sd_s) = ((w @ self.style_colour).split(3, 1) for w in (w_t, w_s))
         ratio = sd_t / sd_s.clamp(min=1e-3)
         shift = (1 - ratio) * x.mean((2, 3)) + mu_t - mu_s  # out = ratio (x - mean x) + mean x + mu_t - mu_s
         lo, hi = torch.quantile(x.flatten(2), torch.tensor([0.02, 0.98], device=x.device, dtype=x.dtype), dim=2)
@@ -144,19 +134,13 @@ class ResidualStyleGenerator(nn.Module):
         ratio, shift = 1 + lam * (ratio - 1), lam * shift
         return torch.cat([torch.diag_embed(ratio - 1), shift[:, :, None]], 2).flatten(1)[:, :, None, None]
 
-    def offset_from(self, e, sources):
-        """(the target embedding minus the source's, 1 where the source is known), both 0 where not."""
-        if sources is None:
-            return torch.zeros_like(e), e.new_zeros(len(e), 1)
-        w = sources.to(e.dtype) if sources.is_floating_point() else \
-            F.one_hot(sources, self.embedder.embedding.num_embeddings).to(e.dtype)
-        known = w.sum(1, keepdim=True).clamp(max=1)
-        return known * (e - self.embedder(w)), known
+    def weights(self, s, dtype):
+        """Style indices (B,) or weights (B, num_styles) as weights."""
+        return s.to(dtype) if s.is_floating_point() else F.one_hot(s, len(self.embedder.initial)).to(dtype)
 
     @staticmethod
     def apply(x, coeffs, detail, clip=True):
-        """x (any size) + the colour change (resized bilinearly) + the detail (resized along x's edges);
-        clip=False: before clipping to [-1, 1] (what the range loss sees)."""
+        """x (any size) + the colour change (bilinear) + the detail (along x's edges); clip=False for the range loss."""
         a = F.interpolate(coeffs, size=x.shape[-2:], mode="bilinear", align_corners=False)
         a = a.view(x.shape[0], 3, 4, *x.shape[-2:])
         if detail.shape[-2:] != x.shape[-2:]:
@@ -174,8 +158,7 @@ class ResidualStyleGenerator(nn.Module):
 
 def follow_edges(detail, x, radius=1, eps=1e-3):
     """A low-resolution detail map resized to x's size along x's own edges (the fast guided filter, He & Sun
-    2015): per window, the detail fitted as a linear function of x's brightness, and those fits upsampled.
-    Upsampled bilinearly, a 64-px detail glows 8 px past every edge of a 512-px photo."""
+    2015: per window, a linear fit to x's brightness, upsampled); bilinearly, it would glow past the edges."""
     guide = x.mean(1, keepdim=True)
     small = F.interpolate(guide, size=detail.shape[-2:], mode="area")
     box = lambda t: F.avg_pool2d(t, 2 * radius + 1, 1, radius, count_include_pad=False)
@@ -186,20 +169,14 @@ def follow_edges(detail, x, radius=1, eps=1e-3):
 
 
 class StyleDiscriminator(nn.Module):
-    """StarGAN-style, trained from scratch with the generator: an anti-aliased strided trunk (Blur before each
-    stride, reflection padding: no pixel-parity gradient, no marked border), a patch real/fake head and a
-    style head; it also returns the trunk's maps (the feature statistics the generator matches)."""
+    """StarGAN-style: an anti-aliased strided trunk, a patch real/fake head, a style head, and the trunk's maps."""
 
     def __init__(self, num_styles, width=32, depth=4):
         super().__init__()
-        layers, c = [], 3
-        for i in range(depth):
-            conv = nn.Conv2d(c, width * 2 ** i, 3, 2, 1, padding_mode="reflect")
-            layers.append(nn.Sequential(Blur(c), conv, nn.LeakyReLU(0.2)))
-            c = width * 2 ** i
-        self.trunk = nn.ModuleList(layers)
-        self.real_fake = nn.Conv2d(c, 1, 3, 1, 1, padding_mode="reflect")
-        self.classify = nn.Linear(c, num_styles)
+        c = [3] + [width * 2 ** i for i in range(depth)]
+        self.trunk = nn.ModuleList(down(cin, cout) for cin, cout in zip(c, c[1:]))
+        self.real_fake = nn.Conv2d(c[-1], 1, 3, 1, 1, padding_mode="reflect")
+        self.classify = nn.Linear(c[-1], num_styles)
 
     def forward(self, x):
         maps = []
@@ -210,38 +187,30 @@ class StyleDiscriminator(nn.Module):
 
 
 class NaiveStyleNet(nn.Module):
-    """The course's first attempt, kept so its failure stays visible: a learned image-sized "style image" per
-    style concatenated to the input, trained with MSE to the content plus MSE to that style image. Both are
-    met by pulling every style image towards the average content: the output is a sepia filter."""
+    """The course's first attempt, kept to show its failure: a learned style image per style beside the input."""
 
-    def __init__(self, num_styles, image_size, init_images=None, width=32):
+    def __init__(self, num_styles, image_size, init_images, width=32):
         super().__init__()
         self.image_size = image_size
         self.style_images = nn.Embedding(num_styles, 3 * image_size ** 2)
-        if init_images is not None:
-            with torch.no_grad():
-                self.style_images.weight.copy_(init_images.flatten(1))
+        with torch.no_grad():
+            self.style_images.weight.copy_(init_images.flatten(1))
         self.net = nn.Sequential(nn.Conv2d(6, width, 3, 1, 1), nn.ReLU(), nn.Conv2d(width, width, 3, 1, 1),
                                  nn.ReLU(), nn.Conv2d(width, 3, 3, 1, 1), nn.Tanh())
 
     def style_image(self, styles):
-        w = self.style_images.weight
-        v = styles.to(w.dtype) @ w if styles.is_floating_point() else self.style_images(styles)  # weights: a mix
-        return v.view(-1, 3, self.image_size, self.image_size)
+        return self.style_images(styles).view(-1, 3, self.image_size, self.image_size)
 
     def forward(self, x, styles, sources=None):  # sources: unused (the residual generator's signature)
         return self.net(torch.cat([x, self.style_image(styles)], 1))
 
 
 def build(cfg, mode, num_styles, init, colour=None):
-    """(generator, discriminator or None) of a mode (residual or naive) from its initial values: naive, each
-    style's mean image; residual, each style's mean code (any tensor of that shape before loading weights)
-    and, with colour_prior, the styles' colour statistics (num_styles, 6; zeros before loading weights)."""
+    """(generator, discriminator or None) from initial values (style_transfer.initial_values; colour None: no prior)."""
     st = cfg["style_transfer"]
     torch.manual_seed(cfg["seed"])
     if mode == "naive":
         return NaiveStyleNet(num_styles, cfg["image_size"], init, st["width"]), None
-    colour = (torch.zeros(num_styles, 6) if colour is None else colour) if st["colour_prior"] else None
     G = ResidualStyleGenerator(wikiart.StyleEmbedder(init), st["width"], 2, st["style_dim"],
                                source_input=st["source_known_fraction"] > 0, colour_cells=st["colour_cells"],
                                luminance_detail=st["luminance_detail"], style_colour=colour)
@@ -252,21 +221,18 @@ def load_model(path, device):
     """(generator, discriminator or None, checkpoint) from a model.pt alone (no data, no encoder needed)."""
     ckpt = runs.load_checkpoint(path, "a style_transfer.py model (out_dir/<mode>/model.pt)",
                                 needs=("model", "mode", "config", "class_to_idx"), device=device)
-    C, S, mode = len(ckpt["class_to_idx"]), ckpt["config"]["image_size"], ckpt["mode"]
-    init = torch.zeros(C, 3, S, S) if mode == "naive" else ckpt["model"]["embedder.initial"].cpu()
-    G, D = build(ckpt["config"], mode, C, init)
+    init = ckpt["model"]["style_images.weight" if ckpt["mode"] == "naive" else "embedder.initial"].cpu()
+    G, D = build(ckpt["config"], ckpt["mode"], len(ckpt["class_to_idx"]), init, ckpt["model"].get("style_colour"))
     runs.load_weights(G, ckpt["model"], path)
     if D is not None:
         runs.load_weights(D, ckpt["discriminator"], path)
     return G.to(device).eval(), D.to(device).eval() if D is not None else None, ckpt
 
 
-# ----------------------------------------------------------------------------------------------
 # The training losses' pieces (style_transfer.train_step composes them)
 
 def coarse_structure(x):
-    """Luminance at 1/4 of the side, standardised per image: the layout without colour, contrast or fine
-    texture (which the style may change). A one-pass stand-in for a cycle loss."""
+    """Luminance at 1/4 of the side, standardised per image: the layout without what a style may change."""
     lum = F.avg_pool2d(0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3], 4)
     return (lum - lum.mean((2, 3), keepdim=True)) / (lum.std((2, 3), keepdim=True) + 0.05)
 
@@ -281,9 +247,8 @@ def feature_stats_loss(maps_fake, maps_real):
 
 
 def soft_colour_histogram(x, bins=8, sigma=1.0):
-    """Differentiable joint RGB histogram (N, bins**3) of a [-1, 1] batch (Risser et al. 2017): each value is
-    shared linearly between its two nearest bin centres. sigma > 0 first blurs (the 2-pixel period filtered
-    out: no dithering can match it) and keeps every second pixel."""
+    """Differentiable joint RGB histogram (N, bins**3) of a [-1, 1] batch (Risser et al. 2017), each value shared
+    between its two nearest bins; sigma > 0 first blurs (no dithering can match it), keeping every second pixel."""
     x = metrics.gaussian_blur(x, sigma)[:, :, ::2, ::2] if sigma > 0 else x
     v = ((x.float() + 1) / 2).clamp(0.5 / bins, 1 - 0.5 / bins).flatten(2)  # (N, 3, P); edges go to end bins
     centres = (torch.arange(bins, device=x.device, dtype=v.dtype) + 0.5) / bins
@@ -300,14 +265,12 @@ def per_style_choice(labels, indices, num_styles, per_style, seed):
 
 @torch.no_grad()
 def mean_colour_histograms(images_u8, labels, indices, num_styles, device, per_style=256, seed=0):
-    """(num_styles, 512): each style's mean soft colour histogram over up to per_style of its images among
-    `indices`; a style without images gets the mean over all styles."""
-    labels = torch.as_tensor(labels)
-    refs, counts = torch.zeros(num_styles, 8 ** 3, device=device), torch.zeros(num_styles, device=device)
-    for x, y in wikiart.iterate_batches(images_u8, labels, per_style_choice(labels.numpy(), indices, num_styles,
-                                                                            per_style, seed), 64, device):
+    """(num_styles, 512): each style's mean soft colour histogram over up to per_style images (none: the mean)."""
+    labels, chosen = torch.as_tensor(labels), per_style_choice(labels, indices, num_styles, per_style, seed)
+    refs = torch.zeros(num_styles, 8 ** 3, device=device)
+    for x, y in wikiart.iterate_batches(images_u8, labels, chosen, 64, device):
         refs.index_add_(0, y, soft_colour_histogram(x))
-        counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
+    counts = torch.bincount(labels[chosen], minlength=num_styles).to(device, refs.dtype)
     refs[counts > 0] /= counts[counts > 0, None]
     refs[counts == 0] = refs[counts > 0].mean(0)
     return refs
@@ -315,8 +278,7 @@ def mean_colour_histograms(images_u8, labels, indices, num_styles, device, per_s
 
 @torch.no_grad()
 def style_texture_references(net, images_u8, labels, indices, num_styles, device, per_style=256, seed=0):
-    """Per layer of metrics.texture_grams with `net`: (means (S, D), spreads (S,)) over up to per_style
-    training images of each style."""
+    """Per layer of metrics.texture_grams: (means (S, D), spreads (S,)) over up to per_style images per style."""
     chosen = per_style_choice(labels, indices, num_styles, per_style, seed)
     grams = [[g.double().cpu() for g in metrics.texture_grams(x, net)]
              for x, _ in wikiart.iterate_batches(images_u8, torch.as_tensor(labels), chosen, 128, device)]
@@ -325,8 +287,7 @@ def style_texture_references(net, images_u8, labels, indices, num_styles, device
 
 
 class RunningMoments:
-    """Per style, an exponential moving average (rate 0.05) of statistics (a list of (B, D) tensors, one per
-    layer) of the outputs rendered in that style; a style's first batch sets its average."""
+    """Per style, an exponential moving average of per-layer statistics of the outputs rendered in it."""
 
     def __init__(self, num_styles, rate=0.05):
         self.num_styles, self.rate, self.means, self.seen = num_styles, rate, None, None
@@ -352,9 +313,8 @@ class RunningMoments:
 
 
 def texture_moment_loss(grams, refs, styles, moments):
-    """Each style's running mean Gram over its recent outputs pulled to the style's mean: every output of
-    style t gets the same push along (style mean - running mean), the smallest change per image that moves the
-    outputs' average. Sum over layers of ||Gram - goal|| / the style's spread, mean over the batch."""
+    """Each output of style t pushed along (style mean - running mean of its recent Grams): the smallest change
+    that moves the outputs' average. Sum over layers of ||Gram - goal|| / the style's spread, batch mean."""
     goals = [g.detach() + means[styles] - m[styles]
              for g, (means, _), m in zip(grams, refs, moments.update(grams, styles))]
     return sum(((g - goal).norm(dim=1) / spreads[styles]).mean() for g, goal, (_, spreads) in zip(grams, goals, refs))
