@@ -76,14 +76,11 @@ def latent_image(z):
     z = (z - z.amin()) / (z.amax() - z.amin() + 1e-8)
     if z.shape[0] == 3:
         return z.permute(1, 2, 0).numpy()
-    cols = math.ceil(math.sqrt(z.shape[0]))
-    rows = math.ceil(z.shape[0] / cols)
-    h, w = z.shape[1:]
-    grid = torch.ones(rows * (h + 1) - 1, cols * (w + 1) - 1)
-    for i, ch in enumerate(z):
-        r, c = divmod(i, cols)
-        grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = ch
-    return grid.numpy()
+    n, h, w = z.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    z = F.pad(z, (0, 1, 0, 1, 0, rows * cols - n), value=1.0)  # white gaps right of and below channels, white cells
+    return z.view(rows, cols, h + 1, w + 1).transpose(1, 2).reshape(rows * (h + 1), cols * (w + 1))[:-1, :-1].numpy()
 
 
 @torch.no_grad()

@@ -74,8 +74,7 @@ def to_float(images_u8, device):
     if isinstance(images_u8, np.ndarray):  # torch wants contiguous, writable memory
         images_u8 = np.require(images_u8, requirements=["C", "W"])
     x = torch.as_tensor(images_u8)
-    if device.type == "cuda":
-        x = x.pin_memory()
+    x = x.pin_memory() if device.type == "cuda" else x
     x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     return x.div_(127.5).sub_(1.0)
 
