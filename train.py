@@ -29,7 +29,7 @@ import wikiart
 # --resume continues only a run trained with the same values of these (others may change: test_dir, threads...)
 TRAINING_KEYS = ("seed", "train_dir", "image_size", "mode", "resnet_width", "resnet_blocks", "epochs", "batch_size",
                  "lr", "augment", "mixup", "cutmix", "val_fraction", "balance")
-WEIGHT_DECAY, WARMUP_EPOCHS, LABEL_SMOOTHING, DRW_START = 0.05, 1, 0.1, 0.6  # drw: 60% of the epochs unweighted
+WEIGHT_DECAY, WARMUP_EPOCHS, LABEL_SMOOTHING, DRW_START = 0.05, 1, 0.1, 0.6  # drw: the first 60% of epochs unweighted
 
 
 def make_loss(cfg, train_counts, device):

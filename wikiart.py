@@ -473,8 +473,7 @@ class StyleEmbedder(nn.Module):
     def __init__(self, mean_codes):
         super().__init__()
         self.embedding = nn.Embedding(*mean_codes.shape)
-        with torch.no_grad():
-            self.embedding.weight.copy_(mean_codes)
+        self.embedding.weight = nn.Parameter(mean_codes.clone())
         self.register_buffer("initial", mean_codes.clone())  # kept to show how far training moved it
         self.register_buffer("centre", mean_codes.mean(0).clone())
         self.register_buffer("scale", mean_codes.std(0, unbiased=False).clamp(min=1e-3))
