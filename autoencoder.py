@@ -6,10 +6,9 @@
     python autoencoder.py --resume                          # continue from autoencoder.out_dir/last.pt
     python autoencoder.py --image photo.jpg my_paintings/   # your images through the trained model
 
-Labels only stratify the validation split (which picks best.pt). MSE on [0, 1] images; with train_crop a
-fully convolutional model trains on random crops and is scored on whole images. Writes to
-autoencoder.out_dir: best.pt, last.pt, train_log.*, curves.png, metrics.json (test PSNR),
-reconstructions.png, codes_{train,test}.npz; --image: reconstruct/ (PSNR per image, a figure).
+Labels only stratify the validation split, which picks best.pt. MSE on [0, 1] images (train_crop: trained on random
+crops, scored on whole images). Writes best.pt, last.pt, train_log.*, curves.png, metrics.json (test PSNR),
+reconstructions.png and codes_{train,test}.npz to autoencoder.out_dir; --image: reconstruct/ (PSNR per image).
 """
 import math
 import os
@@ -45,14 +44,14 @@ def random_crop_flip(x, crop, g):
 
 
 @torch.no_grad()
-def run_encoder(model, images, indices, device, with_recon=True, desc="encoding"):
-    """Per-image MSE (if with_recon), flattened codes and pooled feature statistics, in order."""
+def run_encoder(model, images, device, indices=None, with_recon=True, desc="encoding"):
+    """Per-image MSE (if with_recon), flattened codes and pooled feature statistics of images[indices] (all)."""
     model.eval()
+    indices = np.arange(len(images)) if indices is None else indices
     mses, codes, stats = [], [], []
-    labels = torch.zeros(len(images), dtype=torch.long)
-    for x, _ in tqdm(wikiart.iterate_batches(images, labels, indices, 128, device),
-                     total=math.ceil(len(indices) / 128), desc=desc, leave=False):
-        x = ((x + 1) / 2).contiguous(memory_format=torch.channels_last)  # much faster convs on CPU
+    for _, batch in tqdm(wikiart.uint8_batches(images, indices, 128), total=math.ceil(len(indices) / 128),
+                         desc=desc, leave=False):
+        x = ((wikiart.to_float(batch, device) + 1) / 2).contiguous(memory_format=torch.channels_last)  # fast on CPU
         maps = model.feature_maps(x)
         codes.append(maps[-1].flatten(1).float().cpu())
         stats.append(wikiart.pooled_stats(maps).cpu())
@@ -77,14 +76,11 @@ def latent_image(z):
     z = (z - z.amin()) / (z.amax() - z.amin() + 1e-8)
     if z.shape[0] == 3:
         return z.permute(1, 2, 0).numpy()
-    cols = math.ceil(math.sqrt(z.shape[0]))
-    rows = math.ceil(z.shape[0] / cols)
-    h, w = z.shape[1:]
-    grid = torch.ones(rows * (h + 1) - 1, cols * (w + 1) - 1)
-    for i, ch in enumerate(z):
-        r, c = divmod(i, cols)
-        grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = ch
-    return grid.numpy()
+    n, h, w = z.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    z = F.pad(z, (0, 1, 0, 1, 0, rows * cols - n), value=1.0)  # white gaps right of and below channels, white cells
+    return z.view(rows, cols, h + 1, w + 1).transpose(1, 2).reshape(rows * (h + 1), cols * (w + 1))[:-1, :-1].numpy()
 
 
 @torch.no_grad()
@@ -123,7 +119,7 @@ def reconstruct_images(inputs, cfg, device, args, argv):
     run_cfg = {**ckpt["config"], "device": cfg["device"], "threads": cfg["threads"]}
     size = run_cfg["image_size"]
     pictures, paths, skipped = images.load_image_inputs(inputs, size)
-    mse = run_encoder(model, pictures, np.arange(len(pictures)), device, desc="reconstructing")[0]
+    mse = run_encoder(model, pictures, device, desc="reconstructing")[0]
     rows = [{"path": p, "mse": float(e), "psnr": metrics.psnr(float(e))} for p, e in zip(paths, mse)]
     width = min(50, max(len(p) for p in paths))
     print(f"{'image':{width}s}  PSNR (dB)")
@@ -171,7 +167,8 @@ def main(argv=None):
     train_idx, val_idx = wikiart.stratified_split(data.labels, cfg["val_fraction"], cfg["seed"])
     size, crop, bs = cfg["image_size"], ae["train_crop"], ae["batch_size"]
     if crop and (crop > size or (ae["mode"] == "conv" and ae["bottleneck"] == "vector")):
-        raise config.UserError(f"autoencoder.train_crop={crop} needs a spatial bottleneck and crop <= image_size ({size})")
+        raise config.UserError(f"autoencoder.train_crop={crop} needs a spatial bottleneck and crop <= image_size "
+                               f"({size})")
     bs = runs.fit_batch_size(bs, len(train_idx), "autoencoder.batch_size", world)
     steps_per_epoch = len(train_idx) // bs
 
@@ -194,11 +191,9 @@ def main(argv=None):
             "config": cfg, "class_to_idx": data.class_to_idx, "compression": compression, "code_numel": code_numel}
 
     last = os.path.join(out_dir, "last.pt")
-    start_epoch = 0
-    if args.resume:
-        start_epoch = runs.resume(last, progress, device,
-                                  lambda c: runs.mismatch(c.get("config", {}), cfg, MODEL_KEYS, last),
-                                  model=model, optimizer=optimizer, scheduler=scheduler)
+    start_epoch = runs.resume(last, progress, device,
+                              lambda c: runs.mismatch(c.get("config", {}), cfg, MODEL_KEYS, last),
+                              model=model, optimizer=optimizer, scheduler=scheduler) if args.resume else 0
     runs.lock_out_dir(out_dir)  # a second run into out_dir stops here, before anything is written (--image reads only)
     train_model = ddp.wrap_ddp(model, world, device)
     runs.save_run_config(cfg, out_dir, "autoencoder.py", argv)
@@ -214,8 +209,7 @@ def main(argv=None):
                        total=steps_per_epoch, desc=f"epoch {epoch + 1}/{ae['epochs']}", leave=False)
             for x, _ in bar:  # the labels are dropped here: unsupervised
                 x = random_crop_flip((x + 1) / 2, crop, g).contiguous(memory_format=torch.channels_last)
-                out = train_model(x)
-                loss = F.mse_loss(out, x)
+                loss = F.mse_loss(train_model(x), x)
                 runs.optimizer_step(loss, optimizer, scheduler)
                 total, seen = total + loss.item() * len(x), seen + len(x)
                 bar.set_postfix(loss=f"{total / seen:.4f}")
@@ -223,7 +217,7 @@ def main(argv=None):
             row = runs.epoch_row(epoch, total, seen, optimizer, device)
             if len(val_idx):
                 ddp.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
-                mse = run_encoder(model, data.images, ddp.shard(val_idx, rank, world), device, desc="validating")[0]
+                mse = run_encoder(model, data.images, device, ddp.shard(val_idx, rank, world), desc="validating")[0]
                 m = recon_metrics(ddp.all_gather_shards(torch.from_numpy(mse), world).numpy())
                 row.update(val_mse=m["mse"], val_psnr=m["psnr"])
             row["seconds"] = time.time() - t0
@@ -241,8 +235,7 @@ def main(argv=None):
     # ---- the best epoch: test reconstruction, figure, and the codes of both splits for cluster.py
     model, best = wikiart.load_autoencoder(os.path.join(out_dir, "best.pt"), device)
     model = model.to(memory_format=torch.channels_last)
-    test_mse, test_codes, test_stats = run_encoder(model, test.images, np.arange(len(test)), device,
-                                                   desc="encoding test")
+    test_mse, test_codes, test_stats = run_encoder(model, test.images, device, desc="encoding test")
     results = {"test": recon_metrics(test_mse), "best_epoch": best["epoch"] + 1, "compression": compression,
                "code_numel": code_numel, "image_size": size, "mode": ae["mode"], "num_test": len(test)}
     runs.atomic_save(results, os.path.join(out_dir, "metrics.json"))
@@ -250,17 +243,12 @@ def main(argv=None):
           f"PSNR {results['test']['psnr']:.2f} dB (mean per image {results['test']['psnr_mean_per_image']:.2f}) "
           f"at {compression:.1f}x compression")
 
-    # one test image from each of the first 6 styles present (the first image of each)
-    first_of_style = {}
-    for i, y in enumerate(test.labels.tolist()):
-        first_of_style.setdefault(y, i)
-    show = list(first_of_style.values())[:6] or [0]
+    show = np.unique(test.labels.numpy(), return_index=True)[1][:6]  # the first test image of the first 6 styles
     plot_reconstructions(model, test.images[show], [test.classes[int(test.labels[i])] for i in show],
                          os.path.join(out_dir, "reconstructions.png"),
                          f"{ae['mode']} autoencoder: original / code / decoded ({compression:.0f}x compression)")
 
-    _, train_codes, train_stats = run_encoder(model, data.images, np.arange(len(data)), device, with_recon=False,
-                                              desc="encoding train")
+    _, train_codes, train_stats = run_encoder(model, data.images, device, with_recon=False, desc="encoding train")
     for split, ds, codes, stats in (("train", data, train_codes, train_stats), ("test", test, test_codes, test_stats)):
         with runs.atomic_file(os.path.join(out_dir, f"codes_{split}.npz")) as f:
             np.savez(f, codes=codes.astype(np.float32), stats=stats.astype(np.float32), labels=ds.labels.numpy(),

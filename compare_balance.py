@@ -5,9 +5,8 @@
     python compare_balance.py -c configs/imbalance_w16_64.json  # the WikiArt-16 comparison (RESULTS.md)
 
 Option X runs train.py and test.py with balance=X into <out_dir>/X; X+posthoc calibrates X's run on the
-validation split (tau, as posthoc=true does) into <out_dir>/X+posthoc without training again. Running the
-same command again continues an interrupted comparison (each run resumes). Writes
-<out_dir>/balance_comparison.{md,json,png} and balance_per_style.png (test recall per style).
+validation split (as posthoc=true does) into <out_dir>/X+posthoc. The same command again continues an interrupted
+comparison. Writes <out_dir>/balance_comparison.{md,json,png} and balance_per_style.png (test recall per style).
 """
 import json
 import os
@@ -27,18 +26,18 @@ import wikiart
 
 OPTIONS = [*wikiart.BALANCE_OPTIONS, *(o + "+posthoc" for o in wikiart.BALANCE_OPTIONS)]
 DEFAULT_OPTIONS = [*wikiart.BALANCE_OPTIONS, "none+posthoc", "sampler+posthoc"]
+TEST_COLUMNS = ["accuracy", "balanced_accuracy", "macro_f1", "worst_recall"]  # from test.py's test_metrics.json
 
 
 def posthoc_from(plain_out, out, cfg):
     """<out>/best.pt: the plain run's best model with the post-hoc bias chosen on its validation split."""
     device = runs.get_device(cfg["device"])
     model, best = test.load_classifier(os.path.join(plain_out, "best.pt"), device)
-    run_cfg = best["config"]
-    data = wikiart.load_split(run_cfg, "train")
-    _, val_idx = wikiart.stratified_split(data.labels, run_cfg["val_fraction"], run_cfg["seed"])
+    data = wikiart.load_split(best["config"], "train")
+    _, val_idx = wikiart.stratified_split(data.labels, best["config"]["val_fraction"], best["config"]["seed"])
     if not len(val_idx):
         raise config.UserError(f"+posthoc chooses tau on the validation split, but val_fraction="
-                               f"{run_cfg['val_fraction']} leaves no validation images: raise val_fraction")
+                               f"{best['config']['val_fraction']} leaves no validation images: raise val_fraction")
     best = train.calibrate_posthoc(best, model, data, val_idx, device=device)
     best["config"]["out_dir"] = out
     runs.atomic_save(best, os.path.join(out, "best.pt"))
@@ -62,7 +61,6 @@ def main(argv=None):
         balance, _, posthoc = option.partition("+")
         plain_out, out = os.path.join(base_out, balance), os.path.join(base_out, option)
         run_argv = passthrough + [f"balance={balance}", "posthoc=false", f"out_dir={plain_out}"]
-        # an interrupted comparison continues: each option's run resumes (a finished one has nothing left to train)
         train.main(run_argv + (["--resume"] if os.path.exists(os.path.join(plain_out, "last.pt")) else []))
         test.main(run_argv)
         if posthoc:
@@ -73,15 +71,13 @@ def main(argv=None):
         with open(os.path.join(plain_out, "train_log.json")) as f:
             history = json.load(f)
         best_val = max((h.get("val_balanced_accuracy", 0) for h in history), default=0)
-        rows.append({"balance": option, "posthoc_tau": result.get("posthoc_tau"),
-                     "val_balanced_accuracy": best_val, "accuracy": result["accuracy"],
-                     "balanced_accuracy": result["balanced_accuracy"], "macro_f1": result["macro_f1"],
-                     "worst_recall": result["worst_recall"],
+        rows.append({"balance": option, "posthoc_tau": result.get("posthoc_tau"), "val_balanced_accuracy": best_val,
+                     **{c: result[c] for c in TEST_COLUMNS},
                      "recall_per_style": {n: m["recall"] for n, m in result["per_class"].items() if m["support"]},
                      "seconds": sum(h["seconds"] for h in history), "epochs": len(history)})
         tests[option] = result
 
-    columns = ["val_balanced_accuracy", "accuracy", "balanced_accuracy", "macro_f1", "worst_recall"]
+    columns = ["val_balanced_accuracy", *TEST_COLUMNS]
     lines = [f"Data: {cfg['train_dir']} -> {cfg['test_dir']}, mode {cfg['mode']}, {cfg['epochs']} epochs, "
              f"image_size {cfg['image_size']}, seed {cfg['seed']} (test columns: never used for selection)", "",
              "| balance | " + " | ".join(c.replace("_", " ") for c in columns) + " | post-hoc τ | train s |",
@@ -98,13 +94,11 @@ def main(argv=None):
 
     p = plots.plt()
     fig, ax = p.subplots(figsize=(1.1 * len(rows) + 4, 4))
-    shown = ["accuracy", "balanced_accuracy", "macro_f1", "worst_recall"]
-    width = 0.8 / len(shown)
-    for i, m in enumerate(shown):
+    width = 0.8 / len(TEST_COLUMNS)
+    for i, m in enumerate(TEST_COLUMNS):
         ax.bar(np.arange(len(rows)) + i * width, [r[m] for r in rows], width, label=m.replace("_", " "))
     ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [r["balance"] for r in rows], rotation=20)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"class-imbalance options on {cfg['test_dir']} ({cfg['mode']})")
+    ax.set(ylim=(0, 1), title=f"class-imbalance options on {cfg['test_dir']} ({cfg['mode']})")
     ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
     with runs.atomic_file(os.path.join(base_out, "balance_comparison.png")) as f:

@@ -4,11 +4,10 @@
     python test.py --set test_dir=../shared/data/wikiart16/test   # another labelled folder
     python test.py --image photo.jpg my_paintings/ --topk 5       # your images: the top styles of each
 
-The model, its image size and its style map come from the checkpoint; test images are labelled by style
-name through that map. A labelled folder gives test_metrics.json, confusion.png and per_class_recall.png
-(in out_dir for the run's own test folder, else out_dir/eval_<folder>/). --image decodes each file as the
-training images were (EXIF orientation, colour profile, squashed) and writes predictions.{csv,json,png} to
-out_dir/predictions/ (--out NAME); unreadable files are named and skipped (exit 2 only if none is left).
+The model, its image size and its style map come from the checkpoint (test images are labelled by style
+name through it). A labelled folder gives test_metrics.json, confusion.png, per_class_recall.png in out_dir
+(another folder: out_dir/eval_<folder>/). --image decodes files as training did (EXIF orientation, colour
+profile, squashed) and writes predictions.{csv,json,png} to out_dir/predictions/; unreadable files are skipped.
 """
 import csv
 import os
@@ -37,11 +36,8 @@ def load_classifier(path, device):
 
 
 def scores(model, ckpt, images, device, desc, precision="auto"):
-    """Logits of uint8 images (N, H, W, 3), plus the post-hoc bias when the checkpoint has one
-    (posthoc=true: - tau * log prior, tau chosen on the validation split)."""
-    logits = wikiart.predict(model, images, list(range(len(images))), 256, device, desc=desc,
-                             precision=precision)
-    return logits + ckpt["logit_bias"] if "logit_bias" in ckpt else logits
+    """Logits of uint8 images (N, H, W, 3) plus the checkpoint's post-hoc bias (posthoc=true), if any."""
+    return wikiart.predict(model, images, range(len(images)), 256, device, desc, precision) + ckpt.get("logit_bias", 0)
 
 
 def folder_name(path):
@@ -58,15 +54,13 @@ def evaluate_folder(model, ckpt, run_cfg, path, results_dir, device, argv):
     m = metrics.classification_metrics(data.labels.numpy(), logits.argmax(1).numpy(), data.classes)
     majority = max(m["per_class"].values(), key=lambda c: c["support"])["support"] / len(data)
     m.update(checkpoint=path, epoch=ckpt["epoch"] + 1, test_dir=run_cfg["test_dir"], n_images=len(data),
-             majority_class_rate=majority, skipped=data.skipped, mode=run_cfg["mode"],
-             balance=run_cfg["balance"], posthoc_tau=ckpt.get("posthoc_tau"),
-             classes=data.classes, label_counts=ckpt["label_counts"],
+             majority_class_rate=majority, skipped=data.skipped, mode=run_cfg["mode"], balance=run_cfg["balance"],
+             posthoc_tau=ckpt.get("posthoc_tau"), classes=data.classes, label_counts=ckpt["label_counts"],
              image_size=run_cfg["image_size"], command=runs.command_line("test.py", argv))
 
     print(metrics.format_per_class(m, ckpt["label_counts"]))
-    print(f"\n{run_cfg['mode']} on {len(data)} images of {run_cfg['test_dir']}: accuracy {m['accuracy']:.4f}  "
-          f"balanced accuracy {m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
-          f"(majority class {majority:.4f})")
+    print(f"\n{run_cfg['mode']} on {len(data)} images of {run_cfg['test_dir']}: accuracy {m['accuracy']:.4f}  balanced "
+          f"accuracy {m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (majority class {majority:.4f})")
     runs.atomic_save(m, os.path.join(results_dir, "test_metrics.json"))
     runs.save_run_config(run_cfg, results_dir, "test.py", argv)
     with runs.atomic_file(os.path.join(results_dir, "confusion.png")) as f:
@@ -125,8 +119,7 @@ def main(argv=None):
     parser.add_argument("--image", nargs="+", metavar="PATH",
                         help="classify these image files, or the images directly inside these folders")
     parser.add_argument("--topk", type=int, default=3, help="--image: styles listed per image (default 3)")
-    parser.add_argument("--out", metavar="NAME",
-                        help="write the results to NAME/ inside the checkpoint's folder (an absolute path: there)")
+    parser.add_argument("--out", metavar="NAME", help="write to NAME/ in the checkpoint's folder (absolute: there)")
     args, cfg = config.parse_config(parser, argv)
     if args.topk < 1:
         raise config.UserError(f"--topk must be at least 1, got {args.topk}")
@@ -139,9 +132,8 @@ def main(argv=None):
     # Everything about the model comes from the checkpoint; the user may only point at other data.
     device = runs.get_device(cfg["device"])
     model, ckpt = load_classifier(path, device)
-    run_cfg = dict(ckpt["config"])
-    for key in config.explicit_keys(args) & {"test_dir", "device", "cache_dir", "threads", "precision"}:
-        run_cfg[key] = cfg[key]
+    keys = config.explicit_keys(args) & {"test_dir", "device", "cache_dir", "threads", "precision"}
+    run_cfg = ckpt["config"] | {key: cfg[key] for key in keys}
     runs.start(run_cfg)
 
     if args.image:

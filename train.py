@@ -7,9 +7,8 @@
     python train.py --set stop_after=3 ; python train.py --resume   # stop after 3 epochs, then continue
     torchrun --standalone --nproc_per_node=8 train.py  # 8 GPUs (docs/operations.md)
 
-The style map (sorted style names -> labels) comes from the training folder and is stored in every
-checkpoint. A stratified validation split of the training folder picks best.pt; the test folder is never
-read here. Writes to out_dir: best.pt, last.pt, train_log.{json,csv}, curves.png, train_config.json.
+The style map (sorted style names -> labels) comes from the training folder; a stratified validation split
+of it picks best.pt (the test folder is never read). Writes to out_dir: best.pt, last.pt, train_log.*, curves.png.
 """
 import os
 import sys
@@ -30,39 +29,32 @@ import wikiart
 # --resume continues only a run trained with the same values of these (others may change: test_dir, threads...)
 TRAINING_KEYS = ("seed", "train_dir", "image_size", "mode", "resnet_width", "resnet_blocks", "epochs", "batch_size",
                  "lr", "augment", "mixup", "cutmix", "val_fraction", "balance")
-WEIGHT_DECAY, WARMUP_EPOCHS, LABEL_SMOOTHING = 0.05, 1, 0.1
-DRW_START = 0.6  # drw: the first 60% of the epochs without class weights
+WEIGHT_DECAY, WARMUP_EPOCHS, LABEL_SMOOTHING, DRW_START = 0.05, 1, 0.1, 0.6  # drw: the first 60% of epochs unweighted
 
 
 def make_loss(cfg, train_counts, device):
-    """The training loss for cfg["balance"]: plain, class-weighted (from epoch drw_start for drw) or
-    logit-adjusted cross-entropy."""
+    """The loss for cfg["balance"]: plain, class-weighted (drw: after DRW_START) or logit-adjusted cross-entropy."""
     balance = cfg["balance"]
     weights = (wikiart.class_weights(train_counts, balance).to(device)
                if balance in ("weights1", "weights2", "weights3", "effective", "drw") else None)
-    adjust = wikiart.logit_adjustment(train_counts).to(device) if balance == "logit_adjust" else None
+    # logit_adjust: adding the log prior in the loss pushes the model to give rare styles bigger margins
+    adjust = wikiart.logit_adjustment(train_counts).to(device) if balance == "logit_adjust" else 0.0
 
     def loss_fn(logits, y, epoch):
-        if adjust is not None:  # logit-adjusted loss: the model is pushed to give rare styles bigger margins
-            logits = logits + adjust
-        w = weights
-        if balance == "drw" and epoch < int(DRW_START * cfg["epochs"]):
-            w = None  # deferred re-weighting: plain loss first, class weights for the last epochs
-        return F.cross_entropy(logits.float(), y, weight=w, label_smoothing=LABEL_SMOOTHING)
+        w = None if balance == "drw" and epoch < int(DRW_START * cfg["epochs"]) else weights
+        return F.cross_entropy((logits + adjust).float(), y, weight=w, label_smoothing=LABEL_SMOOTHING)
     return loss_fn
 
 
 def validation_logits(model, data, indices, rank, world, device, precision="auto"):
     """Logits of data.images[indices] (each process scores every world-th image; gathered)."""
     ddp.broadcast_buffers(model)  # every process scores rank 0's model, the one that is saved
-    logits = wikiart.predict(model, data.images, ddp.shard(indices, rank, world), 256, device, desc="validating",
-                             precision=precision)
+    logits = wikiart.predict(model, data.images, ddp.shard(indices, rank, world), 256, device, "validating", precision)
     return ddp.all_gather_shards(logits, world)
 
 
 def calibrate_posthoc(best, model, data, val_idx, rank=0, world=1, device=torch.device("cpu")):
-    """Post-hoc logit adjustment of a finished run: the checkpoint `best` with logit_bias = -tau * log
-    prior added, tau chosen on the validation split (wikiart.choose_posthoc_tau); test.py applies it."""
+    """Checkpoint `best` with logit_bias = -tau * log prior, tau chosen on the validation split (test.py adds it)."""
     model.load_state_dict(best["model"])
     train_idx = np.setdiff1d(np.arange(len(data)), val_idx)
     train_counts = torch.bincount(data.labels[train_idx], minlength=len(data.classes))
@@ -121,10 +113,8 @@ def main(argv=None):
         return runs.mismatch(ckpt.get("config", {}), cfg, TRAINING_KEYS, last)
 
     last = os.path.join(out_dir, "last.pt")
-    start_epoch = 0
-    if args.resume:
-        start_epoch = runs.resume(last, progress, device, does_not_fit,
-                                  model=model, optimizer=optimizer, scheduler=scheduler)
+    start_epoch = runs.resume(last, progress, device, does_not_fit, model=model, optimizer=optimizer,
+                              scheduler=scheduler) if args.resume else 0
     runs.lock_out_dir(out_dir)  # a second run into out_dir stops here, before anything is written
     train_model = ddp.wrap_ddp(model, world, device)
     runs.save_run_config(cfg, out_dir, "train.py", argv)
@@ -169,8 +159,7 @@ def main(argv=None):
             if capped:
                 break
 
-    # ---- posthoc: after training with any balance option, test-time logits - tau * log prior, with tau
-    # chosen on the validation split (a finished run can be calibrated later: --resume --set posthoc=true)
+    # ---- posthoc: test-time logits - tau * log prior, tau chosen on validation (later: --resume --set posthoc=true)
     ended = progress.epochs_done == cfg["epochs"] or progress.history and progress.history[-1].get("time_cap")
     if cfg["posthoc"] and ended and len(val_idx):
         ddp.barrier()  # rank 0 has written best.pt: every process must score that same model

@@ -1,10 +1,5 @@
-"""The project's core: the WikiArt dataset (sorted style map, label counts, uint8 cache, batches,
-augmentation), the classifier variants, the autoencoders, the style embedder, and the losses and
-imbalance helpers they need.
-
-Every script imports this file; run plumbing is in runs.py, the config schema in config.py, measures
-in metrics.py, figures in plots.py and the built-in sample generator in sample_data.py.
-"""
+"""The project's core, imported by every script: the WikiArt dataset, batches and augmentation, the
+classifiers, the class-imbalance helpers, the autoencoders and the style embedder."""
 import math
 import mmap
 import warnings
@@ -19,59 +14,43 @@ import config
 import images
 import metrics
 import runs
-from config import ConfigError, UserError
 
 
-class WikiArtDataset(torch.utils.data.Dataset):
-    """Paintings in <root>/<Style>/<image>, decoded once to RGB uint8 (never float: 8x less RAM).
-
-    classes       sorted style names the labels refer to
-    class_to_idx  style name -> label; built (sorted) from the training folder, or passed in from a
-                  checkpoint so that a test set is labelled by name through the training map
-    label_counts  style name -> number of images in this folder
-    images        uint8 array (N, H, W, 3);  labels  int64 tensor (N,);  paths  list of N file paths
-    """
+class WikiArtDataset:
+    """Paintings in <root>/<Style>/<image>, decoded once to uint8 `images` (N, H, W, 3) with `labels` (N,),
+    `paths`, `skipped` and `label_counts` (style -> images). The style map `class_to_idx` is built sorted
+    from this folder, or comes from a checkpoint so that a test set is labelled by style name."""
 
     def __init__(self, root, image_size=128, class_to_idx=None, cache_dir=None, verbose=True):
         files_by_style, problems = images.scan_folder(root)
         if class_to_idx is None:
             class_to_idx = {style: i for i, style in enumerate(sorted(files_by_style))}
-        else:
-            unknown = sorted(set(files_by_style) - set(class_to_idx))
-            if unknown:
-                raise UserError(f"style(s) {', '.join(unknown)} in '{root}' were not in the training set. "
-                                f"The model knows: {', '.join(sorted(class_to_idx))}")
-        self.root, self.image_size = root, image_size
+        unknown = sorted(set(files_by_style) - set(class_to_idx))
+        if unknown:
+            raise config.UserError(f"style(s) {', '.join(unknown)} in '{root}' were not in the training set. "
+                                   f"The model knows: {', '.join(sorted(class_to_idx))}")
         self.class_to_idx = dict(class_to_idx)
         self.classes = sorted(self.class_to_idx, key=self.class_to_idx.get)
         items = [(s, p) for s in sorted(files_by_style) for p in files_by_style[s]]
-        self.images, kept, self.skipped = images.load_images(items, image_size, cache_dir,
-                                                      desc=f"decoding {root}")
+        self.images, kept, self.skipped = images.load_images(items, image_size, cache_dir, desc=f"decoding {root}")
         self.paths = [p for _, p in kept]
         self.labels = torch.tensor([self.class_to_idx[s] for s, _ in kept], dtype=torch.long)
-        self.label_counts = {c: 0 for c in self.classes}
-        for s, _ in kept:
-            self.label_counts[s] += 1
-        self.problems = problems
+        self.label_counts = dict(zip(self.classes, torch.bincount(self.labels, minlength=len(self.classes)).tolist()))
         if verbose and (problems or self.skipped):
             report = problems + [f"{s} (skipped)" for s in self.skipped]
             warnings.warn(f"{root}: {len(self.skipped)} unreadable file(s) skipped, "
                           f"{len(problems)} folder problem(s):\n  " + "\n  ".join(report), stacklevel=2)
-        if len(self.paths) == 0:
-            raise UserError(f"no readable images in '{root}'")
+        if not self.paths:
+            raise config.UserError(f"no readable images in '{root}'")
 
     def __len__(self):
         return len(self.paths)
-
-    def __getitem__(self, i):
-        """(3, H, W) float in [0, 1] and its label; training uses the batched path instead."""
-        return torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1).float() / 255, self.labels[i]
 
 
 def load_split(cfg, split, class_to_idx=None):
     """The train or test folder named in the config (call sample_data.ensure_sample(cfg) first)."""
     if not cfg[f"{split}_dir"]:
-        raise UserError(f"{split}_dir is empty: set it to a folder of <Style>/<image> folders")
+        raise config.UserError(f"{split}_dir is empty: set it to a folder of <Style>/<image> folders")
     return WikiArtDataset(cfg[f"{split}_dir"], cfg["image_size"], class_to_idx, cfg["cache_dir"] or None)
 
 
@@ -82,24 +61,20 @@ def stratified_split(labels, fraction, seed):
     train_idx, val_idx = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = int(round(len(idx) * fraction)) if len(idx) >= 3 else 0
-        n_val = max(n_val, 1) if len(idx) >= 3 and fraction > 0 else n_val
+        n_val = max(int(round(len(idx) * fraction)), 1 if fraction > 0 else 0) if len(idx) >= 3 else 0
         val_idx += idx[:n_val].tolist()
         train_idx += idx[n_val:].tolist()
     return np.sort(train_idx), np.sort(val_idx)
 
 
-# ----------------------------------------------------------------------------------------------
-# Batches and augmentation on whatever device the model is on (GPU augmentation for free)
+# ---- batches and augmentation, on whatever device the model is on (GPU augmentation for free)
 
 def to_float(images_u8, device):
     """uint8 (B, H, W, 3) numpy/tensor -> float (B, 3, H, W) in [-1, 1] on `device`."""
-    if isinstance(images_u8, np.ndarray):
-        images_u8 = np.ascontiguousarray(images_u8)
-        images_u8 = images_u8 if images_u8.flags.writeable else images_u8.copy()  # torch wants writable memory
+    if isinstance(images_u8, np.ndarray):  # torch wants contiguous, writable memory
+        images_u8 = np.require(images_u8, requirements=["C", "W"])
     x = torch.as_tensor(images_u8)
-    if device.type == "cuda":
-        x = x.pin_memory()
+    x = x.pin_memory() if device.type == "cuda" else x
     x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     return x.div_(127.5).sub_(1.0)
 
@@ -110,9 +85,8 @@ def to_uint8(x):
 
 
 def release_pages(images):
-    """Unmap the pages of a memory-mapped cache that this process has read (Linux madvise). They stay
-    in the OS page cache, so reading them again costs a minor fault, but they stop counting in this
-    process's RSS, which would otherwise grow to the size of the whole cache in one epoch."""
+    """Unmap the pages of a memory-mapped cache this process has read (Linux madvise): they stay in the page
+    cache, but no longer count in this process's RSS, which would otherwise grow to the whole cache."""
     m = getattr(images, "_mmap", None)  # only shared file mappings: for copy-on-write ("c") it would drop edits
     if m is not None and not m.closed and images.mode in ("r", "r+") and hasattr(mmap, "MADV_DONTNEED"):
         m.madvise(mmap.MADV_DONTNEED)
@@ -141,7 +115,7 @@ def iterate_batches(images, labels, indices, batch_size, device, drop_last=False
         yield to_float(batch, device), labels[idx].to(device, non_blocking=True)
 
 
-def augment(x, generator, min_scale=0.35, flip=True):
+def augment(x, generator, min_scale=0.35):
     """Random resized crop + horizontal flip for a whole batch, as one affine grid_sample."""
     b = x.shape[0]
     u = lambda lo, hi: torch.empty(b).uniform_(lo, hi, generator=generator)
@@ -149,7 +123,7 @@ def augment(x, generator, min_scale=0.35, flip=True):
     w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
     h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
     cx, cy = u(-1, 1) * (1 - w), u(-1, 1) * (1 - h)
-    sign = torch.where(u(0, 1) < 0.5, -1.0, 1.0) if flip else torch.ones(b)
+    sign = torch.where(u(0, 1) < 0.5, -1.0, 1.0)
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
@@ -175,8 +149,7 @@ def mix_batch(x, y, mixup, cutmix, generator):
     return x, y[perm], 1 - (y1 - y0) * (x1 - x0) / (H * W)
 
 
-# ----------------------------------------------------------------------------------------------
-# Classifiers
+# ---- classifiers
 
 class BaseClassifier(nn.Module):
     """The course's in-class model, sizes derived from image_size (416 px -> 105x105 features)."""
@@ -229,9 +202,8 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         nn.init.zeros_(self.bn2.weight)  # each block starts as the identity: trains faster from scratch
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                         if stride != 1 or cin != cout else nn.Sequential())
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -239,8 +211,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A from-scratch ResNet: stride-2 3x3 stem, four stages of BasicBlocks (widths w, 2w, 4w, 8w),
-    global average pool, dropout, linear. width=64, blocks=[2,2,2,2] is ResNet-18's body."""
+    """A from-scratch ResNet: stride-2 3x3 stem, stages of BasicBlocks (widths w, 2w, 4w, 8w), global average
+    pool, dropout, linear. width=64, blocks=[2,2,2,2] is ResNet-18's body."""
 
     def __init__(self, num_classes, width=64, blocks=(2, 2, 2, 2), dropout=0.2):
         super().__init__()
@@ -254,51 +226,38 @@ class ResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))
         self.fc = nn.Linear(cin, num_classes)
-        self.num_features = cin
-
-    def features(self, x):
-        return self.head(self.layers(self.stem(x)))
 
     def forward(self, x):
-        return self.fc(self.features(x))
+        return self.fc(self.head(self.layers(self.stem(x))))
 
 
 MODES = ("base", "bonusA", "resnet")
 
 
 def make_classifier(cfg, num_classes):
-    mode = cfg["mode"]
-    if mode == "base":
-        return BaseClassifier(num_classes, cfg["image_size"])
-    if mode == "bonusA":
-        return BonusAClassifier(num_classes, cfg["image_size"])
-    if mode == "resnet":
+    if cfg["mode"] == "resnet":
         return ResNet(num_classes, cfg["resnet_width"], cfg["resnet_blocks"])
-    raise ConfigError(f"unknown mode '{mode}'; valid modes: {', '.join(MODES)}")
+    return {"base": BaseClassifier, "bonusA": BonusAClassifier}[cfg["mode"]](num_classes, cfg["image_size"])
 
 
 @torch.no_grad()
 def predict(model, images, indices, batch_size, device, desc="evaluating", precision="auto"):
-    """Logits (float32, CPU) for images[indices], in the order of `indices`, model in eval mode
-    (precision: see runs.autocast)."""
+    """Logits (float32, CPU) of images[indices] in the order of `indices`, model in eval mode."""
     model.eval()
     indices = np.asarray(indices, dtype=np.int64)
     by_position = np.argsort(indices, kind="stable")  # read in sorted order (fast from a memmap) ...
-    labels = torch.zeros(len(images), dtype=torch.long)
     outs = []
-    for x, _ in tqdm(iterate_batches(images, labels, indices[by_position], batch_size, device),
-                     total=math.ceil(len(indices) / batch_size), desc=desc, leave=False):
+    for _, batch in tqdm(uint8_batches(images, indices[by_position], batch_size),
+                         total=math.ceil(len(indices) / batch_size), desc=desc, leave=False):
         with runs.autocast(device, precision):
-            outs.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
-    if not outs:
-        return torch.zeros(0)
-    logits = torch.empty_like(torch.cat(outs))
-    logits[torch.from_numpy(by_position)] = torch.cat(outs)  # ... and put each row back in its place
-    return logits
+            outs.append(model(to_float(batch, device).contiguous(memory_format=torch.channels_last)).float().cpu())
+    logits = torch.cat(outs) if outs else torch.zeros(0)
+    in_order = torch.empty_like(logits)
+    in_order[torch.from_numpy(by_position)] = logits  # ... and put each row back in its place
+    return in_order
 
 
-# ----------------------------------------------------------------------------------------------
-# Optimisation
+# ---- optimisation
 
 def make_optimizer(model, lr, weight_decay):
     """AdamW; no weight decay on biases and normalisation parameters."""
@@ -318,29 +277,19 @@ def make_scheduler(optimizer, warmup_steps, total_steps=None):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# ----------------------------------------------------------------------------------------------
-# Class imbalance (Part 1): loss weights, sampler, logit adjustment
+# ---- class imbalance (Part 1): loss weights, sampler, logit adjustment
 
-BALANCE_OPTIONS = ("none", "weights1", "weights2", "weights3", "effective", "sampler",
-                   "logit_adjust", "drw")
+BALANCE_OPTIONS = ("none", "weights1", "weights2", "weights3", "effective", "sampler", "logit_adjust", "drw")
 
 
 def class_weights(counts, kind, beta=0.999):
     """Per-class loss weights from per-class training counts n_c (N images, C classes)."""
     n = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1)
     N, C = n.sum(), len(n)
-    if kind == "weights1":
-        w = N / (C * n)
-    elif kind == "weights2":
-        w = N / n
-    elif kind == "weights3":
-        w = 1 / n
-    elif kind in ("effective", "drw"):  # Cui et al. 2019: (1 - beta) / (1 - beta^n), scaled to sum to C
+    if kind in ("effective", "drw"):  # Cui et al. 2019: (1 - beta) / (1 - beta^n), scaled to sum to C
         w = (1 - beta) / (1 - beta ** n)
-        w = w * C / w.sum()
-    else:
-        raise ConfigError(f"no class weights for balance '{kind}'")
-    return w.float()
+        return (w * C / w.sum()).float()
+    return {"weights1": N / (C * n), "weights2": N / n, "weights3": 1 / n}[kind].float()
 
 
 def logit_adjustment(counts, tau=1.0):
@@ -350,11 +299,8 @@ def logit_adjustment(counts, tau=1.0):
 
 
 def choose_posthoc_tau(logits, labels, counts, classes, max_drop=0.02, taus=np.arange(-1.5, 2.001, 0.05)):
-    """Post-hoc logit adjustment (Menon et al. 2021): predict argmax(logits - tau * log prior).
-    tau > 0 favours rare styles; tau < 0 adds the prior back, which a model trained balanced
-    (sampler, logit_adjust) needs to regain accuracy. On the validation split, picks the tau with the
-    best balanced accuracy whose accuracy is at most `max_drop` below the best accuracy any tau reaches.
-    Returns (tau, rows of (tau, accuracy, balanced_accuracy))."""
+    """Post-hoc logit adjustment (Menon et al. 2021), argmax(logits - tau * log prior): the tau of best balanced
+    accuracy among those within `max_drop` of the best accuracy. Returns (tau, [(tau, accuracy, balanced)])."""
     log_prior = logit_adjustment(counts, 1.0)
     rows = []
     for tau in taus:
@@ -368,19 +314,27 @@ def choose_posthoc_tau(logits, labels, counts, classes, max_drop=0.02, taus=np.a
 def balanced_sampler_indices(labels, num_samples, generator):
     """N draws with replacement, each style about equally likely (a WeightedRandomSampler)."""
     labels = torch.as_tensor(labels)
-    counts = torch.bincount(labels).double()
-    weights = 1.0 / counts[labels]
-    sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples, replacement=True,
-                                                     generator=generator)
+    weights = 1.0 / torch.bincount(labels).double()[labels]
+    sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
     return np.fromiter(iter(sampler), dtype=np.int64, count=num_samples)
 
 
-# ----------------------------------------------------------------------------------------------
-# Autoencoder (Part 2): images in and out are in [0, 1] (from a [-1, 1] batch: (x + 1) / 2).
-# Every autoencoder has encode(x) -> code, decode(z) -> image, and feature_maps(x) -> the encoder's
-# intermediate maps, the last one being the code (for pooled style statistics and style transfer).
+# ---- autoencoders (Part 2): images in and out are in [0, 1] (from a [-1, 1] batch: (x + 1) / 2)
 
-class Part2Autoencoder(nn.Module):
+class Autoencoder(nn.Module):
+    """feature_maps(x) -> the encoder's maps, the last one being the code; decode(z) -> image."""
+
+    def encode(self, x):
+        return self.feature_maps(x)[-1]
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+
+class Part2Autoencoder(Autoencoder):
     """The course's autoencoder: a 3-channel code map at 1/4 of the side (16x compression)."""
 
     def __init__(self):
@@ -396,15 +350,6 @@ class Part2Autoencoder(nn.Module):
         h = self.encoder[:3](x)
         return [h, self.encoder[3:](h)]
 
-    def encode(self, x):
-        return self.encoder(x)
-
-    def decode(self, z):
-        return self.decoder(z)
-
-    def forward(self, x):
-        return self.decode(self.encode(x))
-
 
 class AEBlock(nn.Module):
     """Residual 3x3-3x3 block that keeps shape (BatchNorm, ReLU)."""
@@ -418,32 +363,26 @@ class AEBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
-def _down(cin, cout):
-    return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-
 def _up(cin, cout):
     return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 
-class ConvAutoencoder(nn.Module):
-    """`downsample` stride-2 stages (widths width * 1, 2, 4, ...), each followed by a residual block,
-    then a 1x1 conv to `code_channels`. bottleneck="spatial": the code is that map
-    (side / 2**downsample); "vector": it is flattened through a linear layer to `code_dim` numbers
-    (needs a fixed image_size). The decoder mirrors the encoder; Sigmoid output in [0, 1]."""
+class ConvAutoencoder(Autoencoder):
+    """`downsample` stride-2 stages (widths width * 1, 2, 4, ...) with residual blocks, a 1x1 conv to a
+    `code_channels` map (bottleneck="spatial"), flattened through a linear layer to `code_dim` numbers for
+    "vector". The decoder mirrors the encoder; Sigmoid output in [0, 1]."""
 
     def __init__(self, image_size=64, width=32, downsample=3, code_channels=12, bottleneck="spatial",
                  code_dim=256):
         super().__init__()
-        if bottleneck not in ("spatial", "vector"):
-            raise ConfigError(f"unknown bottleneck '{bottleneck}'; valid: spatial, vector")
         if downsample < 1 or image_size % 2 ** downsample:
-            raise ConfigError(f"image_size {image_size} must be divisible by 2**downsample = {2 ** downsample}")
+            raise config.ConfigError(f"image_size {image_size} must be divisible by 2**downsample = {2 ** downsample}")
         chans = [width * 2 ** i for i in range(downsample)]
         self.bottleneck, self.side = bottleneck, image_size // 2 ** downsample
         stages, cin = [], 3
         for c in chans:
-            stages.append(nn.Sequential(_down(cin, c), AEBlock(c)))
+            down = nn.Sequential(nn.Conv2d(cin, c, 4, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+            stages.append(nn.Sequential(down, AEBlock(c)))
             cin = c
         self.stages = nn.ModuleList(stages)
         self.to_code = nn.Conv2d(chans[-1], code_channels, 1)
@@ -469,19 +408,10 @@ class ConvAutoencoder(nn.Module):
             z = self.to_vector(z.flatten(1))
         return maps + [z]
 
-    def encode(self, x):
-        return self.feature_maps(x)[-1]
-
     def decode(self, z):
         if self.bottleneck == "vector":
             z = self.from_vector(z).view(z.shape[0], self.code_channels, self.side, self.side)
         return self.decoder(self.from_code(z))
-
-    def forward(self, x):
-        return self.decode(self.encode(x))
-
-
-AE_MODES = ("part2", "conv")
 
 
 def make_autoencoder(ae_cfg, image_size):
@@ -489,12 +419,12 @@ def make_autoencoder(ae_cfg, image_size):
     mode = ae_cfg["mode"]
     if mode == "part2":
         if image_size % 4:
-            raise ConfigError(f"part2 needs image_size divisible by 4, got {image_size}")
+            raise config.ConfigError(f"part2 needs image_size divisible by 4, got {image_size}")
         return Part2Autoencoder()
     if mode == "conv":
         return ConvAutoencoder(image_size, ae_cfg["width"], ae_cfg["downsample"], ae_cfg["code_channels"],
                                ae_cfg["bottleneck"], ae_cfg["code_dim"])
-    raise ConfigError(f"unknown autoencoder mode '{mode}'; valid modes: {', '.join(AE_MODES)}")
+    raise config.ConfigError(f"unknown autoencoder mode '{mode}'; valid modes: part2, conv")
 
 
 def load_autoencoder(path, device):
@@ -509,17 +439,11 @@ def load_autoencoder(path, device):
 
 def pooled_stats(maps):
     """Per-channel mean and std of every map, concatenated: a size-free (B, D) texture/colour summary."""
-    out = []
-    for m in maps:
-        if m.ndim == 4:
-            f = m.float().flatten(2)
-            out += [f.mean(2), f.std(2, unbiased=False)]
-    return torch.cat(out, 1)
+    maps = [m.float().flatten(2) for m in maps if m.ndim == 4]
+    return torch.cat([s for f in maps for s in (f.mean(2), f.std(2, unbiased=False))], 1)
 
 
-# ----------------------------------------------------------------------------------------------
-# Style transfer (Part 3): the style embedder, initialised from the autoencoder's per-style mean codes
-# (the networks and losses are in transfer_models.py). The autoencoder sees (x + 1) / 2.
+# ---- style transfer (Part 3): the style embedder, initialised from the autoencoder's per-style mean codes
 
 def latent_vector(z, pool=2):
     """A latent code as one vector per image: a spatial code map is average-pooled to pool x pool."""
@@ -542,22 +466,20 @@ def mean_code_per_style(autoencoder, images, labels, num_styles, device, pool=2,
 
 
 class StyleEmbedder(nn.Module):
-    """nn.Embedding(num_styles, d) initialised from the mean latent code of each style, then trained.
-    The output is standardised with the initial codes' centre and spread over styles, so the generator
-    reads how a style differs from the others, whatever the scale of the autoencoder's code.
+    """nn.Embedding(num_styles, d) initialised from each style's mean latent code, then trained; the output is
+    standardised by the initial codes' spread over styles (how a style differs, whatever the code's scale).
     `styles`: style indices (B,), or (B, num_styles) weights: that mixture of the embeddings."""
 
     def __init__(self, mean_codes):
         super().__init__()
         self.embedding = nn.Embedding(*mean_codes.shape)
-        with torch.no_grad():
-            self.embedding.weight.copy_(mean_codes)
+        self.embedding.weight = nn.Parameter(mean_codes.clone())
         self.register_buffer("initial", mean_codes.clone())  # kept to show how far training moved it
         self.register_buffer("centre", mean_codes.mean(0).clone())
         self.register_buffer("scale", mean_codes.std(0, unbiased=False).clamp(min=1e-3))
         self.dim = mean_codes.shape[1]
 
     def forward(self, styles):
-        e = styles.to(self.embedding.weight.dtype) @ self.embedding.weight if styles.is_floating_point() \
-            else self.embedding(styles)
+        w = self.embedding.weight
+        e = styles.to(w.dtype) @ w if styles.is_floating_point() else self.embedding(styles)
         return (e - self.centre) / self.scale
