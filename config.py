@@ -1,11 +1,10 @@
-"""Which config keys exist: every key of config.json with its default, its allowed values and one line of
-help. config.json holds the values you edit; this schema catches a misspelt key ("did you mean ...").
-
-Every script loads, in order (later wins): the defaults below <- config.json <- -c FILE (repeatable) <-
---set KEY=VALUE ... Section keys take a dot: --set autoencoder.epochs=3. `python train.py --help-config`
-prints this table.
+"""Which config keys exist: every key of config.json with its default, its allowed values and one line of help
+(`python train.py --help-config` prints them). config.json holds the values you edit; this schema catches a
+misspelt key ("did you mean ..."). Every script loads, in order (later wins): the defaults below <- config.json
+<- -c FILE (repeatable) <- --set KEY=VALUE ... Section keys take a dot: --set autoencoder.epochs=3.
 """
 import argparse
+import copy
 import difflib
 import json
 import os
@@ -54,8 +53,7 @@ SCHEMA = {
         "width": (16, "conv: channels of the first stage (doubling per stage)", ">0"),
         "downsample": (3, "conv: stride-2 stages; code side = image_size / 2**downsample", ">0"),
         "code_channels": (12, "conv: channels of the code map", ">0"),
-        "bottleneck": ("spatial", "conv: spatial (a code map) or vector (flattened to code_dim numbers)",
-                       ("spatial", "vector")),
+        "bottleneck": ("spatial", "conv: spatial (a code map) or vector (code_dim numbers)", ("spatial", "vector")),
         "code_dim": (256, "conv, vector bottleneck: numbers in the code", ">0"),
         "train_crop": (32, "random training crop side (0: whole images); spatial bottleneck only", ">=0"),
     },
@@ -72,29 +70,23 @@ SCHEMA = {
     },
     "style_transfer": {  # Part 3: style_transfer.py (defaults: the recommended recipe's method settings)
         "out_dir": ("out/style_transfer", "models, figures, evaluation.json, stylised images"),
-        "autoencoder_path": ("out/autoencoder/best.pt", "Part-2 checkpoint: its per-style mean codes initialise "
-                             "the style embeddings (the generator itself has no encoder)"),
+        "autoencoder_path": ("out/autoencoder/best.pt", "Part-2 checkpoint whose per-style mean codes initialise the "
+                             "style embeddings"),
         "width": (32, "generator channels at 1/4 of the side (1/4 of it at full size, twice it at 1/8); also "
                   "the naive baseline's", ">0"),
         "style_dim": (64, "width of the style MLP", ">0"),
-        "source_known_fraction": (0.5, "0: the generator never sees the source style (told it later, the change "
-                                  "towards it is subtracted); >0: the source is a generator input, known in this "
-                                  "fraction of training samples (the rest: unknown, as for a photo)", "0..1"),
-        "luminance_detail": (True, "the detail residual changes luminance only (one channel, added to R, G and "
-                             "B alike): every change of hue goes through the smooth colour transform, so the "
-                             "detail cannot draw rainbow fringes"),
-        "colour_prior": (True, "the colour transform starts from moving the image's channel means and stds by "
-                         "the target style's average offset from the source style's (none for the own style), "
-                         "scaled back where it would push the image's whites or blacks off the scale; the network "
-                         "learns what to change beyond that"),
+        "source_known_fraction": (0.5, "0: the source style is no generator input (told later, its change is "
+                                  "subtracted); >0: an input, known in this fraction of samples (else not)", "0..1"),
+        "luminance_detail": (True, "the detail residual changes luminance only: every change of hue goes through the "
+                             "smooth colour transform (no rainbow fringes)"),
+        "colour_prior": (True, "the colour transform starts from the target style's mean offset of channel means and "
+                         "stds from the source style's (scaled back where it would clip); the network learns the rest"),
         "colour_cells": (1, "the colour change is averaged to this x this cells (0: one cell per 8x8 pixels; "
                          "1: one colour transform per image)", ">=0"),
         "d_width": (16, "discriminator base width", ">0"),
-        "teacher_steps": (1500, "0: the style-classification term follows the discriminator's style head; >0: a "
-                          "separate style classifier (the discriminator's architecture, width 32), trained this "
-                          "many steps (of 64) on real training paintings first, then frozen", ">=0"),
-        "d_warmup_steps": (300, "steps (of 64 real paintings) that train the discriminator's style head alone "
-                           "before the generator starts", ">=0"),
+        "teacher_steps": (1500, "0: the style term follows the discriminator's style head; >0: a separate classifier "
+                          "(width 32) trained this many steps (of 64) on real paintings first, then frozen", ">=0"),
+        "d_warmup_steps": (300, "steps (of 64 paintings) training the discriminator's style head alone first", ">=0"),
         "epochs": (4, "generator training epochs", ">0"),
         "steps_per_epoch": (60, "random batches per epoch (0: one pass over the training split)", ">=0"),
         "batch_size": (16, "images per step", ">0"),
@@ -103,10 +95,8 @@ SCHEMA = {
         "w_cls": (3.0, "loss weight: style classification of the outputs (and of real paintings for D)", ">=0"),
         "w_rec": (50.0, "loss weight: L1 reconstruction when target = source", ">=0"),
         "w_structure": (20.0, "loss weight: coarse luminance layout kept", ">=0"),
-        "w_range": (100.0, "loss weight: how far the output goes beyond the colour range before it is clipped "
-                    "(clipped pixels get no gradient from the other terms: without it, whites blow out)", ">=0"),
-        "w_colour": (8.0, "loss weight: colour histogram of each other-style output vs its target style's mean",
-                     ">=0"),
+        "w_range": (100.0, "loss weight: how far outputs go beyond the colour range before clipping", ">=0"),
+        "w_colour": (8.0, "loss weight: colour histogram of each other-style output vs its target style's mean", ">=0"),
         "w_texture": (0.0, "loss weight: random-net Gram matrices, each style's running mean of its outputs "
                       "pulled to the style's mean", ">=0"),
         "naive_epochs": (0, "epochs of the naive baseline (the course's first attempt), trained and evaluated "
@@ -117,8 +107,8 @@ SCHEMA = {
         "grid_rows": (8, "validation images in grid.png", ">0"),
     },
     "text_to_image": {  # Bonus B: text_to_image.py (LoRA, or the whole model, on a Stable-Diffusion-style pipeline)
-        "pretrained": ("out/text_to_image_base/pipeline", "save_pretrained folder or hub id of the pipeline to fine-tune "
-                       "(--pretrained); pretrain_base.py writes one to base.out_dir/pipeline"),
+        "pretrained": ("out/text_to_image_base/pipeline", "save_pretrained folder or hub id of the pipeline to "
+                       "fine-tune (--pretrained); pretrain_base.py writes one to base.out_dir/pipeline"),
         "out_dir": ("out/text_to_image", "lora/ or pipeline/, last.pt, logs, grid.png, evaluation.json"),
         "resolution": (0, "training and generation side in px (0: the pipeline's own)", ">=0"),
         "prompt_template": ("a {style} painting", "prompt of a style; {style} becomes e.g. Post Impressionism"),
@@ -162,8 +152,7 @@ SCHEMA = {
 
 
 class UserError(Exception):
-    """A mistake of the user's (a typo, a missing folder, a checkpoint that does not fit): one line on stderr
-    and exit status 2, no traceback (runs.cli)."""
+    """A user's mistake (a typo, a missing folder, a checkpoint that does not fit): one line on stderr, status 2."""
 
 
 class ConfigError(UserError, ValueError):
@@ -172,46 +161,38 @@ class ConfigError(UserError, ValueError):
 
 def defaults():
     """The full default config (nested dict) from the schema."""
-    cfg = {}
-    for section, keys in SCHEMA.items():
-        node = cfg.setdefault(section, {}) if section else cfg
-        node.update({key: json.loads(json.dumps(spec[0])) for key, spec in keys.items()})
-    return cfg
+    cfg = {section: {key: spec[0] for key, spec in keys.items()} for section, keys in SCHEMA.items()}
+    return copy.deepcopy(cfg.pop("") | cfg)
 
 
 def complete(saved):
     """A config saved in a checkpoint, with every key added since at its default (the old behaviour)."""
     cfg = defaults()
     for key, value in saved.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
+        cfg[key] = cfg[key] | value if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
     return cfg
 
 
-def _spec(key):
+def _spec(key, where=""):
+    """The key's (default, help[, rule]), or a ConfigError for an unknown key (with a "did you mean")."""
     section, _, name = key.rpartition(".")
-    return SCHEMA.get(section, {}).get(name)
-
-
-def _unknown(key, where):
-    section, _, name = key.rpartition(".")
+    if name in SCHEMA.get(section, {}):
+        return SCHEMA[section][name]
     sections = [s for s in SCHEMA if s]
     if not section and name in SCHEMA:  # a section name where a value was expected
         first = next(iter(SCHEMA[name]))
-        return ConfigError(f"{where}'{name}' is a section: in a config file it takes an object such as "
-                           f'{{"{first}": ...}}; on the command line --set {name}.{first}=...')
+        raise ConfigError(f"{where}'{name}' is a section: in a config file it takes an object such as "
+                          f'{{"{first}": ...}}; on the command line --set {name}.{first}=...')
     if section not in SCHEMA:
         guess = difflib.get_close_matches(section, sections, 1)
-        return ConfigError(f"{where}unknown config section '{section}'." + (f" did you mean '{guess[0]}.{name}'?"
-                           if guess else "") + f" Sections: {', '.join(sections)}")
+        raise ConfigError(f"{where}unknown config section '{section}'." + (f" did you mean '{guess[0]}.{name}'?"
+                          if guess else "") + f" Sections: {', '.join(sections)}")
     names = list(SCHEMA[section])
     guess = difflib.get_close_matches(name, names + ([] if section else sections), 1, 0.6)
     hint = ("" if not guess else f" did you mean the section '{guess[0]}'?" if guess[0] in sections and not section
             else f" did you mean '{(section + '.') if section else ''}{guess[0]}'?")
     what = f"section '{section}'" if section else "the top level"
-    return ConfigError(f"{where}unknown config key '{key}'.{hint} Keys of {what}: {', '.join(names)}")
+    raise ConfigError(f"{where}unknown config key '{key}'.{hint} Keys of {what}: {', '.join(names)}")
 
 
 def choose(name, options, what):
@@ -225,15 +206,13 @@ def choose(name, options, what):
                     + f" The model's {what}s: {', '.join(options)}")
 
 
-RULES = {">0": ("> 0", lambda v: v > 0), ">=0": (">= 0", lambda v: v >= 0), "0..1": ("in [0, 1]", lambda v: 0 <= v <= 1),
-         "0..<1": ("in [0, 1)", lambda v: 0 <= v < 1)}
+RULES = {">0": ("> 0", lambda v: v > 0), ">=0": (">= 0", lambda v: v >= 0),
+         "0..1": ("in [0, 1]", lambda v: 0 <= v <= 1), "0..<1": ("in [0, 1)", lambda v: 0 <= v < 1)}
 
 
 def check_value(key, value, where=""):
     """The value with the default's type (an int is accepted for a float), inside its allowed range."""
-    spec = _spec(key)
-    if spec is None:
-        raise _unknown(key, where)
+    spec = _spec(key, where)
     default, rule = spec[0], spec[2] if len(spec) > 2 else None
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
     ok = (isinstance(value, bool) if isinstance(default, bool) else number(value) if isinstance(default, float) else
@@ -308,9 +287,7 @@ def load_config(files=(DEFAULT_CONFIG,), overrides=(), note_missing=True):
         key, eq, raw = item.partition("=")
         if not eq:
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        spec = _spec(key)
-        if spec is None:
-            raise _unknown(key, "--set: ")
+        spec = _spec(key, "--set: ")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -326,7 +303,8 @@ def help_text():
         lines.append(f"[{section or 'top level'}]")
         for name, spec in keys.items():
             allowed = f" ({'|'.join(spec[2])})" if len(spec) > 2 and isinstance(spec[2], tuple) else ""
-            lines.append(f"  {(section + '.' if section else '') + name:34s} {json.dumps(spec[0]):22s} {spec[1]}{allowed}")
+            key = (section + "." if section else "") + name
+            lines.append(f"  {key:34s} {json.dumps(spec[0]):22s} {spec[1]}{allowed}")
     return "\n".join(lines)
 
 
@@ -340,12 +318,6 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
-class _HelpConfig(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(help_text())
-        parser.exit()
-
-
 def config_parser(doc):
     """The command line every script shares: -c FILE (repeatable) and --set KEY=VALUE ..."""
     parser = ArgumentParser(doc)
@@ -353,7 +325,8 @@ def config_parser(doc):
                         help="JSON file of config values overlaid on config.json (repeatable, later wins)")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config keys, e.g. --set epochs=5 autoencoder.mode=part2 (repeatable)")
-    parser.add_argument("--help-config", nargs=0, action=_HelpConfig, help="list every config key and exit")
+    parser.add_argument("--help-config", action="version", version=help_text(),  # printed as --version is
+                        help="list every config key and exit")
     return parser
 
 

@@ -1,8 +1,8 @@
 """torchrun: the same scripts as one process per GPU (DistributedDataParallel), batch_size staying the
 global batch. Without torchrun every helper here is a no-op for rank 0 of a world of 1."""
+import builtins
 import contextlib
 import functools
-import builtins
 import os
 
 import torch
@@ -95,9 +95,8 @@ def broadcast_buffers(model):
 
 def wrap_ddp(model, world, device):
     """DDP under torchrun, else the model itself (checkpoints always hold the plain model)."""
-    if world == 1:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ids = [device.index] if device.type == "cuda" else None
+    return model if world == 1 else torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def cleanup_distributed():

@@ -15,7 +15,7 @@ that wrote what it reads) are unchanged since it finished is skipped; an interru
 """
 import argparse
 import concurrent.futures
-import datetime
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +33,7 @@ import tables
 from config import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+in_repo = functools.partial(os.path.join, HERE)  # a path in the repository (an absolute path stays as it is)
 W16 = "../shared/data/wikiart16"
 OUT_KEY = {"train.py": "out_dir", "test.py": "out_dir", "compare_balance.py": "out_dir",  # where a step writes
            "autoencoder.py": "autoencoder.out_dir", "cluster.py": "cluster.out_dir",
@@ -45,126 +46,115 @@ RESUMES = ("train.py", "autoencoder.py", "style_transfer.py", "text_to_image.py"
 _steps, _stopping = set(), threading.Event()  # running step processes; set once a stop signal came
 
 
-def recipe(family, commands, makes, pictures=(), alone=False):
-    """commands: run in order from the repository root; makes: the files a finished recipe has (its .json
-    are collected); pictures: PNGs copied as JPEGs beside results/<profile>.json; alone: a timing benchmark."""
-    return {"family": family, "commands": commands, "makes": makes, "pictures": list(pictures), "alone": alone}
+def recipe(name, family, commands, makes, pictures=(), alone=False):
+    """commands: run in order from the repository root; makes: the files of a finished recipe in out/<name>/ (its
+    .json are collected); pictures: PNGs there kept as JPEGs beside results/<profile>.json; alone: a benchmark."""
+    return {"family": family, "commands": commands, "makes": [f"out/{name}/{m}" for m in makes],
+            "pictures": [f"out/{name}/{p}" for p in pictures], "alone": alone}
 
 
 def classifier(name):
-    return recipe("classifier", [f"train.py -c configs/{name}.json", f"test.py -c configs/{name}.json"],
-                  [f"out/{name}/test_metrics.json", f"out/{name}/train_log.json"], [f"out/{name}/confusion.png"])
+    return recipe(name, "classifier", [f"train.py -c configs/{name}.json", f"test.py -c configs/{name}.json"],
+                  ["test_metrics.json", "train_log.json"], ["confusion.png"])
 
 
 def autoencoder(name, features=("code", "stats", "code+stats")):
-    return recipe("autoencoder", [f"autoencoder.py -c configs/{name}.json", *(
-        f"cluster.py -c configs/{name}.json --set cluster.feature={f} cluster.out_dir=out/{name}/cluster_{f}"
-        for f in features)], [f"out/{name}/metrics.json", f"out/{name}/train_log.json",
-                              *(f"out/{name}/cluster_{f}/metrics.json" for f in features)],
-        [f"out/{name}/reconstructions.png", *(f"out/{name}/cluster_{f}/contingency.png" for f in features[1:2])])
+    clusters = [f"cluster.py -c configs/{name}.json --set cluster.feature={f} cluster.out_dir=out/{name}/cluster_{f}"
+                for f in features]
+    return recipe(name, "autoencoder", [f"autoencoder.py -c configs/{name}.json", *clusters],
+                  ["metrics.json", "train_log.json", *(f"cluster_{f}/metrics.json" for f in features)],
+                  ["reconstructions.png", *(f"cluster_{f}/contingency.png" for f in features[1:2])])
 
 
-def style_transfer(name, seeds=3, photos=False):
-    """Train, choose on validation, score on test; photos: the seed-0 model on scikit-learn's two photos."""
+def style_transfer(name, photos=False):
+    """Train 3 seeds, choose on validation, score on test; photos: the seed-0 model on scikit-learn's two photos."""
+    commands = [f"style_transfer.py -c configs/{name}.json --seeds 3",
+                *(f"style_transfer.py --evaluate {s} --seeds 3 -c configs/{name}.json" for s in ("val", "test"))]
     use = [f"style_transfer.py -c configs/{name}.json --image {{photos}} {a}" for a in
            ("--style all --out photos", "--style Ukiyo_e --out photos_Ukiyo_e", "--style Fauvism --out photos_Fauvism")]
     shown = ["photos/00_china_all_styles", "photos/01_flower_all_styles", "photos_Ukiyo_e/00_china_Ukiyo_e",
              "photos_Fauvism/01_flower_Fauvism"]
-    return recipe("style_transfer", [f"style_transfer.py -c configs/{name}.json --seeds {seeds}",
-                                     *(f"style_transfer.py --evaluate {s} --seeds {seeds} -c configs/{name}.json"
-                                       for s in ("val", "test")), *(use if photos else [])],
-                  [f"out/{name}/evaluation_val.json", f"out/{name}/evaluation.json", f"out/{name}/residual/train_log.json"],
-                  [f"out/{name}/{f}.png" for f in ("residual/grid", "residual/grid_told_source", "naive/grid",
-                                                   "strength_curve", *(shown if photos else ()))])
+    return recipe(name, "style_transfer", commands + (use if photos else []),
+                  ["evaluation_val.json", "evaluation.json", "residual/train_log.json"],
+                  [f"{f}.png" for f in ("residual/grid", "residual/grid_told_source", "naive/grid", "strength_curve",
+                                        *(shown if photos else ()))])
 
 
 def text_to_image(name, seeds=(0,)):
     """LoRA (or the whole model) on a pretrained base: seed 0 scored on validation (the scale is chosen there)
     and test; more seeds, trained and scored on test, in seed<k>/: the spread RESULTS.md gives."""
-    commands = [f"text_to_image.py -c configs/{name}.json", f"text_to_image.py --evaluate val -c configs/{name}.json",
-                f"text_to_image.py --evaluate test -c configs/{name}.json"]
+    commands = [f"text_to_image.py{a} -c configs/{name}.json" for a in ("", " --evaluate val", " --evaluate test")]
     for s in seeds[1:]:
         sets = f" --set seed={s} text_to_image.out_dir=out/{name}/seed{s}"
-        commands += [f"text_to_image.py -c configs/{name}.json{sets}", f"text_to_image.py --evaluate test -c configs/{name}.json{sets}"]
-    return recipe("text_to_image", commands, [f"out/{name}/{f}" for f in ("evaluation_val.json", "evaluation.json", "train_log.json")]
-                  + [f"out/{name}/seed{s}/evaluation.json" for s in seeds[1:]],
-                  [f"out/{name}/{f}.png" for f in ("grid", "nearest", "vae_reconstructions", "evaluation")])
-
-
-PROBES = {"no_teacher": "style_transfer.teacher_steps=0", "no_teacher_no_range": "style_transfer.teacher_steps=0 "
-          "style_transfer.w_range=0", "w_cls_10": "style_transfer.w_cls=10",
-          "teacher_4000_w_cls_6": "style_transfer.teacher_steps=4000 style_transfer.w_cls=6"}
+        commands += [f"text_to_image.py{a} -c configs/{name}.json{sets}" for a in ("", " --evaluate test")]
+    return recipe(name, "text_to_image", commands, ["evaluation_val.json", "evaluation.json", "train_log.json",
+                                                    *(f"seed{s}/evaluation.json" for s in seeds[1:])],
+                  [f"{f}.png" for f in ("grid", "nearest", "vae_reconstructions", "evaluation")])
 
 
 def probes(name, base):
     """What was tried around a recipe, each setting trained (seed 0) and scored on the validation split only."""
-    sets = {p: f" --set style_transfer.out_dir=out/{name}/{p} {v}" for p, v in PROBES.items()}
-    return recipe("style_transfer_probes", [c for p in PROBES for c in (
-        f"style_transfer.py -c configs/{base}.json{sets[p]}",
-        f"style_transfer.py --evaluate val -c configs/{base}.json{sets[p]}")],
-        [f"out/{name}/{p}/evaluation_val.json" for p in PROBES])
+    tried = {"no_teacher": "style_transfer.teacher_steps=0",
+             "no_teacher_no_range": "style_transfer.teacher_steps=0 style_transfer.w_range=0",
+             "w_cls_10": "style_transfer.w_cls=10",
+             "teacher_4000_w_cls_6": "style_transfer.teacher_steps=4000 style_transfer.w_cls=6"}
+    return recipe(name, "style_transfer_probes", [
+        f"style_transfer.py{a} -c configs/{base}.json --set style_transfer.out_dir=out/{name}/{p} {v}"
+        for p, v in tried.items() for a in ("", " --evaluate val")], [f"{p}/evaluation_val.json" for p in tried])
 
 
-IMBALANCE_64 = "none weights1 sampler logit_adjust drw none+posthoc sampler+posthoc logit_adjust+posthoc"
 RECIPES = {
-    "sample": recipe(None, ["sample_data.py --out out/sample --size 32 --scale 0.03"], ["out/sample/train"]),
-    "realism_w16": recipe("realism", ["realism.py {data}/train {realism} --out out/realism_w16"],
-                          ["out/realism_w16/calibration.json"], ["out/realism_w16/calibration.png"]),
-    "classifier_w16_64": classifier("classifier_w16_64"),
-    "classifier_w16_64_base": classifier("classifier_w16_64_base"),
-    "classifier_w16_64_bonusA": classifier("classifier_w16_64_bonusA"),
-    "imbalance_w16_64": recipe("imbalance", [f"compare_balance.py -c configs/imbalance_w16_64.json --options {IMBALANCE_64}"],
-                               ["out/imbalance_w16_64/balance_comparison.json"]),
-    "imbalance_w16_64_seeds": recipe("imbalance_seeds", [  # seed 0 is imbalance_w16_64
+    "sample": recipe("sample", None, ["sample_data.py --out out/sample --size 32 --scale 0.03"], ["train"]),
+    "realism_w16": recipe("realism_w16", "realism", ["realism.py {data}/train {realism} --out out/realism_w16"],
+                          ["calibration.json"], ["calibration.png"]),
+    **{n: classifier(n) for n in ("classifier_w16_64", "classifier_w16_64_base", "classifier_w16_64_bonusA")},
+    "imbalance_w16_64": recipe("imbalance_w16_64", "imbalance", [
+        "compare_balance.py -c configs/imbalance_w16_64.json --options none weights1 sampler logit_adjust drw "
+        "none+posthoc sampler+posthoc logit_adjust+posthoc"], ["balance_comparison.json"]),
+    "imbalance_w16_64_seeds": recipe("imbalance_w16_64_seeds", "imbalance_seeds", [  # seed 0 is imbalance_w16_64
         f"compare_balance.py -c configs/imbalance_w16_64.json --options none sampler+posthoc "
         f"--set seed={s} out_dir=out/imbalance_w16_64_seeds/seed{s}" for s in (1, 2)],
-        [f"out/imbalance_w16_64_seeds/seed{s}/balance_comparison.json" for s in (1, 2)]),
+        [f"seed{s}/balance_comparison.json" for s in (1, 2)]),
     "autoencoder_w16_128": autoencoder("autoencoder_w16_128"),
     "autoencoder_w16_64": autoencoder("autoencoder_w16_64", features=()),
     "style_transfer_w16_64": style_transfer("style_transfer_w16_64"),
-    "style_transfer_w16_64_real": style_transfer("style_transfer_w16_64_real", photos=True),
-    "style_transfer_w16_128_real": style_transfer("style_transfer_w16_128_real", photos=True),
+    **{n: style_transfer(n, photos=True) for n in ("style_transfer_w16_64_real", "style_transfer_w16_128_real")},
     "style_transfer_w16_64_probes": probes("style_transfer_w16_64_probes", "style_transfer_w16_64_real"),
-    "text_to_image_pretrain_w16": recipe("text_to_image_pretrain", ["pretrain_base.py -c configs/text_to_image_pretrain_w16.json"],
-                                         ["out/text_to_image_pretrain_w16/pipeline/model_index.json"] + [
-                                             f"out/text_to_image_pretrain_w16/{d}train_log.json" for d in ("", "vae/", "vae_decoder/")],
-                                         ["out/text_to_image_pretrain_w16/grid.png"]),
+    "text_to_image_pretrain_w16": recipe("text_to_image_pretrain_w16", "text_to_image_pretrain", [
+        "pretrain_base.py -c configs/text_to_image_pretrain_w16.json"],
+        ["pipeline/model_index.json", *(f"{d}train_log.json" for d in ("", "vae/", "vae_decoder/"))], ["grid.png"]),
     "text_to_image_lora_w16": text_to_image("text_to_image_lora_w16", seeds=(0, 1, 2)),
     "text_to_image_full_w16": text_to_image("text_to_image_full_w16"),
-    "text_to_image_sample": recipe("text_to_image", ["pretrain_base.py -c configs/text_to_image_sample.json",
-                                                     "text_to_image.py -c configs/text_to_image_sample.json",
-                                                     "text_to_image.py --evaluate test -c configs/text_to_image_sample.json"],
-                                   ["out/text_to_image_sample/lora/evaluation.json"]),
-    "bench_416": recipe("bench", ["prepare_data.py {data} out/bench_416/images {prepare}",
-                                  "bench.py out/bench_416/images/train {bench} --out out/bench_416"],
-                        ["out/bench_416/bench.json"], alone=True),
-    "demo_sample": recipe("demo", [f"{s} -c configs/demo_sample.json" for s in (
+    "text_to_image_sample": recipe("text_to_image_sample", "text_to_image", [
+        f"{s} -c configs/text_to_image_sample.json" for s in ("pretrain_base.py", "text_to_image.py",
+                                                               "text_to_image.py --evaluate test")],
+        ["lora/evaluation.json"]),
+    **{n: recipe(n, "bench", [f"prepare_data.py {{data}} out/{n}/images {{prepare}}",  # bench_416: CPU, bench_gpu: GPU
+                              f"bench.py out/{n}/images/train {{bench}} --out out/{n}"], ["bench.json"], alone=True)
+       for n in ("bench_416", "bench_gpu")},
+    "demo_sample": recipe("demo_sample", "demo", [f"{s} -c configs/demo_sample.json" for s in (
         "train.py", "test.py", "autoencoder.py", "cluster.py", "style_transfer.py", "style_transfer.py --evaluate")],
-        [f"out/demo_sample/{f}" for f in ("classifier/test_metrics.json", "classifier/train_log.json",
-                                          "autoencoder/metrics.json", "autoencoder/train_log.json",
-                                          "autoencoder/cluster/metrics.json", "style_transfer/evaluation.json")]),
+        ["classifier/test_metrics.json", "classifier/train_log.json", "autoencoder/metrics.json",
+         "autoencoder/train_log.json", "autoencoder/cluster/metrics.json", "style_transfer/evaluation.json"]),
     # GPU (docs/gpu.md): WikiArt-16 at 128 px, each recipe with a max_minutes guard
-    "classifier_w16_128": classifier("classifier_w16_128"),
-    "classifier_w16_128_base": classifier("classifier_w16_128_base"),
-    "classifier_w16_128_bonusA": classifier("classifier_w16_128_bonusA"),
-    "imbalance_w16_128": recipe("imbalance", ["compare_balance.py -c configs/imbalance_w16_128.json --options "
-                                              "none weights1 sampler logit_adjust none+posthoc sampler+posthoc"],
-                                ["out/imbalance_w16_128/balance_comparison.json"]),
+    **{n: classifier(n) for n in ("classifier_w16_128", "classifier_w16_128_base", "classifier_w16_128_bonusA")},
+    "imbalance_w16_128": recipe("imbalance_w16_128", "imbalance", [
+        "compare_balance.py -c configs/imbalance_w16_128.json --options none weights1 sampler logit_adjust "
+        "none+posthoc sampler+posthoc"], ["balance_comparison.json"]),
     "autoencoder_w16_128_gpu": autoencoder("autoencoder_w16_128_gpu"),
     "style_transfer_w16_128_gpu": style_transfer("style_transfer_w16_128_gpu"),
-    "bench_gpu": recipe("bench", ["prepare_data.py {data} out/bench_gpu/images {prepare}",
-                                  "bench.py out/bench_gpu/images/train {bench} --out out/bench_gpu"],
-                        ["out/bench_gpu/bench.json"], alone=True),
 }
 # the order they start in, two at a time: the long chains (Bonus B, Part 3) first
 CPU = ["text_to_image_pretrain_w16", "autoencoder_w16_64", "style_transfer_w16_64_real", "style_transfer_w16_64",
        "text_to_image_lora_w16", "text_to_image_full_w16", "style_transfer_w16_64_probes", "autoencoder_w16_128",
-       "imbalance_w16_64", "imbalance_w16_64_seeds", "classifier_w16_64", "classifier_w16_64_base", "classifier_w16_64_bonusA",
-       "realism_w16", "text_to_image_sample", "demo_sample", "style_transfer_w16_128_real", "bench_416"]
+       "imbalance_w16_64", "imbalance_w16_64_seeds", "classifier_w16_64", "classifier_w16_64_base",
+       "classifier_w16_64_bonusA", "realism_w16", "text_to_image_sample", "demo_sample", "style_transfer_w16_128_real",
+       "bench_416"]
 PROFILES = {  # configs: overlaid on every config-driven step; set: --set items for each; data, prepare, bench:
     # the recipes' {placeholders}; jobs: recipes at once; pictures: key PNGs kept beside results/<profile>.json
     "smoke": {"recipes": ["sample", *[n for n in CPU if n not in ("bench_416", "style_transfer_w16_128_real")]],
-              "configs": ["configs/smoke.json"], "jobs": 2, "data": "out/sample", "realism": "--size 32 --n 60 --seeds 1",
+              "configs": ["configs/smoke.json"], "jobs": 2, "data": "out/sample",
+              "realism": "--size 32 --n 60 --seeds 1",
               "set": ["train_dir=out/sample/train", "test_dir=out/sample/test", "threads=1"],
               "about": "every CPU recipe on a 32-px generated sample with tiny models: a check, not a result"},
     "cpu": {"recipes": CPU, "jobs": 2, "pictures": True, "data": W16, "prepare": "--size 416 --limit 3000",
@@ -178,10 +168,6 @@ PROFILES = {  # configs: overlaid on every config-driven step; set: --set items 
 }
 SCALE_DOWN = {"configs": ["configs/scale_down.json"], "prepare": "--size 32 --limit 300",
               "bench": "--size 32 --epochs 2 --gpu-size 32 --gpu-batch 32 --gpu-steps 1 --device cpu --precision bf16"}
-
-
-def in_repo(path):
-    return path if os.path.isabs(path) else os.path.join(HERE, path)
 
 
 def move(value, root):
@@ -214,7 +200,8 @@ def expand(name, command, prof, root, extra_set):
     sets = [f"{k}={move(v, root)}" for k, _, v in (i.partition("=") for i in [*prof.get("set", []), *extra_set])]
     cfg = config.flatten(resolve(argv + (["--set", *sets] if sets else [])))
     if not (cfg[OUT_KEY[script]] + "/").startswith(f"out/{name}/"):
-        raise UserError(f"recipe {name}: {script} writes to {cfg[OUT_KEY[script]]}; its config must write under out/{name}/")
+        raise UserError(f"recipe {name}: {script} writes to {cfg[OUT_KEY[script]]}; its config must write under "
+                        f"out/{name}/")
     sections, given = ("", *READS.get(script, ())), {i.partition("=")[0] for i in sets}
     moved = [f"{k}={move(v, root)}" for k, v in cfg.items()
              if move(v, root) != v and k.rpartition(".")[0] in sections and k not in given]
@@ -228,7 +215,8 @@ def fingerprint(script, argv, cfg, inputs):
     if cfg is not None:  # the config by its resolved values (of what the script reads), the other arguments as given
         cfg = {k: v for k, v in cfg.items() if not isinstance(v, dict) or k in READS.get(script, ())}
         argv = config.config_parser(None).parse_known_args(argv)[1]
-    return hashlib.sha256(json.dumps([script, argv, cfg] + ([inputs] if inputs else []), sort_keys=True).encode()).hexdigest()[:16]
+    key = json.dumps([script, argv, cfg] + ([inputs] if inputs else []), sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def inputs_of(name, step, root):
@@ -241,12 +229,14 @@ def inputs_of(name, step, root):
 
 def fingerprints(plans, root):
     """{recipe: its steps' fingerprints}; plans in profile order, so what a step reads is fingerprinted first."""
+    def writers(d, path):  # the steps of recipe d whose out_dir holds `path` (all of them if none does)
+        outs = [config.flatten(c)[OUT_KEY[s]] if c else None for s, _, c in plans[d]]
+        return [i for i, o in enumerate(outs) if o and (path + "/").startswith(o + "/")] or range(len(outs))
     prints = {}
     for n, steps in plans.items():
-        writers = lambda d, p: [i for i, (s, _, c) in enumerate(plans[d]) if c is not None and (p + "/").startswith(
-            config.flatten(c)[OUT_KEY[s]] + "/")] or range(len(plans[d]))
-        prints[n] = [fingerprint(*step, {p: [prints[d][i] for i in writers(d, p)] for p, d in inputs_of(n, step, root).items()
-                                         if d in prints}) for step in steps]
+        reads = [inputs_of(n, step, root) for step in steps]
+        prints[n] = [fingerprint(*step, {p: [prints[d][i] for i in writers(d, p)] for p, d in r.items() if d in prints})
+                     for step, r in zip(steps, reads)]
     return prints
 
 
@@ -261,7 +251,7 @@ def read_json(path, default=None):
 def git_commit():
     """HEAD's short hash, +dirty when tracked files other than the generated ones changed."""
     try:
-        git = lambda *a: subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
+        git = lambda *a: subprocess.check_output(["git", *a], cwd=HERE, stderr=subprocess.DEVNULL, text=True).strip()
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!RESULTS.md", ":!results")
         return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -269,7 +259,7 @@ def git_commit():
 
 
 def now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
 def run_step(script, argv, log_path, quiet):
@@ -296,12 +286,13 @@ def run_recipe(name, steps, prints, folder, makes, force, dry_run, quiet):
     """Run what is left of a recipe: 'skipped', 'ran', 'resumed', 'failed' or 'stopped'."""
     state_path = os.path.join(folder, "reproduce.json")
     state = read_json(state_path, {"recipe": name, "steps": []})
-    old = (state["steps"] + [None] * len(steps))[:len(steps)]
+    old = state["steps"] = (state["steps"] + [None] * len(steps))[:len(steps)]
     finished = [o is not None and o["fingerprint"] == f and o["status"] == "done" for o, f in zip(old, prints)]
     if all(finished) and all(os.path.exists(m) for m in makes) and not force:
         print(f"== {name}: finished with the same config and inputs, skipped")
         return "skipped"
-    status, rerun, state["steps"] = "ran", force, old
+    status, rerun = "ran", force
+    defaults = config.flatten(config.defaults())  # a step's record keeps the config keys that differ from them
     for i, ((script, argv, cfg), fp) in enumerate(zip(steps, prints)):
         if finished[i] and not rerun:
             continue
@@ -309,17 +300,19 @@ def run_recipe(name, steps, prints, folder, makes, force, dry_run, quiet):
             return "stopped"
         rerun = True  # every step after one that runs again reads its new outputs
         before = old[i] if old[i] is not None and old[i]["fingerprint"] == fp and old[i]["status"] != "done" else None
-        out = config.flatten(cfg)[OUT_KEY[script]] if cfg else None  # resumed: this attempt's checkpoints are there
+        out = cfg and in_repo(config.flatten(cfg)[OUT_KEY[script]])  # resumed: this attempt's checkpoints are there
         resume = (before is not None and script in RESUMES and "--evaluate" not in argv and "--image" not in argv
-                  and any("last.pt" in files for _, _, files in os.walk(in_repo(out))))
+                  and any("last.pt" in files for _, _, files in os.walk(out)))
         args = argv + (["--resume"] if resume else [])
-        print(f"== {name} [{i + 1}/{len(steps)}] {'resuming' if resume else 'running'}: {shlex.join(['python', script, *args])}")
+        print(f"== {name} [{i + 1}/{len(steps)}] {'resuming' if resume else 'running'}: "
+              + runs.command_line(script, args))
         if dry_run:
             continue
         status = "resumed" if resume else status
-        record = {"command": shlex.join(["python", script, *argv]), "fingerprint": fp, "status": "started",
-                  "commit": git_commit(), "env": runs.environment(runs.get_device(cfg["device"]) if cfg else None)
-                  | {"threads": (cfg or {}).get("threads") or None}, "config": config_diff(cfg),
+        env = runs.environment(runs.get_device(cfg["device"]) if cfg else None)
+        record = {"command": runs.command_line(script, argv), "fingerprint": fp, "status": "started",
+                  "commit": git_commit(), "env": env | {"threads": (cfg or {}).get("threads") or None},
+                  "config": cfg and {k: v for k, v in config.flatten(cfg).items() if defaults.get(k) != v},
                   "wall_s": before.get("wall_s", 0) if before else 0}
         state["steps"][i] = record
         runs.atomic_save(state, state_path)
@@ -327,18 +320,11 @@ def run_recipe(name, steps, prints, folder, makes, force, dry_run, quiet):
         record.update(status="done" if rc == 0 else "stopped" if _stopping.is_set() else "failed", finished=now(),
                       wall_s=record["wall_s"] + wall)
         runs.atomic_save(state, state_path)
-        if rc != 0 and _stopping.is_set():
-            return "stopped"
         if rc != 0:
-            print(f"== {name}: python {script} failed (exit status {rc}); its output is in {folder}/{i + 1}_*.log")
-            return "failed"
+            if record["status"] == "failed":
+                print(f"== {name}: python {script} failed (exit status {rc}); its output is in {folder}/{i + 1}_*.log")
+            return record["status"]
     return status
-
-
-def config_diff(cfg):
-    """The keys of a resolved config that differ from the schema's defaults (what a recipe sets)."""
-    defaults = config.flatten(config.defaults())
-    return None if cfg is None else {k: v for k, v in config.flatten(cfg).items() if defaults.get(k) != v}
 
 
 def collect(name, prof, root):
@@ -354,9 +340,9 @@ def collect(name, prof, root):
         if isinstance(v, dict):
             v.pop("confusion_matrix", None)  # the PNG shows it; keeps results/*.json small
     main_step = max(steps, key=lambda s: s.get("wall_s", 0))
+    alone = [f"python {placeholders(c.replace('{photos}', '$PHOTOS'), prof)}" for c in r["commands"]]
     return {"family": r["family"], "fingerprints": [s["fingerprint"] for s in steps],
-            "commands": None if prof.get("configs") else [f"python {placeholders(c.replace('{photos}', '$PHOTOS'), prof)}"
-                                                          for c in r["commands"]],
+            "commands": None if prof.get("configs") else alone,
             "commit": ", ".join(sorted({s["commit"] for s in steps})), "date": steps[-1]["finished"],
             "env": main_step["env"], "wall_s": sum(s.get("wall_s", 0) for s in steps),
             "steps": [{k: s[k] for k in ("command", "wall_s", "config")} for s in steps], "outputs": outputs,
@@ -368,7 +354,7 @@ def publish(prof, profile, root, prints, results_path, markdown):
     recipe version is dropped: a table never passes an old run off as its recipe's); then RESULTS.md's tables."""
     earlier = (read_json(results_path) or {}).get("recipes", {})
     recipes = {}
-    for n in [n for n in prof["recipes"] if n in prints]:
+    for n in prints:  # the profile's recipes that resolve
         entry = collect(n, prof, root)
         if entry is not None and prof.get("pictures"):
             folder = os.path.join(os.path.dirname(results_path), profile, n)
@@ -405,19 +391,20 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, help="recipes at once (default: the profile's; a benchmark runs alone)")
     ap.add_argument("--force", action="store_true", help="run the recipes again even if they finished")
     ap.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
-    ap.add_argument("--tables-only", action="store_true", help="rebuild RESULTS.md's tables from results/<profile>.json")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="rebuild RESULTS.md's tables from results/<profile>.json")
     ap.add_argument("--out", default="out/results", help="where the recipes' folders go (<out>/<profile>/<recipe>)")
     ap.add_argument("--results", default="results", help="folder of <profile>.json")
     ap.add_argument("--markdown", default="RESULTS.md", help="the file whose tables are rebuilt")
     args = ap.parse_args(argv)
     profile = args.profile + ("-scaled" if args.scale_down else "")
-    prof = dict(PROFILES[args.profile])
+    prof = PROFILES[args.profile]
     if args.scale_down:
-        prof |= {k: v for k, v in SCALE_DOWN.items() if k != "configs"}
-        prof["configs"] = prof.get("configs", []) + SCALE_DOWN["configs"]
+        prof = prof | SCALE_DOWN | {"configs": prof.get("configs", []) + SCALE_DOWN["configs"]}
     unknown = [n for n in args.only or [] if n not in prof["recipes"]]
     if unknown:
-        raise UserError(f"no recipe {', '.join(unknown)} in profile {args.profile}; its recipes: {', '.join(prof['recipes'])}")
+        raise UserError(f"no recipe {', '.join(unknown)} in profile {args.profile}; its recipes: "
+                        f"{', '.join(prof['recipes'])}")
     names = [n for n in prof["recipes"] if not args.only or n in args.only]
     out = os.path.abspath(in_repo(args.out))  # inside the repository: as a relative path, as recipes name it
     root = os.path.join(os.path.relpath(out, HERE) if out.startswith(HERE + os.sep) else out, profile)
@@ -443,10 +430,6 @@ def main(argv=None):
                     for _, _, c in plans[n])} if jobs > 1 else set()
     print(f"profile {profile}: {prof['about']}; recipes {', '.join(names)}; folders under {root}/")
     statuses, running, quiet = {}, {}, jobs > 1
-
-    def ready(n):
-        return (len(running) < jobs and all(d in statuses for d in deps[n] if d in names)
-                and not (running and (n in alone or any(r in alone for r in running.values()))))
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         try:
             while len(statuses) < len(names):
@@ -455,13 +438,11 @@ def main(argv=None):
                     if blocked:
                         statuses[n] = "blocked"
                         print(f"== {n}: not run, it needs {', '.join(blocked)}")
-                    elif ready(n):
-                        folder = in_repo(os.path.join(root, n))
-                        if not args.dry_run:
-                            os.makedirs(folder, exist_ok=True)
+                    elif (len(running) < jobs and all(d in statuses for d in deps[n] if d in names)
+                          and not (running and (n in alone or alone & set(running.values())))):
                         makes = [in_repo(move(m, root)) for m in RECIPES[n]["makes"]]
-                        running[pool.submit(run_recipe, n, plans[n], prints[n], folder, makes, args.force,
-                                            args.dry_run, quiet)] = n
+                        running[pool.submit(run_recipe, n, plans[n], prints[n], in_repo(os.path.join(root, n)), makes,
+                                            args.force, args.dry_run, quiet)] = n
                 if running:
                     done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                     for future in done:
@@ -476,7 +457,8 @@ def main(argv=None):
             print(f"\n{why}: run the same command again to continue", file=sys.stderr)
             raise SystemExit(status)
     failed = [n for n, s in statuses.items() if s in ("failed", "blocked")]
-    print(f"\n{profile}: " + ", ".join(f"{n} {s}" for n, s in statuses.items()) + f"; results in {os.path.relpath(results_path)}")
+    print(f"\n{profile}: " + ", ".join(f"{n} {s}" for n, s in statuses.items())
+          + f"; results in {os.path.relpath(results_path)}")
     if failed:
         raise SystemExit(f"reproduce.py: {', '.join(failed)} failed; see the logs in their folders under {root}/")
 

@@ -7,7 +7,6 @@ first write, and `runs.cli(main)` at the bottom. docs/operations.md says what us
 """
 import contextlib
 import csv
-import functools
 import io
 import json
 import os
@@ -40,9 +39,8 @@ os.umask(UMASK)
 
 
 def cli(main):
-    """Run main() as a command: a UserError or a failed write is one line on stderr and exit status 2 (real
-    bugs still trace); Ctrl-C, SIGTERM and SIGUSR1 end it with status 128 + the signal; the project's own
-    warnings are one line each."""
+    """Run main() as a command: a UserError or a failed write is one line on stderr, exit status 2 (bugs still
+    trace); a stop signal ends it with status 128 + the signal; the project's own warnings are one line each."""
     script = os.path.basename(sys.argv[0])
     default_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, filename, lineno, line=None: (
@@ -55,7 +53,8 @@ def cli(main):
     except (UserError, OSError) as e:  # an OSError: a folder or a library's file not written, in the OS's words
         if isinstance(e, OSError) and (e.errno is None or e.filename is None):
             raise
-        print(f"{script}: error: {e if isinstance(e, UserError) else f'{e.filename}: {e.strerror}'}", file=sys.stderr)
+        what = e if isinstance(e, UserError) else f"{e.filename}: {e.strerror}"
+        print(f"{script}: error: {what}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # outside a training loop (those say what was saved): nothing to resume
         why, status = stop_reason(e)
@@ -90,20 +89,21 @@ def _stop(signum, frame):
 
 
 @contextlib.contextmanager
-def stop_signals():
-    """SIGTERM and SIGUSR1 raise Stopped inside the block (a signal its parent ignores stays ignored)."""
+def _handlers(handlers):
+    """These {signal: handler} inside the block, the previous ones after it (outside the main thread: none)."""
     if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    for s, handler in previous.items():
-        if handler != signal.SIG_IGN:
-            signal.signal(s, _stop)
+        handlers = {}
+    previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def stop_signals():
+    """SIGTERM and SIGUSR1 raise Stopped inside the block (a signal its parent ignores stays ignored)."""
+    return _handlers({s: signal.SIG_IGN if signal.getsignal(s) == signal.SIG_IGN else _stop for s in STOP_SIGNALS})
 
 
 def stop_reason(e):
@@ -114,21 +114,14 @@ def stop_reason(e):
 
 @contextlib.contextmanager
 def ctrl_c_held():
-    """A Ctrl-C, SIGTERM or SIGUSR1 inside the block is raised when it ends: an epoch's files are written
-    whole (best.pt never newer than last.pt), and no import is cut short."""
+    """A stop signal inside the block is raised when it ends: an epoch's files are written whole and together."""
     raising = {signal.SIGINT: signal.default_int_handler} | {s: _stop for s in STOP_SIGNALS}
-    held = [s for s, h in raising.items() if signal.getsignal(s) is h]
-    if threading.current_thread() is not threading.main_thread() or not held:
-        yield
-        return
     caught = []
-    for s in held:
-        signal.signal(s, lambda signum, frame: caught.append(signum))
-    try:
+
+    def hold(signum, frame):
+        caught.append(signum)
+    with _handlers({s: hold for s, handler in raising.items() if signal.getsignal(s) is handler}):
         yield
-    finally:
-        for s in held:
-            signal.signal(s, raising[s])
     if caught:
         raising[caught[0]](caught[0], None)
 
@@ -143,18 +136,16 @@ def config_command(script, argv, sets=()):
     args, _ = config.config_parser(None).parse_known_args(list(argv))
     keys = {item.split("=", 1)[0] for item in sets}
     values = [item for item in args.set if item.split("=", 1)[0] not in keys] + list(sets)
-    return shlex.join(["python", script, *[a for p in args.config for a in ("-c", p)], *(["--set", *values] if values else [])])
+    configs = [a for path in args.config for a in ("-c", path)]
+    return shlex.join(["python", script, *configs, *(["--set", *values] if values else [])])
 
-
-# ----------------------------------------------------------------------------------------------
-# Seeds, threads, devices, the time cap
 
 _time_cap = None  # (start, minutes) from max_minutes
 
 
 def start(cfg):
-    """Seed everything, set the CPU threads, start the max_minutes clock, pick the device (joining
-    torchrun's process group under torchrun). Returns (rank, world_size, local_rank, device)."""
+    """Seed everything, set the CPU threads, start the max_minutes clock, pick the device (under torchrun: join its
+    process group). Returns (rank, world_size, local_rank, device)."""
     global _time_cap
     _time_cap = (time.time(), cfg["max_minutes"]) if cfg.get("max_minutes") else None
     if cfg["threads"]:
@@ -172,7 +163,8 @@ def start(cfg):
 def get_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if (name.startswith("cuda") and not torch.cuda.is_available()) or (name == "mps" and not torch.backends.mps.is_available()):
+    if (name.startswith("cuda") and not torch.cuda.is_available()
+            or name == "mps" and not torch.backends.mps.is_available()):
         raise UserError(f"device '{name}' was asked for but is not available here; use device=auto or cpu")
     try:
         return torch.device(name)
@@ -183,7 +175,8 @@ def get_device(name):
 def autocast(device, precision="auto"):
     """bf16 autocast on CUDA (auto) or anywhere (bf16: a GPU recipe's numerics tried on a CPU); fp32 else."""
     kind = device.type if device.type in ("cuda", "cpu", "mps") else "cpu"
-    return torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16" or (precision == "auto" and kind == "cuda"))
+    enabled = precision == "bf16" or (precision == "auto" and kind == "cuda")
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=enabled)
 
 
 def optimizer_step(loss, optimizer, scheduler=None):
@@ -212,8 +205,8 @@ def time_is_up(device, epochs_done, epochs):
     if torch.distributed.is_initialized():
         up = ddp.all_reduce_sum([float(up)], device)[0] > 0  # every rank agrees
     if up:
-        print(f"TIME CAP: max_minutes={_time_cap[1]:g} passed; training cut short after epoch {epochs_done} of {epochs} "
-              "(--resume continues)")
+        print(f"TIME CAP: max_minutes={_time_cap[1]:g} passed; training cut short after epoch {epochs_done} of "
+              f"{epochs} (--resume continues)")
     return up
 
 
@@ -229,12 +222,9 @@ def environment(device=None):
     return env
 
 
-# ----------------------------------------------------------------------------------------------
-# Files: a temp file beside the target, flushed to disk, then renamed over it: never half a file
-
 def write_atomically(path, write, mode="wb"):
-    """write(f) into a temp file beside `path`, fsync it, rename it over `path`. A write that fails (a full
-    disk, no permission) is a UserError naming the file and the OS's reason; `path` keeps its old version."""
+    """write(f) into a temp file beside `path`, fsync it, rename it over `path`: never half a file. A failed
+    write (a full disk, no permission) is a UserError naming the file and the OS's reason; `path` stays as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
@@ -272,7 +262,7 @@ def atomic_save(obj, path):
     if path.endswith(".json"):
         atomic_write_text(json.dumps(obj, indent=2), path)
     else:
-        write_atomically(path, functools.partial(torch.save, obj))
+        write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text, path):
@@ -283,16 +273,6 @@ def save_png(image_u8, path):
     from PIL import Image
     with atomic_file(path) as f:
         Image.fromarray(np.asarray(image_u8)).save(f, "PNG")
-
-
-def write_history(history, out_dir, name="train_log"):
-    """The per-epoch log as JSON and CSV."""
-    atomic_save(history, os.path.join(out_dir, name + ".json"))
-    keys = sorted({k for h in history for k in h}, key=lambda k: (k != "epoch", k))
-    with atomic_file(os.path.join(out_dir, name + ".csv"), "w") as f:
-        writer = csv.DictWriter(f, keys)
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def save_run_config(cfg, out_dir, script, argv):
@@ -319,17 +299,14 @@ def lock_out_dir(out_dir):
     _locks.append(lock)
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints and the epoch bookkeeping every training loop shares
-
 def load_checkpoint(path, what, needs=("model",), device="cpu"):
     """A checkpoint dict, or a UserError saying what was expected at `path` and why this file is not it."""
     if not os.path.exists(path):
         raise UserError(f"{path} not found: expected {what} there")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError, OSError,
-            AttributeError, ModuleNotFoundError, ValueError, io.UnsupportedOperation) as e:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError, AttributeError,
+            ModuleNotFoundError) as e:
         detail = (str(e).splitlines() or [""])[0].rstrip(",.: ")
         raise UserError(f"{path} is not {what} (it cannot be read as a PyTorch checkpoint: "
                         f"{type(e).__name__}{': ' + detail if detail else ''})")
@@ -351,18 +328,18 @@ def load_weights(module, state_dict, path):
 
 def mismatch(ckpt_cfg, cfg, keys, path):
     """Why a checkpoint trained with ckpt_cfg cannot continue under cfg (None if it can)."""
+    saved, now = config.flatten(ckpt_cfg), config.flatten(cfg)
     for key in keys:
-        section, _, name = key.rpartition(".")
-        saved, now = (ckpt_cfg.get(section, {}) if section else ckpt_cfg).get(name), (cfg[section] if section else cfg)[name]
-        if saved is not None and saved != now:
-            return f"{path} was trained with {key}={json.dumps(saved)}; the config says {json.dumps(now)}: change it back, or use another out_dir"
+        if saved.get(key) is not None and saved[key] != now[key]:
+            return (f"{path} was trained with {key}={json.dumps(saved[key])}; the config says {json.dumps(now[key])}: "
+                    "change it back, or use another out_dir")
     return None
 
 
 def training_state(epoch, progress, **objects):
     """What last.pt holds to continue exactly: each object's state_dict, the epoch, the history, the RNG."""
-    return {name: obj.state_dict() for name, obj in objects.items()} | progress.state() | {
-        "epoch": epoch, "rng": torch.get_rng_state()}
+    return {name: obj.state_dict() for name, obj in objects.items()} | {
+        "history": progress.history, "best_score": progress.best_score, "epoch": epoch, "rng": torch.get_rng_state()}
 
 
 def resume(path, progress, device, problem=lambda ckpt: None, **objects):
@@ -378,22 +355,21 @@ def resume(path, progress, device, problem=lambda ckpt: None, **objects):
     for name, obj in objects.items():
         load_weights(obj, ckpt[name], path) if isinstance(obj, torch.nn.Module) else obj.load_state_dict(ckpt[name])
     torch.set_rng_state(ckpt["rng"].cpu())
-    progress.restore(ckpt)
+    progress.history, progress.best_score = ckpt.get("history", []), ckpt.get("best_score")
+    progress.saved_epoch = ckpt["epoch"] + 1
     print(f"resumed from {path} after epoch {ckpt['epoch'] + 1}")
     return ckpt["epoch"] + 1
 
 
 def epoch_generator(seed, epoch):
-    """One RNG per epoch (shuffling, sampling, augmentation, dropout): an epoch replays exactly whether the
-    run went straight through or was resumed before it."""
+    """One RNG per epoch (shuffling, sampling, augmentation, dropout): an epoch replays exactly, resumed or not."""
     torch.manual_seed(seed * 1000 + epoch)
     return torch.Generator().manual_seed(seed * 1000 + epoch)
 
 
 def epoch_order(indices, seed, epoch, rank=0, world=1, batch_size=None, draw=None):
-    """(this process's share of the epoch's order, the epoch's generator): every process draws the same
-    order (a shuffle, or `draw(g)`: a sampler's positions) and takes its shard; ranks > 0 then get their own
-    stream for crops, flips and mixes."""
+    """(this process's shard of the epoch's order: a shuffle, or `draw(g)`: a sampler's positions; the epoch's
+    generator, for ranks > 0 their own stream for crops, flips and mixes)."""
     g = epoch_generator(seed, epoch)
     positions = draw(g) if draw else torch.randperm(len(indices), generator=g).numpy()
     order = ddp.shard(np.asarray(indices)[positions], rank, world, batch_size)
@@ -408,12 +384,6 @@ class Progress:
         self.out_dir, self.curves, self.title = out_dir, curves, title
         self.sign = 1 if higher_is_better else -1
         self.history, self.best_score, self.saved_epoch = [], None, 0
-
-    def state(self):
-        return {"history": self.history, "best_score": self.best_score}
-
-    def restore(self, ckpt):
-        self.history, self.best_score, self.saved_epoch = ckpt.get("history", []), ckpt.get("best_score"), ckpt["epoch"] + 1
 
     @property
     def epochs_done(self):
@@ -434,7 +404,12 @@ class Progress:
                     atomic_save(ckpt, os.path.join(self.out_dir, "best.pt"))
                 atomic_save(ckpt, os.path.join(self.out_dir, "last.pt"))
                 self.saved_epoch = row["epoch"]
-                write_history(self.history, self.out_dir)
+                atomic_save(self.history, os.path.join(self.out_dir, "train_log.json"))
+                keys = sorted({k for h in self.history for k in h}, key=lambda k: (k != "epoch", k))
+                with atomic_file(os.path.join(self.out_dir, "train_log.csv"), "w") as f:
+                    writer = csv.DictWriter(f, keys)
+                    writer.writeheader()
+                    writer.writerows(self.history)
                 with atomic_file(os.path.join(self.out_dir, "curves.png")) as f:
                     plot_curves(self.history, self.curves, f, self.title)
         return best
@@ -448,14 +423,12 @@ def on_interrupt(progress, script, argv):
         yield
     except KeyboardInterrupt as e:
         why, status = stop_reason(e)
-        if not ddp.is_main():
-            raise SystemExit(status)
         outer = _entry[0] if _entry and _entry[0][0] != script else None
         again = command_line(*outer) if outer else command_line(script, argv, ["--resume"])
-        if progress.saved_epoch:
+        if ddp.is_main() and progress.saved_epoch:
             print(f"\n{why}: epoch {progress.saved_epoch} is the last finished one, saved in "
                   f"{os.path.join(progress.out_dir, 'last.pt')}; continue with: {again}", file=sys.stderr)
-        else:
+        elif ddp.is_main():
             print(f"\n{why} before the first epoch finished: nothing was saved to resume from"
                   + (f"; run it again with: {again}" if outer else ""), file=sys.stderr)
         raise SystemExit(status)

@@ -1,9 +1,8 @@
-"""RESULTS.md's tables, made from results/<profile>.json (reproduce.py writes both): a function per recipe
-family turns its recipes' entries into markdown, put between `<!-- table:<profile>/<name> -->` and
-`<!-- /table -->`; the text around the markers is written by hand. An entry holds: family, commands (as run
-alone), commit, date, env (cpu, threads, gpu, torch), wall_s, steps (command, wall_s, config: the keys that
-differ from the defaults) and outputs (each collected JSON by its path in the recipe's folder).
-"""
+"""RESULTS.md's tables from results/<profile>.json (reproduce.py writes both): a function per recipe family turns
+its entries into the markdown between `<!-- table:<profile>/<name> -->` and `<!-- /table -->` (the text around the
+markers is written by hand). An entry holds: family, commands (as run alone), commit, date, env (cpu, threads, gpu,
+torch), wall_s, steps (command, wall_s, config: the keys that differ from the defaults) and outputs (each collected
+JSON by its path in the recipe's folder)."""
 import os
 import re
 
@@ -28,9 +27,8 @@ def setting(entry, key, step=0):
 def epochs_done(log, planned):
     """"12", or "7 of 40 (time cap)" for a run that its max_minutes ended."""
     done = len(log or [])
-    if done == planned:
-        return f"{done}"
-    return f"{done} of {planned}" + (" (time cap)" if log and log[-1].get("time_cap") else "")
+    capped = " (time cap)" if log and log[-1].get("time_cap") else ""
+    return f"{done}" if done == planned else f"{done} of {planned}{capped}"
 
 
 def classifier_table(entries):
@@ -78,18 +76,14 @@ def imbalance_seeds_table(entries):
                 by_seed[out["config"]["seed"]] = (rows["none"], rows["sampler+posthoc"])
     if not by_seed:
         return None
-    rows = []
-    for seed, (a, b) in sorted(by_seed.items()):
-        rows.append([seed, f"{pct(a['accuracy'])} / {pct(a['balanced_accuracy'])}",
-                     f"{pct(b['accuracy'])} / {pct(b['balanced_accuracy'])}",
-                     f"{100 * (b['accuracy'] - a['accuracy']):+.1f}",
-                     f"{100 * (b['balanced_accuracy'] - a['balanced_accuracy']):+.1f}"])
-    if len(by_seed) > 1:
-        mean = lambda i, k: sum(v[i][k] for v in by_seed.values()) / len(by_seed)
-        rows.append(["mean", f"{pct(mean(0, 'accuracy'))} / {pct(mean(0, 'balanced_accuracy'))}",
-                     f"{pct(mean(1, 'accuracy'))} / {pct(mean(1, 'balanced_accuracy'))}",
-                     f"{100 * (mean(1, 'accuracy') - mean(0, 'accuracy')):+.1f}",
-                     f"{100 * (mean(1, 'balanced_accuracy') - mean(0, 'balanced_accuracy')):+.1f}"])
+
+    def row(label, a, b):
+        return [label, *(f"{pct(r['accuracy'])} / {pct(r['balanced_accuracy'])}" for r in (a, b)),
+                *(f"{100 * (b[k] - a[k]):+.1f}" for k in ("accuracy", "balanced_accuracy"))]
+    rows = [row(seed, a, b) for seed, (a, b) in sorted(by_seed.items())]
+    if len(by_seed) > 1:  # the mean of each column
+        rows.append(row("mean", *({k: sum(v[i][k] for v in by_seed.values()) / len(by_seed)
+                                   for k in ("accuracy", "balanced_accuracy")} for i in (0, 1))))
     return md_table(["seed", "`none` acc / bal. acc", "`sampler+posthoc` acc / bal. acc", "Δ accuracy",
                      "Δ balanced accuracy"], rows)
 
@@ -103,14 +97,12 @@ def autoencoder_table(entries):
         rows.append([model, epochs_done(out["train_log.json"], setting(e, "autoencoder.epochs")),
                      f"{m['compression']:.0f}x", f"{m['test']['psnr']:.2f} dB", "", "", "", ""])
         clusters = [v for k, v in out.items() if k.startswith("cluster")]
-        for c in clusters:
-            r = c["results"]["autoencoder"]
-            rows.append(["", "", "", "", f"KMeans on `{c['feature']}`", f"{r['nmi']:.3f}", f"{r['ari']:.3f}",
-                         f"{r['hungarian_accuracy']:.3f}"])
+        scores = lambda r: [f"{r[k]:.3f}" for k in ("nmi", "ari", "hungarian_accuracy")]
+        rows += [["", "", "", "", f"KMeans on `{c['feature']}`", *scores(c["results"]["autoencoder"])]
+                 for c in clusters]
         if clusters:
             base_name, r = [(k, v) for k, v in clusters[0]["results"].items() if k != "autoencoder"][0]
-            rows.append(["", "", "", "", f"KMeans on {base_name.replace('_', ' ')} (baseline)", f"{r['nmi']:.3f}",
-                         f"{r['ari']:.3f}", f"{r['hungarian_accuracy']:.3f}"])
+            rows.append(["", "", "", "", f"KMeans on {base_name.replace('_', ' ')} (baseline)", *scores(r)])
     n = entries[0][1]["outputs"]["metrics.json"]["num_test"]
     return (f"{n} test images; NMI, ARI and Hungarian accuracy against the true styles (k = number of styles).\n\n"
             + md_table(["autoencoder", "epochs", "compression", "test PSNR", "clustering", "NMI", "ARI",
@@ -142,10 +134,10 @@ def st_cell(key, m, s):
     return f(v) + (f" ± {f(sd)}" if isinstance(sd, (int, float)) else "")
 
 
-def style_transfer_methods(means, stds=None):
+def style_transfer_methods(means, stds=None, header="method", label="`{}`"):
     """Part 3's methods, one row each (means: {method: evaluation row}; stds: their std over seeds)."""
-    return md_table(["method", *ST_COLUMNS.values()],
-                    [[f"`{n}`", *(st_cell(k, m, (stds or {}).get(n)) for k in ST_COLUMNS)] for n, m in means.items()])
+    return md_table([header, *ST_COLUMNS.values()], [[label.format(n), *(st_cell(k, m, (stds or {}).get(n)) for k in
+                                                                          ST_COLUMNS)] for n, m in means.items()])
 
 
 def style_transfer_table(entries):
@@ -163,7 +155,8 @@ def style_transfer_table(entries):
                  f"chance {pct(ev['chance'])}%; judge on the real images {pct(ev['judge_accuracy_robust'])}% robust / "
                  f"{pct(ev['judge_accuracy_raw'])}% raw, matched ceiling {pct(ev['matched_ceiling_robust'])} / "
                  f"{pct(ev['matched_ceiling_raw'])}%; real paintings: {pct(ev['clipped_fraction_real'])}% of pixels "
-                 f"clipped" + (f"; told the source, the two-sample test on each feature group alone: {groups}" if groups else ""))
+                 "clipped" + (f"; told the source, the two-sample test on each feature group alone: {groups}"
+                              if groups else ""))
         grids = [f"![{name}: images (rows) in every style (columns)"
                  f"{', told their own style' if 'told_source' in p else ''}]({p})" for p in e.get("pictures", [])
                  if os.path.basename(p).startswith("residual_grid")]
@@ -184,26 +177,22 @@ def style_transfer_probes_table(entries):
                 probe = step["command"].split("style_transfer.out_dir=")[1].split()[0].rstrip("/").split("/")[-1]
                 own = step["command"].split("--set", 1)[1].split()  # the probe's own --set items, up to the next option
                 own = own[:next((i for i, a in enumerate(own) if a.startswith("-")), len(own))]
-                sets = [a for a in own if not a.startswith("style_transfer.out_dir")]
-                rows[f"probe: {' '.join(s.replace('style_transfer.', '') for s in sets)}"] = \
-                    e["outputs"][f"{probe}/evaluation_val.json"]["residual_told_source"]
-    return None if not rows else md_table(["validation split, told the source", *ST_COLUMNS.values()],
-                                          [[n, *(st_cell(k, m, stds.get(n)) for k in ST_COLUMNS)] for n, m in rows.items()])
-
-
-def log_minutes(log):
-    return sum(r.get("seconds", 0) for r in log or []) / 60
+                sets = [a.replace("style_transfer.", "") for a in own if not a.startswith("style_transfer.out_dir")]
+                rows[f"probe: {' '.join(sets)}"] = e["outputs"][f"{probe}/evaluation_val.json"]["residual_told_source"]
+    return style_transfer_methods(rows, stds, "validation split, told the source", "{}") if rows else None
 
 
 def text_to_image_pretrain_table(entries):
     """The stand-in base's pretraining alone: epochs (and minutes) of each stage."""
+    minutes = lambda log: sum(r.get("seconds", 0) for r in log or []) / 60
+    stage = lambda log: f"{len(log or [])} ({minutes(log):.1f} min)" + (" CUT SHORT" if any(
+        r.get("cut_short") for r in log or []) else "")
     rows = []
     for name, e in entries:
         o = e["outputs"]
-        stage = lambda log: f"{len(log or [])} ({log_minutes(log):.1f} min)" + (" CUT SHORT" if any(
-            r.get("cut_short") for r in log or []) else "")
-        rows.append([f"`{name}`", stage(o.get("vae/train_log.json")), stage(o.get("vae_decoder/train_log.json")),
-                     stage(o.get("train_log.json")), f"{sum(log_minutes(o.get(k)) for k in o if k.endswith('train_log.json')):.0f} min"])
+        total = sum(minutes(o.get(k)) for k in o if k.endswith("train_log.json"))
+        rows.append([f"`{name}`", *(stage(o.get(f"{d}train_log.json")) for d in ("vae/", "vae_decoder/", "")),
+                     f"{total:.0f} min"])
     return md_table(["pretrained base", "VAE epochs", "VAE decoder alone", "diffusion epochs", "training in all"], rows)
 
 
@@ -212,27 +201,29 @@ def t2i_row(label, m, s=None, trained="–", training="–"):
     sd = lambda k, f: f" ± {f(s[k])}" if s and isinstance(s.get(k), (int, float)) else ""
     hit = lambda k: f"{pct(m[f'{k}_hit_rate'])}{sd(f'{k}_hit_rate', pct)} ({m.get(f'{k}_of_ceiling', 0):.2f}x)"
     two = m.get("two_sample")
-    two = "–" if not two else f"{pct(two['accuracy'])} ± {pct((s or {}).get('two_sample', {}).get('accuracy', two['ci95']))}"
+    spread = two and (s or {}).get("two_sample", {}).get("accuracy", two["ci95"])  # seeds: their std; else the 95% CI
+    two = "–" if not two else f"{pct(two['accuracy'])} ± {pct(spread)}"
     gaps = "–" if "lab_gap_closed" not in m else f"{pct(m['realism_gap_closed'])} / {pct(m['lab_gap_closed'])}"
     return [label, hit("robust"), hit("raw"), f"{m['styles_above_chance_robust']:g} / {m['styles_above_chance_raw']:g}",
             two, gaps, trained, training]
 
 
 def text_to_image_table(entries):
-    """Bonus B's one table: the base, LoRA (scale 0.5 and 1; seed 0, then the mean over seeds), the whole model
-    and the real paintings, all on the test split; the same seeds for every model."""
+    """Bonus B's one table, on the test split: the base, LoRA (scales 0.5 and 1; seed 0, the mean over seeds), the
+    whole model and the real paintings."""
     evs = {n: e["outputs"] for n, e in entries if "evaluation.json" in e["outputs"]}
     loras = [n for n, o in evs.items() if o["evaluation.json"]["training"].get("adapter_file_bytes")]
     if not loras:
         return None
     lora, ev = loras[0], evs[loras[0]]["evaluation.json"]
     models, tr = ev["models"], ev["training"]
-    size = lambda t: (f"{t['trainable_parameters'] / 1e6:.2f}M ({t['trainable_parameters'] / t['unet_parameters']:.1%} "
-                      f"of the UNet)" if t.get("adapter_file_bytes") else f"{t['trainable_parameters'] / 1e6:.2f}M (UNet + text)")
+    size = lambda t: f"{t['trainable_parameters'] / 1e6:.2f}M " + (
+        f"({t['trainable_parameters'] / t['unet_parameters']:.1%} of the UNet)" if t.get("adapter_file_bytes")
+        else "(UNet + text)")
     steps = lambda t: f"{t['epochs']} epochs, {t['minutes']:.0f} min" + (" CUT SHORT" if t.get("cut_short") else "")
     rows = [t2i_row("base (before LoRA)", models["base"]),
-            t2i_row("base + LoRA, scale 0.5", models["fine-tuned@0.5"], trained=size(tr), training=steps(tr)),
-            t2i_row("base + LoRA, scale 1", models["fine-tuned"], trained=size(tr), training=steps(tr))]
+            t2i_row("base + LoRA, scale 0.5", models["fine-tuned@0.5"], None, size(tr), steps(tr)),
+            t2i_row("base + LoRA, scale 1", models["fine-tuned"], None, size(tr), steps(tr))]
     seeds = [ev] + [o for k, o in evs[lora].items() if k.startswith("seed") and k.endswith("evaluation.json")]
     if len(seeds) > 1:
         import numpy as np
@@ -247,34 +238,34 @@ def text_to_image_table(entries):
     whole = [n for n in evs if n not in loras and evs[n]["evaluation.json"]["styles"] == ev["styles"]]
     for n in whole:
         w = evs[n]["evaluation.json"]
-        rows.append(t2i_row(f"the whole model (`{n}`)", w["models"]["fine-tuned"], trained=size(w["training"]),
-                            training=steps(w["training"])))
+        rows.append(t2i_row(f"the whole model (`{n}`)", w["models"]["fine-tuned"], None, size(w["training"]),
+                            steps(w["training"])))
     rows.append(t2i_row("real test paintings", models["real"]))
     per_style = [[s, *(f"{pct(m['robust_hit_per_style'].get(s))} / {pct(m['raw_hit_per_style'].get(s))}" for m in (
         models["base"], models["fine-tuned"], *(evs[n]["evaluation.json"]["models"]["fine-tuned"] for n in whole),
         models["real"])), pct(models["fine-tuned"]["lab_gap_closed_per_style"].get(s))] for s in ev["styles"]]
     val = evs[lora].get("evaluation_val.json")
-    chosen = "" if not val else ("On validation (seed 0), where the LoRA scale is chosen: scale 0.5 " + ", ".join(
-        f"{pct(val['models'][k]['robust_hit_rate'])}% robust hit, two-sample {pct(val['models'][k]['two_sample']['accuracy'])}%"
-        for k in ("fine-tuned@0.5",)) + "; scale 1 " + f"{pct(val['models']['fine-tuned']['robust_hit_rate'])}% robust hit, "
-        f"two-sample {pct(val['models']['fine-tuned']['two_sample']['accuracy'])}%. ")
-    return (f"{ev['images_per_style']} samples per style and model, {ev['steps']} sampling steps, guidance {ev['guidance']}; "
-            f"chance {pct(ev['chance'])}%; x: over the real paintings' hit (the judge's matched ceiling). The base's VAE on "
-            f"unseen test paintings: {ev['vae']['psnr']:.2f} dB, chroma {ev['vae']['chroma_ratio']:.2f}x the inputs'. {chosen}\n\n"
-            + md_table(["model", "robust hit % (x ceiling)", "raw hit % (x ceiling)", "styles above chance (robust / raw)",
-                        "two-sample %", "realism / Lab gap closed %", "trained parameters", "training"], rows)
+    hits = lambda m: f"{pct(m['robust_hit_rate'])}% robust hit, two-sample {pct(m['two_sample']['accuracy'])}%"
+    chosen = "" if not val else (f"On validation (seed 0), where the LoRA scale is chosen: scale 0.5 "
+                                 f"{hits(val['models']['fine-tuned@0.5'])}; scale 1 "
+                                 f"{hits(val['models']['fine-tuned'])}. ")
+    return (f"{ev['images_per_style']} samples per style and model, {ev['steps']} sampling steps, guidance "
+            f"{ev['guidance']}; chance {pct(ev['chance'])}%; x: over the real paintings' hit (the judge's matched "
+            f"ceiling). The base's VAE on unseen test paintings: {ev['vae']['psnr']:.2f} dB, chroma "
+            f"{ev['vae']['chroma_ratio']:.2f}x the inputs'. {chosen}\n\n"
+            + md_table(["model", "robust hit % (x ceiling)", "raw hit % (x ceiling)", "styles above chance (robust / "
+                        "raw)", "two-sample %", "realism / Lab gap closed %", "trained parameters", "training"], rows)
             + "\n\nHit per style, robust / raw (%), and the Lab gap LoRA closes:\n\n"
-            + md_table(["style", "base", "base + LoRA", *(f"whole model" for n in whole), "real", "Lab gap closed % (LoRA)"],
-                       per_style)), [n for n, _ in entries if n in (lora, *whole)]
+            + md_table(["style", "base", "base + LoRA", *("whole model" for n in whole), "real",
+                        "Lab gap closed % (LoRA)"], per_style)), [n for n, _ in entries if n in (lora, *whole)]
 
 
 def bench_table(entries):
     parts = []
     for name, e in entries:
         b = e["outputs"]["bench.json"]
-        gib = 2 ** 30
         rows = [[label, f"{r['first_epoch_img_s']:.0f}", f"{r['steady_img_s']:.0f}",
-                 f"{r['peak_rss_bytes'] / gib:.2f}", f"{r['peak_anon_rss_bytes'] / gib:.2f}"]
+                 f"{r['peak_rss_bytes'] / 2**30:.2f}", f"{r['peak_anon_rss_bytes'] / 2**30:.2f}"]
                 for label, r in (("course (floats cached per item)", b["course"]),
                                  ("project, cache built in epoch 1", b["project_cold"]),
                                  ("project, cache already on disk", b["project_warm"]))]
@@ -302,16 +293,20 @@ def realism_table(entries):
     """The two-sample test on real paintings against the same paintings made worse in known ways."""
     c = entries[0][1]["outputs"]["calibration.json"]
     sizes = list(c["tests"])
-    what = {"none": "other real paintings", "blur0.5": "Gaussian blur, sigma 0.5 px", "blur1": "Gaussian blur, sigma 1 px",
-            "blur1.5": "Gaussian blur, sigma 1.5 px", "down2": "2x downscale, then upscale", "jpeg30": "JPEG quality 30",
-            "noise": "colour noise (3% per channel)", "hue10": "hue rotated by 10 degrees"}
+    what = {"none": "other real paintings", "blur0.5": "Gaussian blur, sigma 0.5 px", "jpeg30": "JPEG quality 30",
+            "blur1": "Gaussian blur, sigma 1 px", "blur1.5": "Gaussian blur, sigma 1.5 px",
+            "down2": "2x downscale, then upscale", "noise": "colour noise (3% per channel)",
+            "hue10": "hue rotated by 10 degrees"}
     cell = lambda r: f"{pct(r['accuracy'])} ± {pct(r['ci95'])}"
+    last = sizes[-1]
     rows = [[what.get(k, k), *(cell(c["tests"][n][k]) for n in sizes),
-             ", ".join(f"{g} {pct(v)}" for g, v in c["tests"][sizes[-1]][k]["by_group"].items())] for k in c["tests"][sizes[0]]]
-    return (f"Real WikiArt-16 training paintings at {c['size']} px (fakes: n paintings made worse; real: n other paintings of "
-            f"the same styles); two-sample accuracy %, mean of {c['seeds']} seeds ± the 95% interval of one test; "
-            f"{c['seconds_per_test']:.1f} s per test.\n\n"
-            + md_table(["fakes", *(f"{n} vs {n}" for n in sizes), f"each feature group alone ({sizes[-1]} vs {sizes[-1]})"], rows))
+             ", ".join(f"{g} {pct(v)}" for g, v in c["tests"][last][k]["by_group"].items())]
+            for k in c["tests"][sizes[0]]]
+    return (f"Real WikiArt-16 training paintings at {c['size']} px (fakes: n paintings made worse; real: n other "
+            f"paintings of the same styles); two-sample accuracy %, mean of {c['seeds']} seeds ± the 95% interval of "
+            f"one test; {c['seconds_per_test']:.1f} s per test.\n\n"
+            + md_table(["fakes", *(f"{n} vs {n}" for n in sizes), f"each feature group alone ({last} vs {last})"],
+                       rows))
 
 
 def demo_table(entries):
@@ -379,35 +374,17 @@ def build_table(name, results, profile):
 MARKER = re.compile(r"<!-- table:([\w.-]+)/([\w.+-]+) -->\n.*?<!-- /table -->", re.S)
 
 
-def rewrite_tables(text, profile, results):
-    """RESULTS.md text with every <profile>/<name> table rebuilt; (new text, names rebuilt)."""
-    done = []
+def update_markdown(path, profile, results):
+    """Rebuild every <profile>/<name> table between its markers in the markdown file (atomically)."""
+    if not os.path.exists(path):
+        return print(f"{path} does not exist: no tables written")
 
     def replace(m):
         body = build_table(m.group(2), results, profile) if m.group(1) == profile else None
-        if body is None:
-            return m.group(0)
-        done.append(m.group(2))
-        return f"<!-- table:{profile}/{m.group(2)} -->\n{body}\n<!-- /table -->"
-    return MARKER.sub(replace, text), done
-
-
-def update_markdown(path, profile, results):
-    """Rebuild the profile's tables in the markdown file (atomically); the names rebuilt."""
-    if not os.path.exists(path):
-        print(f"{path} does not exist: no tables written")
-        return []
+        return m.group(0) if body is None else f"<!-- table:{profile}/{m.group(2)} -->\n{body}\n<!-- /table -->"
     with open(path) as f:
         text = f.read()
-    new, rebuilt = rewrite_tables(text, profile, results)
+    new = MARKER.sub(replace, text)
     if new != text:
         runs.atomic_write_text(new, path)
-    return rebuilt
-
-
-def all_tables(results, profile):
-    """Every table this profile's results can fill: one per family present."""
-    families = {e["family"] for e in results["recipes"].values()}
-    names = [n for n, (_, fams) in TABLES.items() if fams[0] in families]
-    return {n: t for n in names if (t := build_table(n, results, profile)) is not None}
 
