@@ -144,12 +144,12 @@ RECIPES = {
     "autoencoder_w16_128_gpu": autoencoder("autoencoder_w16_128_gpu"),
     "style_transfer_w16_128_gpu": style_transfer("style_transfer_w16_128_gpu"),
 }
-# the order they start in, two at a time: the long chains (Bonus B, Part 3) first
+# the order they start in, two at a time (a step waits for the recipes it reads): the calibration and the
+# quick recipes while the Bonus B base pretrains, then the long chains
 CPU = ["text_to_image_pretrain_w16", "autoencoder_w16_64", "style_transfer_w16_64_real", "style_transfer_w16_64",
-       "text_to_image_lora_w16", "text_to_image_full_w16", "style_transfer_w16_64_probes", "autoencoder_w16_128",
-       "imbalance_w16_64", "imbalance_w16_64_seeds", "classifier_w16_64", "classifier_w16_64_base",
-       "classifier_w16_64_bonusA", "realism_w16", "text_to_image_sample", "demo_sample", "style_transfer_w16_128_real",
-       "bench_416"]
+       "realism_w16", "classifier_w16_64", "classifier_w16_64_base", "classifier_w16_64_bonusA", "imbalance_w16_64",
+       "text_to_image_lora_w16", "style_transfer_w16_64_probes", "text_to_image_full_w16", "text_to_image_sample",
+       "demo_sample", "autoencoder_w16_128", "imbalance_w16_64_seeds", "style_transfer_w16_128_real", "bench_416"]
 PROFILES = {  # configs: overlaid on every config-driven step; set: --set items for each; data, prepare, bench:
     # the recipes' {placeholders}; jobs: recipes at once; pictures: key PNGs kept beside results/<profile>.json
     "smoke": {"recipes": ["sample", *[n for n in CPU if n not in ("bench_416", "style_transfer_w16_128_real")]],
