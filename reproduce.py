@@ -7,11 +7,10 @@ rewrite RESULTS.md's tables from it.
     python reproduce.py smoke                        # every CPU recipe on a tiny generated sample: a check
     python reproduce.py cpu --dry-run                # what would run, be skipped or resumed
 
-A recipe is the commands RESULTS.md shows for one table (e.g. `python train.py -c configs/X.json`, then
-`python test.py -c configs/X.json`), run as subprocesses with their output in numbered logs. Every out/ path
-moves under out/results/<profile>/, so recipe X writes to out/results/<profile>/X/. This is the project's one
-"already done, skip it": a step whose arguments, resolved config and inputs (the fingerprints of the steps
-that wrote what it reads) are unchanged since it finished is skipped; an interrupted one resumes.
+A recipe is the commands RESULTS.md shows for one table, run as subprocesses with their output in numbered logs;
+every out/ path moves under out/results/<profile>/, so recipe X writes to out/results/<profile>/X/. The project's
+one "already done, skip it": a step whose arguments, resolved config and inputs (the fingerprints of the steps that
+wrote what it reads) are unchanged since it finished is skipped; an interrupted one resumes.
 """
 import argparse
 import concurrent.futures
@@ -30,7 +29,6 @@ from PIL import Image
 import config
 import runs
 import tables
-from config import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 in_repo = functools.partial(os.path.join, HERE)  # a path in the repository (an absolute path stays as it is)
@@ -81,8 +79,7 @@ def style_transfer(name, photos=False):
 
 
 def text_to_image(name, seeds=(0,)):
-    """LoRA (or the whole model) on a pretrained base: seed 0 scored on validation (the scale is chosen there)
-    and test; more seeds, trained and scored on test, in seed<k>/: the spread RESULTS.md gives."""
+    """LoRA (or the whole model): seed 0 scored on validation (the scale is chosen there) and test; seed<k>/: more."""
     commands = [f"text_to_image.py{a} -c configs/{name}.json" for a in ("", " --evaluate val", " --evaluate test")]
     for s in seeds[1:]:
         sets = f" --set seed={s} text_to_image.out_dir=out/{name}/seed{s}"
@@ -200,7 +197,7 @@ def expand(name, command, prof, root, extra_set):
     sets = [f"{k}={move(v, root)}" for k, _, v in (i.partition("=") for i in [*prof.get("set", []), *extra_set])]
     cfg = config.flatten(resolve(argv + (["--set", *sets] if sets else [])))
     if not (cfg[OUT_KEY[script]] + "/").startswith(f"out/{name}/"):
-        raise UserError(f"recipe {name}: {script} writes to {cfg[OUT_KEY[script]]}; its config must write under "
+        raise config.UserError(f"recipe {name}: {script} writes to {cfg[OUT_KEY[script]]}; its config must write under "
                         f"out/{name}/")
     sections, given = ("", *READS.get(script, ())), {i.partition("=")[0] for i in sets}
     moved = [f"{k}={move(v, root)}" for k, v in cfg.items()
@@ -210,8 +207,7 @@ def expand(name, command, prof, root, extra_set):
 
 
 def fingerprint(script, argv, cfg, inputs):
-    """A finished step stays valid while this is unchanged: its arguments, the config sections it reads, and
-    the fingerprints of the steps that wrote what it reads from other recipes."""
+    """A finished step stays valid while its arguments, config sections and inputs' fingerprints are unchanged."""
     if cfg is not None:  # the config by its resolved values (of what the script reads), the other arguments as given
         cfg = {k: v for k, v in cfg.items() if not isinstance(v, dict) or k in READS.get(script, ())}
         argv = config.config_parser(None).parse_known_args(argv)[1]
@@ -300,9 +296,9 @@ def run_recipe(name, steps, prints, folder, makes, force, dry_run, quiet):
             return "stopped"
         rerun = True  # every step after one that runs again reads its new outputs
         before = old[i] if old[i] is not None and old[i]["fingerprint"] == fp and old[i]["status"] != "done" else None
-        out = cfg and in_repo(config.flatten(cfg)[OUT_KEY[script]])  # resumed: this attempt's checkpoints are there
+        flat = cfg and config.flatten(cfg)
         resume = (before is not None and script in RESUMES and "--evaluate" not in argv and "--image" not in argv
-                  and any("last.pt" in files for _, _, files in os.walk(out)))
+                  and any("last.pt" in files for _, _, files in os.walk(in_repo(flat[OUT_KEY[script]]))))
         args = argv + (["--resume"] if resume else [])
         print(f"== {name} [{i + 1}/{len(steps)}] {'resuming' if resume else 'running'}: "
               + runs.command_line(script, args))
@@ -312,7 +308,7 @@ def run_recipe(name, steps, prints, folder, makes, force, dry_run, quiet):
         env = runs.environment(runs.get_device(cfg["device"]) if cfg else None)
         record = {"command": runs.command_line(script, argv), "fingerprint": fp, "status": "started",
                   "commit": git_commit(), "env": env | {"threads": (cfg or {}).get("threads") or None},
-                  "config": cfg and {k: v for k, v in config.flatten(cfg).items() if defaults.get(k) != v},
+                  "config": cfg and {k: v for k, v in flat.items() if defaults.get(k) != v},
                   "wall_s": before.get("wall_s", 0) if before else 0}
         state["steps"][i] = record
         runs.atomic_save(state, state_path)
@@ -327,8 +323,9 @@ def run_recipe(name, steps, prints, folder, makes, force, dry_run, quiet):
     return status
 
 
-def collect(name, prof, root):
-    """A finished recipe's entry in results/<profile>.json (None if unfinished)."""
+def collect(name, prof, root, kept):
+    """A finished recipe's entry in results/<profile>.json (None if unfinished); kept: where its pictures go as
+    JPEGs when the profile keeps them."""
     folder, r = in_repo(os.path.join(root, name)), RECIPES[name]
     steps = (read_json(os.path.join(folder, "reproduce.json")) or {}).get("steps", [])
     makes = [in_repo(move(m, root)) for m in r["makes"]]
@@ -341,26 +338,24 @@ def collect(name, prof, root):
             v.pop("confusion_matrix", None)  # the PNG shows it; keeps results/*.json small
     main_step = max(steps, key=lambda s: s.get("wall_s", 0))
     alone = [f"python {placeholders(c.replace('{photos}', '$PHOTOS'), prof)}" for c in r["commands"]]
+    pictures = [p for p in (in_repo(move(m, root)) for m in r["pictures"]) if os.path.exists(p)]
+    if prof.get("pictures"):
+        pictures = sorted(os.path.relpath(copy_picture(p, os.path.join(kept, os.path.relpath(p, folder).replace(
+            os.sep, "_"))), HERE) for p in pictures)
     return {"family": r["family"], "fingerprints": [s["fingerprint"] for s in steps],
             "commands": None if prof.get("configs") else alone,
             "commit": ", ".join(sorted({s["commit"] for s in steps})), "date": steps[-1]["finished"],
             "env": main_step["env"], "wall_s": sum(s.get("wall_s", 0) for s in steps),
             "steps": [{k: s[k] for k in ("command", "wall_s", "config")} for s in steps], "outputs": outputs,
-            "pictures": [p for p in (in_repo(move(m, root)) for m in r["pictures"]) if os.path.exists(p)]}
+            "pictures": pictures}
 
 
 def publish(prof, profile, root, prints, results_path, markdown):
     """results/<profile>.json: every recipe finished with its current fingerprints (an entry of an earlier
     recipe version is dropped: a table never passes an old run off as its recipe's); then RESULTS.md's tables."""
-    earlier = (read_json(results_path) or {}).get("recipes", {})
-    recipes = {}
+    earlier, recipes = (read_json(results_path) or {}).get("recipes", {}), {}
     for n in prints:  # the profile's recipes that resolve
-        entry = collect(n, prof, root)
-        if entry is not None and prof.get("pictures"):
-            folder = os.path.join(os.path.dirname(results_path), profile, n)
-            entry["pictures"] = sorted(os.path.relpath(copy_picture(p, os.path.join(folder, os.path.relpath(
-                p, in_repo(os.path.join(root, n))).replace(os.sep, "_"))), HERE) for p in entry["pictures"])
-        entry = entry or earlier.get(n)
+        entry = collect(n, prof, root, os.path.join(os.path.dirname(results_path), profile, n)) or earlier.get(n)
         if entry is not None and RECIPES[n]["family"] and entry.get("fingerprints") == prints[n]:
             recipes[n] = entry
     results = {"profile": profile, "about": prof["about"], "recipes": recipes}
@@ -403,7 +398,7 @@ def main(argv=None):
         prof = prof | SCALE_DOWN | {"configs": prof.get("configs", []) + SCALE_DOWN["configs"]}
     unknown = [n for n in args.only or [] if n not in prof["recipes"]]
     if unknown:
-        raise UserError(f"no recipe {', '.join(unknown)} in profile {args.profile}; its recipes: "
+        raise config.UserError(f"no recipe {', '.join(unknown)} in profile {args.profile}; its recipes: "
                         f"{', '.join(prof['recipes'])}")
     names = [n for n in prof["recipes"] if not args.only or n in args.only]
     out = os.path.abspath(in_repo(args.out))  # inside the repository: as a relative path, as recipes name it
@@ -414,9 +409,9 @@ def main(argv=None):
     for n in prof["recipes"]:  # every command resolved first: a bad recipe stops before anything runs
         try:
             plans[n] = [expand(n, c, prof, root, args.set) for c in RECIPES[n]["commands"]]
-        except (UserError, KeyError) as e:
+        except (config.UserError, KeyError) as e:
             if n in names:
-                raise UserError(f"recipe {n} does not resolve: {e}")
+                raise config.UserError(f"recipe {n} does not resolve: {e}")
     prints = fingerprints(plans, root)
     if args.tables_only:
         results = publish(prof, profile, root, prints, results_path, markdown)
