@@ -31,15 +31,13 @@ import wikiart
 LOADERS = ("course", "project_cold", "project_warm")
 
 
-def watch_anon_rss(peak, done):
-    """Samples RssAnon (Linux) into peak[0] every 10 ms until `done` is set: the peak is a lower bound."""
+def watch_anon_rss(peak, done):  # RssAnon (Linux) into peak[0] every 10 ms until `done`: a lower bound of the peak
     while not done.wait(0.01):
         with open("/proc/self/status") as f:
             peak[0] = max(peak[0], next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:")))
 
 
-class CourseDataset(torch.utils.data.Dataset):
-    """The course's WikiArtDataset: read_image per item, .float(), each image kept in a dict once read."""
+class CourseDataset(torch.utils.data.Dataset):  # the course's: read_image per item, .float(), kept in a dict
 
     def __init__(self, imgdir):
         from torchvision.io import read_image  # imported before timing, as at the top of the course's file
@@ -57,8 +55,7 @@ class CourseDataset(torch.utils.data.Dataset):
         return self.cache[key], self.classes.index(key.split("/")[0])
 
 
-def time_epochs(epochs, size, batches_of_epoch):
-    """Seconds per epoch of iterating batches_of_epoch(epoch), float batches of size x size."""
+def time_epochs(epochs, size, batches_of_epoch):  # seconds per epoch of iterating batches_of_epoch(epoch)
     times = []
     for epoch in range(epochs):
         batches = batches_of_epoch(epoch)
@@ -69,7 +66,7 @@ def time_epochs(epochs, size, batches_of_epoch):
     return times
 
 
-def run_course(data, size, epochs):
+def run_course(data, size, epochs, cache_dir=None):  # the course's loader keeps no cache on disk
     loader = torch.utils.data.DataLoader(CourseDataset(data), batch_size=32, shuffle=True)
     return len(loader.dataset), time_epochs(epochs, size, lambda epoch: loader), {}
 
@@ -91,15 +88,11 @@ def run_project(data, size, epochs, cache_dir):
     return len(ds), times, {"open_s": open_s, "host_uint8_batches_img_s": len(order) / (time.perf_counter() - t)}
 
 
-def child(loader, data, size, epochs, threads, cache_dir):
-    """One loader timed in a fresh process: its speed and peak memory."""
+def child(loader, data, size, epochs, threads, cache_dir):  # one loader's speed and peak memory, in a fresh process
     peak_anon, done = [0], threading.Event()
     threading.Thread(target=watch_anon_rss, args=(peak_anon, done), daemon=True).start()
     torch.set_num_threads(threads)
-    if loader == "course":
-        n, times, extra = run_course(data, size, epochs)
-    else:
-        n, times, extra = run_project(data, size, epochs, cache_dir)
+    n, times, extra = (run_course if loader == "course" else run_project)(data, size, epochs, cache_dir)
     done.set()
     return {"loader": loader, "images": n, "epoch_s": times, "first_epoch_img_s": n / times[0],
             "steady_img_s": n / float(np.mean(times[1:])),
@@ -109,8 +102,7 @@ def child(loader, data, size, epochs, threads, cache_dir):
 
 def train_throughput(images, labels, device, steps, batch_size, resident, width=64, blocks=(2, 2, 2, 2),
                      precision="auto"):
-    """Images/s of ResNet training steps (augmentation, AdamW) on `device` with batches from the memmap
-    pipeline, or (resident) from all the uint8 images already on the device (the bound)."""
+    """Images/s of ResNet training on `device` from the memmap pipeline, or (resident: the bound) device memory."""
     model = wikiart.ResNet(int(labels.max()) + 1, width, list(blocks)).to(device, memory_format=torch.channels_last)
     opt = wikiart.make_optimizer(model, 1e-3, 0.05)
     g = torch.Generator().manual_seed(0)
@@ -152,8 +144,7 @@ def gpu_part(args):
 
 
 def plot(results, path):
-    p = plots.plt()
-    fig, axes = p.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plots.plt().subplots(1, 3, figsize=(12, 3.4))
     for ax, (title, key, unit) in zip(axes, [("first epoch, images/s", "first_epoch_img_s", 1),
                                              ("steady epochs, images/s", "steady_img_s", 1),
                                              ("peak RSS, GiB", "peak_rss_bytes", 2**30)]):
@@ -164,10 +155,8 @@ def plot(results, path):
         for i, v in enumerate(values):
             ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
     fig.suptitle(f"{results['images']} images at {results['size']}px, {results['threads']} thread(s)")
-    fig.tight_layout()
     with runs.atomic_file(path) as f:
-        fig.savefig(f, dpi=110)
-    p.close(fig)
+        plots.save(fig, f)
 
 
 def main(argv=None):

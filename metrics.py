@@ -11,8 +11,7 @@ from PIL import Image, ImageFilter
 
 
 def classification_metrics(y_true, y_pred, classes):
-    """accuracy, balanced accuracy (mean recall over the styles in y_true), macro-F1 (over the styles in
-    y_true or y_pred, as scikit-learn's f1_score(average="macro")), worst recall and a per-class table."""
+    """accuracy, balanced accuracy, macro-F1 (as scikit-learn), worst recall, per-class table, confusion matrix."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
@@ -41,8 +40,7 @@ def format_per_class(metrics, label_counts=None):
     return "\n".join(rows)
 
 
-def gaussian_blur(x, sigma):
-    """Separable Gaussian blur (reflection padding, same size) of a (B, C, H, W) batch."""
+def gaussian_blur(x, sigma):  # separable, of a (B, C, H, W) batch; reflection padding keeps the size
     r = max(1, int(math.ceil(2.5 * sigma)))
     g = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma ** 2))
     g = (g / g.sum()).view(1, 1, 1, -1).expand(x.shape[1], 1, 1, -1)
@@ -54,14 +52,12 @@ def psnr(mse):  # in dB, of images in [0, 1]
     return float(10 * math.log10(1.0 / max(mse, 1e-12)))
 
 
-def contingency(y_true, y_cluster):
-    """(clusters x styles) count table over the clusters and styles that occur."""
+def contingency(y_true, y_cluster):  # (clusters x styles) counts over the clusters and styles that occur
     from sklearn.metrics.cluster import contingency_matrix
     return contingency_matrix(y_cluster, y_true)
 
 
-def clustering_metrics(y_true, y_cluster):
-    """NMI, ARI, purity (each cluster votes for its majority style) and Hungarian accuracy (best 1-to-1 matching)."""
+def clustering_metrics(y_true, y_cluster):  # NMI, ARI, purity (majority per cluster), Hungarian accuracy (1-to-1)
     from scipy.optimize import linear_sum_assignment
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
     table = contingency(y_true, y_cluster)
@@ -73,8 +69,7 @@ def clustering_metrics(y_true, y_cluster):
             "hungarian_accuracy": float(table[rows, cols].sum() / n)}
 
 
-def robust_transform(images_u8, blur=0.6, quality=75):
-    """Half size, Gaussian blur, JPEG, back to size: pixel patterns that fool a classifier go, colour stays."""
+def robust_transform(images_u8, blur=0.6, quality=75):  # half size, blur, JPEG, back: fooling patterns go, colour stays
     out = np.empty_like(np.asarray(images_u8))
     for i, a in enumerate(images_u8):
         h, w = a.shape[:2]
@@ -93,8 +88,7 @@ def jpeg_round_trip(img, quality):
 YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
-def to_yiq(x):
-    """(N, 3, H, W) RGB -> YIQ: luminance, orange-blue and purple-green chroma; linear (fine on differences)."""
+def to_yiq(x):  # (N, 3, H, W) RGB -> luminance, orange-blue and purple-green chroma; linear (fine on differences)
     return torch.einsum("ij,bjhw->bihw", YIQ.to(x), x)
 
 
@@ -102,12 +96,11 @@ def from_yiq(x):
     return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(YIQ).to(x), x)
 
 
-def u8_to_float(images_u8):  # (N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]
+def u8_to_float(images_u8):  # (N, H, W, 3) uint8 -> (N, 3, H, W) in [0, 1]
     return torch.from_numpy(np.array(images_u8)).float().permute(0, 3, 1, 2) / 255
 
 
-def random_texture_net(seed=0, widths=(16, 32, 64)):
-    """A fixed, untrained conv net with seeded weights (He-normal): texture statistics, no learning."""
+def random_texture_net(seed=0, widths=(16, 32, 64)):  # untrained, seeded He-normal weights: texture statistics
     g = torch.Generator().manual_seed(seed)
     convs, c = nn.ModuleList(), 1
     for i, w in enumerate(widths):
@@ -117,8 +110,7 @@ def random_texture_net(seed=0, widths=(16, 32, 64)):
     return convs.eval()
 
 
-def texture_grams(x, net, eps=1e-3):
-    """Per layer of `net`: (N, c*c) Gram matrices of its ReLU maps of x's luminance, standardised per image."""
+def texture_grams(x, net, eps=1e-3):  # per layer: (N, c*c) Grams of its ReLU maps of the standardised luminance
     h = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     h = (h - h.mean((2, 3), keepdim=True)) / (h.std((2, 3), keepdim=True) + eps)
     grams = []
@@ -130,8 +122,7 @@ def texture_grams(x, net, eps=1e-3):
 
 
 def style_references(descriptors, labels, num_styles):
-    """Per layer: (means (S, D), spreads (S,)) of each style's images; the spread is the RMS distance of
-    the style's images to their mean (a style with one image borrows the average)."""
+    """Per layer: each style's (means (S, D), spreads (S,): RMS distance to the mean; one image: the average)."""
     labels = torch.as_tensor(labels)
     refs = []
     for layer in descriptors:
@@ -144,8 +135,7 @@ def style_references(descriptors, labels, num_styles):
     return refs
 
 
-def colour_histograms(images_u8, bins=8):
-    """One layer: the (N, bins**3) joint RGB histogram of each image, normalised to sum 1."""
+def colour_histograms(images_u8, bins=8):  # one layer: (N, bins**3) joint RGB histograms, each summing to 1
     q = np.asarray(images_u8).astype(np.int64) * bins // 256
     idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
     idx = idx.reshape(len(q), -1) + np.arange(len(q))[:, None] * bins ** 3
@@ -153,8 +143,7 @@ def colour_histograms(images_u8, bins=8):
     return [torch.from_numpy(h / idx.shape[1])]
 
 
-def channel_statistics(images_u8, chunk=512):
-    """(N, 6): each uint8 image's channel means and stds, in chunks (a float copy of all images is GBs)."""
+def channel_statistics(images_u8, chunk=512):  # (N, 6) channel means and stds, chunked (a float copy is GBs)
     parts = [np.asarray(images_u8[i:i + chunk], np.float32).reshape(-1, images_u8.shape[1] * images_u8.shape[2], 3)
              for i in range(0, len(images_u8), chunk)]
     return np.concatenate([np.concatenate([a.mean(1), a.std(1)], 1) for a in parts])
@@ -205,8 +194,7 @@ def own_style_psnr(reconstruct, images_u8, labels, device, batch_size=128):
 
 @torch.no_grad()
 def mean_power_spectrum(images_u8, batch_size=256):
-    """(H, W) mean power spectrum over images and channels (channel means removed; a Hann window keeps the
-    image border from leaking a cross into the spectrum)."""
+    """(H, W) mean power spectrum over images and channels (means removed; a Hann window: no border cross)."""
     total = 0.0
     for i in range(0, len(images_u8), batch_size):
         x = u8_to_float(images_u8[i:i + batch_size])
@@ -217,39 +205,34 @@ def mean_power_spectrum(images_u8, batch_size=256):
 
 
 def periodic_peaks(spectrum):
-    """(15,) ratios of the power at the frequencies of 2- and 4-pixel periods (fy, fx in {0, N/4, N/2, 3N/4},
-    not both 0) to the mean power 2-3 bins around each (the Hann window spreads a peak over +-1 bin)."""
+    """(15,) power at 2- and 4-pixel periods over the mean 2-3 bins around (the Hann window spreads +-1 bin)."""
     h, w = spectrum.shape
     dy, dx = np.array([(a, b) for a in range(-3, 4) for b in range(-3, 4) if max(abs(a), abs(b)) >= 2]).T
     peaks = [(fy, fx) for fy in (0, h // 4, h // 2, 3 * h // 4) for fx in (0, w // 4, w // 2, 3 * w // 4) if fy or fx]
     return torch.stack([spectrum[fy, fx] / spectrum[(fy + dy) % h, (fx + dx) % w].mean() for fy, fx in peaks])
 
 
-def band_power(spectrum, shortest=8, longest=32):
-    """Mean power at periods of `shortest` to `longest` pixels: blotches at the scale of a generator's cells."""
+def band_power(spectrum, shortest=8, longest=32):  # mean power at these periods: blotches the size of a cell
     h, w = spectrum.shape
     f = (torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.fftfreq(w)[None, :] ** 2).sqrt()
     return spectrum[(f >= 1 / longest) & (f <= 1 / shortest)].mean()
 
 
 @torch.no_grad()
-def border_deviation(images_u8, band=4):
-    """Mean over images, edges, channels and positions of |mean(outer `band` rows) - mean(next 2*band)|."""
+def border_deviation(images_u8, band=4):  # mean |mean(outer `band` rows) - mean(next 2*band)| over edges, images
     x = u8_to_float(images_u8)
     edges = (x, x.flip(2), x.transpose(2, 3), x.transpose(2, 3).flip(2))  # top, bottom, left, right
     devs = [(t[:, :, :band].mean(2) - t[:, :, band:3 * band].mean(2)).abs().mean() for t in edges]
     return float(torch.stack(devs).mean())
 
 
-def clipped_fraction(images_u8):
-    """Fraction of pixels with a channel at 0 or 255 (blown-out whites, crushed blacks)."""
+def clipped_fraction(images_u8):  # pixels with a channel at 0 or 255 (blown-out whites, crushed blacks)
     x = np.asarray(images_u8)
     return float(((x == 0) | (x == 255)).any(-1).mean()) if x.size else 0.0
 
 
 def artefact_ratio(outputs_u8, output_styles, real_u8, real_styles):
-    """{"periodic", "border", "artefact" (the larger), "blotch"}: the outputs' mean periodic_peaks, border_deviation
-    and band_power over real paintings' of their target style (1.0: as real), averaged over styles by output count."""
+    """Outputs' periodic_peaks, border_deviation, band_power over their target style's real ones (1.0: as real)."""
     output_styles, real_styles = np.asarray(output_styles), np.asarray(real_styles)
     ratios, weights = [], []
     for s in np.unique(output_styles):
@@ -266,8 +249,7 @@ def artefact_ratio(outputs_u8, output_styles, real_u8, real_styles):
 
 
 def matched_ceiling(predictions, labels, target_styles, num_styles):
-    """The judge's per-style recall on real images, averaged with the weights of the outputs' target
-    styles: the hit rate of a perfect transfer under this judge (styles absent from `labels` count 0)."""
+    """A perfect transfer's hit rate: the judge's recall per style on real images (none: 0), by target count."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     recall = np.array([(predictions[labels == s] == s).mean() if (labels == s).any() else 0.0
                        for s in range(num_styles)])
@@ -275,8 +257,7 @@ def matched_ceiling(predictions, labels, target_styles, num_styles):
     return float(np.dot(recall, weights))
 
 
-def resize(images_u8, size):
-    """uint8 (N, H, W, 3) images resized (bicubic) to size x size."""
+def resize(images_u8, size):  # uint8 (N, H, W, 3), bicubic
     if images_u8.shape[1] == size:
         return images_u8
     return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)) for a in images_u8])
@@ -284,17 +265,16 @@ def resize(images_u8, size):
 
 def nearest_neighbours(queries_u8, refs_u8, side=32, chunk=512):
     """(distances, indices) of each query's nearest reference: RMS pixel distance (0..1) at side x side."""
-    refs = torch.from_numpy(resize(np.asarray(refs_u8), side)).float().flatten(1) / 255
-    dist, index = [], []
+    flat = lambda u8: torch.from_numpy(resize(np.asarray(u8), side)).float().flatten(1) / 255
+    refs, dist, index = flat(refs_u8), [], []
     for i in range(0, len(queries_u8), chunk):
-        q = torch.from_numpy(resize(np.asarray(queries_u8[i:i + chunk]), side)).float().flatten(1) / 255
+        q = flat(queries_u8[i:i + chunk])
         best = ((q ** 2).sum(1, keepdim=True) + (refs ** 2).sum(1)[None] - 2 * q @ refs.T).min(1)
         dist.append((best.values.clamp(min=0) / refs.shape[1]).sqrt())
         index.append(best.indices)
     return torch.cat(dist).numpy(), torch.cat(index).numpy()
 
 
-def chroma(images_u8):
-    """Mean over pixels and images of each pixel's std over R, G, B on [0, 1] (0 for grey)."""
+def chroma(images_u8):  # mean over pixels of their std over R, G, B on [0, 1] (0 for grey)
     a = np.asarray(images_u8, np.float32) / 255
     return float(a.std(-1).mean()) if a.size else float("nan")

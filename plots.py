@@ -17,8 +17,7 @@ def save(fig, path, tight=True):  # tight: lay the panels out (else the caller p
     plt().close(fig)
 
 
-def plot_curves(history, keys, path, title=""):
-    """One panel per key of the per-epoch history (list of dicts)."""
+def plot_curves(history, keys, path, title=""):  # one panel per key of the per-epoch history (list of dicts)
     keys = [k for k in keys if any(k in h for h in history)]
     fig, axes = plt().subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, k in zip(axes[0], keys):
@@ -41,8 +40,7 @@ def plot_confusion(cm, classes, path, title="confusion matrix (rows normalised)"
 
 
 def plot_per_class_recall(runs, label_counts, path, title="per-class recall (sorted by training count)"):
-    """Test recall per style, styles sorted by training count. `runs` is one metrics dict (bars and its
-    balanced accuracy) or {run name: metrics} to compare several runs (one line each)."""
+    """Test recall per style: `runs` is one metrics dict (bars) or {run name: metrics} (a line each)."""
     if "per_class" in runs:
         runs = {None: runs}
     first = next(iter(runs.values()))["per_class"]
@@ -85,16 +83,26 @@ def plot_top_styles(pictures, names, tops, path, title=""):
     save(fig, path)
 
 
-def plot_strip(tiles, labels, path, title=""):
-    """Images side by side in one row, each with its label above it (style_transfer.py --style all)."""
-    fig, axes = plt().subplots(1, len(tiles), figsize=(1.1 * len(tiles) + 0.4, 2.0), squeeze=False)
-    for ax, tile, label in zip(axes[0], tiles, labels):
-        ax.imshow(tile, interpolation="nearest")
+def image_rows(rows, labels, path, title, figsize, top, hspace=None):  # rows of images, columns labelled on top
+    fig, axes = plt().subplots(len(rows), len(rows[0]), figsize=figsize, squeeze=False)
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            axes[r, c].imshow(img, interpolation="nearest")
+            axes[r, c].axis("off")
+    for ax, label in zip(axes[0], labels):
         ax.set_title(label.replace("_", " "), fontsize=6, rotation=30, ha="left", x=0.1)
-        ax.axis("off")
     fig.suptitle(title, fontsize=8, y=0.98)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.62, wspace=0.08)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=top, wspace=0.08, hspace=hspace)
     save(fig, path, tight=False)
+
+
+def plot_strip(tiles, labels, path, title=""):  # one row (stylise.py --style all)
+    image_rows([tiles], labels, path, title, (1.1 * len(tiles) + 0.4, 2.0), top=0.62)
+
+
+def plot_reconstruction_pairs(inputs_u8, outputs_u8, labels, path, title):  # inputs above their reconstructions
+    image_rows([inputs_u8, outputs_u8], labels, path, title, (max(6.0, 1.1 * len(inputs_u8) + 0.6), 3.2), top=0.72,
+               hspace=0.05)
 
 
 def plot_transfer_grid(sources, columns, source_styles, classes, path, title):
@@ -121,17 +129,16 @@ def plot_transfer_grid(sources, columns, source_styles, classes, path, title):
     save(fig, path)
 
 
-def plot_strength_curve(curves, path, title=""):
-    """Hit and realism against --strength: curves = {method: {strength: evaluation row}}."""
+def plot_strength_curve(curves, path, title=""):  # hit and realism against --strength: {method: {strength: row}}
     measures = [("robust_of_ceiling", "robust hit / ceiling"), ("raw_of_ceiling", "raw hit / ceiling"),
                 ("two_sample_accuracy", "two-sample accuracy (0.5 = real)"),
                 ("realism_gap_closed", "realism gap closed"), ("lab_gap_closed", "Lab gap closed")]
+    value = lambda r, key: r["two_sample"]["accuracy"] if key == "two_sample_accuracy" else r.get(key, float("nan"))
     fig, ax = plt().subplots(figsize=(6.5, 4))
     for (key, label), colour in zip(measures, ("C0", "C1", "C3", "C2", "C4")):
         for (method, curve), style in zip(curves.items(), ("-", "--", ":")):
             a = sorted(curve)
-            value = lambda r: r["two_sample"]["accuracy"] if key == "two_sample_accuracy" else r.get(key, float("nan"))
-            ax.plot(a, [value(curve[x]) for x in a], style, marker="o", color=colour,
+            ax.plot(a, [value(curve[x], key) for x in a], style, marker="o", color=colour,
                     label=f"{label}" + (f" ({method})" if len(curves) > 1 else ""))
     ax.set_xlabel("strength (0: the input, 1: the target style)")
     ax.axhline(0.5, color="grey", lw=0.5)
@@ -141,8 +148,7 @@ def plot_strength_curve(curves, path, title=""):
 
 
 def plot_style_embeddings(weights, initial, prototypes, classes, path, mode, rendered_as):
-    """Style embeddings (C, D): a 2D PCA (arrows from their initial values, if given) beside each one
-    rendered as an image (prototypes, uint8 (C, S, S, 3))."""
+    """Style embeddings (C, D): a 2D PCA (arrows from `initial`) beside each one rendered (uint8 (C, S, S, 3))."""
     import torch
     p = plt()
     C, S = len(classes), prototypes.shape[1]
@@ -172,8 +178,7 @@ def plot_style_embeddings(weights, initial, prototypes, classes, path, mode, ren
     save(fig, path)
 
 
-def plot_nearest(pairs, copy_line, path):
-    """Per model: its samples nearest to a training image (top) above that image (bottom): are they copies?"""
+def plot_nearest(pairs, copy_line, path):  # per model: its samples nearest to a training image above that image
     n = max(len(v) for v in pairs.values())
     fig, axes = plt().subplots(2 * len(pairs), n, figsize=(1.6 * n, 3.6 * len(pairs)), squeeze=False)
     for ax in axes.flat:
@@ -191,22 +196,8 @@ def plot_nearest(pairs, copy_line, path):
     save(fig, path)
 
 
-def plot_reconstruction_pairs(inputs_u8, outputs_u8, labels, path, title):
-    """Inputs (top row) above their reconstructions (bottom row), each column labelled."""
-    fig, axes = plt().subplots(2, len(inputs_u8), figsize=(max(6.0, 1.1 * len(inputs_u8) + 0.6), 3.2), squeeze=False)
-    for c, (a, b, label) in enumerate(zip(inputs_u8, outputs_u8, labels)):
-        for r, img in enumerate((a, b)):
-            axes[r, c].imshow(img, interpolation="nearest")
-            axes[r, c].axis("off")
-        axes[0, c].set_title(label.replace("_", " "), fontsize=6, rotation=30, ha="left", x=0.1)
-    fig.suptitle(title, fontsize=8, y=0.98)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.72, wspace=0.08, hspace=0.05)
-    save(fig, path, tight=False)
-
-
 def plot_t2i_evaluation(results, nn_train, path):
-    """Bonus B's evaluation: the judge's hit rate of the prompted style and the Lab gap closed, per style for
-    each model, and the distances to the nearest training image."""
+    """Bonus B: per style and model the judge's hit rate and the Lab gap closed; distances to training images."""
     models, split = results["models"], results["split"]
     styles = list(models["real"]["robust_hit_per_style"])
     fig, axes = plt().subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [3, 3, 2]})
@@ -233,8 +224,7 @@ def plot_t2i_evaluation(results, nn_train, path):
     save(fig, path)
 
 
-def plot_calibration(table, path):
-    """The realism test's accuracy on real paintings against degraded copies, one bar group per test size."""
+def plot_calibration(table, path):  # the realism test on real paintings against degraded copies, per test size
     sizes = list(table)
     kinds = list(table[sizes[0]])
     fig, ax = plt().subplots(figsize=(9, 3.6))

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import pathlib
 import sys
 import unicodedata
 import zipfile
@@ -32,8 +33,7 @@ import wikiart
 from config import UserError
 
 
-class Source:
-    """The files of a folder or of a zip archive (read in place, never extracted), by '/'-separated path."""
+class Source:  # the files of a folder or of a zip archive (read in place, never extracted), by '/'-separated path
 
     def __init__(self, path, what="source"):
         self.name, self.zip, self.info, self.paths = path, None, {}, []
@@ -65,24 +65,19 @@ class Source:
             return os.path.getsize(self.where(rel))
 
     def read(self, rel):
-        if self.zip:
-            return self.zip.read(self.info[rel])
-        with open(self.where(rel), "rb") as f:
-            return f.read()
+        return self.zip.read(self.info[rel]) if self.zip else pathlib.Path(self.where(rel)).read_bytes()
 
     def where(self, rel):
         return f"{self.name}:{rel}" if self.zip else os.path.join(self.name, rel)
 
 
-def find_member(sources, basename):
-    """(source, path) of the shortest path named `basename` in any of the sources, or None."""
+def find_member(sources, basename):  # (source, path) of the shortest path named `basename` in any source, or None
     hits = [(p.count("/"), p, s) for s in sources for p in s.paths if p.rsplit("/", 1)[-1] == basename]
     best = min(hits, key=lambda h: h[:2], default=None)
     return (best[2], best[1]) if best else None
 
 
-def read_text(source, path, problems):
-    """A text file of the release: UTF-8 (with or without BOM), else (re-saved by a spreadsheet?) Latin-1."""
+def read_text(source, path, problems):  # UTF-8 (with or without BOM), else (re-saved by a spreadsheet?) Latin-1
     data = source.read(path)
     try:
         return data.decode("utf-8-sig")
@@ -92,16 +87,12 @@ def read_text(source, path, problems):
 
 
 def plan_artgan(source, csv_sources, problems):
-    """(split, style, path) from the ArtGAN CSVs, and the styles renamed from style_class.txt: a label's style is
-    the folder holding most of its files (those in its other folders are skipped), else style_class.txt's name."""
+    """(split, style, path) from the CSVs, and the renamed styles: a label's is its folder with most files."""
     found = find_member(csv_sources, "style_class.txt")
     if not found:
         raise UserError("style_train.csv found but no style_class.txt next to it (index -> style name)")
-    names = {}
-    for line in read_text(*found, problems).splitlines():
-        if line.strip():
-            idx, name = line.split(maxsplit=1)
-            names[int(idx)] = name.strip()
+    lines = [line.split(maxsplit=1) for line in read_text(*found, problems).splitlines() if line.strip()]
+    names = {int(idx): name.strip() for idx, name in lines}
     rows, folders = [], defaultdict(Counter)
     for split, csv_name in (("train", "style_train.csv"), ("test", "style_val.csv")):
         found = find_member(csv_sources, csv_name)
@@ -182,8 +173,7 @@ def plan_folders(source, problems):
 
 
 def remove_duplicates(source, items):
-    """Keep the first of each set of byte-identical files (train before test, then by style and path); only
-    files of the same size (zip: size and CRC) are hashed."""
+    """The first of each set of byte-identical files (train first); only those sharing a size (and CRC) are hashed."""
     order = sorted(items, key=lambda it: (it[0] != "train", it[0] or "", it[1], it[2]))
     signatures = [source.signature(it[2]) for it in order]
     shared = Counter(signatures)
@@ -205,8 +195,7 @@ def remove_duplicates(source, items):
     return [it for it in items if it in keep], removed
 
 
-def output_names(items):
-    """<split>/<Style>/<file stem>.jpg; a short hash of the source path is added where stems clash."""
+def output_names(items):  # <split>/<Style>/<file stem>.jpg; with a short hash of the source path where stems clash
     stems = [os.path.splitext(unicodedata.normalize("NFC", p).rsplit("/", 1)[-1])[0] for _, _, p in items]
     stems = ["".join(c if c.isalnum() or c in "-_.()," else "_" for c in s) or "image" for s in stems]
     count = Counter((split, style, s.lower()) for (split, style, _), s in zip(items, stems))
@@ -218,8 +207,7 @@ def output_names(items):
     return names
 
 
-def is_valid_output(path, size):
-    """An output already there and whole: a JPEG of the right size ending in the end-of-image marker."""
+def is_valid_output(path, size):  # an output already there and whole: a JPEG of this size ending in its end marker
     try:
         with open(path, "rb") as f:
             f.seek(-2, os.SEEK_END)
@@ -306,8 +294,7 @@ def main(argv=None):
     print(f"{source.name}: {layout} layout, {len(items)} images to prepare at {args.size}px ({args.fit}), "
           f"{len(duplicates)} duplicate(s) removed")
 
-    # ---- decode, resize, write (skipping outputs already there); the settings are recorded first so
-    # that a continued run cannot mix outputs made with different ones
+    # ---- decode, resize, write (outputs there are kept); settings first: a continued run cannot mix them
     if not os.path.exists(manifest_path):
         runs.atomic_save({"source": os.path.abspath(args.source), "settings": settings, "complete": False},
                          manifest_path)
