@@ -1,8 +1,6 @@
-"""Which config keys exist: every key of config.json with its default, its allowed values and one line of help
-(`python train.py --help-config` prints them). config.json holds the values you edit; this schema catches a
-misspelt key ("did you mean ..."). Every script loads, in order (later wins): the defaults below <- config.json
-<- -c FILE (repeatable) <- --set KEY=VALUE ... Section keys take a dot: --set autoencoder.epochs=3.
-"""
+"""The config keys: each one's default, allowed values and help (--help-config prints them); a misspelt key gets a
+"did you mean". Every script loads, later winning: the defaults below <- config.json (the values you edit) <- -c FILE
+(repeatable) <- --set KEY=VALUE ... (a section's keys take a dot: --set autoencoder.epochs=3)."""
 import argparse
 import copy
 import difflib
@@ -12,8 +10,11 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "config.json")
+_noted_missing = set()  # config.json's missing keys already noted (each once per process)
 
-# key: (default, help[, rule]). rule: ">0", ">=0", "0..1" (inclusive), "0..<1", or a tuple of choices.
+# key: (default, help[, rule]); rule: a key of RULES ("0..1": inclusive) or a tuple of choices
+RULES = {">0": ("> 0", lambda v: v > 0), ">=0": (">= 0", lambda v: v >= 0),
+         "0..1": ("in [0, 1]", lambda v: 0 <= v <= 1), "0..<1": ("in [0, 1)", lambda v: 0 <= v < 1)}
 SCHEMA = {
     "": {  # top level: the data, the run and the classifier (train.py, test.py, compare_balance.py)
         "seed": (0, "fixes the validation split, initialisation, shuffling, sampling, augmentation", ">=0"),
@@ -198,16 +199,11 @@ def _spec(key, where=""):
 def choose(name, options, what):
     """The option that `name` means (case, '-' and ' ' vs '_' ignored), or a UserError with a guess."""
     norm = lambda v: v.lower().replace("-", "_").replace(" ", "_")
-    match = [o for o in options if norm(o) == norm(name)]
-    if match:
+    if match := [o for o in options if norm(o) == norm(name)]:
         return match[0]
     guess = difflib.get_close_matches(name, options, 1, 0.5)
     raise UserError(f"unknown {what} '{name}'" + (f"; did you mean '{guess[0]}'?" if guess else ".")
                     + f" The model's {what}s: {', '.join(options)}")
-
-
-RULES = {">0": ("> 0", lambda v: v > 0), ">=0": (">= 0", lambda v: v >= 0),
-         "0..1": ("in [0, 1]", lambda v: 0 <= v <= 1), "0..<1": ("in [0, 1)", lambda v: 0 <= v < 1)}
 
 
 def check_value(key, value, where=""):
@@ -266,20 +262,15 @@ def read_json(path):
     return values
 
 
-_noted_missing = set()
-
-
 def load_config(files=(DEFAULT_CONFIG,), overrides=(), note_missing=True):
-    """The resolved config (nested dict): schema defaults <- each file in turn <- KEY=VALUE overrides. A key
-    missing from config.json falls back to its default, said once per process."""
+    """The resolved config: schema defaults <- each file in turn <- KEY=VALUE overrides (config.json's gaps noted)."""
     cfg = defaults()
     for path in files:
         values = {k: v for k, v in flatten(read_json(path)).items() if not k.startswith("_")}  # _doc, _command
         for key, value in values.items():
             _set(cfg, key, check_value(key, value, f"{shown(path)}: "))
         if note_missing and os.path.abspath(path) == os.path.abspath(DEFAULT_CONFIG):
-            missing = [k for k in flatten(defaults()) if k not in values and k not in _noted_missing]
-            if missing:
+            if missing := [k for k in flatten(defaults()) if k not in values and k not in _noted_missing]:
                 _noted_missing.update(missing)
                 print(f"note: config.json has no {', '.join(missing)}; using the default "
                       f"({', '.join(json.dumps(_spec(k)[0]) for k in missing)})", file=sys.stderr)
@@ -287,12 +278,11 @@ def load_config(files=(DEFAULT_CONFIG,), overrides=(), note_missing=True):
         key, eq, raw = item.partition("=")
         if not eq:
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        spec = _spec(key, "--set: ")
-        try:
-            value = json.loads(raw)
+        try:  # a string key takes the text as it is (--set out_dir=123), the others JSON (--set resnet_blocks=[2,2])
+            value = raw if isinstance(_spec(key, "--set: ")[0], str) else json.loads(raw)
         except json.JSONDecodeError:
-            value = raw  # bare words are strings: --set mode=base
-        _set(cfg, key, check_value(key, raw if isinstance(spec[0], str) else value, "--set: "))
+            value = raw  # not JSON (--set epochs=three): check_value says which type it takes
+        _set(cfg, key, check_value(key, value, "--set: "))
     return cfg
 
 
@@ -302,7 +292,7 @@ def help_text():
     for section, keys in SCHEMA.items():
         lines.append(f"[{section or 'top level'}]")
         for name, spec in keys.items():
-            allowed = f" ({'|'.join(spec[2])})" if len(spec) > 2 and isinstance(spec[2], tuple) else ""
+            allowed = f" ({'|'.join(spec[-1])})" if isinstance(spec[-1], tuple) else ""
             key = (section + "." if section else "") + name
             lines.append(f"  {key:34s} {json.dumps(spec[0]):22s} {spec[1]}{allowed}")
     return "\n".join(lines)

@@ -1,10 +1,6 @@
-"""Run plumbing the scripts share: one-line errors, stop signals, seeding and devices, atomic files,
-checkpoints and --resume, the epoch bookkeeping of every training loop, one run per out_dir, torchrun.
-
-A script: `args, cfg = config.parse_config(...)`, `rank, world, _, device = runs.start(cfg)`, a training loop
-built from `epoch_order` and `Progress.end_epoch` inside `on_interrupt`, `lock_out_dir(out_dir)` before its
-first write, and `runs.cli(main)` at the bottom. docs/operations.md says what users of cluster jobs get.
-"""
+"""Run plumbing the scripts share (docs/operations.md): one-line errors, stop signals, seeds, devices, atomic files,
+--resume, every training loop's epoch files, one run per out_dir. A script: parse_config, `runs.start(cfg)`, a loop of
+`epoch_order` and `Progress.end_epoch` in `on_interrupt`, `lock_out_dir` before writing, `runs.cli(main)` at the end."""
 import contextlib
 import csv
 import io
@@ -31,20 +27,21 @@ import config
 import ddp
 from config import UserError
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 _entry = []  # (script, argv) of the command runs.cli runs: the command a resume hint repeats
 _locks = []  # the out_dir locks this process holds
+_time_cap = None  # (start, minutes) from max_minutes
 UMASK = os.umask(0)  # read once at import: setting it back and forth races between threads
 os.umask(UMASK)
+# SIGTERM: `kill`, a scheduler's stop; SIGUSR1: a cluster's "time is nearly up". Both end a run as Ctrl-C does
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def cli(main):
-    """Run main() as a command: a UserError or a failed write is one line on stderr, exit status 2 (bugs still
-    trace); a stop signal ends it with status 128 + the signal; the project's own warnings are one line each."""
+    """main() as a command: a UserError or failed write is one line on stderr, status 2; a stop signal: 128 + it."""
     script = os.path.basename(sys.argv[0])
     default_format = warnings.formatwarning
-    warnings.formatwarning = lambda message, category, filename, lineno, line=None: (
-        f"{script}: warning: {message}\n" if os.path.dirname(os.path.abspath(filename)) == HERE
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: (  # ours: one line each
+        f"{script}: warning: {message}\n" if os.path.dirname(os.path.abspath(filename)) == config.HERE
         else default_format(message, category, filename, lineno, line))
     _entry[:] = [(script, sys.argv[1:])]
     try:
@@ -67,11 +64,6 @@ def cli(main):
         _entry.clear()
 
 
-# SIGTERM is what schedulers (SLURM) and `kill` send before killing a job, SIGUSR1 what clusters send when
-# its time is nearly up: both end a run as Ctrl-C does, with what was saved and the command that continues
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
 class Stopped(KeyboardInterrupt):
     """SIGTERM or SIGUSR1 as a KeyboardInterrupt: every handler of Ctrl-C handles them too."""
 
@@ -81,24 +73,19 @@ class Stopped(KeyboardInterrupt):
 
 
 def _stop(signum, frame):
-    # a second signal (a scheduler's and torchrun's) must not cut the saving short. A Python handler, not
-    # SIG_IGN: a child started later (reproduce.py's next step) inherits SIG_IGN, but not a handler
+    # a 2nd signal (a scheduler's, torchrun's) must not cut the saving short; not SIG_IGN: children would inherit it
     for s in STOP_SIGNALS:
         signal.signal(s, lambda *_: None)
     raise Stopped(signum)
 
 
-@contextlib.contextmanager
 def _handlers(handlers):
     """These {signal: handler} inside the block, the previous ones after it (outside the main thread: none)."""
-    if threading.current_thread() is not threading.main_thread():
-        handlers = {}
-    previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    restore = contextlib.ExitStack()
+    if threading.current_thread() is threading.main_thread():
+        for s, handler in handlers.items():
+            restore.callback(signal.signal, s, signal.signal(s, handler))
+    return restore
 
 
 def stop_signals():
@@ -117,10 +104,8 @@ def ctrl_c_held():
     """A stop signal inside the block is raised when it ends: an epoch's files are written whole and together."""
     raising = {signal.SIGINT: signal.default_int_handler} | {s: _stop for s in STOP_SIGNALS}
     caught = []
-
-    def hold(signum, frame):
-        caught.append(signum)
-    with _handlers({s: hold for s, handler in raising.items() if signal.getsignal(s) is handler}):
+    with _handlers({s: lambda signum, frame: caught.append(signum)
+                    for s, handler in raising.items() if signal.getsignal(s) is handler}):
         yield
     if caught:
         raising[caught[0]](caught[0], None)
@@ -131,21 +116,16 @@ def command_line(script, argv, add=()):
 
 
 def config_command(script, argv, sets=()):
-    """The command that runs `script` with this command line's -c files and --set values (`sets`, KEY=VALUE,
-    added or replacing): the next step that works, e.g. cluster.py on the codes autoencoder.py just wrote."""
+    """The next step that works: `script` with argv's -c files and --set values, `sets` (KEY=VALUE) added/replacing."""
     args, _ = config.config_parser(None).parse_known_args(list(argv))
     keys = {item.split("=", 1)[0] for item in sets}
     values = [item for item in args.set if item.split("=", 1)[0] not in keys] + list(sets)
     configs = [a for path in args.config for a in ("-c", path)]
-    return shlex.join(["python", script, *configs, *(["--set", *values] if values else [])])
-
-
-_time_cap = None  # (start, minutes) from max_minutes
+    return command_line(script, [*configs, *(["--set", *values] if values else [])])
 
 
 def start(cfg):
-    """Seed everything, set the CPU threads, start the max_minutes clock, pick the device (under torchrun: join its
-    process group). Returns (rank, world_size, local_rank, device)."""
+    """Seed, CPU threads, the max_minutes clock, the device (torchrun: its group): (rank, world, local_rank, device)."""
     global _time_cap
     _time_cap = (time.time(), cfg["max_minutes"]) if cfg.get("max_minutes") else None
     if cfg["threads"]:
@@ -223,8 +203,7 @@ def environment(device=None):
 
 
 def write_atomically(path, write, mode="wb"):
-    """write(f) into a temp file beside `path`, fsync it, rename it over `path`: never half a file. A failed
-    write (a full disk, no permission) is a UserError naming the file and the OS's reason; `path` stays as it was."""
+    """write(f) to a temp file renamed over `path`: never half a file; a failed write: a UserError, `path` as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
@@ -284,8 +263,7 @@ def save_run_config(cfg, out_dir, script, argv):
 
 
 def lock_out_dir(out_dir):
-    """One run per out_dir: <out_dir>/run.lock, held (flock) until the process ends, so a killed run's lock
-    frees itself. A second run stops here with one line. Read-only uses take none; under torchrun rank 0."""
+    """One run per out_dir: rank 0 holds an flock on <out_dir>/run.lock until it ends (a killed run's frees itself)."""
     path = os.path.abspath(os.path.join(out_dir, "run.lock"))
     if not ddp.is_main() or any(lock.lock_file == path for lock in _locks):
         return
@@ -310,8 +288,7 @@ def load_checkpoint(path, what, needs=("model",), device="cpu"):
         detail = (str(e).splitlines() or [""])[0].rstrip(",.: ")
         raise UserError(f"{path} is not {what} (it cannot be read as a PyTorch checkpoint: "
                         f"{type(e).__name__}{': ' + detail if detail else ''})")
-    missing = [k for k in needs if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
+    if missing := [k for k in needs if not isinstance(ckpt, dict) or k not in ckpt]:
         raise UserError(f"{path} is not {what} (no {', '.join(missing)} in it)")
     return ckpt
 
@@ -343,22 +320,20 @@ def training_state(epoch, progress, **objects):
 
 
 def resume(path, progress, device, problem=lambda ckpt: None, **objects):
-    """--resume: every object and the progress restored from last.pt (`problem(ckpt)`: why it does not fit
-    this run, or None). Returns the next epoch."""
+    """--resume: objects and progress from last.pt (`problem(ckpt)`: why it does not fit, or None); the next epoch."""
     if not os.path.exists(path):
         raise UserError(f"--resume: nothing to resume: no {path} (no epoch of a run with this out_dir has "
                         "finished); run without --resume to start")
     ckpt = load_checkpoint(path, "a checkpoint to resume from (last.pt of an earlier run)", ("epoch", *objects), device)
-    why = problem(ckpt)
-    if why:
+    if why := problem(ckpt):
         raise UserError(f"--resume: {why}")
     for name, obj in objects.items():
         load_weights(obj, ckpt[name], path) if isinstance(obj, torch.nn.Module) else obj.load_state_dict(ckpt[name])
     torch.set_rng_state(ckpt["rng"].cpu())
     progress.history, progress.best_score = ckpt.get("history", []), ckpt.get("best_score")
     progress.saved_epoch = ckpt["epoch"] + 1
-    print(f"resumed from {path} after epoch {ckpt['epoch'] + 1}")
-    return ckpt["epoch"] + 1
+    print(f"resumed from {path} after epoch {progress.saved_epoch}")
+    return progress.saved_epoch
 
 
 def epoch_generator(seed, epoch):
@@ -368,8 +343,7 @@ def epoch_generator(seed, epoch):
 
 
 def epoch_order(indices, seed, epoch, rank=0, world=1, batch_size=None, draw=None):
-    """(this process's shard of the epoch's order: a shuffle, or `draw(g)`: a sampler's positions; the epoch's
-    generator, for ranks > 0 their own stream for crops, flips and mixes)."""
+    """(this rank's shard of the epoch's order: a shuffle or a sampler's `draw(g)`; the generator of its augmenting)."""
     g = epoch_generator(seed, epoch)
     positions = draw(g) if draw else torch.randperm(len(indices), generator=g).numpy()
     order = ddp.shard(np.asarray(indices)[positions], rank, world, batch_size)
@@ -377,8 +351,7 @@ def epoch_order(indices, seed, epoch, rank=0, world=1, batch_size=None, draw=Non
 
 
 class Progress:
-    """A training loop's history and best score, and the files written after each epoch: best.pt (when
-    the score improves), last.pt, train_log.{json,csv}, curves.png (rank 0 only)."""
+    """A training loop's history, best score and epoch files: best.pt, last.pt, train_log.{json,csv}, curves.png."""
 
     def __init__(self, out_dir, curves, title, higher_is_better=True):
         self.out_dir, self.curves, self.title = out_dir, curves, title
@@ -390,8 +363,7 @@ class Progress:
         return self.history[-1]["epoch"] if self.history else 0
 
     def end_epoch(self, row, score, checkpoint):
-        """Log the row; best.pt if `score` is the best so far (None: no best.pt), then last.pt, the log and
-        the curves; `checkpoint()` builds what is saved. True if this epoch is the best."""
+        """Log the row and save `checkpoint()` (best.pt if `score` is the best so far; None: never); True if it is."""
         from plots import plot_curves
         self.history.append(row)
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
@@ -407,9 +379,7 @@ class Progress:
                 atomic_save(self.history, os.path.join(self.out_dir, "train_log.json"))
                 keys = sorted({k for h in self.history for k in h}, key=lambda k: (k != "epoch", k))
                 with atomic_file(os.path.join(self.out_dir, "train_log.csv"), "w") as f:
-                    writer = csv.DictWriter(f, keys)
-                    writer.writeheader()
-                    writer.writerows(self.history)
+                    csv.writer(f).writerows([keys] + [[h.get(k, "") for k in keys] for h in self.history])
                 with atomic_file(os.path.join(self.out_dir, "curves.png")) as f:
                     plot_curves(self.history, self.curves, f, self.title)
         return best
@@ -417,13 +387,12 @@ class Progress:
 
 @contextlib.contextmanager
 def on_interrupt(progress, script, argv):
-    """Ctrl-C, SIGTERM or SIGUSR1 inside the block: say which epoch was saved and the command that continues
-    (the outer command when this loop runs inside another script, e.g. compare_balance.py); exit 128 + signal."""
+    """Ctrl-C or a stop signal in the block: say which epoch was saved and the command that continues; exit 128 + it."""
     try:
         yield
     except KeyboardInterrupt as e:
         why, status = stop_reason(e)
-        outer = _entry[0] if _entry and _entry[0][0] != script else None
+        outer = _entry[0] if _entry and _entry[0][0] != script else None  # inside another script: compare_balance.py
         again = command_line(*outer) if outer else command_line(script, argv, ["--resume"])
         if ddp.is_main() and progress.saved_epoch:
             print(f"\n{why}: epoch {progress.saved_epoch} is the last finished one, saved in "
