@@ -204,7 +204,7 @@ def t2i_row(label, m, s=None, t=None):
         f"({t['trainable_parameters'] / t['unet_parameters']:.1%} of the UNet)" if t.get("adapter_file_bytes")
         else "(UNet + text)")
     steps = t and f"{t['epochs']} epochs, {t['minutes']:.0f} min" + (" CUT SHORT" if t.get("cut_short") else "")
-    return [label, hit("robust"), hit("raw"), f"{m['styles_above_chance_robust']:g} / {m['styles_above_chance_raw']:g}",
+    return [label, hit("robust"), hit("raw"), f"{m['styles_above_chance_robust']:.3g} / {m['styles_above_chance_raw']:.3g}",
             two_sample(m, s) if m.get("two_sample") else "–", gaps, size or "–", steps or "–"]
 
 
